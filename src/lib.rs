@@ -1,0 +1,4 @@
+//! dragoman: an LLM API gateway on Pingora.
+pub mod error;
+pub mod ids;
+pub mod providers;
