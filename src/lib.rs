@@ -1,4 +1,11 @@
 //! dragoman: an LLM API gateway on Pingora.
+pub mod admin;
+pub mod call;
+pub mod config;
+pub mod discovery;
 pub mod error;
+pub mod frontend;
 pub mod ids;
 pub mod providers;
+pub mod proxy;
+pub mod registry;

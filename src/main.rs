@@ -1,3 +1,99 @@
-fn main() {
-    println!("Hello, world!");
+//! The `dragoman` binary: Pingora's command line (`-c FILE`, `-t`, `-d`, `-u`), one YAML file for
+//! both Pingora and the gateway, the proxy service and the admin service.
+
+use arc_swap::ArcSwap;
+use dragoman::admin::AdminApp;
+use dragoman::config::Settings;
+use dragoman::proxy::Gateway;
+use dragoman::registry::Registry;
+use pingora::server::configuration::{Opt, ServerConf};
+use pingora::server::Server;
+use pingora::services::background::GenBackgroundService;
+use pingora::services::listening::Service;
+use std::path::Path;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+fn main() -> ExitCode {
+    env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
+    let opt = Opt::parse_args();
+    match run(opt) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(message) => {
+            eprintln!("dragoman: {message}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(opt: Opt) -> Result<(), String> {
+    let env = |name: &str| std::env::var(name).ok();
+    let (settings, mut server_conf) = match &opt.conf {
+        Some(path) => {
+            let settings = Settings::load(Path::new(path)).map_err(|e| format!("{path}: {e}"))?;
+            let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
+            let conf = ServerConf::from_yaml(&text).map_err(|e| format!("{path}: {e}"))?;
+            (settings, conf)
+        }
+        None => (Settings::default_from_env(&env), ServerConf::default()),
+    };
+    if opt.test {
+        println!("dragoman: configuration is valid");
+        return Ok(());
+    }
+    let uses_default_threads = opt
+        .conf
+        .as_ref()
+        .and_then(|p| std::fs::read_to_string(p).ok())
+        .is_none_or(|text| !text.lines().any(|l| l.starts_with("threads:")));
+    if uses_default_threads {
+        server_conf.threads = std::thread::available_parallelism().map_or(1, |n| n.get());
+    }
+    if settings.models.is_empty() {
+        log::warn!(
+            "no models configured: set OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY, or pass -c FILE"
+        );
+    }
+
+    let registry = Registry::build(&settings);
+    // Resolve endpoint names before taking traffic; the load balancers' background services
+    // refresh them afterwards, off the request path.
+    tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| format!("cannot start resolver runtime: {e}"))?
+        .block_on(registry.resolve_all());
+    let lbs: Vec<_> = registry.providers.iter().map(|p| p.upstreams.clone()).collect();
+    let registry = Arc::new(ArcSwap::from_pointee(registry));
+
+    let mut opt_for_server = opt;
+    opt_for_server.conf = None;
+    let mut server = Server::new_with_opt_and_conf(opt_for_server, server_conf);
+    server.bootstrap();
+
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(registry.clone()),
+        "dragoman",
+    );
+    for addr in &settings.listen {
+        proxy.add_tcp(&addr.to_string());
+    }
+    server.add_service(proxy);
+
+    if let Some(admin_addr) = settings.admin_listen {
+        let mut admin = Service::new("dragoman admin".into(), AdminApp::new(registry.clone()));
+        admin.add_tcp(&admin_addr.to_string());
+        server.add_service(admin);
+    }
+    for (i, lb) in lbs.into_iter().enumerate() {
+        server.add_service(GenBackgroundService::new(format!("dns refresh {i}"), lb));
+    }
+    log::info!(
+        "dragoman listening on {:?} (admin {:?}) with {} models",
+        settings.listen,
+        settings.admin_listen,
+        settings.models.len()
+    );
+    server.run_forever()
 }

@@ -1,0 +1,929 @@
+//! The gateway's configuration: typed structs, `${VAR}` expansion and validation, all in one place,
+//! so that a bad file fails at start with a message naming the key.
+//!
+//! One YAML file holds both Pingora's `ServerConf` keys (threads, pid_file, ...; Pingora reads those
+//! itself) and the gateway's own sections below.
+
+use crate::providers::{AuthPlacement, ProviderKind};
+use serde::{Deserialize, Deserializer};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+/// Default request body limit: long contexts and base64 images.
+pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
+/// Anthropic requires `max_tokens`; this is sent when the client gives none.
+pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+
+/// A configuration error, naming the key at fault.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// Dotted path of the offending key, e.g. `providers.openai.api_key`.
+    pub key: String,
+    pub message: String,
+}
+
+impl ConfigError {
+    fn new(key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError {
+            key: key.into(),
+            message: message.into(),
+        }
+    }
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}", self.message)
+        } else {
+            write!(f, "{}: {}", self.key, self.message)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// A credential. Its `Debug` never shows the value, so it cannot leak through a log line.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct Secret(String);
+
+impl Secret {
+    pub fn new(value: impl Into<String>) -> Self {
+        Secret(value.into())
+    }
+    pub fn expose(&self) -> &str {
+        &self.0
+    }
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret([redacted])")
+    }
+}
+
+/// The whole gateway configuration.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct GatewayConfig {
+    /// Client-facing listeners.
+    #[serde(default = "default_listen")]
+    pub listen: OneOrMany<SocketAddr>,
+    /// Admin listener: `/healthz`, `/readyz`, `/metrics`. `null` turns it off.
+    #[serde(default = "default_admin_listen")]
+    pub admin_listen: Option<SocketAddr>,
+    /// Largest accepted request body, in bytes.
+    #[serde(default = "default_max_request_bytes")]
+    pub max_request_bytes: usize,
+    /// Largest upstream response the gateway buffers for translation, in bytes.
+    #[serde(default = "default_max_response_bytes")]
+    pub max_response_bytes: usize,
+    #[serde(default)]
+    pub providers: BTreeMap<String, ProviderConfig>,
+    #[serde(default)]
+    pub models: BTreeMap<String, ModelConfig>,
+}
+
+fn default_listen() -> OneOrMany<SocketAddr> {
+    OneOrMany(vec![SocketAddr::from(([127, 0, 0, 1], 8080))])
+}
+fn default_admin_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
+}
+fn default_max_request_bytes() -> usize {
+    DEFAULT_MAX_REQUEST_BYTES
+}
+fn default_max_response_bytes() -> usize {
+    64 * 1024 * 1024
+}
+
+/// `listen: 127.0.0.1:8080` or `listen: [127.0.0.1:8080, "[::1]:8080"]`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OneOrMany<T>(pub Vec<T>);
+
+impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr<T> {
+            One(T),
+            Many(Vec<T>),
+        }
+        match Repr::deserialize(d)? {
+            Repr::One(x) => Ok(OneOrMany(vec![x])),
+            Repr::Many(v) => Ok(OneOrMany(v)),
+        }
+    }
+}
+
+/// One upstream service: a protocol, its instances, and its credential.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProviderConfig {
+    pub kind: ProviderKind,
+    /// Base URLs of the instances (as the provider's SDK names its base URL). Defaults to the
+    /// kind's public endpoint.
+    #[serde(default)]
+    pub endpoints: Vec<EndpointConfig>,
+    #[serde(default)]
+    pub api_key: Option<Secret>,
+    /// A file holding the key (read at start; surrounding whitespace trimmed).
+    #[serde(default)]
+    pub api_key_file: Option<String>,
+    /// Where the key goes; each kind has the right default.
+    #[serde(default)]
+    pub auth: Option<AuthConfig>,
+    /// Azure OpenAI's `api-version` query parameter.
+    #[serde(default)]
+    pub api_version: Option<String>,
+    /// Anthropic's `anthropic-version` header.
+    #[serde(default = "default_anthropic_version")]
+    pub anthropic_version: String,
+    /// Extra headers sent on every upstream request.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: HumanDuration,
+    /// Longest wait for the upstream's response, and between two reads of it.
+    #[serde(default = "default_timeout")]
+    pub timeout: HumanDuration,
+}
+
+fn default_anthropic_version() -> String {
+    "2023-06-01".into()
+}
+fn default_connect_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(600))
+}
+
+/// `"https://host/v1"` or `{ url: "https://host/v1", weight: 2 }`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointConfig {
+    pub url: String,
+    pub weight: usize,
+}
+
+impl<'de> Deserialize<'de> for EndpointConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            url: String,
+            #[serde(default = "one")]
+            weight: usize,
+        }
+        fn one() -> usize {
+            1
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Url(String),
+            Full(Full),
+        }
+        match Repr::deserialize(d)? {
+            Repr::Url(url) => Ok(EndpointConfig { url, weight: 1 }),
+            Repr::Full(f) => Ok(EndpointConfig {
+                url: f.url,
+                weight: f.weight,
+            }),
+        }
+    }
+}
+
+/// `auth: { header: x-api-key, prefix: "" }`, `auth: { query: key }`, `auth: { body: api_key }`,
+/// or `auth: none`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum AuthConfig {
+    Named(AuthNone),
+    Header {
+        header: String,
+        #[serde(default)]
+        prefix: String,
+    },
+    Query {
+        query: String,
+    },
+    Body {
+        body: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum AuthNone {
+    None,
+}
+
+/// One model clients can ask for.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelConfig {
+    pub provider: String,
+    /// The upstream's model id (Azure: the deployment name). Defaults to the model's name.
+    #[serde(default)]
+    pub model: Option<String>,
+    /// `max_tokens` sent to providers that require one when the client gave none.
+    #[serde(default)]
+    pub default_max_tokens: Option<u32>,
+    /// Overrides the provider's `timeout` for this model.
+    #[serde(default)]
+    pub timeout: Option<HumanDuration>,
+}
+
+/// A duration written as `30s`, `500ms`, `2m`, or a number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct HumanDuration(pub Duration);
+
+impl<'de> Deserialize<'de> for HumanDuration {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Seconds(f64),
+            Text(String),
+        }
+        let parsed = match Repr::deserialize(d)? {
+            Repr::Seconds(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
+            Repr::Seconds(_) => None,
+            Repr::Text(t) => parse_duration(&t),
+        };
+        parsed.map(HumanDuration).ok_or_else(|| {
+            serde::de::Error::custom("expected a duration such as 30s, 500ms, 2m or 1h")
+        })
+    }
+}
+
+fn parse_duration(text: &str) -> Option<Duration> {
+    let text = text.trim();
+    let split = text
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(text.len());
+    let (number, unit) = text.split_at(split);
+    let value: f64 = number.parse().ok()?;
+    let seconds = match unit.trim() {
+        "ms" => value / 1000.0,
+        "s" | "" => value,
+        "m" => value * 60.0,
+        "h" => value * 3600.0,
+        _ => return None,
+    };
+    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+}
+
+/// A provider after validation: the credential read, the endpoints parsed.
+#[derive(Debug, Clone)]
+pub struct ProviderSettings {
+    pub name: String,
+    pub kind: ProviderKind,
+    pub endpoints: Vec<EndpointUrl>,
+    pub credential: Secret,
+    pub auth: AuthPlacement,
+    pub api_version: Option<String>,
+    pub anthropic_version: String,
+    pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub connect_timeout: Duration,
+    pub timeout: Duration,
+}
+
+/// An endpoint's base URL, split into the parts a connection needs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct EndpointUrl {
+    pub tls: bool,
+    pub host: String,
+    pub port: u16,
+    /// Path prefix without a trailing slash (`/v1`, or empty).
+    pub base_path: String,
+    pub weight: usize,
+}
+
+impl EndpointUrl {
+    pub fn parse(url: &str, weight: usize) -> Result<Self, String> {
+        let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
+            (true, rest)
+        } else if let Some(rest) = url.strip_prefix("http://") {
+            (false, rest)
+        } else {
+            return Err(format!("`{url}` must start with http:// or https://"));
+        };
+        let (authority, path) = match rest.find('/') {
+            Some(i) => rest.split_at(i),
+            None => (rest, ""),
+        };
+        if path.contains('?') || path.contains('#') {
+            return Err(format!("`{url}` must not carry a query or fragment"));
+        }
+        let default_port = if tls { 443 } else { 80 };
+        let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+            let (host, after) = v6
+                .split_once(']')
+                .ok_or_else(|| format!("`{url}` has an unterminated IPv6 address"))?;
+            let port = match after.strip_prefix(':') {
+                Some(p) => p.parse().map_err(|_| format!("`{url}` has a bad port"))?,
+                None => default_port,
+            };
+            (host.to_string(), port)
+        } else {
+            match authority.rsplit_once(':') {
+                Some((h, p)) => (
+                    h.to_string(),
+                    p.parse().map_err(|_| format!("`{url}` has a bad port"))?,
+                ),
+                None => (authority.to_string(), default_port),
+            }
+        };
+        if host.is_empty() || host.contains('@') {
+            return Err(format!("`{url}` has no valid host"));
+        }
+        if weight == 0 {
+            return Err("weight must be at least 1".into());
+        }
+        Ok(EndpointUrl {
+            tls,
+            host,
+            port,
+            base_path: path.trim_end_matches('/').to_string(),
+            weight,
+        })
+    }
+
+    /// The `Host` header value.
+    pub fn authority(&self) -> String {
+        let host = if self.host.contains(':') {
+            format!("[{}]", self.host)
+        } else {
+            self.host.clone()
+        };
+        let default_port = if self.tls { 443 } else { 80 };
+        if self.port == default_port {
+            host
+        } else {
+            format!("{host}:{}", self.port)
+        }
+    }
+}
+
+/// A model after validation.
+#[derive(Debug, Clone)]
+pub struct ModelSettings {
+    pub name: String,
+    pub provider: String,
+    pub upstream_model: String,
+    pub default_max_tokens: u32,
+    pub timeout: Duration,
+}
+
+/// The validated configuration, ready to build the gateway from.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub listen: Vec<SocketAddr>,
+    pub admin_listen: Option<SocketAddr>,
+    pub max_request_bytes: usize,
+    pub max_response_bytes: usize,
+    pub providers: Vec<ProviderSettings>,
+    pub models: Vec<ModelSettings>,
+}
+
+/// Pingora's own top-level keys, which share the file with the gateway's.
+const PINGORA_KEYS: &[&str] = &[
+    "version",
+    "daemon",
+    "error_log",
+    "pid_file",
+    "upgrade_sock",
+    "user",
+    "group",
+    "working_directory",
+    "threads",
+    "listener_tasks_per_fd",
+    "work_stealing",
+    "runtime_enable_alt_timer",
+    "ca_file",
+    "s2n_config_cache_size",
+    "grace_period_seconds",
+    "graceful_shutdown_timeout_seconds",
+    "client_bind_to_ipv4",
+    "client_bind_to_ipv6",
+    "upstream_keepalive_pool_size",
+    "upstream_connect_offload_threadpools",
+    "upstream_connect_offload_thread_per_pool",
+    "downstream_tls_offload_threadpools",
+    "downstream_tls_offload_thread_per_pool",
+    "upstream_debug_ssl_keylog",
+    "max_retries",
+    "upgrade_sock_connect_accept_max_retries",
+    "max_blocking_threads",
+    "blocking_threads_ttl_seconds",
+    "fast_timeout_to_tokio_threshold_seconds",
+    "runtime_metrics_poll_time_histogram",
+    "runtime_metrics_poll_time_histogram_scale",
+    "runtime_metrics_poll_time_histogram_resolution_micros",
+    "runtime_metrics_poll_time_histogram_buckets",
+    "daemon_wait_for_ready",
+    "daemon_ready_timeout_seconds",
+    "daemon_notify_timeout_seconds",
+];
+
+impl Settings {
+    /// Reads and validates a configuration file.
+    pub fn load(path: &Path) -> Result<Settings, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| {
+            ConfigError::new("", format!("cannot read {}: {e}", path.display()))
+        })?;
+        Self::from_yaml(&text, &|name| std::env::var(name).ok())
+    }
+
+    /// Parses and validates YAML text; `env` looks up `${VAR}` values.
+    pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(text)
+            .map_err(|e| ConfigError::new("", format!("invalid YAML: {e}")))?;
+        if doc.is_null() {
+            doc = serde_yaml::Value::Mapping(Default::default());
+        }
+        let serde_yaml::Value::Mapping(map) = &mut doc else {
+            return Err(ConfigError::new("", "the file must be a YAML mapping"));
+        };
+        // Pingora's keys are Pingora's to read; everything else must be ours.
+        map.retain(|k, _| !k.as_str().is_some_and(|k| PINGORA_KEYS.contains(&k)));
+        expand_env(&mut doc, &mut String::new(), env)?;
+        let config: GatewayConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
+            let key = e.path().to_string();
+            let key = if key == "." { String::new() } else { key };
+            ConfigError::new(key, e.into_inner().to_string())
+        })?;
+        config.validate()
+    }
+
+    /// The embedded default: localhost listeners, and every provider whose standard environment
+    /// variable is set, with its common models.
+    pub fn default_from_env(env: &dyn Fn(&str) -> Option<String>) -> Settings {
+        let mut config = GatewayConfig {
+            listen: default_listen(),
+            admin_listen: default_admin_listen(),
+            max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+            max_response_bytes: default_max_response_bytes(),
+            providers: BTreeMap::new(),
+            models: BTreeMap::new(),
+        };
+        let presets: [(&str, ProviderKind, &str, &[&str]); 3] = [
+            (
+                "openai",
+                ProviderKind::Openai,
+                "OPENAI_API_KEY",
+                &["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini"],
+            ),
+            (
+                "anthropic",
+                ProviderKind::Anthropic,
+                "ANTHROPIC_API_KEY",
+                &[
+                    "claude-sonnet-4-0",
+                    "claude-3-7-sonnet-latest",
+                    "claude-3-5-haiku-latest",
+                ],
+            ),
+            (
+                "gemini",
+                ProviderKind::Gemini,
+                "GEMINI_API_KEY",
+                &["gemini-2.5-pro", "gemini-2.5-flash", "gemini-2.0-flash"],
+            ),
+        ];
+        for (name, kind, var, models) in presets {
+            let Some(key) = env(var).filter(|k| !k.is_empty()) else {
+                continue;
+            };
+            config.providers.insert(
+                name.into(),
+                ProviderConfig {
+                    kind,
+                    endpoints: vec![],
+                    api_key: Some(Secret::new(key)),
+                    api_key_file: None,
+                    auth: None,
+                    api_version: None,
+                    anthropic_version: default_anthropic_version(),
+                    headers: BTreeMap::new(),
+                    connect_timeout: default_connect_timeout(),
+                    timeout: default_timeout(),
+                },
+            );
+            for model in models {
+                config.models.insert(
+                    model.to_string(),
+                    ModelConfig {
+                        provider: name.into(),
+                        model: None,
+                        default_max_tokens: None,
+                        timeout: None,
+                    },
+                );
+            }
+        }
+        // The presets are valid by construction.
+        config.validate().unwrap_or_else(|e| {
+            log::error!("embedded default configuration is invalid: {e}");
+            Settings {
+                listen: default_listen().0,
+                admin_listen: default_admin_listen(),
+                max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
+                max_response_bytes: default_max_response_bytes(),
+                providers: vec![],
+                models: vec![],
+            }
+        })
+    }
+}
+
+impl GatewayConfig {
+    fn validate(self) -> Result<Settings, ConfigError> {
+        if self.listen.0.is_empty() {
+            return Err(ConfigError::new("listen", "at least one address is required"));
+        }
+        if self.max_request_bytes == 0 {
+            return Err(ConfigError::new("max_request_bytes", "must be greater than 0"));
+        }
+        let mut providers = Vec::new();
+        for (name, p) in &self.providers {
+            providers.push(validate_provider(name, p)?);
+        }
+        let mut models = Vec::new();
+        for (name, m) in &self.models {
+            let key = format!("models.{name}");
+            let Some(provider) = providers.iter().find(|p| p.name == m.provider) else {
+                return Err(ConfigError::new(
+                    format!("{key}.provider"),
+                    format!("unknown provider `{}`", m.provider),
+                ));
+            };
+            if name.is_empty() {
+                return Err(ConfigError::new("models", "a model name must not be empty"));
+            }
+            let upstream_model = m.model.clone().unwrap_or_else(|| name.clone());
+            if upstream_model.is_empty() {
+                return Err(ConfigError::new(format!("{key}.model"), "must not be empty"));
+            }
+            if provider.kind == ProviderKind::Gemini
+                && upstream_model.contains(|c: char| c == '/' || c == '?' || c == '#')
+            {
+                return Err(ConfigError::new(
+                    format!("{key}.model"),
+                    "a Gemini model id must not contain '/', '?' or '#'",
+                ));
+            }
+            if m.default_max_tokens == Some(0) {
+                return Err(ConfigError::new(
+                    format!("{key}.default_max_tokens"),
+                    "must be greater than 0",
+                ));
+            }
+            models.push(ModelSettings {
+                name: name.clone(),
+                provider: m.provider.clone(),
+                upstream_model,
+                default_max_tokens: m.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
+                timeout: m.timeout.map_or(provider.timeout, |t| t.0),
+            });
+        }
+        Ok(Settings {
+            listen: self.listen.0,
+            admin_listen: self.admin_listen,
+            max_request_bytes: self.max_request_bytes,
+            max_response_bytes: self.max_response_bytes,
+            providers,
+            models,
+        })
+    }
+}
+
+fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings, ConfigError> {
+    let key = format!("providers.{name}");
+    let endpoints = if p.endpoints.is_empty() {
+        let Some(url) = p.kind.default_endpoint() else {
+            return Err(ConfigError::new(
+                format!("{key}.endpoints"),
+                format!("required for kind {}", p.kind.as_str()),
+            ));
+        };
+        vec![EndpointConfig {
+            url: url.into(),
+            weight: 1,
+        }]
+    } else {
+        p.endpoints.clone()
+    };
+    let endpoints = endpoints
+        .iter()
+        .enumerate()
+        .map(|(i, e)| {
+            EndpointUrl::parse(&e.url, e.weight)
+                .map_err(|m| ConfigError::new(format!("{key}.endpoints[{i}]"), m))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    let credential = match (&p.api_key, &p.api_key_file) {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError::new(
+                format!("{key}.api_key_file"),
+                "give either api_key or api_key_file, not both",
+            ))
+        }
+        (Some(k), None) => k.clone(),
+        (None, Some(file)) => {
+            let text = std::fs::read_to_string(file).map_err(|e| {
+                ConfigError::new(format!("{key}.api_key_file"), format!("cannot read {file}: {e}"))
+            })?;
+            Secret::new(text.trim())
+        }
+        (None, None) => Secret::default(),
+    };
+    let auth = match &p.auth {
+        None => p.kind.default_auth(),
+        Some(AuthConfig::Named(AuthNone::None)) => AuthPlacement::None,
+        Some(AuthConfig::Header { header, prefix }) => {
+            if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
+                return Err(ConfigError::new(
+                    format!("{key}.auth.header"),
+                    format!("`{header}` is not a valid header name"),
+                ));
+            }
+            AuthPlacement::Header {
+                name: header.to_ascii_lowercase(),
+                prefix: prefix.clone(),
+            }
+        }
+        Some(AuthConfig::Query { query }) => AuthPlacement::Query {
+            name: query.clone(),
+        },
+        Some(AuthConfig::Body { body }) => AuthPlacement::Body {
+            field: body.clone(),
+        },
+    };
+    if credential.is_empty() && auth != AuthPlacement::None {
+        return Err(ConfigError::new(
+            format!("{key}.api_key"),
+            "a credential is required (api_key or api_key_file), or set `auth: none`",
+        ));
+    }
+    if credential.expose().contains(['\r', '\n']) {
+        return Err(ConfigError::new(
+            format!("{key}.api_key"),
+            "must not contain line breaks",
+        ));
+    }
+    if p.kind == ProviderKind::AzureOpenai && p.api_version.is_none() {
+        return Err(ConfigError::new(
+            format!("{key}.api_version"),
+            "required for kind azure-openai (e.g. 2024-10-21)",
+        ));
+    }
+    let mut headers = Vec::new();
+    for (h, v) in &p.headers {
+        let name = http::HeaderName::from_bytes(h.as_bytes()).map_err(|_| {
+            ConfigError::new(format!("{key}.headers.{h}"), "not a valid header name")
+        })?;
+        let value = http::HeaderValue::from_str(v).map_err(|_| {
+            ConfigError::new(format!("{key}.headers.{h}"), "not a valid header value")
+        })?;
+        headers.push((name, value));
+    }
+    if p.timeout.0.is_zero() {
+        return Err(ConfigError::new(format!("{key}.timeout"), "must be greater than 0"));
+    }
+    if p.connect_timeout.0.is_zero() {
+        return Err(ConfigError::new(
+            format!("{key}.connect_timeout"),
+            "must be greater than 0",
+        ));
+    }
+    Ok(ProviderSettings {
+        name: name.to_string(),
+        kind: p.kind,
+        endpoints,
+        credential,
+        auth,
+        api_version: p.api_version.clone(),
+        anthropic_version: p.anthropic_version.clone(),
+        headers,
+        connect_timeout: p.connect_timeout.0,
+        timeout: p.timeout.0,
+    })
+}
+
+/// Replaces `${VAR}` in every string value; an unset variable is an error naming the key.
+fn expand_env(
+    value: &mut serde_yaml::Value,
+    path: &mut String,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Result<(), ConfigError> {
+    match value {
+        serde_yaml::Value::String(s) if s.contains("${") => {
+            *s = expand_str(s, env).map_err(|m| ConfigError::new(path.clone(), m))?;
+        }
+        serde_yaml::Value::Mapping(map) => {
+            for (k, v) in map.iter_mut() {
+                let len = path.len();
+                if !path.is_empty() {
+                    path.push('.');
+                }
+                match k.as_str() {
+                    Some(k) => path.push_str(k),
+                    None => path.push('?'),
+                }
+                expand_env(v, path, env)?;
+                path.truncate(len);
+            }
+        }
+        serde_yaml::Value::Sequence(items) => {
+            for (i, v) in items.iter_mut().enumerate() {
+                let len = path.len();
+                path.push_str(&format!("[{i}]"));
+                expand_env(v, path, env)?;
+                path.truncate(len);
+            }
+        }
+        _ => {}
+    }
+    Ok(())
+}
+
+fn expand_str(s: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<String, String> {
+    let mut out = String::with_capacity(s.len());
+    let mut rest = s;
+    while let Some(start) = rest.find("${") {
+        out.push_str(&rest[..start]);
+        let after = &rest[start + 2..];
+        let end = after
+            .find('}')
+            .ok_or_else(|| "unterminated ${ in value".to_string())?;
+        let name = &after[..end];
+        if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
+            return Err(format!("`${{{name}}}` is not a valid variable reference"));
+        }
+        match env(name) {
+            Some(v) => out.push_str(&v),
+            None => return Err(format!("environment variable {name} is not set")),
+        }
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
+}
+
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        String::deserialize(d).map(Secret)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn env(name: &str) -> Option<String> {
+        match name {
+            "OPENAI_API_KEY" => Some("sk-test".into()),
+            "ANTHROPIC_API_KEY" => Some("ant-test".into()),
+            _ => None,
+        }
+    }
+
+    const EXAMPLE: &str = r#"
+threads: 2
+pid_file: /tmp/dragoman.pid
+listen: 127.0.0.1:8080
+admin_listen: 127.0.0.1:9090
+providers:
+  openai:    { kind: openai,    api_key: "${OPENAI_API_KEY}" }
+  anthropic: { kind: anthropic, api_key: "${ANTHROPIC_API_KEY}" }
+  azure:     { kind: azure-openai, endpoints: ["https://name.openai.azure.com"], api_key: "x", api_version: "2024-10-21" }
+  local-llama:
+    kind: openai
+    auth: none
+    endpoints: ["http://10.0.0.11:8000/v1", { url: "http://10.0.0.12:8000/v1", weight: 2 }]
+models:
+  gpt-4o-mini:  { provider: openai }
+  claude-haiku: { provider: anthropic, model: claude-3-5-haiku-latest, timeout: 30s }
+  llama-3-8b:   { provider: local-llama, model: meta-llama/Meta-Llama-3-8B-Instruct }
+"#;
+
+    #[test]
+    fn the_documented_shape_loads() {
+        let s = Settings::from_yaml(EXAMPLE, &env).unwrap();
+        assert_eq!(s.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(s.providers.len(), 4);
+        let openai = s.providers.iter().find(|p| p.name == "openai").unwrap();
+        assert_eq!(openai.credential.expose(), "sk-test");
+        assert_eq!(openai.endpoints[0].host, "api.openai.com");
+        assert_eq!(openai.endpoints[0].base_path, "/v1");
+        assert!(openai.endpoints[0].tls);
+        let llama = s.providers.iter().find(|p| p.name == "local-llama").unwrap();
+        assert_eq!(llama.auth, AuthPlacement::None);
+        assert_eq!(llama.endpoints[1].weight, 2);
+        assert_eq!(llama.endpoints[1].port, 8000);
+        let haiku = s.models.iter().find(|m| m.name == "claude-haiku").unwrap();
+        assert_eq!(haiku.upstream_model, "claude-3-5-haiku-latest");
+        assert_eq!(haiku.timeout, Duration::from_secs(30));
+        let mini = s.models.iter().find(|m| m.name == "gpt-4o-mini").unwrap();
+        assert_eq!(mini.upstream_model, "gpt-4o-mini");
+    }
+
+    fn err(yaml: &str) -> ConfigError {
+        Settings::from_yaml(yaml, &env).unwrap_err()
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let e = err("providers:\n  p: { kind: openai, api_key: \"${NOPE}\" }\n");
+        assert_eq!(e.key, "providers.p.api_key");
+        assert!(e.message.contains("NOPE"), "{e}");
+
+        let e = err("providers:\n  p: { kind: openaii, api_key: k }\n");
+        assert_eq!(e.key, "providers.p.kind");
+
+        let e = err("providers:\n  p: { kind: openai, api_key: k, timeot: 3s }\n");
+        assert_eq!(e.key, "providers.p");
+        assert!(e.message.contains("timeot"), "{e}");
+
+        let e = err("providers:\n  p: { kind: openai, api_key: k, timeout: soon }\n");
+        assert_eq!(e.key, "providers.p.timeout");
+
+        let e = err("models:\n  m: { provider: ghost }\n");
+        assert_eq!(e.key, "models.m.provider");
+
+        let e = err("providers:\n  p: { kind: openai }\n");
+        assert_eq!(e.key, "providers.p.api_key");
+
+        let e = err("providers:\n  p: { kind: azure-openai, api_key: k, endpoints: [\"https://x\"] }\n");
+        assert_eq!(e.key, "providers.p.api_version");
+
+        let e = err("providers:\n  p: { kind: azure-openai, api_key: k, api_version: v }\n");
+        assert_eq!(e.key, "providers.p.endpoints");
+
+        let e = err("providers:\n  p: { kind: openai, api_key: k, endpoints: [\"ftp://x\"] }\n");
+        assert_eq!(e.key, "providers.p.endpoints[0]");
+
+        let e = err("listen: nowhere\n");
+        assert_eq!(e.key, "listen");
+
+        let e = err("lisen: 127.0.0.1:1\n");
+        assert!(e.message.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn api_key_file_is_read_and_trimmed() {
+        let path = std::env::temp_dir().join(format!("dragoman-key-{}", std::process::id()));
+        std::fs::write(&path, "file-key\n").unwrap();
+        let yaml = format!(
+            "providers:\n  p: {{ kind: anthropic, api_key_file: \"{}\" }}\n",
+            path.display()
+        );
+        let s = Settings::from_yaml(&yaml, &env).unwrap();
+        assert_eq!(s.providers[0].credential.expose(), "file-key");
+        std::fs::remove_file(&path).unwrap();
+        let e = Settings::from_yaml(&yaml, &env).unwrap_err();
+        assert_eq!(e.key, "providers.p.api_key_file");
+    }
+
+    #[test]
+    fn secrets_do_not_print() {
+        let s = Settings::from_yaml(EXAMPLE, &env).unwrap();
+        let dump = format!("{s:?}");
+        assert!(!dump.contains("sk-test"));
+        assert!(!dump.contains("ant-test"));
+    }
+
+    #[test]
+    fn default_enables_only_providers_with_keys() {
+        let s = Settings::default_from_env(&env);
+        let names: Vec<_> = s.providers.iter().map(|p| p.name.as_str()).collect();
+        assert_eq!(names, vec!["anthropic", "openai"]);
+        assert!(s.models.iter().any(|m| m.name == "gpt-4o-mini"));
+        assert!(s.models.iter().any(|m| m.name == "claude-3-5-haiku-latest"));
+        assert!(!s.models.iter().any(|m| m.provider == "gemini"));
+        assert_eq!(s.listen, vec!["127.0.0.1:8080".parse().unwrap()]);
+        assert_eq!(s.admin_listen, Some("127.0.0.1:9090".parse().unwrap()));
+    }
+
+    #[test]
+    fn durations_and_urls() {
+        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
+        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
+        assert_eq!(parse_duration("fast"), None);
+        let u = EndpointUrl::parse("http://[::1]:9000/v1/", 1).unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.base_path.as_str()), ("::1", 9000, "/v1"));
+        assert_eq!(u.authority(), "[::1]:9000");
+        assert!(EndpointUrl::parse("https://user@host/", 1).is_err());
+        assert!(EndpointUrl::parse("https://host/v1?x=1", 1).is_err());
+    }
+}

@@ -1,0 +1,154 @@
+//! The client's side of a request: read the body (bounded), route it by `model`, plan the
+//! upstream call, and run it as a Pingora subrequest whose response is piped back.
+//!
+//! Why a subrequest: routing needs the body, so it is read here, before `upstream_peer`; Pingora
+//! forwards an already-read body only from its 64 KiB retry buffer. The subrequest has no body of
+//! its own, so on every attempt Pingora hands `request_body_filter` an empty end of body, where the
+//! planned bytes (of any size) are put in. Retries to other instances re-send them the same way.
+
+use super::ctx::RequestCtx;
+use super::respond::{self, Answerer};
+use crate::call::UpstreamCall;
+use crate::error::GatewayError;
+use crate::frontend::{self, Endpoint};
+use crate::registry::Registry;
+use bytes::{Bytes, BytesMut};
+use pingora_proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
+use pingora_proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
+use pingora_proxy::Session;
+use std::sync::Arc;
+
+/// Handles a client request end to end. Always answers the client.
+pub async fn handle(session: &mut Session, registry: Arc<Registry>, ctx: &mut RequestCtx) {
+    let req = session.req_header();
+    let endpoint = match frontend::endpoint_for(&req.method, req.uri.path()) {
+        Ok(e) => e,
+        Err(e) => return reject(session, &e).await,
+    };
+    if endpoint == Endpoint::Models {
+        let body = registry.model_list.clone();
+        if let Err(e) = respond::write_json(session, 200, body, None).await {
+            log::debug!("could not send model list: {e}");
+        }
+        return;
+    }
+    let body = match read_body(session, registry.max_request_bytes).await {
+        Ok(b) => b,
+        Err(e) => return reject(session, &e).await,
+    };
+    let call = match UpstreamCall::plan(&registry, endpoint, &body) {
+        Ok(c) => Arc::new(c),
+        Err(e) => return reject(session, &e).await,
+    };
+    ctx.call = Some(call.clone());
+    run_upstream_leg(session, call).await;
+}
+
+async fn reject(session: &mut Session, error: &GatewayError) {
+    // An unread body would be taken for the next request: close the connection instead.
+    if !session.is_body_done() {
+        session.set_keepalive(None);
+    }
+    respond::write_error(session, error, None).await;
+}
+
+/// Reads the whole request body, refusing more than `limit` bytes.
+async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
+    let too_large = || {
+        GatewayError::new(
+            413,
+            format!("Request body exceeds the gateway's limit of {limit} bytes"),
+        )
+        .with_code("request_too_large")
+    };
+    let declared = session
+        .req_header()
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|n| n > limit) {
+        return Err(too_large());
+    }
+    let unreadable = |e: Box<pingora_error::Error>| {
+        GatewayError::bad_request(format!("Could not read the request body: {}", e.etype().as_str()))
+    };
+    let mut first: Option<Bytes> = None;
+    let mut joined: Option<BytesMut> = None;
+    while let Some(chunk) = session.read_request_body().await.map_err(unreadable)? {
+        // Most bodies arrive in one chunk: keep it as it is, copy only when a second one comes.
+        match (&mut joined, first.take()) {
+            (Some(buf), _) => buf.extend_from_slice(&chunk),
+            (None, None) => first = Some(chunk),
+            (None, Some(head)) => {
+                let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).max(head.len() * 4));
+                buf.extend_from_slice(&head);
+                buf.extend_from_slice(&chunk);
+                joined = Some(buf);
+            }
+        }
+        let size = joined.as_ref().map_or_else(|| first.as_ref().map_or(0, Bytes::len), BytesMut::len);
+        if size > limit {
+            return Err(too_large());
+        }
+    }
+    Ok(match joined {
+        Some(buf) => buf.freeze(),
+        None => first.unwrap_or_default(),
+    })
+}
+
+/// Sends the call through a subrequest and pipes its response to the client.
+async fn run_upstream_leg(session: &mut Session, call: Arc<UpstreamCall>) {
+    let answerer = || Answerer {
+        model: &call.model.name,
+        provider: &call.model.provider.name,
+    };
+    let Some(spawner) = session.subrequest_spawner.as_ref() else {
+        let e = GatewayError::new(500, "Internal gateway error").with_code("internal_error");
+        return respond::write_error(session, &e, Some(answerer())).await;
+    };
+    let sub_ctx = SubrequestCtx::builder()
+        .body_mode(BodyMode::NoBody)
+        .user_ctx(Box::new(call.clone()))
+        .build();
+    let (subrequest, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
+    let piped = pipe_subrequest(
+        session,
+        subrequest,
+        handle,
+        |task| Ok(Some(task)),
+        InputBodyType::Preset(InputBody::NoBody),
+    )
+    .await;
+    let Err(failure) = piped else {
+        return;
+    };
+    // The subrequest reports its failure after writing its error response; forward what it wrote.
+    if failure.from_subreq {
+        if let Some(mut rx) = failure.state.pipe_rx {
+            while let Some(task) = rx.recv().await {
+                if let Err(e) = session.write_response_tasks(vec![task]).await {
+                    log::debug!("client went away: {e}");
+                    return;
+                }
+            }
+        }
+    }
+    if session.response_written().is_none() {
+        let provider = &call.model.provider.name;
+        if let Some(e) = respond::error_for_proxy_failure(&failure.error, provider) {
+            respond::write_error(session, &e, Some(answerer())).await;
+        }
+    }
+}
+
+/// In the subrequest: the call its parent planned.
+pub fn call_of_subrequest(session: &Session) -> Option<Arc<UpstreamCall>> {
+    session
+        .subrequest_ctx
+        .as_ref()?
+        .user_ctx()?
+        .downcast_ref::<Arc<UpstreamCall>>()
+        .cloned()
+}

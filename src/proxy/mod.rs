@@ -1,0 +1,166 @@
+//! The Pingora `ProxyHttp` implementation. It stays thin: each hook hands its work to the module
+//! that owns it.
+//!
+//! Every client request is served in two sessions: the client's own (routing, in [`ingress`]) and a
+//! subrequest that carries the planned call to the upstream ([`upstream`], [`response`]).
+
+pub mod ctx;
+pub mod ingress;
+pub mod respond;
+pub mod response;
+pub mod upstream;
+
+use crate::config::EndpointUrl;
+use crate::registry::Registry;
+use arc_swap::ArcSwap;
+use async_trait::async_trait;
+use bytes::Bytes;
+use ctx::RequestCtx;
+use pingora_core::upstreams::peer::HttpPeer;
+use pingora_error::{Error, ErrorType, Result};
+use pingora_http::{RequestHeader, ResponseHeader};
+use pingora_proxy::{FailToProxy, ProxyHttp, Session};
+use respond::Answerer;
+use std::sync::Arc;
+use std::time::Duration;
+
+pub struct Gateway {
+    registry: Arc<ArcSwap<Registry>>,
+}
+
+impl Gateway {
+    pub fn new(registry: Arc<ArcSwap<Registry>>) -> Self {
+        Gateway { registry }
+    }
+}
+
+fn no_call() -> Box<Error> {
+    Error::explain(ErrorType::InternalError, "upstream hook without a planned call")
+}
+
+#[async_trait]
+impl ProxyHttp for Gateway {
+    type CTX = RequestCtx;
+
+    fn new_ctx(&self) -> RequestCtx {
+        RequestCtx::new()
+    }
+
+    fn allow_spawning_subrequest(&self, session: &Session, _ctx: &RequestCtx) -> bool {
+        session.subrequest_ctx.is_none()
+    }
+
+    async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
+        if session.subrequest_ctx.is_some() {
+            ctx.call = ingress::call_of_subrequest(session);
+            ctx.is_upstream_leg = true;
+            return match ctx.call {
+                Some(_) => Ok(false),
+                None => Err(no_call()),
+            };
+        }
+        ingress::handle(session, self.registry.load_full(), ctx).await;
+        Ok(true)
+    }
+
+    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+        let call = ctx.call.clone().ok_or_else(no_call)?;
+        upstream::select_peer(&call, ctx)
+    }
+
+    async fn upstream_request_filter(
+        &self,
+        _session: &mut Session,
+        req: &mut RequestHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let call = ctx.call.as_ref().ok_or_else(no_call)?;
+        let endpoint = ctx
+            .backend
+            .as_ref()
+            .and_then(|b| b.ext.get::<Arc<EndpointUrl>>())
+            .ok_or_else(|| Error::explain(ErrorType::InternalError, "attempt without an instance"))?;
+        upstream::write_request_header(req, call, endpoint)
+    }
+
+    async fn request_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let call = ctx.call.as_ref().ok_or_else(no_call)?;
+        upstream::fill_body(call, body, end_of_stream);
+        Ok(())
+    }
+
+    fn fail_to_connect(
+        &self,
+        _session: &mut Session,
+        _peer: &HttpPeer,
+        ctx: &mut RequestCtx,
+        e: Box<Error>,
+    ) -> Box<Error> {
+        match ctx.call.clone() {
+            Some(call) => upstream::on_connect_failure(&call, ctx, e),
+            None => e,
+        }
+    }
+
+    fn error_while_proxy(
+        &self,
+        _peer: &HttpPeer,
+        session: &mut Session,
+        e: Box<Error>,
+        ctx: &mut RequestCtx,
+        client_reused: bool,
+    ) -> Box<Error> {
+        let started = session.response_written().is_some();
+        upstream::on_proxy_error(ctx, started, client_reused, e)
+    }
+
+    async fn upstream_response_filter(
+        &self,
+        _session: &mut Session,
+        resp: &mut ResponseHeader,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        let call = ctx.call.clone().ok_or_else(no_call)?;
+        response::on_response_header(resp, &call, ctx)
+    }
+
+    fn response_body_filter(
+        &self,
+        _session: &mut Session,
+        body: &mut Option<Bytes>,
+        end_of_stream: bool,
+        ctx: &mut RequestCtx,
+    ) -> Result<Option<Duration>> {
+        let call = ctx.call.clone().ok_or_else(no_call)?;
+        response::on_response_body(body, end_of_stream, &call, ctx)?;
+        Ok(None)
+    }
+
+    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
+        let provider = ctx.call.as_ref().map_or("", |c| c.model.provider.name.as_str());
+        let error = respond::error_for_proxy_failure(e, provider);
+        let status = error.as_ref().map_or(0, |e| e.status);
+        if let Some(error) = error {
+            let answerer = ctx.call.as_ref().map(|c| Answerer {
+                model: &c.model.name,
+                provider: &c.model.provider.name,
+            });
+            respond::write_error(session, &error, answerer).await;
+        }
+        FailToProxy {
+            error_code: status,
+            can_reuse_downstream: false,
+        }
+    }
+
+    fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
+        // The client's session logs nothing of its own: its upstream leg already did.
+        !ctx.is_upstream_leg
+    }
+}

@@ -1,0 +1,75 @@
+//! Answers written by the gateway itself: errors in the client's protocol, and local endpoints.
+
+use crate::error::GatewayError;
+use bytes::Bytes;
+use pingora_error::{Error, ErrorSource, ErrorType};
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
+
+/// Who answered, for the `x-dragoman-*` headers.
+pub struct Answerer<'a> {
+    pub model: &'a str,
+    pub provider: &'a str,
+}
+
+pub async fn write_json(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    answerer: Option<Answerer<'_>>,
+) -> pingora_error::Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(4))?;
+    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    if let Some(a) = answerer {
+        resp.insert_header("x-dragoman-model", a.model)?;
+        resp.insert_header("x-dragoman-provider", a.provider)?;
+    }
+    session.write_response_header(Box::new(resp), false).await?;
+    session.write_response_body(Some(body), true).await
+}
+
+pub async fn write_error(
+    session: &mut Session,
+    error: &GatewayError,
+    answerer: Option<Answerer<'_>>,
+) {
+    if session.response_written().is_some() {
+        return;
+    }
+    if let Err(e) = write_json(session, error.status, error.to_openai_body(), answerer).await {
+        log::debug!("could not send error response: {e}");
+    }
+}
+
+/// The client-facing error for a proxy failure, or `None` when the client itself went away.
+/// Messages are the gateway's own: Pingora's carry addresses and internals.
+pub fn error_for_proxy_failure(e: &Error, provider: &str) -> Option<GatewayError> {
+    use ErrorType::*;
+    let error = match e.etype() {
+        HTTPStatus(code) => GatewayError::new(*code, e.context.as_ref().map_or_else(
+            || format!("upstream provider `{provider}` failed"),
+            |c| c.as_str().to_string(),
+        )),
+        ConnectTimedout | TLSHandshakeTimedout => {
+            GatewayError::new(504, format!("Timed out connecting to provider `{provider}`"))
+                .with_code("upstream_timeout")
+        }
+        ReadTimedout | WriteTimedout => {
+            GatewayError::new(504, format!("Provider `{provider}` did not answer in time"))
+                .with_code("upstream_timeout")
+        }
+        _ if *e.esource() == ErrorSource::Downstream => return None,
+        ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
+        | BindError | TLSHandshakeFailure | InvalidCert | TLSWantX509Lookup => {
+            GatewayError::new(502, format!("Could not connect to provider `{provider}`"))
+                .with_code("upstream_unreachable")
+        }
+        _ if *e.esource() == ErrorSource::Upstream => {
+            GatewayError::new(502, format!("Provider `{provider}` failed mid-response"))
+                .with_code("upstream_error")
+        }
+        _ => GatewayError::new(500, "Internal gateway error").with_code("internal_error"),
+    };
+    Some(error)
+}
