@@ -88,12 +88,12 @@ impl UpstreamCall {
             }
             _ => upstream_body,
         };
-        let response_mode = if provider.kind.speaks_openai() && endpoint == Endpoint::ChatCompletions
-        {
-            ResponseMode::PassThrough
-        } else {
-            ResponseMode::Translate
-        };
+        let response_mode =
+            if provider.kind.speaks_openai() && endpoint == Endpoint::ChatCompletions {
+                ResponseMode::PassThrough
+            } else {
+                ResponseMode::Translate
+            };
         Ok(UpstreamCall {
             path: upstream_path(&model, stream),
             registry: registry.clone(),

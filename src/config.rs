@@ -437,14 +437,16 @@ const PINGORA_KEYS: &[&str] = &[
 impl Settings {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {
-        let text = std::fs::read_to_string(path).map_err(|e| {
-            ConfigError::new("", format!("cannot read {}: {e}", path.display()))
-        })?;
+        let text = std::fs::read_to_string(path)
+            .map_err(|e| ConfigError::new("", format!("cannot read {}: {e}", path.display())))?;
         Self::from_yaml(&text, &|name| std::env::var(name).ok())
     }
 
     /// Parses and validates YAML text; `env` looks up `${VAR}` values.
-    pub fn from_yaml(text: &str, env: &dyn Fn(&str) -> Option<String>) -> Result<Settings, ConfigError> {
+    pub fn from_yaml(
+        text: &str,
+        env: &dyn Fn(&str) -> Option<String>,
+    ) -> Result<Settings, ConfigError> {
         let mut doc: serde_yaml::Value = serde_yaml::from_str(text)
             .map_err(|e| ConfigError::new("", format!("invalid YAML: {e}")))?;
         if doc.is_null() {
@@ -480,7 +482,13 @@ impl Settings {
                 "openai",
                 ProviderKind::Openai,
                 "OPENAI_API_KEY",
-                &["gpt-4o", "gpt-4o-mini", "gpt-4.1", "gpt-4.1-mini", "o3-mini"],
+                &[
+                    "gpt-4o",
+                    "gpt-4o-mini",
+                    "gpt-4.1",
+                    "gpt-4.1-mini",
+                    "o3-mini",
+                ],
             ),
             (
                 "anthropic",
@@ -548,10 +556,16 @@ impl Settings {
 impl GatewayConfig {
     fn validate(self) -> Result<Settings, ConfigError> {
         if self.listen.0.is_empty() {
-            return Err(ConfigError::new("listen", "at least one address is required"));
+            return Err(ConfigError::new(
+                "listen",
+                "at least one address is required",
+            ));
         }
         if self.max_request_bytes == 0 {
-            return Err(ConfigError::new("max_request_bytes", "must be greater than 0"));
+            return Err(ConfigError::new(
+                "max_request_bytes",
+                "must be greater than 0",
+            ));
         }
         let mut providers = Vec::new();
         for (name, p) in &self.providers {
@@ -571,7 +585,10 @@ impl GatewayConfig {
             }
             let upstream_model = m.model.clone().unwrap_or_else(|| name.clone());
             if upstream_model.is_empty() {
-                return Err(ConfigError::new(format!("{key}.model"), "must not be empty"));
+                return Err(ConfigError::new(
+                    format!("{key}.model"),
+                    "must not be empty",
+                ));
             }
             if provider.kind == ProviderKind::Gemini
                 && upstream_model.contains(|c: char| c == '/' || c == '?' || c == '#')
@@ -640,7 +657,10 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         (Some(k), None) => k.clone(),
         (None, Some(file)) => {
             let text = std::fs::read_to_string(file).map_err(|e| {
-                ConfigError::new(format!("{key}.api_key_file"), format!("cannot read {file}: {e}"))
+                ConfigError::new(
+                    format!("{key}.api_key_file"),
+                    format!("cannot read {file}: {e}"),
+                )
             })?;
             Secret::new(text.trim())
         }
@@ -697,7 +717,10 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         headers.push((name, value));
     }
     if p.timeout.0.is_zero() {
-        return Err(ConfigError::new(format!("{key}.timeout"), "must be greater than 0"));
+        return Err(ConfigError::new(
+            format!("{key}.timeout"),
+            "must be greater than 0",
+        ));
     }
     if p.connect_timeout.0.is_zero() {
         return Err(ConfigError::new(
@@ -826,7 +849,11 @@ models:
         assert_eq!(openai.endpoints[0].host, "api.openai.com");
         assert_eq!(openai.endpoints[0].base_path, "/v1");
         assert!(openai.endpoints[0].tls);
-        let llama = s.providers.iter().find(|p| p.name == "local-llama").unwrap();
+        let llama = s
+            .providers
+            .iter()
+            .find(|p| p.name == "local-llama")
+            .unwrap();
         assert_eq!(llama.auth, AuthPlacement::None);
         assert_eq!(llama.endpoints[1].weight, 2);
         assert_eq!(llama.endpoints[1].port, 8000);
@@ -863,7 +890,9 @@ models:
         let e = err("providers:\n  p: { kind: openai }\n");
         assert_eq!(e.key, "providers.p.api_key");
 
-        let e = err("providers:\n  p: { kind: azure-openai, api_key: k, endpoints: [\"https://x\"] }\n");
+        let e = err(
+            "providers:\n  p: { kind: azure-openai, api_key: k, endpoints: [\"https://x\"] }\n",
+        );
         assert_eq!(e.key, "providers.p.api_version");
 
         let e = err("providers:\n  p: { kind: azure-openai, api_key: k, api_version: v }\n");
@@ -921,7 +950,10 @@ models:
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("fast"), None);
         let u = EndpointUrl::parse("http://[::1]:9000/v1/", 1).unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.base_path.as_str()), ("::1", 9000, "/v1"));
+        assert_eq!(
+            (u.host.as_str(), u.port, u.base_path.as_str()),
+            ("::1", 9000, "/v1")
+        );
         assert_eq!(u.authority(), "[::1]:9000");
         assert!(EndpointUrl::parse("https://user@host/", 1).is_err());
         assert!(EndpointUrl::parse("https://host/v1?x=1", 1).is_err());

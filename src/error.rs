@@ -252,7 +252,8 @@ mod tests {
 
     #[test]
     fn anthropic_shape() {
-        let body = br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
+        let body =
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#;
         let e = from_upstream(529, body, "k");
         assert_eq!(e.status, 529);
         assert_eq!(e.message, "Overloaded");
@@ -261,12 +262,14 @@ mod tests {
 
     #[test]
     fn gemini_shape_and_array() {
-        let body = br#"{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT"}}"#;
+        let body =
+            br#"{"error":{"code":400,"message":"API key not valid.","status":"INVALID_ARGUMENT"}}"#;
         let e = from_upstream(400, body, "k");
         assert_eq!(e.message, "API key not valid.");
         assert_eq!(e.kind(), "invalid_request_error");
         assert_eq!(e.code.as_deref(), Some("400"));
-        let wrapped = br#"[{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED"}}]"#;
+        let wrapped =
+            br#"[{"error":{"code":429,"message":"Quota exceeded","status":"RESOURCE_EXHAUSTED"}}]"#;
         let e = from_upstream(429, wrapped, "k");
         assert_eq!(e.message, "Quota exceeded");
         assert_eq!(e.kind(), "rate_limit_error");

@@ -73,9 +73,7 @@ pub fn parse_chat_envelope(body: &[u8]) -> Result<ChatEnvelope, GatewayError> {
         GatewayError::bad_request("Invalid type for 'model': expected a string").with_param("model")
     })?;
     if model.is_empty() {
-        return Err(
-            GatewayError::bad_request("'model' must not be empty").with_param("model")
-        );
+        return Err(GatewayError::bad_request("'model' must not be empty").with_param("model"));
     }
     // The raw value borrows from `text`, so its offset in the body is a pointer difference.
     let start = raw.get().as_ptr() as usize - text.as_ptr() as usize;
@@ -92,7 +90,9 @@ pub fn parse_chat_tree(body: &[u8]) -> Result<Value, GatewayError> {
         GatewayError::bad_request(format!("The request body is not valid JSON: {e}"))
     })?;
     if !value.is_object() {
-        return Err(GatewayError::bad_request("The request body must be a JSON object"));
+        return Err(GatewayError::bad_request(
+            "The request body must be a JSON object",
+        ));
     }
     Ok(value)
 }
@@ -109,7 +109,9 @@ pub fn complete_to_chat(body: &[u8]) -> Result<(String, Value), GatewayError> {
         stream: bool,
     }
     let req: CompleteRequest = serde_json::from_slice(body).map_err(|e| {
-        GatewayError::bad_request(format!("The request body is not a valid complete request: {e}"))
+        GatewayError::bad_request(format!(
+            "The request body is not a valid complete request: {e}"
+        ))
     })?;
     let text = req.text.ok_or_else(|| {
         GatewayError::bad_request("Missing required parameter: 'text'").with_param("text")
@@ -119,10 +121,10 @@ pub fn complete_to_chat(body: &[u8]) -> Result<(String, Value), GatewayError> {
             .with_param("model_type")
     })?;
     if req.stream {
-        return Err(
-            GatewayError::bad_request("/v1/complete does not stream; use /v1/chat/completions")
-                .with_param("stream"),
-        );
+        return Err(GatewayError::bad_request(
+            "/v1/complete does not stream; use /v1/chat/completions",
+        )
+        .with_param("stream"));
     }
     let mut chat = json!({
         "model": model,
@@ -193,10 +195,24 @@ mod tests {
             endpoint_for(&Method::POST, "/chat/completions").unwrap(),
             Endpoint::ChatCompletions
         );
-        assert_eq!(endpoint_for(&Method::GET, "/v1/models").unwrap(), Endpoint::Models);
-        assert_eq!(endpoint_for(&Method::POST, "/v1/complete").unwrap(), Endpoint::Complete);
-        assert_eq!(endpoint_for(&Method::GET, "/v1/chat/completions").unwrap_err().status, 405);
-        assert_eq!(endpoint_for(&Method::GET, "/admin").unwrap_err().status, 404);
+        assert_eq!(
+            endpoint_for(&Method::GET, "/v1/models").unwrap(),
+            Endpoint::Models
+        );
+        assert_eq!(
+            endpoint_for(&Method::POST, "/v1/complete").unwrap(),
+            Endpoint::Complete
+        );
+        assert_eq!(
+            endpoint_for(&Method::GET, "/v1/chat/completions")
+                .unwrap_err()
+                .status,
+            405
+        );
+        assert_eq!(
+            endpoint_for(&Method::GET, "/admin").unwrap_err().status,
+            404
+        );
     }
 
     #[test]
@@ -208,8 +224,16 @@ mod tests {
             chat,
             json!({"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5})
         );
-        assert_eq!(complete_to_chat(br#"{"text":"hi"}"#).unwrap_err().status, 400);
-        assert_eq!(complete_to_chat(br#"{"model_type":"m"}"#).unwrap_err().status, 400);
+        assert_eq!(
+            complete_to_chat(br#"{"text":"hi"}"#).unwrap_err().status,
+            400
+        );
+        assert_eq!(
+            complete_to_chat(br#"{"model_type":"m"}"#)
+                .unwrap_err()
+                .status,
+            400
+        );
         let out = chat_to_complete(
             &json!({"choices":[{"message":{"role":"assistant","content":"yo"}}]}),
             "m",

@@ -63,7 +63,11 @@ fn run(opt: Opt) -> Result<(), String> {
         .build()
         .map_err(|e| format!("cannot start resolver runtime: {e}"))?
         .block_on(registry.resolve_all());
-    let lbs: Vec<_> = registry.providers.iter().map(|p| p.upstreams.clone()).collect();
+    let lbs: Vec<_> = registry
+        .providers
+        .iter()
+        .map(|p| p.upstreams.clone())
+        .collect();
     let registry = Arc::new(ArcSwap::from_pointee(registry));
 
     let mut opt_for_server = opt;

@@ -1,14 +1,1260 @@
 //! Anthropic Messages API <-> OpenAI chat completions.
-use crate::error::GatewayError;
-use crate::providers::{RequestContext, ResponseContext};
-use serde_json::Value;
+//!
+//! Requests: an OpenAI `chat.completions` body becomes a `/v1/messages` body. Responses: a Messages
+//! `message` object becomes a `chat.completion`. Every input is treated as untrusted: malformed
+//! client input is a 400 naming the offending field, a malformed upstream body is a 502.
 
-/// OpenAI chat request (a JSON object) -> Anthropic Messages request body.
-pub fn chat_request(_req: &Value, _ctx: &RequestContext) -> Result<Vec<u8>, GatewayError> {
-    Err(GatewayError::new(501, "anthropic translation not written yet"))
+use crate::error::GatewayError;
+use crate::ids;
+use crate::providers::{RequestContext, ResponseContext};
+use serde_json::{json, Map, Value};
+
+/// Used when the route's configured default is 0, because Anthropic rejects `max_tokens: 0`.
+const FALLBACK_MAX_TOKENS: u32 = 4096;
+
+/// OpenAI chat request (a JSON object) -> Anthropic Messages request body (JSON bytes).
+pub fn chat_request(req: &Value, ctx: &RequestContext) -> Result<Vec<u8>, GatewayError> {
+    let body = request_body(req, ctx)?;
+    serde_json::to_vec(&body)
+        .map_err(|e| GatewayError::new(500, format!("could not encode Anthropic request: {e}")))
 }
 
 /// Anthropic Messages response body -> OpenAI `chat.completion` object.
-pub fn chat_response(_body: &[u8], _ctx: &ResponseContext) -> Result<Value, GatewayError> {
-    Err(GatewayError::new(501, "anthropic translation not written yet"))
+pub fn chat_response(body: &[u8], ctx: &ResponseContext) -> Result<Value, GatewayError> {
+    let message: Value = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::bad_upstream(format!("Anthropic response is not valid JSON: {e}"))
+    })?;
+    let message = as_message(&message)?;
+    Ok(completion(message, ctx))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request: OpenAI -> Anthropic
+// ---------------------------------------------------------------------------------------------
+
+fn request_body(req: &Value, ctx: &RequestContext) -> Result<Value, GatewayError> {
+    let req = req
+        .as_object()
+        .ok_or_else(|| GatewayError::bad_request("request body must be a JSON object"))?;
+    check_n(req)?;
+    let (system, messages) = translate_messages(req.get("messages"))?;
+
+    let mut out = Map::new();
+    out.insert("model".into(), json!(ctx.upstream_model));
+    out.insert("max_tokens".into(), json!(max_tokens(req, ctx)?));
+    if let Some(system) = system {
+        out.insert("system".into(), system);
+    }
+    out.insert("messages".into(), Value::Array(messages));
+    if let Some(stop) = stop_sequences(req.get("stop"))? {
+        out.insert("stop_sequences".into(), stop);
+    }
+    for key in ["temperature", "top_p", "top_k"] {
+        if let Some(n) = optional_number(req, key)? {
+            out.insert(key.into(), n);
+        }
+    }
+    if let Some(user) = optional_string(req, "user")? {
+        out.insert("metadata".into(), json!({ "user_id": user }));
+    }
+    match req.get("stream") {
+        None | Some(Value::Null) => {}
+        Some(Value::Bool(b)) => {
+            out.insert("stream".into(), Value::Bool(*b));
+        }
+        Some(_) => return Err(bad_param("`stream` must be a boolean", "stream")),
+    }
+    insert_tools(req, &mut out)?;
+    Ok(Value::Object(out))
+}
+
+fn bad_param(message: impl Into<String>, param: impl Into<String>) -> GatewayError {
+    GatewayError::bad_request(message).with_param(param)
+}
+
+/// Anthropic returns exactly one completion, so `n > 1` cannot be honoured.
+fn check_n(req: &Map<String, Value>) -> Result<(), GatewayError> {
+    match req.get("n") {
+        None | Some(Value::Null) => Ok(()),
+        Some(v) if v.as_u64() == Some(1) => Ok(()),
+        Some(_) => Err(bad_param(
+            "`n` must be 1: Anthropic models return a single choice",
+            "n",
+        )),
+    }
+}
+
+/// `max_completion_tokens` wins over the deprecated `max_tokens`; 0 counts as absent because
+/// Anthropic requires a positive value.
+fn max_tokens(req: &Map<String, Value>, ctx: &RequestContext) -> Result<u64, GatewayError> {
+    for key in ["max_completion_tokens", "max_tokens"] {
+        match req.get(key) {
+            None | Some(Value::Null) => {}
+            Some(v) => match v.as_u64() {
+                Some(0) => {}
+                Some(n) => return Ok(n),
+                None => {
+                    return Err(bad_param(
+                        format!("`{key}` must be a non-negative integer"),
+                        key,
+                    ))
+                }
+            },
+        }
+    }
+    let default = match ctx.default_max_tokens {
+        0 => FALLBACK_MAX_TOKENS,
+        n => n,
+    };
+    Ok(u64::from(default))
+}
+
+fn stop_sequences(stop: Option<&Value>) -> Result<Option<Value>, GatewayError> {
+    let invalid = || bad_param("`stop` must be a string or a list of strings", "stop");
+    match stop {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(json!([s]))),
+        Some(Value::Array(items)) => {
+            if !items.iter().all(Value::is_string) {
+                return Err(invalid());
+            }
+            // An empty list means "no stop sequences", same as absent.
+            Ok((!items.is_empty()).then(|| Value::Array(items.clone())))
+        }
+        Some(_) => Err(invalid()),
+    }
+}
+
+fn optional_number(req: &Map<String, Value>, key: &str) -> Result<Option<Value>, GatewayError> {
+    match req.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(v) if v.is_number() => Ok(Some(v.clone())),
+        Some(_) => Err(bad_param(format!("`{key}` must be a number"), key)),
+    }
+}
+
+fn optional_string<'a>(
+    req: &'a Map<String, Value>,
+    key: &str,
+) -> Result<Option<&'a str>, GatewayError> {
+    match req.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s)),
+        Some(_) => Err(bad_param(format!("`{key}` must be a string"), key)),
+    }
+}
+
+// --- tools ---------------------------------------------------------------------------------------
+
+/// Adds `tools` and `tool_choice`. Both are left out when no tools are defined: Anthropic rejects a
+/// `tool_choice` without `tools`, and without tools there is nothing to choose.
+fn insert_tools(
+    req: &Map<String, Value>,
+    out: &mut Map<String, Value>,
+) -> Result<(), GatewayError> {
+    let tools = translate_tools(req.get("tools"))?;
+    let mut choice = translate_tool_choice(req.get("tool_choice"))?;
+    if tools.is_empty() {
+        return Ok(());
+    }
+    if req.get("parallel_tool_calls") == Some(&Value::Bool(false)) {
+        let choice = choice.get_or_insert_with(|| json!({ "type": "auto" }));
+        // `{"type":"none"}` takes no other fields, and with no tool calls there is nothing to serialise.
+        if choice["type"] != "none" {
+            if let Some(map) = choice.as_object_mut() {
+                map.insert("disable_parallel_tool_use".into(), Value::Bool(true));
+            }
+        }
+    }
+    out.insert("tools".into(), Value::Array(tools));
+    if let Some(choice) = choice {
+        out.insert("tool_choice".into(), choice);
+    }
+    Ok(())
+}
+
+fn translate_tools(tools: Option<&Value>) -> Result<Vec<Value>, GatewayError> {
+    match tools {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, tool)| translate_tool(tool, i))
+            .collect(),
+        Some(_) => Err(bad_param("`tools` must be a list", "tools")),
+    }
+}
+
+fn translate_tool(tool: &Value, i: usize) -> Result<Value, GatewayError> {
+    let param = format!("tools[{i}]");
+    match tool.get("type").and_then(Value::as_str) {
+        Some("function") => {}
+        _ => {
+            return Err(bad_param(
+                "only tools of type `function` can be sent to Anthropic models",
+                format!("{param}.type"),
+            ))
+        }
+    }
+    let function = tool
+        .get("function")
+        .filter(|f| f.is_object())
+        .ok_or_else(|| bad_param("tool is missing `function`", format!("{param}.function")))?;
+    let name = function
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            bad_param(
+                "tool function is missing `name`",
+                format!("{param}.function.name"),
+            )
+        })?;
+    let mut out = Map::new();
+    out.insert("name".into(), json!(name));
+    if let Some(description) = function.get("description").and_then(Value::as_str) {
+        out.insert("description".into(), json!(description));
+    }
+    // Anthropic requires a schema; OpenAI allows omitting it for argument-less functions.
+    let schema = match function.get("parameters") {
+        Some(p @ Value::Object(_)) => p.clone(),
+        None | Some(Value::Null) => json!({ "type": "object", "properties": {} }),
+        Some(_) => {
+            return Err(bad_param(
+                "`parameters` must be a JSON Schema object",
+                format!("{param}.function.parameters"),
+            ))
+        }
+    };
+    out.insert("input_schema".into(), schema);
+    Ok(Value::Object(out))
+}
+
+fn translate_tool_choice(choice: Option<&Value>) -> Result<Option<Value>, GatewayError> {
+    let invalid = || {
+        bad_param(
+            "`tool_choice` must be \"auto\", \"required\", \"none\" or {\"type\":\"function\",\"function\":{\"name\":...}}",
+            "tool_choice",
+        )
+    };
+    let out = match choice {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(s)) => match s.as_str() {
+            "auto" => json!({ "type": "auto" }),
+            "required" => json!({ "type": "any" }),
+            "none" => json!({ "type": "none" }),
+            _ => return Err(invalid()),
+        },
+        Some(obj @ Value::Object(_)) => {
+            let name = obj
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .filter(|_| obj.get("type").and_then(Value::as_str) == Some("function"))
+                .ok_or_else(invalid)?;
+            json!({ "type": "tool", "name": name })
+        }
+        Some(_) => return Err(invalid()),
+    };
+    Ok(Some(out))
+}
+
+// --- messages ------------------------------------------------------------------------------------
+
+/// One system text, kept apart until we know whether the whole prompt must be sent as blocks.
+struct SystemPart {
+    text: String,
+    cache_control: Option<Value>,
+}
+
+/// Splits OpenAI messages into Anthropic's top-level `system` and the alternating `messages`.
+fn translate_messages(
+    messages: Option<&Value>,
+) -> Result<(Option<Value>, Vec<Value>), GatewayError> {
+    let messages = match messages {
+        Some(Value::Array(items)) => items,
+        None | Some(Value::Null) => return Err(bad_param("`messages` is required", "messages")),
+        Some(_) => return Err(bad_param("`messages` must be a list", "messages")),
+    };
+    if messages.is_empty() {
+        return Err(bad_param("`messages` must not be empty", "messages"));
+    }
+    let mut system = Vec::new();
+    let mut turns: Vec<Turn> = Vec::new();
+    for (i, message) in messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let msg = message
+            .as_object()
+            .ok_or_else(|| bad_param("each message must be an object", param.clone()))?;
+        match msg.get("role").and_then(Value::as_str) {
+            Some("system" | "developer") => system.extend(system_parts(msg, &param)?),
+            Some("user") => push_turn(&mut turns, "user", user_content(msg, &param)?),
+            Some("assistant") => {
+                let blocks = assistant_blocks(msg, &param)?;
+                // An assistant turn with nothing in it would be rejected upstream; it carries nothing.
+                if !blocks.is_empty() {
+                    push_turn(&mut turns, "assistant", Value::Array(blocks));
+                }
+            }
+            Some("tool") => push_turn(&mut turns, "user", json!([tool_result(msg, &param)?])),
+            Some(other) => {
+                return Err(bad_param(
+                    format!("unsupported message role `{other}`"),
+                    format!("{param}.role"),
+                ))
+            }
+            None => {
+                return Err(bad_param(
+                    "message is missing a string `role`",
+                    format!("{param}.role"),
+                ))
+            }
+        }
+    }
+    if turns.is_empty() {
+        return Err(bad_param(
+            "`messages` must contain at least one user or assistant message",
+            "messages",
+        ));
+    }
+    let turns = turns
+        .into_iter()
+        .map(|t| json!({ "role": t.role, "content": t.content }))
+        .collect();
+    Ok((system_value(system), turns))
+}
+
+/// One Anthropic turn under construction.
+struct Turn {
+    role: &'static str,
+    /// A string or a list of blocks.
+    content: Value,
+}
+
+/// Appends a turn, merging it into the previous one when the roles match: Anthropic wants turns to
+/// alternate, and OpenAI clients send parallel tool results as separate consecutive messages.
+fn push_turn(turns: &mut Vec<Turn>, role: &'static str, content: Value) {
+    if let Some(last) = turns.last_mut().filter(|t| t.role == role) {
+        let mut blocks = into_blocks(last.content.take());
+        blocks.extend(into_blocks(content));
+        last.content = Value::Array(blocks);
+        return;
+    }
+    turns.push(Turn { role, content });
+}
+
+/// Content as a list of blocks; an empty string becomes no block, since Anthropic rejects empty text.
+fn into_blocks(content: Value) -> Vec<Value> {
+    match content {
+        Value::Array(blocks) => blocks,
+        Value::String(s) if s.is_empty() => Vec::new(),
+        Value::String(s) => vec![text_block(s)],
+        _ => Vec::new(),
+    }
+}
+
+fn text_block(text: impl Into<String>) -> Value {
+    json!({ "type": "text", "text": text.into() })
+}
+
+fn system_parts(msg: &Map<String, Value>, param: &str) -> Result<Vec<SystemPart>, GatewayError> {
+    let plain = |text: &str| SystemPart {
+        text: text.to_string(),
+        cache_control: None,
+    };
+    match msg.get("content") {
+        Some(Value::String(s)) => Ok(vec![plain(s)]),
+        Some(Value::Array(parts)) => parts
+            .iter()
+            .enumerate()
+            .map(|(j, part)| {
+                let text = part
+                    .get("text")
+                    .and_then(Value::as_str)
+                    .filter(|_| part.get("type").and_then(Value::as_str) == Some("text"))
+                    .ok_or_else(|| {
+                        bad_param(
+                            "system and developer messages may contain only text parts",
+                            format!("{param}.content[{j}]"),
+                        )
+                    })?;
+                Ok(SystemPart {
+                    text: text.to_string(),
+                    cache_control: part.get("cache_control").filter(|c| !c.is_null()).cloned(),
+                })
+            })
+            .collect(),
+        _ => Err(bad_param(
+            "system message content must be a string or a list of text parts",
+            format!("{param}.content"),
+        )),
+    }
+}
+
+/// A plain string unless some part carries `cache_control`, which only the block form can hold.
+fn system_value(parts: Vec<SystemPart>) -> Option<Value> {
+    // Empty texts are dropped (Anthropic rejects empty text blocks) unless they carry a cache marker.
+    let parts: Vec<SystemPart> = parts
+        .into_iter()
+        .filter(|p| !p.text.is_empty() || p.cache_control.is_some())
+        .collect();
+    if parts.is_empty() {
+        return None;
+    }
+    if parts.iter().all(|p| p.cache_control.is_none()) {
+        let texts: Vec<&str> = parts.iter().map(|p| p.text.as_str()).collect();
+        return Some(json!(texts.join("\n\n")));
+    }
+    let blocks = parts
+        .into_iter()
+        .map(|p| {
+            let mut block = text_block(p.text);
+            if let Some(cc) = p.cache_control {
+                block["cache_control"] = cc;
+            }
+            block
+        })
+        .collect();
+    Some(Value::Array(blocks))
+}
+
+fn user_content(msg: &Map<String, Value>, param: &str) -> Result<Value, GatewayError> {
+    match msg.get("content") {
+        Some(Value::String(s)) => Ok(json!(s)),
+        Some(Value::Array(parts)) => Ok(Value::Array(content_blocks(
+            parts,
+            &format!("{param}.content"),
+        )?)),
+        _ => Err(bad_param(
+            "user message content must be a string or a list of content parts",
+            format!("{param}.content"),
+        )),
+    }
+}
+
+/// OpenAI text and image parts -> Anthropic text and image blocks, keeping `cache_control`.
+fn content_blocks(parts: &[Value], param: &str) -> Result<Vec<Value>, GatewayError> {
+    parts
+        .iter()
+        .enumerate()
+        .map(|(j, part)| {
+            let param = format!("{param}[{j}]");
+            let mut block =
+                match part.get("type").and_then(Value::as_str) {
+                    Some("text") => text_block(part_text(part, &param)?),
+                    Some("image_url") => image_block(part, &param)?,
+                    _ => return Err(bad_param(
+                        "only `text` and `image_url` content parts can be sent to Anthropic models",
+                        format!("{param}.type"),
+                    )),
+                };
+            if let Some(cc) = part.get("cache_control").filter(|c| !c.is_null()) {
+                block["cache_control"] = cc.clone();
+            }
+            Ok(block)
+        })
+        .collect()
+}
+
+fn part_text<'a>(part: &'a Value, param: &str) -> Result<&'a str, GatewayError> {
+    part.get("text")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_param("text part is missing `text`", format!("{param}.text")))
+}
+
+fn image_block(part: &Value, param: &str) -> Result<Value, GatewayError> {
+    // `image_url` is normally `{"url": ...}`; some older clients send the URL string directly.
+    let url = match part.get("image_url") {
+        Some(Value::String(url)) => Some(url.as_str()),
+        Some(obj) => obj.get("url").and_then(Value::as_str),
+        None => None,
+    };
+    let url_param = format!("{param}.image_url.url");
+    let url = url.ok_or_else(|| bad_param("image part is missing `image_url.url`", &url_param))?;
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (media_type, data) = rest
+            .split_once(',')
+            .and_then(|(header, data)| Some((header.strip_suffix(";base64")?, data)))
+            .filter(|(media_type, data)| !media_type.is_empty() && !data.is_empty())
+            .ok_or_else(|| {
+                bad_param(
+                    "image data URIs must look like `data:<media type>;base64,<data>`",
+                    &url_param,
+                )
+            })?;
+        return Ok(json!({
+            "type": "image",
+            "source": { "type": "base64", "media_type": media_type, "data": data },
+        }));
+    }
+    if url.starts_with("https://") || url.starts_with("http://") {
+        return Ok(json!({ "type": "image", "source": { "type": "url", "url": url } }));
+    }
+    Err(bad_param(
+        "image URLs must be http(s) URLs or base64 data URIs",
+        url_param,
+    ))
+}
+
+/// Text (non-empty) then `tool_use` blocks. Reasoning fields are dropped: Anthropic only accepts
+/// thinking blocks with the signature it issued, which OpenAI clients do not keep.
+fn assistant_blocks(msg: &Map<String, Value>, param: &str) -> Result<Vec<Value>, GatewayError> {
+    let mut blocks = Vec::new();
+    match msg.get("content") {
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => blocks.extend(into_blocks(json!(s))),
+        Some(Value::Array(parts)) => {
+            for (j, part) in parts.iter().enumerate() {
+                let part_param = format!("{param}.content[{j}]");
+                let text = match part.get("type").and_then(Value::as_str) {
+                    Some("text") => part_text(part, &part_param)?,
+                    // A past refusal is still what the assistant said.
+                    Some("refusal") => part.get("refusal").and_then(Value::as_str).unwrap_or(""),
+                    _ => {
+                        return Err(bad_param(
+                            "assistant content parts must be `text` or `refusal`",
+                            format!("{part_param}.type"),
+                        ))
+                    }
+                };
+                blocks.extend(into_blocks(json!(text)));
+            }
+        }
+        Some(_) => {
+            return Err(bad_param(
+                "assistant content must be a string, a list of parts or null",
+                format!("{param}.content"),
+            ))
+        }
+    }
+    match msg.get("tool_calls") {
+        None | Some(Value::Null) => {}
+        Some(Value::Array(calls)) => {
+            for (j, call) in calls.iter().enumerate() {
+                blocks.push(tool_use_block(call, &format!("{param}.tool_calls[{j}]"))?);
+            }
+        }
+        Some(_) => {
+            return Err(bad_param(
+                "`tool_calls` must be a list",
+                format!("{param}.tool_calls"),
+            ))
+        }
+    }
+    Ok(blocks)
+}
+
+fn tool_use_block(call: &Value, param: &str) -> Result<Value, GatewayError> {
+    let id = call
+        .get("id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_param("tool call is missing `id`", format!("{param}.id")))?;
+    let function = call.get("function");
+    let name = function
+        .and_then(|f| f.get("name"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            bad_param(
+                "tool call is missing `function.name`",
+                format!("{param}.function.name"),
+            )
+        })?;
+    let arguments = function.and_then(|f| f.get("arguments"));
+    let input = tool_input(arguments, &format!("{param}.function.arguments"))?;
+    Ok(json!({ "type": "tool_use", "id": id, "name": name, "input": input }))
+}
+
+/// OpenAI carries arguments as a JSON string; Anthropic wants the object itself.
+fn tool_input(arguments: Option<&Value>, param: &str) -> Result<Value, GatewayError> {
+    let invalid = |why: &str| {
+        bad_param(
+            format!("`{param}` must be a JSON object encoded as a string: {why}"),
+            param,
+        )
+    };
+    let parsed = match arguments {
+        None | Some(Value::Null) => return Ok(json!({})),
+        Some(Value::String(s)) if s.trim().is_empty() => return Ok(json!({})),
+        Some(Value::String(s)) => {
+            serde_json::from_str::<Value>(s).map_err(|e| invalid(&e.to_string()))?
+        }
+        // Tolerate clients that send the object itself.
+        Some(other) => other.clone(),
+    };
+    match parsed {
+        Value::Object(_) => Ok(parsed),
+        _ => Err(invalid("not an object")),
+    }
+}
+
+fn tool_result(msg: &Map<String, Value>, param: &str) -> Result<Value, GatewayError> {
+    let id = msg
+        .get("tool_call_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            bad_param(
+                "tool message is missing `tool_call_id`",
+                format!("{param}.tool_call_id"),
+            )
+        })?;
+    let mut block = json!({ "type": "tool_result", "tool_use_id": id });
+    match msg.get("content") {
+        // Anthropic's `content` is optional; a result with no output is still a result.
+        None | Some(Value::Null) => {}
+        Some(Value::String(s)) => block["content"] = json!(s),
+        Some(Value::Array(parts)) => {
+            block["content"] = Value::Array(content_blocks(parts, &format!("{param}.content"))?)
+        }
+        Some(_) => {
+            return Err(bad_param(
+                "tool message content must be a string or a list of content parts",
+                format!("{param}.content"),
+            ))
+        }
+    }
+    Ok(block)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response: Anthropic -> OpenAI
+// ---------------------------------------------------------------------------------------------
+
+/// The body as a Messages `message`, or a 502 saying what it was instead.
+fn as_message(value: &Value) -> Result<&Map<String, Value>, GatewayError> {
+    let obj = value
+        .as_object()
+        .ok_or_else(|| GatewayError::bad_upstream("Anthropic response is not a JSON object"))?;
+    match obj.get("type").and_then(Value::as_str) {
+        Some("message") => {}
+        Some("error") => {
+            let detail = obj
+                .get("error")
+                .and_then(|e| e.get("message"))
+                .and_then(Value::as_str)
+                .unwrap_or("no message");
+            return Err(GatewayError::bad_upstream(format!(
+                "Anthropic answered with an error: {detail}"
+            )));
+        }
+        _ => {
+            return Err(GatewayError::bad_upstream(
+                "Anthropic response is not a message (`type` is not \"message\")",
+            ))
+        }
+    }
+    if !obj.get("content").is_some_and(Value::is_array) {
+        return Err(GatewayError::bad_upstream(
+            "Anthropic message has no `content` list",
+        ));
+    }
+    Ok(obj)
+}
+
+fn completion(msg: &Map<String, Value>, ctx: &ResponseContext) -> Value {
+    let id = msg
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| ids::new_id("chatcmpl-"));
+    let model = msg
+        .get("model")
+        .and_then(Value::as_str)
+        .unwrap_or(ctx.upstream_model);
+    let blocks = msg
+        .get("content")
+        .and_then(Value::as_array)
+        .map(Vec::as_slice)
+        .unwrap_or_default();
+    let stop_reason = msg.get("stop_reason").and_then(Value::as_str);
+    json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": ctx.created,
+        "model": model,
+        "choices": [{
+            "index": 0,
+            "message": assistant_message(blocks),
+            "finish_reason": finish_reason(stop_reason),
+            "logprobs": null,
+        }],
+        "usage": usage(msg.get("usage")),
+    })
+}
+
+fn assistant_message(blocks: &[Value]) -> Value {
+    let mut text: Option<String> = None;
+    let mut thinking: Option<String> = None;
+    let mut tool_calls = Vec::new();
+    for block in blocks {
+        let str_field = |key: &str| block.get(key).and_then(Value::as_str).unwrap_or("");
+        match block.get("type").and_then(Value::as_str) {
+            Some("text") => text
+                .get_or_insert_with(String::new)
+                .push_str(str_field("text")),
+            Some("thinking") => thinking
+                .get_or_insert_with(String::new)
+                .push_str(str_field("thinking")),
+            Some("tool_use") => tool_calls.push(tool_call(block)),
+            // redacted_thinking, server tool blocks and future types have no OpenAI counterpart.
+            _ => {}
+        }
+    }
+    let mut message = json!({ "role": "assistant", "content": text });
+    if !tool_calls.is_empty() {
+        message["tool_calls"] = Value::Array(tool_calls);
+    }
+    if let Some(thinking) = thinking {
+        message["reasoning_content"] = json!(thinking);
+    }
+    message
+}
+
+fn tool_call(block: &Value) -> Value {
+    let id = block
+        .get("id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+        .unwrap_or_else(|| ids::new_id("call_"));
+    let name = block.get("name").and_then(Value::as_str).unwrap_or("");
+    let arguments = match block.get("input") {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(input) => input.to_string(),
+    };
+    json!({
+        "id": id,
+        "type": "function",
+        "function": { "name": name, "arguments": arguments },
+    })
+}
+
+fn finish_reason(stop_reason: Option<&str>) -> &'static str {
+    match stop_reason {
+        Some("max_tokens") => "length",
+        Some("tool_use") => "tool_calls",
+        Some("refusal") => "content_filter",
+        // end_turn, stop_sequence, pause_turn, null and reasons added after this was written.
+        _ => "stop",
+    }
+}
+
+/// Anthropic counts cached prompt tokens apart from `input_tokens`; OpenAI counts them inside
+/// `prompt_tokens`, so they are folded back in.
+fn usage(usage: Option<&Value>) -> Value {
+    let count = |key: &str| {
+        usage
+            .and_then(|u| u.get(key))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let cache_read = count("cache_read_input_tokens");
+    let prompt = count("input_tokens")
+        .saturating_add(cache_read)
+        .saturating_add(count("cache_creation_input_tokens"));
+    let completion = count("output_tokens");
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": prompt.saturating_add(completion),
+        "prompt_tokens_details": { "cached_tokens": cache_read },
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const REQ_CTX: RequestContext = RequestContext {
+        upstream_model: "claude-sonnet-4-5-20250929",
+        default_max_tokens: 4096,
+    };
+    const RESP_CTX: ResponseContext = ResponseContext {
+        upstream_model: "claude-sonnet-4-5",
+        created: 1_748_779_200,
+    };
+
+    macro_rules! fixture {
+        ($name:literal) => {
+            serde_json::from_str::<Value>(include_str!(concat!(
+                "../../tests/fixtures/anthropic/",
+                $name
+            )))
+            .expect(concat!("fixture ", $name, " is valid JSON"))
+        };
+    }
+
+    fn translate(req: &Value) -> Value {
+        let bytes = chat_request(req, &REQ_CTX).expect("request translates");
+        serde_json::from_slice(&bytes).expect("request body is JSON")
+    }
+
+    fn translate_err(req: &Value) -> GatewayError {
+        chat_request(req, &REQ_CTX).expect_err("request is rejected")
+    }
+
+    fn respond(body: &Value) -> Value {
+        chat_response(body.to_string().as_bytes(), &RESP_CTX).expect("response translates")
+    }
+
+    /// A minimal valid request with `extra` fields merged on top.
+    fn request_with(extra: Value) -> Value {
+        let mut req = json!({
+            "model": "claude-fast",
+            "messages": [{"role": "user", "content": "Hi"}],
+        });
+        if let (Some(req), Some(extra)) = (req.as_object_mut(), extra.as_object()) {
+            for (k, v) in extra {
+                req.insert(k.clone(), v.clone());
+            }
+        }
+        req
+    }
+
+    fn weather_tool() -> Value {
+        json!([{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object", "properties": {}}}}])
+    }
+
+    // --- request golden fixtures ---
+
+    #[test]
+    fn request_text_with_system_and_developer() {
+        assert_eq!(
+            translate(&fixture!("request_text_system.openai.json")),
+            fixture!("request_text_system.anthropic.json")
+        );
+    }
+
+    #[test]
+    fn request_system_blocks_keep_cache_control() {
+        assert_eq!(
+            translate(&fixture!("request_system_cache_control.openai.json")),
+            fixture!("request_system_cache_control.anthropic.json")
+        );
+    }
+
+    #[test]
+    fn request_images_data_uri_and_url() {
+        assert_eq!(
+            translate(&fixture!("request_images.openai.json")),
+            fixture!("request_images.anthropic.json")
+        );
+    }
+
+    #[test]
+    fn request_tools_parallel_calls_and_merged_results() {
+        assert_eq!(
+            translate(&fixture!("request_tools.openai.json")),
+            fixture!("request_tools.anthropic.json")
+        );
+    }
+
+    #[test]
+    fn request_assistant_text_with_tool_call_and_empty_turn_skipped() {
+        assert_eq!(
+            translate(&fixture!("request_assistant_text_and_tool.openai.json")),
+            fixture!("request_assistant_text_and_tool.anthropic.json")
+        );
+    }
+
+    // --- request field rules ---
+
+    #[test]
+    fn tool_choice_forms() {
+        let cases = [
+            (json!("auto"), json!({"type": "auto"})),
+            (json!("required"), json!({"type": "any"})),
+            (json!("none"), json!({"type": "none"})),
+            (
+                json!({"type": "function", "function": {"name": "get_weather"}}),
+                json!({"type": "tool", "name": "get_weather"}),
+            ),
+        ];
+        for (choice, expected) in cases {
+            let out = translate(&request_with(
+                json!({"tools": weather_tool(), "tool_choice": choice}),
+            ));
+            assert_eq!(out["tool_choice"], expected, "tool_choice {choice}");
+        }
+    }
+
+    #[test]
+    fn parallel_tool_calls_false() {
+        let out = translate(&request_with(
+            json!({"tools": weather_tool(), "parallel_tool_calls": false}),
+        ));
+        assert_eq!(
+            out["tool_choice"],
+            json!({"type": "auto", "disable_parallel_tool_use": true})
+        );
+        let out = translate(&request_with(json!({
+            "tools": weather_tool(),
+            "tool_choice": {"type": "function", "function": {"name": "get_weather"}},
+            "parallel_tool_calls": false,
+        })));
+        assert_eq!(
+            out["tool_choice"],
+            json!({"type": "tool", "name": "get_weather", "disable_parallel_tool_use": true})
+        );
+        // `none` allows no other fields.
+        let out = translate(&request_with(json!({
+            "tools": weather_tool(), "tool_choice": "none", "parallel_tool_calls": false,
+        })));
+        assert_eq!(out["tool_choice"], json!({"type": "none"}));
+        // `true` is Anthropic's default: nothing to send.
+        let out = translate(&request_with(
+            json!({"tools": weather_tool(), "parallel_tool_calls": true}),
+        ));
+        assert!(out.get("tool_choice").is_none());
+    }
+
+    #[test]
+    fn tool_choice_without_tools_is_dropped() {
+        let out = translate(&request_with(
+            json!({"tool_choice": "auto", "parallel_tool_calls": false, "tools": []}),
+        ));
+        assert!(out.get("tool_choice").is_none());
+        assert!(out.get("tools").is_none());
+    }
+
+    #[test]
+    fn max_tokens_precedence_and_default() {
+        let cases = [
+            (
+                json!({"max_completion_tokens": 100, "max_tokens": 200}),
+                100,
+            ),
+            (json!({"max_tokens": 200}), 200),
+            (
+                json!({"max_completion_tokens": null, "max_tokens": 200}),
+                200,
+            ),
+            (json!({"max_completion_tokens": 0, "max_tokens": 0}), 4096),
+            (json!({"max_tokens": null}), 4096),
+            (json!({}), 4096),
+        ];
+        for (fields, expected) in cases {
+            let out = translate(&request_with(fields.clone()));
+            assert_eq!(out["max_tokens"], expected, "fields {fields}");
+        }
+        let ctx = RequestContext {
+            upstream_model: "m",
+            default_max_tokens: 8192,
+        };
+        let out: Value =
+            serde_json::from_slice(&chat_request(&request_with(json!({})), &ctx).unwrap()).unwrap();
+        assert_eq!(out["max_tokens"], 8192);
+        // A zero default would be rejected upstream.
+        let ctx = RequestContext {
+            upstream_model: "m",
+            default_max_tokens: 0,
+        };
+        let out: Value =
+            serde_json::from_slice(&chat_request(&request_with(json!({})), &ctx).unwrap()).unwrap();
+        assert_eq!(out["max_tokens"], FALLBACK_MAX_TOKENS);
+    }
+
+    #[test]
+    fn stop_string_list_and_empty() {
+        let out = translate(&request_with(json!({"stop": "###"})));
+        assert_eq!(out["stop_sequences"], json!(["###"]));
+        let out = translate(&request_with(json!({"stop": ["a", "b"]})));
+        assert_eq!(out["stop_sequences"], json!(["a", "b"]));
+        for empty in [json!([]), json!(null)] {
+            let out = translate(&request_with(json!({ "stop": empty })));
+            assert!(out.get("stop_sequences").is_none());
+        }
+    }
+
+    #[test]
+    fn user_becomes_metadata_user_id() {
+        let out = translate(&request_with(json!({"user": "u-42"})));
+        assert_eq!(out["metadata"], json!({"user_id": "u-42"}));
+        let out = translate(&request_with(json!({})));
+        assert!(out.get("metadata").is_none());
+    }
+
+    #[test]
+    fn plain_system_messages_join_with_blank_line() {
+        let out = translate(&json!({"messages": [
+            {"role": "system", "content": "One."},
+            {"role": "user", "content": "Hi"},
+            {"role": "developer", "content": "Two."},
+        ]}));
+        assert_eq!(out["system"], "One.\n\nTwo.");
+        assert_eq!(out["messages"], json!([{"role": "user", "content": "Hi"}]));
+    }
+
+    #[test]
+    fn consecutive_user_strings_merge_into_blocks() {
+        let out = translate(&json!({"messages": [
+            {"role": "user", "content": "A"},
+            {"role": "user", "content": "B"},
+        ]}));
+        assert_eq!(
+            out["messages"],
+            json!([{"role": "user", "content": [
+                {"type": "text", "text": "A"}, {"type": "text", "text": "B"},
+            ]}])
+        );
+    }
+
+    // --- request errors ---
+
+    #[test]
+    fn bad_tool_arguments_name_the_field() {
+        let req = json!({"messages": [
+            {"role": "user", "content": "Hi"},
+            {"role": "assistant", "tool_calls": [
+                {"id": "toolu_01A", "type": "function", "function": {"name": "f", "arguments": "{}"}},
+                {"id": "toolu_01B", "type": "function", "function": {"name": "f", "arguments": "{\"a\": "}},
+            ]},
+        ]});
+        let err = translate_err(&req);
+        assert_eq!(err.status, 400);
+        assert_eq!(
+            err.param.as_deref(),
+            Some("messages[1].tool_calls[1].function.arguments")
+        );
+        assert!(err
+            .message
+            .contains("messages[1].tool_calls[1].function.arguments"));
+    }
+
+    #[test]
+    fn message_validation_errors() {
+        let cases = [
+            (json!({"model": "x"}), "messages"),
+            (json!({"messages": null}), "messages"),
+            (json!({"messages": "hi"}), "messages"),
+            (json!({"messages": []}), "messages"),
+            (
+                json!({"messages": [{"role": "system", "content": "only system"}]}),
+                "messages",
+            ),
+            (json!({"messages": ["hi"]}), "messages[0]"),
+            (
+                json!({"messages": [{"role": "wizard", "content": "x"}]}),
+                "messages[0].role",
+            ),
+            (json!({"messages": [{"content": "x"}]}), "messages[0].role"),
+            (
+                json!({"messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}),
+                "messages[0].content[0].type",
+            ),
+            (
+                json!({"messages": [{"role": "user", "content": [
+                    {"type": "image_url", "image_url": {"url": "ftp://example.com/a.png"}}
+                ]}]}),
+                "messages[0].content[0].image_url.url",
+            ),
+            (
+                json!({"messages": [{"role": "tool", "content": "x"}]}),
+                "messages[0].tool_call_id",
+            ),
+        ];
+        for (req, param) in cases {
+            let err = translate_err(&req);
+            assert_eq!(err.status, 400, "request {req}");
+            assert_eq!(err.param.as_deref(), Some(param), "request {req}");
+        }
+        assert_eq!(translate_err(&json!([1, 2])).status, 400);
+    }
+
+    #[test]
+    fn n_greater_than_one_is_rejected() {
+        let err = translate_err(&request_with(json!({"n": 2})));
+        assert_eq!(err.status, 400);
+        assert_eq!(err.param.as_deref(), Some("n"));
+        assert!(translate(&request_with(json!({"n": 1}))).get("n").is_none());
+    }
+
+    #[test]
+    fn wrong_field_types_are_rejected() {
+        for (fields, param) in [
+            (json!({"max_tokens": "100"}), "max_tokens"),
+            (
+                json!({"max_completion_tokens": -5}),
+                "max_completion_tokens",
+            ),
+            (json!({"temperature": "hot"}), "temperature"),
+            (json!({"stop": 5}), "stop"),
+            (json!({"stop": ["a", 1]}), "stop"),
+            (json!({"user": 7}), "user"),
+            (json!({"stream": "yes"}), "stream"),
+            (json!({"tools": {}}), "tools"),
+            (
+                json!({"tools": weather_tool(), "tool_choice": "sometimes"}),
+                "tool_choice",
+            ),
+        ] {
+            let err = translate_err(&request_with(fields.clone()));
+            assert_eq!(err.param.as_deref(), Some(param), "fields {fields}");
+        }
+    }
+
+    // --- response golden fixtures ---
+
+    #[test]
+    fn response_text() {
+        assert_eq!(
+            respond(&fixture!("response_text.anthropic.json")),
+            fixture!("response_text.openai.json")
+        );
+    }
+
+    #[test]
+    fn response_multiple_tool_use_with_cache_usage() {
+        assert_eq!(
+            respond(&fixture!("response_tool_use.anthropic.json")),
+            fixture!("response_tool_use.openai.json")
+        );
+    }
+
+    #[test]
+    fn response_thinking() {
+        assert_eq!(
+            respond(&fixture!("response_thinking.anthropic.json")),
+            fixture!("response_thinking.openai.json")
+        );
+    }
+
+    #[test]
+    fn response_refusal_without_content_or_model() {
+        assert_eq!(
+            respond(&fixture!("response_refusal_empty.anthropic.json")),
+            fixture!("response_refusal_empty.openai.json")
+        );
+    }
+
+    #[test]
+    fn every_stop_reason() {
+        let cases = [
+            (json!("end_turn"), "stop"),
+            (json!("stop_sequence"), "stop"),
+            (json!("pause_turn"), "stop"),
+            (json!("max_tokens"), "length"),
+            (json!("tool_use"), "tool_calls"),
+            (json!("refusal"), "content_filter"),
+            (json!("model_context_window_exceeded"), "stop"),
+            (json!(null), "stop"),
+        ];
+        let mut body = fixture!("response_text.anthropic.json");
+        for (reason, expected) in cases {
+            body["stop_reason"] = reason.clone();
+            let out = respond(&body);
+            assert_eq!(
+                out["choices"][0]["finish_reason"], expected,
+                "stop_reason {reason}"
+            );
+        }
+    }
+
+    #[test]
+    fn invalid_upstream_bodies_are_502() {
+        let bodies: [&[u8]; 7] = [
+            b"",
+            b"<html>502 Bad Gateway</html>",
+            b"[]",
+            b"\"message\"",
+            br#"{"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}"#,
+            br#"{"type":"completion","completion":"hi"}"#,
+            br#"{"type":"message","content":"hi"}"#,
+        ];
+        for body in bodies {
+            let err = chat_response(body, &RESP_CTX).expect_err("body is rejected");
+            assert_eq!(err.status, 502, "body {}", String::from_utf8_lossy(body));
+            assert_eq!(err.code.as_deref(), Some("bad_upstream_response"));
+        }
+    }
+
+    // --- robustness ---
+
+    /// Values of every JSON type, including the awkward ones.
+    fn odd_values() -> Vec<Value> {
+        vec![
+            json!(null),
+            json!(true),
+            json!(0),
+            json!(-1),
+            json!(1.5),
+            json!(u64::MAX),
+            json!(""),
+            json!("x"),
+            json!("data:,"),
+            json!([]),
+            json!([null]),
+            json!({}),
+            json!({"type": null}),
+        ]
+    }
+
+    /// Every variant of `value` with one node (at any depth) replaced by an odd value or removed.
+    fn mutations(value: &Value, odd: &[Value]) -> Vec<Value> {
+        let mut out = odd.to_vec();
+        match value {
+            Value::Object(map) => {
+                for (key, child) in map {
+                    let mut removed = map.clone();
+                    removed.remove(key);
+                    out.push(Value::Object(removed));
+                    for mutated in mutations(child, odd) {
+                        let mut copy = map.clone();
+                        copy.insert(key.clone(), mutated);
+                        out.push(Value::Object(copy));
+                    }
+                }
+            }
+            Value::Array(items) => {
+                for (i, child) in items.iter().enumerate() {
+                    for mutated in mutations(child, odd) {
+                        let mut copy = items.clone();
+                        copy[i] = mutated;
+                        out.push(Value::Array(copy));
+                    }
+                }
+            }
+            _ => {}
+        }
+        out
+    }
+
+    #[test]
+    fn no_input_panics() {
+        let odd = odd_values();
+        let requests = [
+            fixture!("request_text_system.openai.json"),
+            fixture!("request_system_cache_control.openai.json"),
+            fixture!("request_images.openai.json"),
+            fixture!("request_tools.openai.json"),
+            fixture!("request_assistant_text_and_tool.openai.json"),
+        ];
+        let mut count = 0;
+        for req in &requests {
+            for variant in mutations(req, &odd) {
+                let _ = chat_request(&variant, &REQ_CTX);
+                count += 1;
+            }
+        }
+        let responses = [
+            fixture!("response_text.anthropic.json"),
+            fixture!("response_tool_use.anthropic.json"),
+            fixture!("response_thinking.anthropic.json"),
+            fixture!("response_refusal_empty.anthropic.json"),
+        ];
+        for resp in &responses {
+            for variant in mutations(resp, &odd) {
+                let _ = chat_response(variant.to_string().as_bytes(), &RESP_CTX);
+                count += 1;
+            }
+        }
+        for raw in [
+            &b"\xff\xfe"[..],
+            b"{",
+            b"null",
+            b"1e999",
+            b"{\"content\":[]}",
+        ] {
+            let _ = chat_response(raw, &RESP_CTX);
+        }
+        assert!(count > 1000, "only {count} variants");
+    }
 }

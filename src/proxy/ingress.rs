@@ -71,7 +71,10 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gateway
         return Err(too_large());
     }
     let unreadable = |e: Box<pingora_error::Error>| {
-        GatewayError::bad_request(format!("Could not read the request body: {}", e.etype().as_str()))
+        GatewayError::bad_request(format!(
+            "Could not read the request body: {}",
+            e.etype().as_str()
+        ))
     };
     let mut first: Option<Bytes> = None;
     let mut joined: Option<BytesMut> = None;
@@ -87,7 +90,9 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gateway
                 joined = Some(buf);
             }
         }
-        let size = joined.as_ref().map_or_else(|| first.as_ref().map_or(0, Bytes::len), BytesMut::len);
+        let size = joined
+            .as_ref()
+            .map_or_else(|| first.as_ref().map_or(0, Bytes::len), BytesMut::len);
         if size > limit {
             return Err(too_large());
         }

@@ -35,7 +35,10 @@ impl Gateway {
 }
 
 fn no_call() -> Box<Error> {
-    Error::explain(ErrorType::InternalError, "upstream hook without a planned call")
+    Error::explain(
+        ErrorType::InternalError,
+        "upstream hook without a planned call",
+    )
 }
 
 #[async_trait]
@@ -63,7 +66,11 @@ impl ProxyHttp for Gateway {
         Ok(true)
     }
 
-    async fn upstream_peer(&self, _session: &mut Session, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    async fn upstream_peer(
+        &self,
+        _session: &mut Session,
+        ctx: &mut RequestCtx,
+    ) -> Result<Box<HttpPeer>> {
         let call = ctx.call.clone().ok_or_else(no_call)?;
         upstream::select_peer(&call, ctx)
     }
@@ -79,7 +86,9 @@ impl ProxyHttp for Gateway {
             .backend
             .as_ref()
             .and_then(|b| b.ext.get::<Arc<EndpointUrl>>())
-            .ok_or_else(|| Error::explain(ErrorType::InternalError, "attempt without an instance"))?;
+            .ok_or_else(|| {
+                Error::explain(ErrorType::InternalError, "attempt without an instance")
+            })?;
         upstream::write_request_header(req, call, endpoint)
     }
 
@@ -142,8 +151,16 @@ impl ProxyHttp for Gateway {
         Ok(None)
     }
 
-    async fn fail_to_proxy(&self, session: &mut Session, e: &Error, ctx: &mut RequestCtx) -> FailToProxy {
-        let provider = ctx.call.as_ref().map_or("", |c| c.model.provider.name.as_str());
+    async fn fail_to_proxy(
+        &self,
+        session: &mut Session,
+        e: &Error,
+        ctx: &mut RequestCtx,
+    ) -> FailToProxy {
+        let provider = ctx
+            .call
+            .as_ref()
+            .map_or("", |c| c.model.provider.name.as_str());
         let error = respond::error_for_proxy_failure(e, provider);
         let status = error.as_ref().map_or(0, |e| e.status);
         if let Some(error) = error {

@@ -47,14 +47,18 @@ pub async fn write_error(
 pub fn error_for_proxy_failure(e: &Error, provider: &str) -> Option<GatewayError> {
     use ErrorType::*;
     let error = match e.etype() {
-        HTTPStatus(code) => GatewayError::new(*code, e.context.as_ref().map_or_else(
-            || format!("upstream provider `{provider}` failed"),
-            |c| c.as_str().to_string(),
-        )),
-        ConnectTimedout | TLSHandshakeTimedout => {
-            GatewayError::new(504, format!("Timed out connecting to provider `{provider}`"))
-                .with_code("upstream_timeout")
-        }
+        HTTPStatus(code) => GatewayError::new(
+            *code,
+            e.context.as_ref().map_or_else(
+                || format!("upstream provider `{provider}` failed"),
+                |c| c.as_str().to_string(),
+            ),
+        ),
+        ConnectTimedout | TLSHandshakeTimedout => GatewayError::new(
+            504,
+            format!("Timed out connecting to provider `{provider}`"),
+        )
+        .with_code("upstream_timeout"),
         ReadTimedout | WriteTimedout => {
             GatewayError::new(504, format!("Provider `{provider}` did not answer in time"))
                 .with_code("upstream_timeout")

@@ -92,8 +92,11 @@ fn finish(status: u16, upstream: &[u8], call: &UpstreamCall) -> Result<Bytes, Ga
     let completion = match provider.kind {
         ProviderKind::Anthropic => providers::anthropic::chat_response(upstream, &ctx)?,
         ProviderKind::Gemini => providers::gemini::chat_response(upstream, &ctx)?,
-        ProviderKind::Openai | ProviderKind::AzureOpenai => serde_json::from_slice::<Value>(upstream)
-            .map_err(|e| GatewayError::bad_upstream(format!("invalid JSON from upstream: {e}")))?,
+        ProviderKind::Openai | ProviderKind::AzureOpenai => {
+            serde_json::from_slice::<Value>(upstream).map_err(|e| {
+                GatewayError::bad_upstream(format!("invalid JSON from upstream: {e}"))
+            })?
+        }
     };
     let out = match call.endpoint {
         Endpoint::Complete => frontend::chat_to_complete(&completion, &call.model.name),

@@ -58,7 +58,10 @@ pub fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Box<Http
         .cloned()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "backend without endpoint"))?;
     let SocketAddr::Inet(addr) = backend.addr else {
-        return Error::e_explain(ErrorType::InternalError, "unix socket upstreams are not supported");
+        return Error::e_explain(
+            ErrorType::InternalError,
+            "unix socket upstreams are not supported",
+        );
     };
     let sni = if endpoint.tls {
         endpoint.host.clone()
@@ -107,11 +110,12 @@ pub fn write_request_header(
         req.insert_header(header::ACCEPT, "text/event-stream")?;
     }
     if let AuthPlacement::Header { name, prefix } = &provider.auth {
-        let mut value = http::HeaderValue::try_from(format!(
-            "{prefix}{}",
-            provider.credential.expose()
-        ))
-        .or_err(ErrorType::InternalError, "credential is not a valid header value")?;
+        let mut value =
+            http::HeaderValue::try_from(format!("{prefix}{}", provider.credential.expose()))
+                .or_err(
+                    ErrorType::InternalError,
+                    "credential is not a valid header value",
+                )?;
         value.set_sensitive(true);
         req.insert_header(name.clone(), value)?;
     }
@@ -135,7 +139,11 @@ pub fn fill_body(call: &UpstreamCall, body: &mut Option<Bytes>, end_of_stream: b
 }
 
 /// A failed connection: retry on another instance while untried ones remain.
-pub fn on_connect_failure(call: &UpstreamCall, ctx: &mut RequestCtx, mut e: Box<Error>) -> Box<Error> {
+pub fn on_connect_failure(
+    call: &UpstreamCall,
+    ctx: &mut RequestCtx,
+    mut e: Box<Error>,
+) -> Box<Error> {
     if let Some(b) = ctx.backend.take() {
         ctx.failed_backends.push(b.addr);
     }

@@ -1,0 +1,153 @@
+//! Test support: the real `dragoman` binary started on loopback with a generated config, and
+//! helpers to call it. Each gateway is killed when its handle drops.
+#![allow(dead_code)]
+
+use std::net::TcpListener;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+pub use dragoman::mock::{Behaviour, MockOptions, MockProvider, RecordedRequest};
+
+pub struct GatewayProcess {
+    child: Child,
+    pub port: u16,
+    pub admin_port: u16,
+    dir: PathBuf,
+}
+
+/// A free loopback port. The OS may hand it out again before the gateway binds it; ports are
+/// drawn from the ephemeral range so a clash is unlikely, and it would fail the test loudly.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .expect("no free port")
+}
+
+impl GatewayProcess {
+    /// Starts the gateway with `body` (the providers/models part of a config; listeners and
+    /// Pingora's files are added here) and waits until its admin listener answers.
+    pub fn start(body: &str) -> GatewayProcess {
+        Self::start_with_env(body, &[])
+    }
+
+    pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        let port = free_port();
+        let admin_port = free_port();
+        let dir =
+            std::env::temp_dir().join(format!("dragoman-test-{}-{}", std::process::id(), port));
+        std::fs::create_dir_all(&dir).expect("temp dir");
+        let config = format!(
+            "threads: 2\npid_file: {dir}/pid\nupgrade_sock: {dir}/upgrade.sock\n\
+             grace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n\
+             listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\n{body}",
+            dir = dir.display()
+        );
+        let path = dir.join("dragoman.yaml");
+        std::fs::write(&path, config).expect("write config");
+        let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
+        let child = Command::new(env!("CARGO_BIN_EXE_dragoman"))
+            .arg("-c")
+            .arg(&path)
+            .envs(env.iter().copied())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("start dragoman");
+        let mut gw = GatewayProcess {
+            child,
+            port,
+            admin_port,
+            dir,
+        };
+        gw.wait_ready();
+        gw
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("dragoman exited early ({status}): {}", self.stderr());
+            }
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_ok()
+                && std::net::TcpStream::connect(("127.0.0.1", self.admin_port)).is_ok()
+            {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("dragoman did not start listening: {}", self.stderr());
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.port, path)
+    }
+
+    pub fn admin_url(&self, path: &str) -> String {
+        format!("http://127.0.0.1:{}{}", self.admin_port, path)
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for GatewayProcess {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// Runs `dragoman` with arguments and returns (exit success, stdout + stderr).
+pub fn run_dragoman(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_dragoman"))
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("GEMINI_API_KEY")
+        .envs(env.iter().copied())
+        .output()
+        .expect("run dragoman");
+    let mut text = String::from_utf8_lossy(&out.stdout).into_owned();
+    text.push_str(&String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// POSTs JSON and returns (status, headers, body as JSON).
+pub async fn post_json(
+    url: &str,
+    body: &serde_json::Value,
+) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
+    let resp = client()
+        .post(url)
+        .header("authorization", "Bearer client-key-must-not-leak")
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    let bytes = resp.bytes().await.expect("body");
+    let json = serde_json::from_slice(&bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(&bytes).into()));
+    (status, headers, json)
+}
+
+pub fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a str {
+    headers
+        .get(name)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+}

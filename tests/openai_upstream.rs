@@ -1,0 +1,355 @@
+//! OpenAI-kind and Azure upstreams: bodies pass through with only `model` rewritten, keys are
+//! placed per provider, answers and errors reach the client faithfully.
+mod common;
+use common::*;
+use serde_json::{json, Value};
+
+const KEY: &str = "sk-upstream-key-0123456789";
+
+async fn setup() -> (MockProvider, GatewayProcess) {
+    let mock = MockProvider::start_with(MockOptions {
+        key: Some(KEY.into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let gw = GatewayProcess::start(&format!(
+        r#"
+providers:
+  local: {{ kind: openai, endpoints: ["{url}/v1"], api_key: "{KEY}", timeout: 2s }}
+  azure: {{ kind: azure-openai, endpoints: ["{url}"], api_key: "{KEY}", api_version: "2024-10-21" }}
+models:
+  llama: {{ provider: local, model: meta-llama/Meta-Llama-3-8B-Instruct }}
+  gpt-4o-mini: {{ provider: azure, model: my-deployment }}
+  slow: {{ provider: local, timeout: 300ms }}
+"#,
+        url = mock.url()
+    ));
+    (mock, gw)
+}
+
+#[tokio::test]
+async fn body_passes_through_with_only_the_model_rewritten() {
+    let (mock, gw) = setup().await;
+    // Odd spacing, key order and unknown fields must survive byte for byte.
+    let body = r#"{ "messages":[{"role":"user","content":"hi"}],"model" :  "llama", "x_vendor": {"a": [1, 2.50]}, "temperature":0.2 }"#;
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("authorization", "Bearer client-key")
+        .header("x-api-key", "client-key")
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(resp.headers(), "x-dragoman-model"), "llama");
+    assert_eq!(header(resp.headers(), "x-dragoman-provider"), "local");
+    let answer: Value = resp.json().await.unwrap();
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "mock reply to: hi"
+    );
+
+    let got = mock.last_request().unwrap();
+    assert_eq!(got.method, "POST");
+    assert_eq!(got.path, "/v1/chat/completions");
+    assert_eq!(
+        got.header("authorization"),
+        Some(format!("Bearer {KEY}").as_str())
+    );
+    assert_eq!(
+        got.header("x-api-key"),
+        None,
+        "client credentials must not reach upstream"
+    );
+    assert_eq!(got.header("host"), Some(mock.addr().to_string().as_str()));
+    assert_eq!(
+        std::str::from_utf8(&got.body).unwrap(),
+        r#"{ "messages":[{"role":"user","content":"hi"}],"model" :  "meta-llama/Meta-Llama-3-8B-Instruct", "x_vendor": {"a": [1, 2.50]}, "temperature":0.2 }"#
+    );
+}
+
+#[tokio::test]
+async fn upstream_response_reaches_the_client_unchanged() {
+    let (mock, gw) = setup().await;
+    let upstream = json!({
+        "id": "chatcmpl-abc", "object": "chat.completion", "created": 1717171717,
+        "model": "meta-llama/Meta-Llama-3-8B-Instruct", "system_fingerprint": "fp_x",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": null,
+            "tool_calls": [{"id": "call_1", "type": "function",
+                "function": {"name": "get_weather", "arguments": "{\"city\":\"Paris\"}"}}]},
+            "finish_reason": "tool_calls", "logprobs": null}],
+        "usage": {"prompt_tokens": 12, "completion_tokens": 7, "total_tokens": 19}
+    });
+    mock.push(Behaviour::Json {
+        status: 200,
+        body: upstream.clone(),
+    });
+    let (status, _, answer) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "llama", "messages": [{"role": "user", "content": "weather?"}],
+                "tools": [{"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object"}}}]}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(answer, upstream);
+}
+
+#[tokio::test]
+async fn azure_gets_deployment_path_version_and_api_key_header() {
+    let (mock, gw) = setup().await;
+    let (status, headers, answer) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "gpt-4o-mini", "messages": [{"role": "user", "content": "hello"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(header(&headers, "x-dragoman-provider"), "azure");
+    let got = mock.last_request().unwrap();
+    assert_eq!(
+        got.path,
+        "/openai/deployments/my-deployment/chat/completions?api-version=2024-10-21"
+    );
+    assert_eq!(got.header("api-key"), Some(KEY));
+    assert_eq!(got.header("authorization"), None);
+    assert_eq!(got.json()["model"], "my-deployment");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "mock reply to: hello"
+    );
+}
+
+#[tokio::test]
+async fn streaming_passes_through() {
+    let (mock, gw) = setup().await;
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "llama", "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(header(resp.headers(), "content-type").starts_with("text/event-stream"));
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("chat.completion.chunk"), "{text}");
+    assert!(text.trim_end().ends_with("data: [DONE]"), "{text}");
+    assert_eq!(
+        mock.last_request().unwrap().header("accept"),
+        Some("text/event-stream")
+    );
+}
+
+#[tokio::test]
+async fn models_are_listed() {
+    let (_mock, gw) = setup().await;
+    let resp = client().get(gw.url("/v1/models")).send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let list: Value = resp.json().await.unwrap();
+    assert_eq!(list["object"], "list");
+    let mut ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
+    ids.sort();
+    assert_eq!(ids, vec!["gpt-4o-mini", "llama", "slow"]);
+    assert_eq!(list["data"][0]["object"], "model");
+}
+
+#[tokio::test]
+async fn complete_endpoint_over_openai() {
+    let (mock, gw) = setup().await;
+    let (status, headers, answer) = post_json(
+        &gw.url("/v1/complete"),
+        &json!({"text": "write a haiku", "model_type": "llama"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        answer,
+        json!({"data": "mock reply to: write a haiku", "model_used": "llama"})
+    );
+    assert_eq!(header(&headers, "x-dragoman-model"), "llama");
+    let sent = mock.last_request().unwrap().json();
+    assert_eq!(sent["model"], "meta-llama/Meta-Llama-3-8B-Instruct");
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": "write a haiku"}])
+    );
+}
+
+#[tokio::test]
+async fn client_errors_are_openai_errors() {
+    let (mock, gw) = setup().await;
+    let url = gw.url("/v1/chat/completions");
+    let cases: Vec<(&str, u16, &str)> = vec![
+        ("{not json", 400, "not a valid"),
+        ("[]", 400, "not a valid"),
+        (r#"{"messages": []}"#, 400, "'model'"),
+        (r#"{"model": 7}"#, 400, "'model'"),
+        (r#"{"model": "llama", "stream": "yes"}"#, 400, "not a valid"),
+        (
+            r#"{"model": "gpt-5-imaginary", "messages": []}"#,
+            404,
+            "gpt-5-imaginary",
+        ),
+    ];
+    for (body, want, needle) in cases {
+        let resp = client().post(&url).body(body).send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), want, "{body}");
+        let err: Value = resp.json().await.unwrap();
+        let msg = err["error"]["message"].as_str().unwrap_or_default();
+        assert!(msg.contains(needle), "{body}: {err}");
+        assert!(err["error"]["type"].is_string(), "{err}");
+        assert!(err["error"].as_object().unwrap().contains_key("param"));
+        assert!(err["error"].as_object().unwrap().contains_key("code"));
+    }
+    let resp = client()
+        .get(gw.url("/v1/nothing-here"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 404);
+    assert!(
+        mock.requests().is_empty(),
+        "no bad request may reach the upstream"
+    );
+}
+
+#[tokio::test]
+async fn upstream_errors_keep_status_and_message_in_any_shape() {
+    let (mock, gw) = setup().await;
+    let url = gw.url("/v1/chat/completions");
+    let req = json!({"model": "llama", "messages": [{"role": "user", "content": "x"}]});
+    let cases = vec![
+        (
+            Behaviour::Json {
+                status: 429,
+                body: json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
+            },
+            429,
+            "Rate limit reached for requests",
+            Some("rate_limit_exceeded"),
+        ),
+        (
+            Behaviour::Json {
+                status: 422,
+                body: json!({"detail": "max_tokens must be positive"}),
+            },
+            422,
+            "max_tokens must be positive",
+            None,
+        ),
+        (
+            Behaviour::Raw {
+                status: 503,
+                content_type: "text/plain".into(),
+                body: "upstream overloaded, try later".into(),
+                headers: vec![],
+            },
+            503,
+            "upstream overloaded, try later",
+            None,
+        ),
+        (
+            Behaviour::Json {
+                status: 401,
+                body: json!({"error": {"message": format!("Incorrect API key provided: {KEY}."), "type": "invalid_request_error", "code": "invalid_api_key"}}),
+            },
+            401,
+            "Incorrect API key provided",
+            Some("invalid_api_key"),
+        ),
+    ];
+    for (behaviour, want, message, code) in cases {
+        mock.push(behaviour);
+        let (status, headers, err) = post_json(&url, &req).await;
+        assert_eq!(status, want, "{err}");
+        let msg = err["error"]["message"].as_str().unwrap();
+        assert!(msg.contains(message), "{err}");
+        assert!(!msg.contains(KEY), "provider key leaked: {err}");
+        assert_eq!(err["error"]["code"].as_str(), code, "{err}");
+        assert_eq!(header(&headers, "x-dragoman-model"), "llama");
+    }
+}
+
+#[tokio::test]
+async fn timeout_is_504_and_connect_failure_is_502() {
+    let (mock, gw) = setup().await;
+    mock.push(Behaviour::Delay {
+        delay: std::time::Duration::from_secs(3),
+        then: Box::new(Behaviour::Reply),
+    });
+    let (status, _, err) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "slow", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 504, "{err}");
+    assert_eq!(err["error"]["code"], "upstream_timeout");
+
+    let dead = free_port();
+    let gw2 = GatewayProcess::start(&format!(
+        "providers:\n  gone: {{ kind: openai, endpoints: [\"http://127.0.0.1:{dead}/v1\"], api_key: k }}\nmodels:\n  m: {{ provider: gone }}\n"
+    ));
+    let (status, headers, err) = post_json(
+        &gw2.url("/v1/chat/completions"),
+        &json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 502, "{err}");
+    assert_eq!(err["error"]["code"], "upstream_unreachable");
+    assert_eq!(header(&headers, "x-dragoman-provider"), "gone");
+    assert!(
+        !err.to_string().contains("127.0.0.1"),
+        "internal addresses leak: {err}"
+    );
+}
+
+#[tokio::test]
+async fn dropped_upstream_connection_is_a_502() {
+    let (mock, gw) = setup().await;
+    mock.push(Behaviour::Drop);
+    mock.push(Behaviour::Drop);
+    let (status, _, err) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "llama", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 502, "{err}");
+    assert!(err["error"]["message"].is_string());
+}
+
+#[tokio::test]
+async fn body_over_the_limit_is_413() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&format!(
+        "max_request_bytes: 1000\nproviders:\n  p: {{ kind: openai, endpoints: [\"{}/v1\"], auth: none }}\nmodels:\n  m: {{ provider: p }}\n",
+        mock.url()
+    ));
+    let big = json!({"model": "m", "messages": [{"role": "user", "content": "x".repeat(2000)}]});
+    let (status, _, err) = post_json(&gw.url("/v1/chat/completions"), &big).await;
+    assert_eq!(status, 413);
+    assert_eq!(err["error"]["code"], "request_too_large");
+    // Chunked bodies (no content-length) are bounded too.
+    let stream =
+        futures_util::stream::iter(vec![Ok::<_, std::io::Error>(big.to_string().into_bytes())]);
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .body(reqwest::Body::wrap_stream(stream))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 413);
+    assert!(mock.requests().is_empty());
+    let small = json!({"model": "m", "messages": [{"role": "user", "content": "ok"}]});
+    let (status, _, _) = post_json(&gw.url("/v1/chat/completions"), &small).await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        mock.last_request().unwrap().header("authorization"),
+        None,
+        "auth: none sends no key"
+    );
+}
