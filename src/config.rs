@@ -878,8 +878,8 @@ models:
         assert_eq!(e.key, "providers.p.kind");
 
         let e = err("providers:\n  p: { kind: openai, api_key: k, timeot: 3s }\n");
-        assert_eq!(e.key, "providers.p");
-        assert!(e.message.contains("timeot"), "{e}");
+        assert_eq!(e.key, "providers.p.timeot");
+        assert!(e.message.contains("unknown field"), "{e}");
 
         let e = err("providers:\n  p: { kind: openai, api_key: k, timeout: soon }\n");
         assert_eq!(e.key, "providers.p.timeout");

@@ -67,3 +67,54 @@ fn test_flag_never_prints_the_key() {
     assert!(out.contains("providers.p.endpoints[0]"), "{out}");
     assert!(!out.contains("sk-very-secret-1234"), "{out}");
 }
+
+#[test]
+fn shipped_config_is_valid() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/conf/dragoman.yaml");
+    let keys = [
+        ("OPENAI_API_KEY", "sk-x"),
+        ("ANTHROPIC_API_KEY", "ant-x"),
+        ("GEMINI_API_KEY", "gem-x"),
+    ];
+    let (ok, out) = run_dragoman(&["-t", "-c", path], &keys);
+    assert!(ok, "{out}");
+    // Without the keys, the file names the first unset variable.
+    let (ok, out) = run_dragoman(&["-t", "-c", path], &[]);
+    assert!(!ok);
+    assert!(out.contains("_API_KEY"), "{out}");
+}
+
+#[tokio::test]
+async fn default_config_serves_the_providers_whose_keys_are_set() {
+    // The embedded default listens on 127.0.0.1:8080 (admin 9090).
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dragoman"))
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("GEMINI_API_KEY")
+        .env("ANTHROPIC_API_KEY", "ant-default-key")
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let list: serde_json::Value = loop {
+        assert!(guard.0.try_wait().unwrap().is_none(), "dragoman exited");
+        if let Ok(resp) = client().get("http://127.0.0.1:8080/v1/models").send().await {
+            break resp.json().await.unwrap();
+        }
+        assert!(std::time::Instant::now() < deadline, "default listener never came up");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    assert!(ids.contains(&"claude-3-5-haiku-latest"), "{ids:?}");
+    assert!(!ids.iter().any(|id| id.starts_with("gpt") || id.starts_with("gemini")), "{ids:?}");
+    let health = client().get("http://127.0.0.1:9090/healthz").send().await.unwrap();
+    assert_eq!(health.status(), 200);
+    drop(guard);
+}

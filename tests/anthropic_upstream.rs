@@ -1,0 +1,179 @@
+//! OpenAI clients over an Anthropic upstream: the exact request the provider receives and the
+//! exact answer the client gets, for the golden fixtures in tests/fixtures/anthropic.
+mod common;
+use common::*;
+use serde_json::{json, Value};
+
+const KEY: &str = "ant-api03-secret-key";
+
+fn fixture(name: &str) -> Value {
+    let path = format!("{}/tests/fixtures/anthropic/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
+}
+
+async fn setup() -> (MockProvider, GatewayProcess) {
+    let mock = MockProvider::start_with(MockOptions {
+        key: Some(KEY.into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  anthropic: {{ kind: anthropic, endpoints: [\"{}\"], api_key: {KEY} }}\nmodels:\n  claude-fast: {{ provider: anthropic, model: claude-sonnet-4-5-20250929 }}\n",
+        mock.url()
+    ));
+    (mock, gw)
+}
+
+#[tokio::test]
+async fn requests_arrive_translated() {
+    let (mock, gw) = setup().await;
+    for name in [
+        "request_text_system",
+        "request_images",
+        "request_tools",
+        "request_assistant_text_and_tool",
+    ] {
+        let (status, headers, answer) =
+            post_json(&gw.url("/v1/chat/completions"), &fixture(&format!("{name}.openai"))).await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        assert_eq!(header(&headers, "x-dragoman-provider"), "anthropic");
+        let got = mock.last_request().unwrap();
+        assert_eq!(got.path, "/v1/messages", "{name}");
+        assert_eq!(got.header("x-api-key"), Some(KEY));
+        assert_eq!(got.header("anthropic-version"), Some("2023-06-01"));
+        assert_eq!(got.header("authorization"), None, "client key leaked upstream");
+        assert_eq!(got.json(), fixture(&format!("{name}.anthropic")), "{name}");
+    }
+}
+
+#[tokio::test]
+async fn responses_arrive_translated() {
+    let (mock, gw) = setup().await;
+    for name in [
+        "response_text",
+        "response_tool_use",
+        "response_thinking",
+        "response_refusal_empty",
+    ] {
+        mock.push(Behaviour::Json {
+            status: 200,
+            body: fixture(&format!("{name}.anthropic")),
+        });
+        let (status, headers, mut answer) = post_json(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model": "claude-fast", "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .await;
+        assert_eq!(status, 200, "{name}: {answer}");
+        assert_eq!(header(&headers, "x-dragoman-model"), "claude-fast");
+        assert!(header(&headers, "content-type").starts_with("application/json"));
+        let mut expected = fixture(&format!("{name}.openai"));
+        // `created` is the gateway's clock.
+        assert!(answer["created"].as_u64().unwrap() > 1_700_000_000);
+        answer["created"] = expected["created"].take();
+        expected["created"] = answer["created"].clone();
+        assert_eq!(answer, expected, "{name}");
+    }
+}
+
+#[tokio::test]
+async fn default_mock_reply_round_trip() {
+    let (_mock, gw) = setup().await;
+    let (status, _, answer) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "claude-fast", "messages": [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello there"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["choices"][0]["message"]["content"], "mock reply to: hello there");
+    assert_eq!(answer["choices"][0]["finish_reason"], "stop");
+    assert_eq!(answer["usage"]["prompt_tokens"], 10);
+    assert_eq!(answer["usage"]["completion_tokens"], 5);
+}
+
+#[tokio::test]
+async fn anthropic_errors_keep_status_and_message() {
+    let (mock, gw) = setup().await;
+    let req = json!({"model": "claude-fast", "messages": [{"role": "user", "content": "x"}]});
+    for (status, kind, message) in [
+        (529, "overloaded_error", "Overloaded"),
+        (400, "invalid_request_error", "messages: text content blocks must be non-empty"),
+        (429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"),
+    ] {
+        mock.push(Behaviour::Json {
+            status,
+            body: json!({"type": "error", "error": {"type": kind, "message": message}}),
+        });
+        let (got, _, err) = post_json(&gw.url("/v1/chat/completions"), &req).await;
+        assert_eq!(got, status, "{err}");
+        assert_eq!(err["error"]["message"], message);
+        assert_eq!(err["error"]["type"], kind);
+    }
+}
+
+#[tokio::test]
+async fn wrong_key_surfaces_as_401_without_the_key() {
+    let mock = MockProvider::start_with(MockOptions {
+        key: Some("the-right-key".into()),
+        ..Default::default()
+    })
+    .await
+    .unwrap();
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  a: {{ kind: anthropic, endpoints: [\"{}\"], api_key: the-wrong-key }}\nmodels:\n  c: {{ provider: a }}\n",
+        mock.url()
+    ));
+    let (status, _, err) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "c", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 401, "{err}");
+    assert_eq!(err["error"]["type"], "authentication_error");
+    assert!(!err.to_string().contains("the-wrong-key"));
+}
+
+#[tokio::test]
+async fn streaming_is_refused_clearly_until_translated() {
+    let (mock, gw) = setup().await;
+    let (status, _, err) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &fixture("request_system_cache_control.openai"),
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+    assert_eq!(err["error"]["param"], "stream");
+    assert!(mock.requests().is_empty());
+}
+
+#[tokio::test]
+async fn complete_endpoint_over_anthropic() {
+    let (mock, gw) = setup().await;
+    let (status, _, answer) = post_json(
+        &gw.url("/v1/complete"),
+        &json!({"text": "2+2?", "model_type": "claude-fast"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer, json!({"data": "mock reply to: 2+2?", "model_used": "claude-fast"}));
+    let sent = mock.last_request().unwrap().json();
+    assert_eq!(sent["max_tokens"], 4096);
+    assert_eq!(sent["messages"], json!([{"role": "user", "content": "2+2?"}]));
+}
+
+#[tokio::test]
+async fn translation_errors_are_400_and_never_reach_upstream() {
+    let (mock, gw) = setup().await;
+    let (status, _, err) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "claude-fast", "messages": [
+            {"role": "user", "content": "x"},
+            {"role": "assistant", "tool_calls": [{"id": "c1", "type": "function", "function": {"name": "f", "arguments": "{broken"}}]}
+        ]}),
+    )
+    .await;
+    assert_eq!(status, 400, "{err}");
+    assert!(err["error"]["param"].as_str().unwrap().contains("arguments"), "{err}");
+    assert!(mock.requests().is_empty());
+}
