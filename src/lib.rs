@@ -9,3 +9,4 @@ pub mod ids;
 pub mod providers;
 pub mod proxy;
 pub mod registry;
+pub mod sse;

@@ -99,3 +99,36 @@ pub struct RequestContext<'a> {
     /// `max_tokens` to send when the client gave none and the provider requires one (Anthropic).
     pub default_max_tokens: u32,
 }
+
+/// One step of a translated stream, in OpenAI's terms (the gateway's common stream form).
+#[derive(Debug, Clone, PartialEq)]
+pub enum StreamOut {
+    /// A `chat.completion.chunk` object.
+    Chunk(serde_json::Value),
+    /// The upstream failed mid-stream (an error event, or a stream cut without its terminal
+    /// event). Nothing follows it.
+    Error(crate::error::GatewayError),
+    /// The stream ended normally. Nothing follows it.
+    Done,
+}
+
+/// Turns one upstream's stream events into OpenAI chunks, one event at a time.
+pub trait ChunkSource: Send + Sync {
+    /// One upstream SSE event; appends zero or more outputs.
+    fn on_event(&mut self, event: &crate::sse::SseEvent, out: &mut Vec<StreamOut>);
+    /// The upstream's bytes ended. Appends `Done` if the stream had ended properly, or an
+    /// `Error` if its terminal event never came. Must append nothing if `Done` or `Error` was
+    /// already emitted.
+    fn on_end(&mut self, out: &mut Vec<StreamOut>);
+}
+
+/// What a stream translator needs to know of the request.
+#[derive(Debug, Clone)]
+pub struct StreamContext {
+    /// The upstream model id, for providers whose events do not name it.
+    pub upstream_model: String,
+    /// `created` for every chunk.
+    pub created: u64,
+    /// The client asked for `stream_options.include_usage`.
+    pub include_usage: bool,
+}
