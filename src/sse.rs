@@ -227,6 +227,9 @@ mod tests {
     fn invalid_utf8_is_an_error() {
         let mut p = SseParser::new(1024);
         let mut out = Vec::new();
-        assert_eq!(p.push(b"data: \xff\n", &mut out), Err(SseError::InvalidUtf8));
+        assert_eq!(
+            p.push(b"data: \xff\n", &mut out),
+            Err(SseError::InvalidUtf8)
+        );
     }
 }

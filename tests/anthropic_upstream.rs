@@ -7,7 +7,10 @@ use serde_json::{json, Value};
 const KEY: &str = "ant-api03-secret-key";
 
 fn fixture(name: &str) -> Value {
-    let path = format!("{}/tests/fixtures/anthropic/{name}.json", env!("CARGO_MANIFEST_DIR"));
+    let path = format!(
+        "{}/tests/fixtures/anthropic/{name}.json",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_str(&std::fs::read_to_string(&path).unwrap()).unwrap()
 }
 
@@ -34,15 +37,22 @@ async fn requests_arrive_translated() {
         "request_tools",
         "request_assistant_text_and_tool",
     ] {
-        let (status, headers, answer) =
-            post_json(&gw.url("/v1/chat/completions"), &fixture(&format!("{name}.openai"))).await;
+        let (status, headers, answer) = post_json(
+            &gw.url("/v1/chat/completions"),
+            &fixture(&format!("{name}.openai")),
+        )
+        .await;
         assert_eq!(status, 200, "{name}: {answer}");
         assert_eq!(header(&headers, "x-dragoman-provider"), "anthropic");
         let got = mock.last_request().unwrap();
         assert_eq!(got.path, "/v1/messages", "{name}");
         assert_eq!(got.header("x-api-key"), Some(KEY));
         assert_eq!(got.header("anthropic-version"), Some("2023-06-01"));
-        assert_eq!(got.header("authorization"), None, "client key leaked upstream");
+        assert_eq!(
+            got.header("authorization"),
+            None,
+            "client key leaked upstream"
+        );
         assert_eq!(got.json(), fixture(&format!("{name}.anthropic")), "{name}");
     }
 }
@@ -86,7 +96,10 @@ async fn default_mock_reply_round_trip() {
     )
     .await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer["choices"][0]["message"]["content"], "mock reply to: hello there");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "mock reply to: hello there"
+    );
     assert_eq!(answer["choices"][0]["finish_reason"], "stop");
     assert_eq!(answer["usage"]["prompt_tokens"], 10);
     assert_eq!(answer["usage"]["completion_tokens"], 5);
@@ -98,8 +111,16 @@ async fn anthropic_errors_keep_status_and_message() {
     let req = json!({"model": "claude-fast", "messages": [{"role": "user", "content": "x"}]});
     for (status, kind, message) in [
         (529, "overloaded_error", "Overloaded"),
-        (400, "invalid_request_error", "messages: text content blocks must be non-empty"),
-        (429, "rate_limit_error", "Number of request tokens has exceeded your per-minute rate limit"),
+        (
+            400,
+            "invalid_request_error",
+            "messages: text content blocks must be non-empty",
+        ),
+        (
+            429,
+            "rate_limit_error",
+            "Number of request tokens has exceeded your per-minute rate limit",
+        ),
     ] {
         mock.push(Behaviour::Json {
             status,
@@ -156,10 +177,16 @@ async fn complete_endpoint_over_anthropic() {
     )
     .await;
     assert_eq!(status, 200, "{answer}");
-    assert_eq!(answer, json!({"data": "mock reply to: 2+2?", "model_used": "claude-fast"}));
+    assert_eq!(
+        answer,
+        json!({"data": "mock reply to: 2+2?", "model_used": "claude-fast"})
+    );
     let sent = mock.last_request().unwrap().json();
     assert_eq!(sent["max_tokens"], 4096);
-    assert_eq!(sent["messages"], json!([{"role": "user", "content": "2+2?"}]));
+    assert_eq!(
+        sent["messages"],
+        json!([{"role": "user", "content": "2+2?"}])
+    );
 }
 
 #[tokio::test]
@@ -174,6 +201,12 @@ async fn translation_errors_are_400_and_never_reach_upstream() {
     )
     .await;
     assert_eq!(status, 400, "{err}");
-    assert!(err["error"]["param"].as_str().unwrap().contains("arguments"), "{err}");
+    assert!(
+        err["error"]["param"]
+            .as_str()
+            .unwrap()
+            .contains("arguments"),
+        "{err}"
+    );
     assert!(mock.requests().is_empty());
 }

@@ -108,13 +108,29 @@ async fn default_config_serves_the_providers_whose_keys_are_set() {
         if let Ok(resp) = client().get("http://127.0.0.1:8080/v1/models").send().await {
             break resp.json().await.unwrap();
         }
-        assert!(std::time::Instant::now() < deadline, "default listener never came up");
+        assert!(
+            std::time::Instant::now() < deadline,
+            "default listener never came up"
+        );
         tokio::time::sleep(std::time::Duration::from_millis(20)).await;
     };
-    let ids: Vec<&str> = list["data"].as_array().unwrap().iter().map(|m| m["id"].as_str().unwrap()).collect();
+    let ids: Vec<&str> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["id"].as_str().unwrap())
+        .collect();
     assert!(ids.contains(&"claude-3-5-haiku-latest"), "{ids:?}");
-    assert!(!ids.iter().any(|id| id.starts_with("gpt") || id.starts_with("gemini")), "{ids:?}");
-    let health = client().get("http://127.0.0.1:9090/healthz").send().await.unwrap();
+    assert!(
+        !ids.iter()
+            .any(|id| id.starts_with("gpt") || id.starts_with("gemini")),
+        "{ids:?}"
+    );
+    let health = client()
+        .get("http://127.0.0.1:9090/healthz")
+        .send()
+        .await
+        .unwrap();
     assert_eq!(health.status(), 200);
     drop(guard);
 }

@@ -31,13 +31,19 @@ async fn assert_translated_big_body_arrives(size: usize) {
     assert_eq!(answer["object"], "chat.completion");
     let got = mock.last_request().unwrap();
     assert_eq!(got.path, "/v1/messages");
-    assert_eq!(got.header("content-length"), Some(got.body.len().to_string().as_str()));
+    assert_eq!(
+        got.header("content-length"),
+        Some(got.body.len().to_string().as_str())
+    );
     let sent = got.json();
     assert_eq!(sent["model"], "claude-3-5-haiku-latest");
     let blocks = &sent["messages"][0]["content"];
     assert_eq!(blocks[0]["text"], req["messages"][0]["content"][0]["text"]);
     assert_eq!(blocks[1]["source"]["type"], "base64");
-    assert_eq!(blocks[1]["source"]["data"].as_str().unwrap().len(), size / 2);
+    assert_eq!(
+        blocks[1]["source"]["data"].as_str().unwrap().len(),
+        size / 2
+    );
 }
 
 #[tokio::test]
@@ -68,9 +74,18 @@ async fn twenty_mebibytes_resent_after_a_refused_connection() {
     assert_eq!(got.len(), 2);
     for r in got {
         let sent = r.json();
-        assert_eq!(sent["messages"][0]["content"][1]["source"]["data"].as_str().unwrap().len(), 10 << 20);
+        assert_eq!(
+            sent["messages"][0]["content"][1]["source"]["data"]
+                .as_str()
+                .unwrap()
+                .len(),
+            10 << 20
+        );
     }
-    assert!(gw.stderr().contains("ConnectRefused"), "the dead instance was never tried");
+    assert!(
+        gw.stderr().contains("ConnectRefused"),
+        "the dead instance was never tried"
+    );
 }
 
 #[tokio::test]
@@ -88,9 +103,15 @@ async fn twenty_mebibytes_passed_through_to_openai() {
         assert_eq!(status, 200, "{answer}");
     }
     for r in mock.requests() {
-        let expected = String::from_utf8(raw.clone()).unwrap().replacen("\"m\"", "\"upstream-m\"", 1);
+        let expected =
+            String::from_utf8(raw.clone())
+                .unwrap()
+                .replacen("\"m\"", "\"upstream-m\"", 1);
         assert_eq!(r.body.len(), expected.len());
-        assert!(r.body == expected.as_bytes(), "body changed beyond the model");
+        assert!(
+            r.body == expected.as_bytes(),
+            "body changed beyond the model"
+        );
     }
     assert_eq!(mock.requests().len(), 2);
 }
