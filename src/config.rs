@@ -590,9 +590,7 @@ impl GatewayConfig {
                     "must not be empty",
                 ));
             }
-            if provider.kind == ProviderKind::Gemini
-                && upstream_model.contains(|c: char| c == '/' || c == '?' || c == '#')
-            {
+            if provider.kind == ProviderKind::Gemini && upstream_model.contains(['/', '?', '#']) {
                 return Err(ConfigError::new(
                     format!("{key}.model"),
                     "a Gemini model id must not contain '/', '?' or '#'",

@@ -63,6 +63,12 @@ pub fn parse_chat_envelope(body: &[u8]) -> Result<ChatEnvelope, GatewayError> {
     }
     let text = std::str::from_utf8(body)
         .map_err(|_| GatewayError::bad_request("The request body is not valid UTF-8"))?;
+    // Serde also reads structs from arrays; a chat request is an object.
+    if !text.trim_start().starts_with('{') {
+        return Err(GatewayError::bad_request(
+            "The request body is not a valid chat request: expected a JSON object",
+        ));
+    }
     let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
         GatewayError::bad_request(format!("The request body is not a valid chat request: {e}"))
     })?;

@@ -6,6 +6,7 @@ pub mod discovery;
 pub mod error;
 pub mod frontend;
 pub mod ids;
+pub mod mock;
 pub mod providers;
 pub mod proxy;
 pub mod registry;

@@ -66,9 +66,11 @@ async fn responses_arrive_translated() {
         "response_thinking",
         "response_refusal_empty",
     ] {
+        let upstream = fixture(&format!("{name}.anthropic"));
+        let names_model = upstream.get("model").is_some();
         mock.push(Behaviour::Json {
             status: 200,
-            body: fixture(&format!("{name}.anthropic")),
+            body: upstream,
         });
         let (status, headers, mut answer) = post_json(
             &gw.url("/v1/chat/completions"),
@@ -83,6 +85,10 @@ async fn responses_arrive_translated() {
         assert!(answer["created"].as_u64().unwrap() > 1_700_000_000);
         answer["created"] = expected["created"].take();
         expected["created"] = answer["created"].clone();
+        if !names_model {
+            // A response without `model` reports the configured upstream id.
+            expected["model"] = json!("claude-sonnet-4-5-20250929");
+        }
         assert_eq!(answer, expected, "{name}");
     }
 }

@@ -1,6 +1,6 @@
 //! Test support: the real `dragoman` binary started on loopback with a generated config, and
 //! helpers to call it. Each gateway is killed when its handle drops.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)]
 
 use std::net::TcpListener;
 use std::path::PathBuf;
