@@ -1,13 +1,15 @@
 //! An upstream call: what the gateway sends for one client request (path, body) and how it must
 //! treat the answer. Built once from the client's body; every attempt re-sends the same bytes.
 
+use crate::anthropic_api;
 use crate::error::GatewayError;
-use crate::frontend::{self, Endpoint};
+use crate::frontend::{self, ChatEnvelope, Endpoint};
 use crate::ids::unix_now;
-use crate::providers::{self, openai, AuthPlacement, ProviderKind, RequestContext};
+use crate::providers::{self, gemini, openai, AuthPlacement, ProviderKind, RequestContext};
 use crate::registry::{Model, Registry};
 use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::Value;
 use std::sync::Arc;
 
 /// Characters left as they are in a path segment or query value: RFC 3986 unreserved.
@@ -24,10 +26,24 @@ pub fn encode_component(s: &str) -> String {
 /// How the upstream's answer reaches the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ResponseMode {
-    /// Bytes pass through untouched (OpenAI-speaking upstream, OpenAI client, success).
+    /// Bytes pass through untouched: the upstream already speaks the client's protocol.
     PassThrough,
     /// Buffered and translated when complete.
     Translate,
+    /// A stream, translated event by event.
+    Stream,
+}
+
+/// What the upstream is asked to do.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Operation {
+    Chat,
+    CountTokens,
+    /// Embeddings; `batch` when Gemini gets several inputs in one call.
+    Embed {
+        batch: bool,
+        base64: bool,
+    },
 }
 
 pub struct UpstreamCall {
@@ -35,13 +51,26 @@ pub struct UpstreamCall {
     pub registry: Arc<Registry>,
     pub model: Arc<Model>,
     pub endpoint: Endpoint,
+    pub operation: Operation,
     pub stream: bool,
+    /// The client asked for a usage chunk at the end of an OpenAI stream.
+    pub include_usage: bool,
     /// Path (and query) after the endpoint's base path.
     pub path: String,
     pub body: Bytes,
     pub response_mode: ResponseMode,
     /// OpenAI's `created` for translated responses.
     pub created: u64,
+}
+
+/// The parts of a plan that depend on the endpoint.
+struct Planned {
+    model: Arc<Model>,
+    operation: Operation,
+    stream: bool,
+    include_usage: bool,
+    body: Vec<u8>,
+    mode: ResponseMode,
 }
 
 impl UpstreamCall {
@@ -51,57 +80,41 @@ impl UpstreamCall {
         endpoint: Endpoint,
         body: &Bytes,
     ) -> Result<UpstreamCall, GatewayError> {
-        let (model, stream, upstream_body) = match endpoint {
-            Endpoint::ChatCompletions => {
-                let envelope = frontend::parse_chat_envelope(body)?;
-                let model = lookup(registry, &envelope.model)?;
-                let kind = model.provider.kind;
-                let upstream_body = if kind.speaks_openai() {
-                    openai::splice_model(body, envelope.model_span, &model.upstream_model_json)
-                } else {
-                    if envelope.stream {
-                        return Err(streaming_not_supported(kind));
-                    }
-                    translate_request(&model, &frontend::parse_chat_tree(body)?)?
-                };
-                (model, envelope.stream, upstream_body)
-            }
-            Endpoint::Complete => {
-                let (name, mut chat) = frontend::complete_to_chat(body)?;
-                let model = lookup(registry, &name)?;
-                let upstream_body = if model.provider.kind.speaks_openai() {
-                    chat["model"] = model.upstream_model.as_str().into();
-                    chat.to_string().into_bytes()
-                } else {
-                    translate_request(&model, &chat)?
-                };
-                (model, false, upstream_body)
-            }
+        let planned = match endpoint {
+            Endpoint::ChatCompletions => plan_chat(registry, body)?,
+            Endpoint::Complete => plan_complete(registry, body)?,
+            Endpoint::Messages => plan_messages(registry, body)?,
+            Endpoint::CountTokens => plan_count_tokens(registry, body)?,
+            Endpoint::Embeddings => plan_embeddings(registry, body)?,
             Endpoint::Models => {
                 return Err(GatewayError::new(500, "models are listed, not proxied"));
             }
         };
+        let Planned {
+            model,
+            operation,
+            stream,
+            include_usage,
+            body,
+            mode,
+        } = planned;
         let provider = &model.provider;
-        let upstream_body = match &provider.auth {
+        let body = match &provider.auth {
             AuthPlacement::Body { field } => {
-                insert_field(&upstream_body, field, provider.credential.expose())
+                insert_field(&body, field, provider.credential.expose())
             }
-            _ => upstream_body,
+            _ => body,
         };
-        let response_mode =
-            if provider.kind.speaks_openai() && endpoint == Endpoint::ChatCompletions {
-                ResponseMode::PassThrough
-            } else {
-                ResponseMode::Translate
-            };
         Ok(UpstreamCall {
-            path: upstream_path(&model, stream),
+            path: upstream_path(&model, operation, stream),
             registry: registry.clone(),
             model,
             endpoint,
+            operation,
             stream,
-            body: Bytes::from(upstream_body),
-            response_mode,
+            include_usage,
+            body: Bytes::from(body),
+            response_mode: mode,
             created: unix_now(),
         })
     }
@@ -115,16 +128,165 @@ fn lookup(registry: &Registry, name: &str) -> Result<Arc<Model>, GatewayError> {
         .ok_or_else(|| GatewayError::model_not_found(name))
 }
 
-fn streaming_not_supported(kind: ProviderKind) -> GatewayError {
-    GatewayError::bad_request(format!(
-        "Streaming is not supported yet for models served by a {} provider; send \"stream\": false",
-        kind.as_str()
-    ))
-    .with_param("stream")
-    .with_code("streaming_not_supported")
+/// The client's body with the upstream model id spliced in.
+fn spliced(body: &[u8], envelope: &ChatEnvelope, model: &Model) -> Vec<u8> {
+    openai::splice_model(
+        body,
+        envelope.model_span.clone(),
+        &model.upstream_model_json,
+    )
 }
 
-fn translate_request(model: &Model, chat: &serde_json::Value) -> Result<Vec<u8>, GatewayError> {
+fn stream_mode(stream: bool) -> ResponseMode {
+    if stream {
+        ResponseMode::Stream
+    } else {
+        ResponseMode::Translate
+    }
+}
+
+fn plan_chat(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayError> {
+    let envelope = frontend::parse_chat_envelope(body)?;
+    let model = lookup(registry, &envelope.model)?;
+    if model.provider.kind.speaks_openai() {
+        return Ok(Planned {
+            body: spliced(body, &envelope, &model),
+            model,
+            operation: Operation::Chat,
+            stream: envelope.stream,
+            include_usage: false,
+            mode: ResponseMode::PassThrough,
+        });
+    }
+    let chat = frontend::parse_chat_tree(body)?;
+    Ok(Planned {
+        body: translate_chat(&model, &chat)?,
+        include_usage: chat
+            .pointer("/stream_options/include_usage")
+            .and_then(Value::as_bool)
+            .unwrap_or(false),
+        model,
+        operation: Operation::Chat,
+        stream: envelope.stream,
+        mode: stream_mode(envelope.stream),
+    })
+}
+
+fn plan_complete(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayError> {
+    let (name, mut chat) = frontend::complete_to_chat(body)?;
+    let model = lookup(registry, &name)?;
+    let body = if model.provider.kind.speaks_openai() {
+        chat["model"] = model.upstream_model.as_str().into();
+        chat.to_string().into_bytes()
+    } else {
+        translate_chat(&model, &chat)?
+    };
+    Ok(Planned {
+        model,
+        operation: Operation::Chat,
+        stream: false,
+        include_usage: false,
+        body,
+        mode: ResponseMode::Translate,
+    })
+}
+
+fn plan_messages(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayError> {
+    let envelope = frontend::parse_chat_envelope(body)?;
+    let model = lookup(registry, &envelope.model)?;
+    if model.provider.kind == ProviderKind::Anthropic {
+        return Ok(Planned {
+            body: spliced(body, &envelope, &model),
+            model,
+            operation: Operation::Chat,
+            stream: envelope.stream,
+            include_usage: false,
+            mode: ResponseMode::PassThrough,
+        });
+    }
+    let mut chat = anthropic_api::request_to_openai(&frontend::parse_chat_tree(body)?)?;
+    let body = if model.provider.kind.speaks_openai() {
+        chat["model"] = model.upstream_model.as_str().into();
+        // OpenAI's own API rejects `top_k`, which Anthropic clients may send.
+        if let Some(obj) = chat.as_object_mut() {
+            obj.remove("top_k");
+        }
+        chat.to_string().into_bytes()
+    } else {
+        translate_chat(&model, &chat)?
+    };
+    Ok(Planned {
+        model,
+        operation: Operation::Chat,
+        stream: envelope.stream,
+        // The Anthropic stream reports usage in `message_delta`.
+        include_usage: true,
+        body,
+        mode: stream_mode(envelope.stream),
+    })
+}
+
+fn plan_count_tokens(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayError> {
+    let envelope = frontend::parse_chat_envelope(body)?;
+    let model = lookup(registry, &envelope.model)?;
+    if model.provider.kind != ProviderKind::Anthropic {
+        return Err(GatewayError::bad_request(format!(
+            "count_tokens is served for Anthropic models only; `{}` is served by a {} provider",
+            model.name,
+            model.provider.kind.as_str()
+        ))
+        .with_param("model"));
+    }
+    Ok(Planned {
+        body: spliced(body, &envelope, &model),
+        model,
+        operation: Operation::CountTokens,
+        stream: false,
+        include_usage: false,
+        mode: ResponseMode::PassThrough,
+    })
+}
+
+fn plan_embeddings(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayError> {
+    let envelope = frontend::parse_chat_envelope(body)?;
+    let model = lookup(registry, &envelope.model)?;
+    match model.provider.kind {
+        ProviderKind::Openai | ProviderKind::AzureOpenai => Ok(Planned {
+            body: spliced(body, &envelope, &model),
+            model,
+            operation: Operation::Embed {
+                batch: false,
+                base64: false,
+            },
+            stream: false,
+            include_usage: false,
+            mode: ResponseMode::PassThrough,
+        }),
+        ProviderKind::Gemini => {
+            let request = frontend::parse_chat_tree(body)?;
+            let embed = gemini::embed_request(&request, &model.upstream_model)?;
+            Ok(Planned {
+                model,
+                operation: Operation::Embed {
+                    batch: embed.batch,
+                    base64: embed.base64,
+                },
+                stream: false,
+                include_usage: false,
+                body: embed.body,
+                mode: ResponseMode::Translate,
+            })
+        }
+        ProviderKind::Anthropic => Err(GatewayError::bad_request(format!(
+            "`{}` is served by Anthropic, which has no embeddings API",
+            model.name
+        ))
+        .with_param("model")),
+    }
+}
+
+/// An OpenAI chat request in the model's provider's format.
+fn translate_chat(model: &Model, chat: &Value) -> Result<Vec<u8>, GatewayError> {
     let ctx = RequestContext {
         upstream_model: &model.upstream_model,
         default_max_tokens: model.default_max_tokens,
@@ -132,29 +294,41 @@ fn translate_request(model: &Model, chat: &serde_json::Value) -> Result<Vec<u8>,
     match model.provider.kind {
         ProviderKind::Anthropic => providers::anthropic::chat_request(chat, &ctx),
         ProviderKind::Gemini => providers::gemini::chat_request(chat, &ctx),
-        ProviderKind::Openai | ProviderKind::AzureOpenai => Ok(chat.to_string().into_bytes()),
+        ProviderKind::Openai | ProviderKind::AzureOpenai => {
+            let mut chat = chat.clone();
+            chat["model"] = model.upstream_model.as_str().into();
+            Ok(chat.to_string().into_bytes())
+        }
     }
 }
 
-/// The chat path for a model, after the endpoint's base path.
-fn upstream_path(model: &Model, stream: bool) -> String {
+/// The path for an operation, after the endpoint's base path.
+fn upstream_path(model: &Model, operation: Operation, stream: bool) -> String {
     let provider = &model.provider;
-    match provider.kind {
-        ProviderKind::Openai => "/chat/completions".into(),
-        ProviderKind::AzureOpenai => format!(
-            "/openai/deployments/{}/chat/completions?api-version={}",
-            encode_component(&model.upstream_model),
+    let id = encode_component(&model.upstream_model);
+    let azure = |what: &str| {
+        format!(
+            "/openai/deployments/{id}/{what}?api-version={}",
             encode_component(provider.api_version.as_deref().unwrap_or_default()),
-        ),
-        ProviderKind::Anthropic => "/v1/messages".into(),
-        ProviderKind::Gemini if stream => format!(
-            "/v1beta/models/{}:streamGenerateContent?alt=sse",
-            encode_component(&model.upstream_model)
-        ),
-        ProviderKind::Gemini => format!(
-            "/v1beta/models/{}:generateContent",
-            encode_component(&model.upstream_model)
-        ),
+        )
+    };
+    match (provider.kind, operation) {
+        (ProviderKind::Openai, Operation::Embed { .. }) => "/embeddings".into(),
+        (ProviderKind::Openai, _) => "/chat/completions".into(),
+        (ProviderKind::AzureOpenai, Operation::Embed { .. }) => azure("embeddings"),
+        (ProviderKind::AzureOpenai, _) => azure("chat/completions"),
+        (ProviderKind::Anthropic, Operation::CountTokens) => "/v1/messages/count_tokens".into(),
+        (ProviderKind::Anthropic, _) => "/v1/messages".into(),
+        (ProviderKind::Gemini, Operation::Embed { batch: true, .. }) => {
+            format!("/v1beta/models/{id}:batchEmbedContents")
+        }
+        (ProviderKind::Gemini, Operation::Embed { batch: false, .. }) => {
+            format!("/v1beta/models/{id}:embedContent")
+        }
+        (ProviderKind::Gemini, _) if stream => {
+            format!("/v1beta/models/{id}:streamGenerateContent?alt=sse")
+        }
+        (ProviderKind::Gemini, _) => format!("/v1beta/models/{id}:generateContent"),
     }
 }
 

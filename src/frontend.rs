@@ -16,6 +16,38 @@ pub enum Endpoint {
     Complete,
     /// `GET /v1/models`
     Models,
+    /// `POST /v1/embeddings`
+    Embeddings,
+    /// `POST /v1/messages`: Anthropic's Messages API, over any provider.
+    Messages,
+    /// `POST /v1/messages/count_tokens` (Anthropic upstreams only).
+    CountTokens,
+}
+
+/// The protocol a client speaks, which decides the shape of its errors and streams.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ClientProtocol {
+    OpenAi,
+    Anthropic,
+}
+
+impl Endpoint {
+    pub fn protocol(self) -> ClientProtocol {
+        match self {
+            Endpoint::Messages | Endpoint::CountTokens => ClientProtocol::Anthropic,
+            _ => ClientProtocol::OpenAi,
+        }
+    }
+}
+
+impl ClientProtocol {
+    /// An error body in this protocol's shape.
+    pub fn error_body(self, e: &GatewayError) -> bytes::Bytes {
+        match self {
+            ClientProtocol::OpenAi => e.to_openai_body(),
+            ClientProtocol::Anthropic => crate::anthropic_api::error_body(e),
+        }
+    }
 }
 
 /// Matches method and path (query ignored; `/v1` prefix optional, as OpenAI SDKs allow).
@@ -27,6 +59,9 @@ pub fn endpoint_for(method: &http::Method, path: &str) -> Result<Endpoint, Gatew
         "/chat/completions" => (Endpoint::ChatCompletions, http::Method::POST),
         "/complete" => (Endpoint::Complete, http::Method::POST),
         "/models" => (Endpoint::Models, http::Method::GET),
+        "/embeddings" => (Endpoint::Embeddings, http::Method::POST),
+        "/messages" => (Endpoint::Messages, http::Method::POST),
+        "/messages/count_tokens" => (Endpoint::CountTokens, http::Method::POST),
         _ => {
             return Err(GatewayError::new(404, format!("Unknown endpoint: {path}"))
                 .with_code("unknown_url"))
@@ -66,11 +101,11 @@ pub fn parse_chat_envelope(body: &[u8]) -> Result<ChatEnvelope, GatewayError> {
     // Serde also reads structs from arrays; a chat request is an object.
     if !text.trim_start().starts_with('{') {
         return Err(GatewayError::bad_request(
-            "The request body is not a valid chat request: expected a JSON object",
+            "The request body is not a valid request: expected a JSON object",
         ));
     }
     let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
-        GatewayError::bad_request(format!("The request body is not a valid chat request: {e}"))
+        GatewayError::bad_request(format!("The request body is not a valid request: {e}"))
     })?;
     let raw = envelope.model.ok_or_else(|| {
         GatewayError::bad_request("Missing required parameter: 'model'").with_param("model")

@@ -1,5 +1,6 @@
 //! dragoman: an LLM API gateway on Pingora.
 pub mod admin;
+pub mod anthropic_api;
 pub mod call;
 pub mod config;
 pub mod discovery;
@@ -11,3 +12,4 @@ pub mod providers;
 pub mod proxy;
 pub mod registry;
 pub mod sse;
+pub mod stream;

@@ -162,16 +162,51 @@ async fn wrong_key_surfaces_as_401_without_the_key() {
 }
 
 #[tokio::test]
-async fn streaming_is_refused_clearly_until_translated() {
+async fn streaming_is_translated_to_openai_chunks() {
     let (mock, gw) = setup().await;
-    let (status, _, err) = post_json(
-        &gw.url("/v1/chat/completions"),
-        &fixture("request_system_cache_control.openai"),
-    )
-    .await;
-    assert_eq!(status, 400, "{err}");
-    assert_eq!(err["error"]["param"], "stream");
-    assert!(mock.requests().is_empty());
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "claude-fast", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert!(header(resp.headers(), "content-type").starts_with("text/event-stream"));
+    let text = resp.text().await.unwrap();
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").unwrap_or(e))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).unwrap())
+        .collect();
+    assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(content, "mock reply to: hello");
+    let finish: Vec<&Value> = chunks
+        .iter()
+        .filter(|c| !c["choices"][0]["finish_reason"].is_null())
+        .collect();
+    assert_eq!(finish.len(), 1);
+    assert_eq!(finish[0]["choices"][0]["finish_reason"], "stop");
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["prompt_tokens"], 10);
+    assert_eq!(usage["usage"]["completion_tokens"], 5);
+    for c in &chunks {
+        assert_eq!(c["id"], chunks[0]["id"]);
+        assert_eq!(c["created"], chunks[0]["created"]);
+        assert_eq!(c["object"], "chat.completion.chunk");
+    }
+    let sent = mock.last_request().unwrap().json();
+    assert_eq!(sent["stream"], true);
 }
 
 #[tokio::test]

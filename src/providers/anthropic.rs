@@ -1,12 +1,14 @@
 //! Anthropic Messages API <-> OpenAI chat completions.
 //!
 //! Requests: an OpenAI `chat.completions` body becomes a `/v1/messages` body. Responses: a Messages
-//! `message` object becomes a `chat.completion`. Every input is treated as untrusted: malformed
+//! `message` object becomes a `chat.completion`. Streams: Messages SSE events become
+//! `chat.completion.chunk` objects ([`AnthropicChunkSource`]). Every input is treated as untrusted: malformed
 //! client input is a 400 naming the offending field, a malformed upstream body is a 502.
 
 use crate::error::GatewayError;
 use crate::ids;
-use crate::providers::{RequestContext, ResponseContext};
+use crate::providers::{ChunkSource, RequestContext, ResponseContext, StreamContext, StreamOut};
+use crate::sse::SseEvent;
 use serde_json::{json, Map, Value};
 
 /// Used when the route's configured default is 0, because Anthropic rejects `max_tokens: 0`.
@@ -746,17 +748,325 @@ fn usage(usage: Option<&Value>) -> Value {
             .and_then(Value::as_u64)
             .unwrap_or(0)
     };
-    let cache_read = count("cache_read_input_tokens");
-    let prompt = count("input_tokens")
+    usage_value(
+        count("input_tokens"),
+        count("cache_read_input_tokens"),
+        count("cache_creation_input_tokens"),
+        count("output_tokens"),
+    )
+}
+
+fn usage_value(input: u64, cache_read: u64, cache_creation: u64, completion: u64) -> Value {
+    let prompt = input
         .saturating_add(cache_read)
-        .saturating_add(count("cache_creation_input_tokens"));
-    let completion = count("output_tokens");
+        .saturating_add(cache_creation);
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt.saturating_add(completion),
         "prompt_tokens_details": { "cached_tokens": cache_read },
     })
+}
+
+// ---------------------------------------------------------------------------------------------
+// Stream: Anthropic Messages events -> chat.completion.chunk
+// ---------------------------------------------------------------------------------------------
+
+/// The events this translator reads; other named events (`ping`, future ones) are skipped
+/// without parsing their data.
+const STREAM_EVENTS: [&str; 8] = [
+    "message_start",
+    "content_block_start",
+    "content_block_delta",
+    "content_block_stop",
+    "message_delta",
+    "message_stop",
+    "ping",
+    "error",
+];
+
+/// Turns one Anthropic Messages SSE stream into OpenAI `chat.completion.chunk` objects.
+#[derive(Debug)]
+pub struct AnthropicChunkSource {
+    ctx: StreamContext,
+    /// The message id, set by `message_start`; `None` until the role chunk went out.
+    id: Option<String>,
+    model: String,
+    input_tokens: u64,
+    cache_read: u64,
+    cache_creation: u64,
+    output_tokens: u64,
+    /// Anthropic block index -> OpenAI tool call index. Text and thinking blocks take block
+    /// indexes too, so the two numberings differ. Few entries: a Vec beats a map.
+    tools: Vec<(u64, usize)>,
+    next_tool: usize,
+    finish_sent: bool,
+    /// `Done` or `Error` went out; nothing more may follow.
+    finished: bool,
+}
+
+impl AnthropicChunkSource {
+    pub fn new(ctx: StreamContext) -> Self {
+        AnthropicChunkSource {
+            ctx,
+            id: None,
+            model: String::new(),
+            input_tokens: 0,
+            cache_read: 0,
+            cache_creation: 0,
+            output_tokens: 0,
+            tools: Vec::new(),
+            next_tool: 0,
+            finish_sent: false,
+            finished: false,
+        }
+    }
+
+    /// A chunk with the stream's id, model and created around `choices`.
+    fn envelope(&self, choices: Value) -> Map<String, Value> {
+        let mut chunk = Map::new();
+        chunk.insert(
+            "id".into(),
+            Value::String(self.id.clone().unwrap_or_default()),
+        );
+        chunk.insert("object".into(), json!("chat.completion.chunk"));
+        chunk.insert("created".into(), json!(self.ctx.created));
+        chunk.insert("model".into(), Value::String(self.model.clone()));
+        chunk.insert("choices".into(), choices);
+        chunk
+    }
+
+    fn push_delta(&self, delta: Value, finish_reason: Option<&str>, out: &mut Vec<StreamOut>) {
+        let mut chunk = self.envelope(json!([{
+            "index": 0,
+            "delta": delta,
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }]));
+        // OpenAI sends `usage: null` on every chunk but the last when usage was asked for.
+        if self.ctx.include_usage {
+            chunk.insert("usage".into(), Value::Null);
+        }
+        out.push(StreamOut::Chunk(Value::Object(chunk)));
+    }
+
+    /// Sends the role chunk once. Content before any `message_start` gets a generated id
+    /// rather than being dropped.
+    fn start(&mut self, id: Option<String>, model: Option<String>, out: &mut Vec<StreamOut>) {
+        if self.id.is_some() {
+            return;
+        }
+        self.id = Some(id.unwrap_or_else(|| ids::new_id("chatcmpl-")));
+        self.model = model.unwrap_or_else(|| self.ctx.upstream_model.clone());
+        self.push_delta(json!({"role": "assistant", "content": ""}), None, out);
+    }
+
+    /// Usage counts are cumulative in every event that carries them: set, never add.
+    fn read_usage(&mut self, usage: Option<&Value>) {
+        let Some(usage) = usage else { return };
+        let fields = [
+            ("input_tokens", &mut self.input_tokens),
+            ("cache_read_input_tokens", &mut self.cache_read),
+            ("cache_creation_input_tokens", &mut self.cache_creation),
+            ("output_tokens", &mut self.output_tokens),
+        ];
+        for (key, slot) in fields {
+            if let Some(n) = usage.get(key).and_then(Value::as_u64) {
+                *slot = n;
+            }
+        }
+    }
+
+    fn fail(&mut self, error: GatewayError, out: &mut Vec<StreamOut>) {
+        self.finished = true;
+        out.push(StreamOut::Error(error));
+    }
+
+    fn message_start(&mut self, mut data: Value, out: &mut Vec<StreamOut>) {
+        // A repeated message_start must not repeat the role chunk nor reset the usage.
+        if self.id.is_some() {
+            return;
+        }
+        let mut message = data.get_mut("message").map(Value::take).unwrap_or_default();
+        self.read_usage(message.get("usage"));
+        let id = take_string(&mut message, "id");
+        let model = take_string(&mut message, "model");
+        self.start(id, model, out);
+    }
+
+    fn block_start(&mut self, mut data: Value, out: &mut Vec<StreamOut>) {
+        let index = data.get("index").and_then(Value::as_u64);
+        let Some(mut block) = data.get_mut("content_block").map(Value::take) else {
+            return;
+        };
+        match block.get("type").and_then(Value::as_str) {
+            Some("tool_use") => {
+                if index.is_some_and(|i| self.tool_index(i).is_some()) {
+                    return; // the same block started twice
+                }
+                let t = self.next_tool;
+                self.next_tool += 1;
+                if let Some(i) = index {
+                    self.tools.push((i, t));
+                }
+                let id = take_string(&mut block, "id").unwrap_or_else(|| ids::new_id("call_"));
+                let name = take_string(&mut block, "name").unwrap_or_default();
+                self.start(None, None, out);
+                let call = json!({
+                    "index": t,
+                    "id": id,
+                    "type": "function",
+                    "function": {"name": name, "arguments": ""},
+                });
+                self.push_delta(json!({ "tool_calls": [call] }), None, out);
+            }
+            Some("text") => {
+                // Anthropic starts text blocks empty; only a non-empty start carries content.
+                if let Some(text) = take_string(&mut block, "text").filter(|t| !t.is_empty()) {
+                    self.start(None, None, out);
+                    self.push_delta(json!({ "content": text }), None, out);
+                }
+            }
+            // thinking, redacted_thinking, server tool blocks: nothing until their deltas.
+            _ => {}
+        }
+    }
+
+    fn block_delta(&mut self, mut data: Value, out: &mut Vec<StreamOut>) {
+        let index = data.get("index").and_then(Value::as_u64);
+        let Some(mut delta) = data.get_mut("delta").map(Value::take) else {
+            return;
+        };
+        let (field, target) = match delta.get("type").and_then(Value::as_str) {
+            Some("text_delta") => ("text", "content"),
+            Some("thinking_delta") => ("thinking", "reasoning_content"),
+            Some("input_json_delta") => ("partial_json", "tool_calls"),
+            // signature_delta, citations_delta and future deltas have no OpenAI counterpart.
+            _ => return,
+        };
+        let Some(text) = take_string(&mut delta, field) else {
+            return;
+        };
+        let delta = if target == "tool_calls" {
+            // Input of a block that is not a client tool call (server tools) is dropped.
+            let Some(t) = index.and_then(|i| self.tool_index(i)) else {
+                return;
+            };
+            json!({ "tool_calls": [{ "index": t, "function": { "arguments": text } }] })
+        } else {
+            let mut delta = Map::new();
+            delta.insert(target.into(), Value::String(text));
+            Value::Object(delta)
+        };
+        self.start(None, None, out);
+        self.push_delta(delta, None, out);
+    }
+
+    fn message_delta(&mut self, data: Value, out: &mut Vec<StreamOut>) {
+        self.read_usage(data.get("usage"));
+        if self.finish_sent {
+            return;
+        }
+        self.finish_sent = true;
+        let reason = data
+            .get("delta")
+            .and_then(|d| d.get("stop_reason"))
+            .and_then(Value::as_str);
+        self.start(None, None, out);
+        self.push_delta(json!({}), Some(finish_reason(reason)), out);
+    }
+
+    fn message_stop(&mut self, out: &mut Vec<StreamOut>) {
+        if self.ctx.include_usage {
+            self.start(None, None, out);
+            let mut chunk = self.envelope(json!([]));
+            let usage = usage_value(
+                self.input_tokens,
+                self.cache_read,
+                self.cache_creation,
+                self.output_tokens,
+            );
+            chunk.insert("usage".into(), usage);
+            out.push(StreamOut::Chunk(Value::Object(chunk)));
+        }
+        self.finished = true;
+        out.push(StreamOut::Done);
+    }
+
+    fn error_event(&mut self, data: &Value, raw: &str, out: &mut Vec<StreamOut>) {
+        let kind = data
+            .get("error")
+            .and_then(|e| e.get("type"))
+            .and_then(Value::as_str);
+        let status = match kind {
+            Some("overloaded_error") => 529,
+            Some("rate_limit_error") => 429,
+            Some("invalid_request_error") => 400,
+            _ => 500,
+        };
+        let error = crate::error::from_upstream(status, raw.as_bytes(), "");
+        self.fail(error, out);
+    }
+
+    fn tool_index(&self, block: u64) -> Option<usize> {
+        self.tools
+            .iter()
+            .find(|(b, _)| *b == block)
+            .map(|(_, t)| *t)
+    }
+}
+
+/// Moves a string field out of an object, so its text is not copied.
+fn take_string(value: &mut Value, key: &str) -> Option<String> {
+    match value.get_mut(key).map(Value::take) {
+        Some(Value::String(s)) => Some(s),
+        _ => None,
+    }
+}
+
+impl ChunkSource for AnthropicChunkSource {
+    fn on_event(&mut self, event: &SseEvent, out: &mut Vec<StreamOut>) {
+        if self.finished {
+            return;
+        }
+        if let Some(name) = event.event.as_deref() {
+            if !STREAM_EVENTS.contains(&name) {
+                return; // an event type added after this was written
+            }
+        }
+        let data = match serde_json::from_str::<Value>(&event.data) {
+            Ok(data @ Value::Object(_)) => data,
+            _ => {
+                let error = GatewayError::bad_upstream("invalid stream event from upstream");
+                return self.fail(error, out);
+            }
+        };
+        // The `event:` name and the data's `type` agree on Anthropic; the name wins, the type
+        // serves streams relayed without names.
+        let kind = match event.event.as_deref() {
+            Some(name) => name,
+            None => data.get("type").and_then(Value::as_str).unwrap_or(""),
+        };
+        match kind {
+            "message_start" => self.message_start(data, out),
+            "content_block_start" => self.block_start(data, out),
+            "content_block_delta" => self.block_delta(data, out),
+            "message_delta" => self.message_delta(data, out),
+            "message_stop" => self.message_stop(out),
+            "error" => self.error_event(&data, &event.data, out),
+            // content_block_stop, ping, unknown types.
+            _ => {}
+        }
+    }
+
+    fn on_end(&mut self, out: &mut Vec<StreamOut>) {
+        if self.finished {
+            return;
+        }
+        let error = GatewayError::new(502, "upstream stream ended before its final event")
+            .with_code("stream_truncated");
+        self.fail(error, out);
+    }
 }
 
 #[cfg(test)]
@@ -1254,6 +1564,525 @@ mod tests {
             b"{\"content\":[]}",
         ] {
             let _ = chat_response(raw, &RESP_CTX);
+        }
+        assert!(count > 1000, "only {count} variants");
+    }
+
+    // --- streams ---
+
+    use crate::sse::SseParser;
+
+    const CREATED: u64 = 1_748_779_200;
+
+    fn stream_ctx(include_usage: bool) -> StreamContext {
+        StreamContext {
+            upstream_model: "claude-sonnet-4-5".into(),
+            created: CREATED,
+            include_usage,
+        }
+    }
+
+    macro_rules! stream_fixture {
+        ($sse:literal, $expected:literal, $include_usage:expr) => {
+            (
+                $sse,
+                include_bytes!(concat!("../../tests/fixtures/anthropic/", $sse)).as_slice(),
+                include_str!(concat!("../../tests/fixtures/anthropic/", $expected)),
+                $include_usage,
+            )
+        };
+    }
+
+    /// (name, upstream bytes, expected jsonl, include_usage).
+    fn stream_fixtures() -> Vec<(&'static str, &'static [u8], &'static str, bool)> {
+        vec![
+            stream_fixture!("stream_text.sse", "stream_text.openai.jsonl", false),
+            stream_fixture!(
+                "stream_text.sse",
+                "stream_text.include_usage.openai.jsonl",
+                true
+            ),
+            stream_fixture!(
+                "stream_parallel_tools.sse",
+                "stream_parallel_tools.include_usage.openai.jsonl",
+                true
+            ),
+            stream_fixture!("stream_thinking.sse", "stream_thinking.openai.jsonl", false),
+            stream_fixture!(
+                "stream_cache_usage.sse",
+                "stream_cache_usage.openai.jsonl",
+                false
+            ),
+            stream_fixture!(
+                "stream_cache_usage.sse",
+                "stream_cache_usage.include_usage.openai.jsonl",
+                true
+            ),
+            stream_fixture!("stream_error.sse", "stream_error.openai.jsonl", false),
+            stream_fixture!(
+                "stream_duplicate_start.sse",
+                "stream_duplicate_start.openai.jsonl",
+                false
+            ),
+            stream_fixture!(
+                "stream_truncated.sse",
+                "stream_truncated.openai.jsonl",
+                false
+            ),
+        ]
+    }
+
+    /// Runs upstream bytes, delivered in `pieces`, through the SSE parser and the translator.
+    fn run_pieces(pieces: &[&[u8]], include_usage: bool) -> Vec<StreamOut> {
+        let mut parser = SseParser::new(1 << 20);
+        let mut source = AnthropicChunkSource::new(stream_ctx(include_usage));
+        let mut events = Vec::new();
+        let mut out = Vec::new();
+        for piece in pieces {
+            parser
+                .push(piece, &mut events)
+                .expect("fixture is valid SSE");
+            for event in events.drain(..) {
+                source.on_event(&event, &mut out);
+            }
+        }
+        parser.finish();
+        source.on_end(&mut out);
+        out
+    }
+
+    fn run_stream(bytes: &[u8], include_usage: bool) -> Vec<StreamOut> {
+        run_pieces(&[bytes], include_usage)
+    }
+
+    /// The jsonl form: one compact chunk per line, then `[DONE]` or `ERROR <status>`.
+    fn render(outs: &[StreamOut]) -> Vec<String> {
+        outs.iter()
+            .map(|o| match o {
+                StreamOut::Chunk(v) => v.to_string(),
+                StreamOut::Done => "[DONE]".to_string(),
+                StreamOut::Error(e) => format!("ERROR {}", e.status),
+            })
+            .collect()
+    }
+
+    /// Expected jsonl with each JSON line re-rendered, so key order and spacing do not matter.
+    fn normalize(jsonl: &str) -> Vec<String> {
+        jsonl
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .map(|l| match serde_json::from_str::<Value>(l) {
+                Ok(v) => v.to_string(),
+                Err(_) => l.trim().to_string(),
+            })
+            .collect()
+    }
+
+    fn chunks(outs: &[StreamOut]) -> Vec<&Value> {
+        outs.iter()
+            .filter_map(|o| match o {
+                StreamOut::Chunk(v) => Some(v),
+                _ => None,
+            })
+            .collect()
+    }
+
+    fn event(name: Option<&str>, data: &str) -> SseEvent {
+        SseEvent {
+            event: name.map(str::to_string),
+            data: data.to_string(),
+        }
+    }
+
+    fn feed(source: &mut AnthropicChunkSource, events: &[(&str, &str)]) -> Vec<StreamOut> {
+        let mut out = Vec::new();
+        for (name, data) in events {
+            source.on_event(&event(Some(name), data), &mut out);
+        }
+        out
+    }
+
+    const START: &str = r#"{"type":"message_start","message":{"id":"msg_1","model":"claude-x","usage":{"input_tokens":5,"output_tokens":1}}}"#;
+
+    #[test]
+    fn stream_golden_fixtures() {
+        for (name, bytes, expected, include_usage) in stream_fixtures() {
+            assert_eq!(
+                render(&run_stream(bytes, include_usage)),
+                normalize(expected),
+                "fixture {name}, include_usage {include_usage}"
+            );
+        }
+    }
+
+    #[test]
+    fn stream_chunks_share_id_model_created_and_follow_openai_shape() {
+        for (name, bytes, _, include_usage) in stream_fixtures() {
+            let outs = run_stream(bytes, include_usage);
+            let chunks = chunks(&outs);
+            let first = chunks.first().expect("a first chunk");
+            assert_eq!(first["choices"][0]["delta"]["role"], "assistant", "{name}");
+            for c in &chunks {
+                assert_eq!(c["id"], first["id"], "{name}");
+                assert_eq!(c["model"], first["model"], "{name}");
+                assert_eq!(c["created"], CREATED, "{name}");
+                assert_eq!(c["object"], "chat.completion.chunk", "{name}");
+                let choices = c["choices"].as_array().expect("choices is a list");
+                if let Some(choice) = choices.first() {
+                    assert_eq!(choice["index"], 0);
+                    assert!(choice["delta"].is_object());
+                    assert!(choice["logprobs"].is_null());
+                    assert!(choice.get("finish_reason").is_some());
+                    assert_eq!(c.get("usage").is_some(), include_usage, "{name}");
+                } else {
+                    assert!(c["usage"].is_object(), "{name}: empty choices carry usage");
+                }
+            }
+            let roles = chunks
+                .iter()
+                .filter(|c| c["choices"][0]["delta"].get("role").is_some())
+                .count();
+            assert_eq!(roles, 1, "{name}: one role chunk");
+            let terminals = outs
+                .iter()
+                .filter(|o| !matches!(o, StreamOut::Chunk(_)))
+                .count();
+            assert_eq!(terminals, 1, "{name}: one terminal output");
+            assert!(!matches!(outs.last(), Some(StreamOut::Chunk(_))), "{name}");
+        }
+    }
+
+    #[test]
+    fn parallel_tool_calls_count_from_zero_not_block_index() {
+        let (_, bytes, _, _) = stream_fixtures()[2];
+        let outs = run_stream(bytes, false);
+        let starts: Vec<(Value, Value)> = chunks(&outs)
+            .iter()
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"][0].as_object())
+            .filter(|call| call.contains_key("id"))
+            .map(|call| (call["index"].clone(), call["id"].clone()))
+            .collect();
+        assert_eq!(
+            starts,
+            vec![
+                (json!(0), json!("toolu_01T1x1fJ34qAmk2tNTrN7Up6")),
+                (json!(1), json!("toolu_01B7kXq2cZpJ3vWn8sTyRmLd")),
+            ]
+        );
+        // Arguments reassemble per call index.
+        let mut args = [String::new(), String::new()];
+        for c in chunks(&outs) {
+            let call = &c["choices"][0]["delta"]["tool_calls"][0];
+            if let (Some(i), Some(a)) = (
+                call["index"].as_u64(),
+                call["function"]["arguments"].as_str(),
+            ) {
+                args[i as usize].push_str(a);
+            }
+        }
+        assert_eq!(args[0], r#"{"location": "Paris, France"}"#);
+        assert_eq!(args[1], r#"{"location": "Tokyo, Japan"}"#);
+    }
+
+    #[test]
+    fn stream_every_stop_reason() {
+        let text = include_str!("../../tests/fixtures/anthropic/stream_text.sse");
+        let cases = [
+            ("\"end_turn\"", json!("stop")),
+            ("\"stop_sequence\"", json!("stop")),
+            ("\"pause_turn\"", json!("stop")),
+            ("\"max_tokens\"", json!("length")),
+            ("\"tool_use\"", json!("tool_calls")),
+            ("\"refusal\"", json!("content_filter")),
+            ("\"model_context_window_exceeded\"", json!("stop")),
+            ("null", json!("stop")),
+        ];
+        assert!(text.contains(r#""stop_reason":"end_turn""#));
+        for (reason, expected) in cases {
+            let stream = text.replace(
+                r#""stop_reason":"end_turn""#,
+                &format!(r#""stop_reason":{reason}"#),
+            );
+            let outs = run_stream(stream.as_bytes(), false);
+            let finishes: Vec<&Value> = chunks(&outs)
+                .iter()
+                .map(|c| &c["choices"][0]["finish_reason"])
+                .filter(|f| !f.is_null())
+                .collect();
+            assert_eq!(finishes, vec![&expected], "stop_reason {reason}");
+            assert_eq!(outs.last(), Some(&StreamOut::Done));
+        }
+    }
+
+    #[test]
+    fn usage_is_set_not_added_and_message_delta_input_counts_override() {
+        let mut source = AnthropicChunkSource::new(stream_ctx(true));
+        let out = feed(
+            &mut source,
+            &[
+                ("message_start", START),
+                (
+                    "message_delta",
+                    r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"output_tokens":7}}"#,
+                ),
+                (
+                    "message_delta",
+                    r#"{"type":"message_delta","delta":{"stop_reason":"end_turn"},"usage":{"input_tokens":6,"cache_read_input_tokens":10,"output_tokens":9}}"#,
+                ),
+                ("message_stop", r#"{"type":"message_stop"}"#),
+            ],
+        );
+        let finishes = chunks(&out)
+            .iter()
+            .filter(|c| !c["choices"][0]["finish_reason"].is_null())
+            .count();
+        assert_eq!(finishes, 1, "one finish chunk");
+        let last = chunks(&out).last().map(|c| c["usage"].clone());
+        assert_eq!(
+            last,
+            Some(json!({
+                "prompt_tokens": 16,
+                "completion_tokens": 9,
+                "total_tokens": 25,
+                "prompt_tokens_details": {"cached_tokens": 10},
+            }))
+        );
+        assert_eq!(out.last(), Some(&StreamOut::Done));
+    }
+
+    #[test]
+    fn error_events_map_status_kind_and_message() {
+        let cases = [
+            ("overloaded_error", 529, "overloaded_error"),
+            ("rate_limit_error", 429, "rate_limit_error"),
+            ("invalid_request_error", 400, "invalid_request_error"),
+            ("api_error", 500, "api_error"),
+            ("brand_new_error", 500, "brand_new_error"),
+        ];
+        for (kind, status, openai_kind) in cases {
+            let mut source = AnthropicChunkSource::new(stream_ctx(false));
+            let data = format!(
+                r#"{{"type":"error","error":{{"type":"{kind}","message":"Boom {kind}"}}}}"#
+            );
+            let mut out = feed(&mut source, &[("message_start", START), ("error", &data)]);
+            let Some(StreamOut::Error(e)) = out.last() else {
+                panic!("{kind}: no error, got {out:?}");
+            };
+            assert_eq!(e.status, status, "{kind}");
+            assert_eq!(e.kind(), openai_kind, "{kind}");
+            assert_eq!(e.message, format!("Boom {kind}"));
+            // Nothing after the error, not even at the end of the bytes.
+            let n = out.len();
+            source.on_event(
+                &event(Some("message_stop"), r#"{"type":"message_stop"}"#),
+                &mut out,
+            );
+            source.on_end(&mut out);
+            assert_eq!(out.len(), n, "{kind}: output after the error");
+        }
+    }
+
+    #[test]
+    fn unparseable_event_data_is_a_502_and_ends_the_stream() {
+        for data in [
+            "{\"type\":",
+            "[DONE]",
+            "",
+            "null",
+            "[1]",
+            "\"message_start\"",
+        ] {
+            let mut source = AnthropicChunkSource::new(stream_ctx(false));
+            let mut out = feed(&mut source, &[("message_start", START)]);
+            source.on_event(&event(Some("content_block_delta"), data), &mut out);
+            let Some(StreamOut::Error(e)) = out.last() else {
+                panic!("data {data:?}: no error, got {out:?}");
+            };
+            assert_eq!(e.status, 502);
+            assert_eq!(e.message, "invalid stream event from upstream");
+            let n = out.len();
+            feed(
+                &mut source,
+                &[("message_stop", r#"{"type":"message_stop"}"#)],
+            );
+            source.on_end(&mut out);
+            assert_eq!(out.len(), n, "data {data:?}: output after the error");
+        }
+    }
+
+    #[test]
+    fn truncated_stream_is_an_error_once_and_a_finished_one_is_not() {
+        let mut source = AnthropicChunkSource::new(stream_ctx(false));
+        let mut out = Vec::new();
+        source.on_end(&mut out);
+        source.on_end(&mut out);
+        assert_eq!(
+            out,
+            vec![StreamOut::Error(
+                GatewayError::new(502, "upstream stream ended before its final event")
+                    .with_code("stream_truncated")
+            )]
+        );
+        let mut source = AnthropicChunkSource::new(stream_ctx(false));
+        let mut out = feed(
+            &mut source,
+            &[
+                ("message_start", START),
+                ("message_stop", r#"{"type":"message_stop"}"#),
+            ],
+        );
+        source.on_end(&mut out);
+        assert_eq!(out.last(), Some(&StreamOut::Done));
+        assert_eq!(out.len(), 2);
+    }
+
+    #[test]
+    fn unknown_events_pings_and_unnamed_events() {
+        let mut source = AnthropicChunkSource::new(stream_ctx(false));
+        let mut out = feed(
+            &mut source,
+            &[
+                ("message_start", START),
+                ("ping", r#"{"type":"ping"}"#),
+                ("future_event", "not even json"),
+                (
+                    "content_block_stop",
+                    r#"{"type":"content_block_stop","index":0}"#,
+                ),
+                (
+                    "content_block_delta",
+                    r#"{"type":"content_block_delta","index":0,"delta":{"type":"citations_delta","citation":{}}}"#,
+                ),
+            ],
+        );
+        assert_eq!(out.len(), 1, "only the role chunk: {out:?}");
+        // Without `event:` names, the data's `type` decides.
+        let text =
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#;
+        source.on_event(&event(None, text), &mut out);
+        source.on_event(&event(None, r#"{"type":"future"}"#), &mut out);
+        source.on_event(&event(None, r#"{"type":"message_stop"}"#), &mut out);
+        assert_eq!(out.len(), 3);
+        assert_eq!(chunks(&out)[1]["choices"][0]["delta"]["content"], "hi");
+        assert_eq!(out.last(), Some(&StreamOut::Done));
+    }
+
+    #[test]
+    fn content_without_message_start_still_gets_a_role_chunk_and_an_id() {
+        let mut source = AnthropicChunkSource::new(stream_ctx(false));
+        let out = feed(
+            &mut source,
+            &[(
+                "content_block_delta",
+                r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+            )],
+        );
+        let chunks = chunks(&out);
+        assert_eq!(chunks.len(), 2);
+        assert_eq!(chunks[0]["choices"][0]["delta"]["role"], "assistant");
+        assert_eq!(chunks[1]["model"], "claude-sonnet-4-5");
+        assert!(chunks[1]["id"].as_str().is_some_and(|id| !id.is_empty()));
+        assert_eq!(chunks[0]["id"], chunks[1]["id"]);
+    }
+
+    /// A deterministic pseudo-random sequence (Knuth's MMIX LCG), so failures reproduce.
+    struct Lcg(u64);
+
+    impl Lcg {
+        fn next(&mut self, bound: usize) -> usize {
+            self.0 = self
+                .0
+                .wrapping_mul(6_364_136_223_846_793_005)
+                .wrapping_add(1_442_695_040_888_963_407);
+            ((self.0 >> 33) % bound as u64) as usize
+        }
+    }
+
+    #[test]
+    fn any_byte_split_gives_the_same_output() {
+        let mut rng = Lcg(0x5eed);
+        for (name, bytes, _, include_usage) in stream_fixtures() {
+            let whole = run_stream(bytes, include_usage);
+            for i in 0..=bytes.len() {
+                let got = run_pieces(&[&bytes[..i], &bytes[i..]], include_usage);
+                assert_eq!(got, whole, "{name}: split at {i}");
+            }
+            for pattern in 0..300 {
+                let mut cuts: Vec<usize> = (0..1 + rng.next(16))
+                    .map(|_| rng.next(bytes.len() + 1))
+                    .collect();
+                cuts.sort_unstable();
+                let mut pieces = Vec::new();
+                let mut from = 0;
+                for cut in cuts.iter().copied().chain([bytes.len()]) {
+                    pieces.push(&bytes[from..cut]);
+                    from = cut;
+                }
+                let got = run_pieces(&pieces, include_usage);
+                assert_eq!(got, whole, "{name}: pattern {pattern}, cuts {cuts:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn odd_stream_payloads_do_not_panic() {
+        let odd = odd_values();
+        let templates = [
+            (
+                "message_start",
+                json!({"type":"message_start","message":{"id":"msg_1","type":"message","role":"assistant","model":"claude-x","content":[],"stop_reason":null,"usage":{"input_tokens":5,"cache_read_input_tokens":2,"cache_creation_input_tokens":1,"output_tokens":1}}}),
+            ),
+            (
+                "content_block_start",
+                json!({"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"toolu_1","name":"f","input":{}}}),
+            ),
+            (
+                "content_block_start",
+                json!({"type":"content_block_start","index":0,"content_block":{"type":"text","text":"pre"}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type":"content_block_delta","index":1,"delta":{"type":"input_json_delta","partial_json":"{\"a\""}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"x"}}),
+            ),
+            (
+                "content_block_delta",
+                json!({"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"t"}}),
+            ),
+            (
+                "message_delta",
+                json!({"type":"message_delta","delta":{"stop_reason":"tool_use","stop_sequence":null},"usage":{"output_tokens":3,"input_tokens":4}}),
+            ),
+            ("message_stop", json!({"type":"message_stop"})),
+            (
+                "error",
+                json!({"type":"error","error":{"type":"overloaded_error","message":"Overloaded"}}),
+            ),
+        ];
+        let mut count = 0;
+        for (name, template) in &templates {
+            for variant in mutations(template, &odd) {
+                let data = variant.to_string();
+                for (started, include_usage) in [(false, false), (true, true)] {
+                    for named in [Some(*name), None] {
+                        let mut source = AnthropicChunkSource::new(stream_ctx(include_usage));
+                        let mut out = Vec::new();
+                        if started {
+                            source.on_event(&event(Some("message_start"), START), &mut out);
+                            source.on_event(&event(Some("content_block_start"), r#"{"type":"content_block_start","index":1,"content_block":{"type":"tool_use","id":"t","name":"f","input":{}}}"#), &mut out);
+                        }
+                        source.on_event(&event(named, &data), &mut out);
+                        source.on_event(&event(named, &data), &mut out);
+                        source.on_end(&mut out);
+                        let terminal = out.iter().position(|o| !matches!(o, StreamOut::Chunk(_)));
+                        assert_eq!(terminal, Some(out.len() - 1), "{name} {data}");
+                        count += 1;
+                    }
+                }
+            }
         }
         assert!(count > 1000, "only {count} variants");
     }

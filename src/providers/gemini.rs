@@ -1,14 +1,1419 @@
-//! Gemini generateContent <-> OpenAI chat completions.
-use crate::error::GatewayError;
-use crate::providers::{RequestContext, ResponseContext};
-use serde_json::Value;
+//! Gemini generateContent (AI Studio, v1beta) <-> OpenAI chat completions.
+//!
+//! Requests: OpenAI messages become `contents` turns (`user`/`model`), system and developer messages
+//! become `systemInstruction`, sampling options become `generationConfig`, and tools become
+//! `functionDeclarations`. Responses: each candidate becomes a choice; Gemini sends no tool-call ids,
+//! so fresh ones are generated.
 
-/// OpenAI chat request (a JSON object) -> Gemini generateContent request body.
-pub fn chat_request(_req: &Value, _ctx: &RequestContext) -> Result<Vec<u8>, GatewayError> {
-    Err(GatewayError::new(501, "gemini translation not written yet"))
+use std::collections::HashMap;
+
+use crate::error::GatewayError;
+use crate::ids::new_id;
+use crate::providers::{RequestContext, ResponseContext};
+use base64::Engine as _;
+use serde_json::{json, Map, Value};
+
+/// OpenAI chat request (a JSON object) -> Gemini generateContent request body (JSON bytes).
+/// The model goes in the URL path, not the body (the proxy builds the path).
+pub fn chat_request(req: &Value, _ctx: &RequestContext) -> Result<Vec<u8>, GatewayError> {
+    let req = req
+        .as_object()
+        .ok_or_else(|| GatewayError::bad_request("the request body must be a JSON object"))?;
+    let messages = translate_messages(req.get("messages"))?;
+
+    let mut body = Map::new();
+    body.insert("contents".into(), Value::Array(messages.contents));
+    if !messages.system.is_empty() {
+        body.insert(
+            "systemInstruction".into(),
+            json!({ "parts": messages.system }),
+        );
+    }
+    let config = generation_config(req)?;
+    if !config.is_empty() {
+        body.insert("generationConfig".into(), Value::Object(config));
+    }
+    if let Some(tools) = tools(req.get("tools"))? {
+        body.insert("tools".into(), tools);
+    }
+    if let Some(tool_config) = tool_config(req.get("tool_choice"))? {
+        body.insert("toolConfig".into(), tool_config);
+    }
+    serde_json::to_vec(&Value::Object(body))
+        .map_err(|e| GatewayError::new(500, format!("could not encode the Gemini request: {e}")))
 }
 
 /// Gemini generateContent response body -> OpenAI `chat.completion` object.
-pub fn chat_response(_body: &[u8], _ctx: &ResponseContext) -> Result<Value, GatewayError> {
-    Err(GatewayError::new(501, "gemini translation not written yet"))
+pub fn chat_response(body: &[u8], ctx: &ResponseContext) -> Result<Value, GatewayError> {
+    let value: Value = serde_json::from_slice(body).map_err(|e| {
+        GatewayError::bad_upstream(format!("Gemini returned a body that is not JSON: {e}"))
+    })?;
+    let resp = value.as_object().ok_or_else(|| {
+        GatewayError::bad_upstream("Gemini returned a body that is not an object")
+    })?;
+
+    let id = match resp.get("responseId").and_then(Value::as_str) {
+        Some(response_id) if !response_id.is_empty() => format!("chatcmpl-{response_id}"),
+        _ => new_id("chatcmpl-"),
+    };
+    let model = resp
+        .get("modelVersion")
+        .and_then(Value::as_str)
+        .unwrap_or(ctx.upstream_model);
+    Ok(json!({
+        "id": id,
+        "object": "chat.completion",
+        "created": ctx.created,
+        "model": model,
+        "choices": choices(resp)?,
+        "usage": usage(resp.get("usageMetadata")),
+    }))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request: messages
+
+/// The translated conversation: `systemInstruction` parts and `contents` turns.
+struct Messages {
+    system: Vec<Value>,
+    contents: Vec<Value>,
+}
+
+fn translate_messages(messages: Option<&Value>) -> Result<Messages, GatewayError> {
+    let messages = match messages {
+        Some(Value::Array(items)) if !items.is_empty() => items,
+        Some(Value::Array(_)) => {
+            return Err(bad_param("`messages` must not be empty", "messages"));
+        }
+        Some(_) => return Err(bad_param("`messages` must be an array", "messages")),
+        None => return Err(bad_param("`messages` is required", "messages")),
+    };
+
+    let mut out = Messages {
+        system: Vec::new(),
+        contents: Vec::new(),
+    };
+    // Gemini's functionResponse needs the function's name, but OpenAI tool messages only carry
+    // the call id: remember the name of every call seen so far.
+    let mut call_names: HashMap<String, String> = HashMap::new();
+
+    for (i, message) in messages.iter().enumerate() {
+        let param = format!("messages[{i}]");
+        let message = message
+            .as_object()
+            .ok_or_else(|| bad_param(format!("`{param}` must be an object"), &param))?;
+        let content = message.get("content");
+        let content_param = format!("{param}.content");
+        match message.get("role").and_then(Value::as_str) {
+            Some("system" | "developer") => {
+                out.system
+                    .extend(content_parts(content, &content_param, false)?);
+            }
+            Some("user") => {
+                let parts = content_parts(content, &content_param, true)?;
+                push_turn(&mut out.contents, "user", parts);
+            }
+            Some("assistant") => {
+                let mut parts = content_parts(content, &content_param, true)?;
+                parts.extend(tool_call_parts(message, &param, &mut call_names)?);
+                push_turn(&mut out.contents, "model", parts);
+            }
+            Some("tool") => {
+                let part = tool_result_part(message, &param, &call_names)?;
+                push_turn(&mut out.contents, "user", vec![part]);
+            }
+            Some(other) => {
+                return Err(bad_param(
+                    format!("`{param}.role` `{other}` is not supported"),
+                    format!("{param}.role"),
+                ));
+            }
+            None => {
+                return Err(bad_param(
+                    format!("`{param}.role` must be a string"),
+                    format!("{param}.role"),
+                ));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Appends parts as a turn, merging into the previous turn when the role repeats: Gemini wants
+/// user and model turns to alternate, and tool results arrive as separate OpenAI messages.
+fn push_turn(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
+    // A turn without parts is rejected by Gemini; an empty message carries nothing anyway.
+    if parts.is_empty() {
+        return;
+    }
+    if let Some(last) = contents.last_mut() {
+        if last.get("role").and_then(Value::as_str) == Some(role) {
+            if let Some(Value::Array(existing)) = last.get_mut("parts") {
+                existing.extend(parts);
+                return;
+            }
+        }
+    }
+    contents.push(json!({ "role": role, "parts": parts }));
+}
+
+/// Message content (string, array of parts, or null) -> Gemini parts.
+fn content_parts(
+    content: Option<&Value>,
+    param: &str,
+    allow_images: bool,
+) -> Result<Vec<Value>, GatewayError> {
+    match content {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(text)) => Ok(text_part(text).into_iter().collect()),
+        Some(Value::Array(items)) => {
+            let mut parts = Vec::new();
+            for (j, item) in items.iter().enumerate() {
+                let item_param = format!("{param}[{j}]");
+                parts.extend(content_item(item, &item_param, allow_images)?);
+            }
+            Ok(parts)
+        }
+        Some(_) => Err(bad_param(
+            format!("`{param}` must be a string or an array of content parts"),
+            param,
+        )),
+    }
+}
+
+/// One OpenAI content part -> at most one Gemini part.
+fn content_item(
+    item: &Value,
+    param: &str,
+    allow_images: bool,
+) -> Result<Option<Value>, GatewayError> {
+    match item.get("type").and_then(Value::as_str) {
+        Some("text") => match item.get("text") {
+            Some(Value::String(text)) => Ok(text_part(text)),
+            _ => Err(bad_param(
+                format!("`{param}.text` must be a string"),
+                format!("{param}.text"),
+            )),
+        },
+        Some("image_url") if allow_images => image_part(item.get("image_url"), param).map(Some),
+        Some(other) => Err(bad_param(
+            format!("content part type `{other}` is not supported here by Gemini"),
+            param,
+        )),
+        None => Err(bad_param(
+            format!("`{param}.type` must be a string"),
+            format!("{param}.type"),
+        )),
+    }
+}
+
+/// Gemini rejects empty text parts ("empty text parameter"), so empty strings produce none.
+fn text_part(text: &str) -> Option<Value> {
+    (!text.is_empty()).then(|| json!({ "text": text }))
+}
+
+/// `image_url` -> `inlineData` for base64 data URIs, `fileData` for anything else.
+fn image_part(image_url: Option<&Value>, param: &str) -> Result<Value, GatewayError> {
+    let url_param = format!("{param}.image_url.url");
+    // The object form is OpenAI's; a bare string is accepted because some clients send it.
+    let url = match image_url {
+        Some(Value::String(url)) => Some(url.as_str()),
+        Some(Value::Object(obj)) => obj.get("url").and_then(Value::as_str),
+        _ => None,
+    }
+    .ok_or_else(|| bad_param(format!("`{url_param}` must be a string"), &url_param))?;
+
+    if let Some(rest) = url.strip_prefix("data:") {
+        let (mime_type, data) = parse_data_uri(rest).ok_or_else(|| {
+            bad_param(
+                format!("`{url_param}` must be a base64 data URI (data:<mime>;base64,<data>)"),
+                &url_param,
+            )
+        })?;
+        return Ok(json!({ "inlineData": { "mimeType": mime_type, "data": data } }));
+    }
+    let mut file_data = Map::new();
+    file_data.insert("fileUri".into(), json!(url));
+    if let Some(mime_type) = mime_from_extension(url) {
+        file_data.insert("mimeType".into(), json!(mime_type));
+    }
+    Ok(json!({ "fileData": file_data }))
+}
+
+/// `image/png;base64,XXX` (the part after `data:`) -> (`image/png`, `XXX`).
+fn parse_data_uri(rest: &str) -> Option<(&str, &str)> {
+    let (meta, data) = rest.split_once(',')?;
+    let mut fields = meta.split(';');
+    let mime_type = fields.next().filter(|m| !m.is_empty())?;
+    // Gemini's inlineData is base64 only; percent-encoded data URIs would need re-encoding.
+    if !fields.any(|f| f == "base64") || data.is_empty() {
+        return None;
+    }
+    Some((mime_type, data))
+}
+
+/// A MIME type from the URL's file extension, for the types Gemini accepts as images or documents.
+fn mime_from_extension(url: &str) -> Option<&'static str> {
+    let path = url.split(['?', '#']).next().unwrap_or(url);
+    let file = path.rsplit('/').next().unwrap_or(path);
+    let (_, ext) = file.rsplit_once('.')?;
+    match ext.to_ascii_lowercase().as_str() {
+        "png" => Some("image/png"),
+        "jpg" | "jpeg" => Some("image/jpeg"),
+        "webp" => Some("image/webp"),
+        "gif" => Some("image/gif"),
+        "heic" => Some("image/heic"),
+        "heif" => Some("image/heif"),
+        "pdf" => Some("application/pdf"),
+        _ => None,
+    }
+}
+
+/// Assistant `tool_calls` -> `functionCall` parts, recording each call's name by id.
+fn tool_call_parts(
+    message: &Map<String, Value>,
+    param: &str,
+    call_names: &mut HashMap<String, String>,
+) -> Result<Vec<Value>, GatewayError> {
+    let calls = match message.get("tool_calls") {
+        None | Some(Value::Null) => return Ok(Vec::new()),
+        Some(Value::Array(calls)) => calls,
+        Some(_) => {
+            let p = format!("{param}.tool_calls");
+            return Err(bad_param(format!("`{p}` must be an array"), p));
+        }
+    };
+    let mut parts = Vec::with_capacity(calls.len());
+    for (j, call) in calls.iter().enumerate() {
+        let call_param = format!("{param}.tool_calls[{j}]");
+        let function = call.get("function");
+        let name = function
+            .and_then(|f| f.get("name"))
+            .and_then(Value::as_str)
+            .ok_or_else(|| {
+                let p = format!("{call_param}.function.name");
+                bad_param(format!("`{p}` must be a string"), p)
+            })?;
+        let args = parse_arguments(
+            function.and_then(|f| f.get("arguments")),
+            &format!("{call_param}.function.arguments"),
+        )?;
+        if let Some(id) = call.get("id").and_then(Value::as_str) {
+            call_names.insert(id.to_string(), name.to_string());
+        }
+        parts.push(json!({ "functionCall": { "name": name, "args": args } }));
+    }
+    Ok(parts)
+}
+
+/// OpenAI's `arguments` JSON string -> Gemini's `args` object (a Struct, so it must be an object).
+fn parse_arguments(arguments: Option<&Value>, param: &str) -> Result<Value, GatewayError> {
+    let invalid = || {
+        bad_param(
+            format!("`{param}` must be a JSON object encoded as a string"),
+            param,
+        )
+    };
+    match arguments {
+        None | Some(Value::Null) => Ok(json!({})),
+        Some(Value::String(text)) if text.trim().is_empty() => Ok(json!({})),
+        Some(Value::String(text)) => match serde_json::from_str::<Value>(text) {
+            Ok(parsed @ Value::Object(_)) => Ok(parsed),
+            _ => Err(invalid()),
+        },
+        // Already decoded: some clients send the object itself.
+        Some(obj @ Value::Object(_)) => Ok(obj.clone()),
+        Some(_) => Err(invalid()),
+    }
+}
+
+/// A `tool` message -> a `functionResponse` part named after the call it answers.
+fn tool_result_part(
+    message: &Map<String, Value>,
+    param: &str,
+    call_names: &HashMap<String, String>,
+) -> Result<Value, GatewayError> {
+    let id_param = format!("{param}.tool_call_id");
+    let id = message
+        .get("tool_call_id")
+        .and_then(Value::as_str)
+        .ok_or_else(|| bad_param(format!("`{id_param}` must be a string"), &id_param))?;
+    let name = call_names.get(id).ok_or_else(|| {
+        bad_param(
+            format!("`{id_param}` `{id}` matches no earlier assistant tool call"),
+            &id_param,
+        )
+    })?;
+    let text = content_text(message.get("content"), &format!("{param}.content"))?;
+    // Gemini's `response` is a Struct: a JSON object result is passed as is, anything else wrapped.
+    let response = match serde_json::from_str::<Value>(&text) {
+        Ok(obj @ Value::Object(_)) => obj,
+        _ => json!({ "content": text }),
+    };
+    Ok(json!({ "functionResponse": { "name": name, "response": response } }))
+}
+
+/// A tool message's content (string, text parts, or null) as one string.
+fn content_text(content: Option<&Value>, param: &str) -> Result<String, GatewayError> {
+    match content {
+        None | Some(Value::Null) => Ok(String::new()),
+        Some(Value::String(text)) => Ok(text.clone()),
+        Some(Value::Array(items)) => {
+            let mut text = String::new();
+            for (j, item) in items.iter().enumerate() {
+                match (
+                    item.get("type").and_then(Value::as_str),
+                    item.get("text").and_then(Value::as_str),
+                ) {
+                    (Some("text"), Some(t)) => text.push_str(t),
+                    _ => {
+                        let p = format!("{param}[{j}]");
+                        return Err(bad_param(format!("`{p}` must be a text part"), p));
+                    }
+                }
+            }
+            Ok(text)
+        }
+        Some(_) => Err(bad_param(
+            format!("`{param}` must be a string or an array of text parts"),
+            param,
+        )),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Request: generation options and tools
+
+/// How an OpenAI sampling field is checked before it is copied.
+#[derive(Clone, Copy)]
+enum Kind {
+    Number,
+    Integer,
+}
+
+/// OpenAI field, Gemini `generationConfig` field, and expected kind.
+const COPIED_FIELDS: [(&str, &str, Kind); 7] = [
+    ("temperature", "temperature", Kind::Number),
+    ("top_p", "topP", Kind::Number),
+    ("top_k", "topK", Kind::Integer),
+    ("seed", "seed", Kind::Integer),
+    ("n", "candidateCount", Kind::Integer),
+    ("presence_penalty", "presencePenalty", Kind::Number),
+    ("frequency_penalty", "frequencyPenalty", Kind::Number),
+];
+
+fn generation_config(req: &Map<String, Value>) -> Result<Map<String, Value>, GatewayError> {
+    let mut config = Map::new();
+    for (from, to, kind) in COPIED_FIELDS {
+        if let Some(value) = numeric_field(req, from, kind)? {
+            config.insert(to.into(), value);
+        }
+    }
+    let max_tokens = match numeric_field(req, "max_completion_tokens", Kind::Integer)? {
+        Some(value) => Some(value),
+        None => numeric_field(req, "max_tokens", Kind::Integer)?,
+    };
+    if let Some(value) = max_tokens {
+        config.insert("maxOutputTokens".into(), value);
+    }
+    if let Some(stops) = stop_sequences(req.get("stop"))? {
+        config.insert("stopSequences".into(), stops);
+    }
+    apply_response_format(req.get("response_format"), &mut config)?;
+    Ok(config)
+}
+
+/// A numeric field copied verbatim (so `0.7` stays `0.7`); null counts as absent, as in OpenAI.
+fn numeric_field(
+    req: &Map<String, Value>,
+    key: &str,
+    kind: Kind,
+) -> Result<Option<Value>, GatewayError> {
+    match req.get(key) {
+        None | Some(Value::Null) => Ok(None),
+        Some(value @ Value::Number(n)) => match kind {
+            Kind::Number => Ok(Some(value.clone())),
+            Kind::Integer if n.is_i64() || n.is_u64() => Ok(Some(value.clone())),
+            Kind::Integer => Err(bad_param(format!("`{key}` must be an integer"), key)),
+        },
+        Some(_) => Err(bad_param(format!("`{key}` must be a number"), key)),
+    }
+}
+
+/// `stop` (a string or a list of strings) -> `stopSequences`.
+fn stop_sequences(stop: Option<&Value>) -> Result<Option<Value>, GatewayError> {
+    let invalid = || bad_param("`stop` must be a string or an array of strings", "stop");
+    match stop {
+        None | Some(Value::Null) => Ok(None),
+        Some(Value::String(s)) => Ok(Some(json!([s]))),
+        Some(Value::Array(items)) if items.iter().all(Value::is_string) => {
+            Ok((!items.is_empty()).then(|| Value::Array(items.clone())))
+        }
+        Some(_) => Err(invalid()),
+    }
+}
+
+/// `response_format` -> `responseMimeType` (and `responseSchema` for json_schema).
+fn apply_response_format(
+    format: Option<&Value>,
+    config: &mut Map<String, Value>,
+) -> Result<(), GatewayError> {
+    let Some(format) = format.filter(|f| !f.is_null()) else {
+        return Ok(());
+    };
+    match format.get("type").and_then(Value::as_str) {
+        Some("text") => {}
+        Some("json_object") => {
+            config.insert("responseMimeType".into(), json!("application/json"));
+        }
+        Some("json_schema") => {
+            config.insert("responseMimeType".into(), json!("application/json"));
+            let schema = format
+                .get("json_schema")
+                .and_then(|s| s.get("schema"))
+                .filter(|s| !s.is_null());
+            if let Some(schema) = schema {
+                config.insert("responseSchema".into(), schema.clone());
+            }
+        }
+        _ => {
+            return Err(bad_param(
+                "`response_format.type` must be `text`, `json_object` or `json_schema`",
+                "response_format.type",
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// `tools[].function` -> one Gemini tool holding every function declaration.
+fn tools(tools: Option<&Value>) -> Result<Option<Value>, GatewayError> {
+    let tools = match tools {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::Array(tools)) => tools,
+        Some(_) => return Err(bad_param("`tools` must be an array", "tools")),
+    };
+    let mut declarations = Vec::with_capacity(tools.len());
+    for (i, tool) in tools.iter().enumerate() {
+        declarations.push(function_declaration(tool, &format!("tools[{i}]"))?);
+    }
+    if declarations.is_empty() {
+        return Ok(None);
+    }
+    Ok(Some(json!([{ "functionDeclarations": declarations }])))
+}
+
+fn function_declaration(tool: &Value, param: &str) -> Result<Value, GatewayError> {
+    match tool.get("type").and_then(Value::as_str) {
+        Some("function") | None => {}
+        Some(other) => {
+            let p = format!("{param}.type");
+            return Err(bad_param(
+                format!("tool type `{other}` is not supported by Gemini"),
+                p,
+            ));
+        }
+    }
+    let function = tool.get("function").and_then(Value::as_object);
+    let name = function
+        .and_then(|f| f.get("name"))
+        .and_then(Value::as_str)
+        .ok_or_else(|| {
+            let p = format!("{param}.function.name");
+            bad_param(format!("`{p}` must be a string"), p)
+        })?;
+    let mut declaration = Map::new();
+    declaration.insert("name".into(), json!(name));
+    if let Some(description) = function
+        .and_then(|f| f.get("description"))
+        .and_then(Value::as_str)
+    {
+        declaration.insert("description".into(), json!(description));
+    }
+    if let Some(parameters) = function
+        .and_then(|f| f.get("parameters"))
+        .filter(|p| !p.is_null())
+    {
+        declaration.insert("parameters".into(), parameters.clone());
+    }
+    Ok(Value::Object(declaration))
+}
+
+/// `tool_choice` -> `toolConfig.functionCallingConfig`.
+fn tool_config(choice: Option<&Value>) -> Result<Option<Value>, GatewayError> {
+    let config = match choice {
+        None | Some(Value::Null) => return Ok(None),
+        Some(Value::String(mode)) => match mode.as_str() {
+            "auto" => json!({ "mode": "AUTO" }),
+            "required" => json!({ "mode": "ANY" }),
+            "none" => json!({ "mode": "NONE" }),
+            _ => {
+                return Err(bad_param(
+                    "`tool_choice` must be `auto`, `required`, `none` or a named function",
+                    "tool_choice",
+                ));
+            }
+        },
+        Some(choice) => {
+            let name = choice
+                .get("function")
+                .and_then(|f| f.get("name"))
+                .and_then(Value::as_str)
+                .filter(|_| choice.get("type").and_then(Value::as_str) == Some("function"))
+                .ok_or_else(|| {
+                    bad_param(
+                        "`tool_choice` must be {\"type\":\"function\",\"function\":{\"name\":...}}",
+                        "tool_choice",
+                    )
+                })?;
+            json!({ "mode": "ANY", "allowedFunctionNames": [name] })
+        }
+    };
+    Ok(Some(json!({ "functionCallingConfig": config })))
+}
+
+fn bad_param(message: impl Into<String>, param: impl Into<String>) -> GatewayError {
+    GatewayError::bad_request(message).with_param(param)
+}
+
+// ---------------------------------------------------------------------------------------------
+// Response
+
+fn choices(resp: &Map<String, Value>) -> Result<Vec<Value>, GatewayError> {
+    let candidates = match resp.get("candidates") {
+        None | Some(Value::Null) => &[][..],
+        Some(Value::Array(candidates)) => candidates.as_slice(),
+        Some(_) => {
+            return Err(GatewayError::bad_upstream(
+                "Gemini `candidates` is not an array",
+            ))
+        }
+    };
+    if candidates.is_empty() {
+        // A blocked prompt comes back without candidates. Clients index `choices[0]`, so answer
+        // with one empty choice either way.
+        let blocked = resp
+            .get("promptFeedback")
+            .and_then(|f| f.get("blockReason"))
+            .is_some_and(|r| !r.is_null());
+        let finish_reason = if blocked { "content_filter" } else { "stop" };
+        return Ok(vec![choice(0, Value::Null, None, None, finish_reason)]);
+    }
+    candidates
+        .iter()
+        .enumerate()
+        .map(|(position, candidate)| translate_candidate(position, candidate))
+        .collect()
+}
+
+fn translate_candidate(position: usize, candidate: &Value) -> Result<Value, GatewayError> {
+    let candidate = candidate
+        .as_object()
+        .ok_or_else(|| GatewayError::bad_upstream("a Gemini candidate is not an object"))?;
+    // Gemini omits `index` for a lone candidate.
+    let index = candidate
+        .get("index")
+        .and_then(Value::as_u64)
+        .unwrap_or(position as u64);
+    let parts = candidate_parts(candidate)?;
+
+    let mut text: Option<String> = None;
+    let mut reasoning: Option<String> = None;
+    let mut tool_calls = Vec::new();
+    for part in parts {
+        if let Some(call) = part.get("functionCall") {
+            tool_calls.push(tool_call(call)?);
+        } else if let Some(t) = part.get("text").and_then(Value::as_str) {
+            let is_thought = part.get("thought").and_then(Value::as_bool) == Some(true);
+            let target = if is_thought {
+                &mut reasoning
+            } else {
+                &mut text
+            };
+            target.get_or_insert_with(String::new).push_str(t);
+        }
+        // Other parts (inlineData, executableCode, ...) have no chat.completion equivalent.
+    }
+    let finish_reason = finish_reason(
+        candidate.get("finishReason").and_then(Value::as_str),
+        !tool_calls.is_empty(),
+    );
+    let content = text.map_or(Value::Null, Value::String);
+    let tool_calls = (!tool_calls.is_empty()).then_some(tool_calls);
+    Ok(choice(index, content, tool_calls, reasoning, finish_reason))
+}
+
+/// `content.parts`, or none when the candidate has no content (e.g. stopped by a safety filter).
+fn candidate_parts(candidate: &Map<String, Value>) -> Result<&[Value], GatewayError> {
+    let parts = match candidate.get("content") {
+        None | Some(Value::Null) => None,
+        Some(Value::Object(content)) => content.get("parts"),
+        Some(_) => {
+            return Err(GatewayError::bad_upstream(
+                "a Gemini candidate's `content` is not an object",
+            ))
+        }
+    };
+    match parts {
+        None | Some(Value::Null) => Ok(&[]),
+        Some(Value::Array(parts)) => Ok(parts),
+        Some(_) => Err(GatewayError::bad_upstream(
+            "a Gemini candidate's `content.parts` is not an array",
+        )),
+    }
+}
+
+/// A `functionCall` part -> an OpenAI tool call with a generated id (Gemini sends none).
+fn tool_call(call: &Value) -> Result<Value, GatewayError> {
+    let name = call
+        .get("name")
+        .and_then(Value::as_str)
+        .ok_or_else(|| GatewayError::bad_upstream("a Gemini functionCall has no name"))?;
+    let arguments = match call.get("args") {
+        None | Some(Value::Null) => "{}".to_string(),
+        Some(args) => args.to_string(),
+    };
+    Ok(json!({
+        "id": new_id("call_"),
+        "type": "function",
+        "function": { "name": name, "arguments": arguments },
+    }))
+}
+
+/// Gemini's `finishReason` -> OpenAI's. Gemini says STOP after a function call, but clients only
+/// run tools on `tool_calls`.
+fn finish_reason(reason: Option<&str>, has_tool_calls: bool) -> &'static str {
+    match reason {
+        Some("MAX_TOKENS") => "length",
+        Some(
+            "SAFETY" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "RECITATION" | "IMAGE_SAFETY",
+        ) => "content_filter",
+        Some("STOP") if has_tool_calls => "tool_calls",
+        _ => "stop",
+    }
+}
+
+fn choice(
+    index: u64,
+    content: Value,
+    tool_calls: Option<Vec<Value>>,
+    reasoning: Option<String>,
+    finish_reason: &str,
+) -> Value {
+    let mut message = Map::new();
+    message.insert("role".into(), json!("assistant"));
+    message.insert("content".into(), content);
+    if let Some(tool_calls) = tool_calls {
+        message.insert("tool_calls".into(), Value::Array(tool_calls));
+    }
+    if let Some(reasoning) = reasoning {
+        message.insert("reasoning_content".into(), Value::String(reasoning));
+    }
+    json!({
+        "index": index,
+        "message": message,
+        "finish_reason": finish_reason,
+        "logprobs": null,
+    })
+}
+
+/// `usageMetadata` -> OpenAI usage; thinking tokens are billed as output, so they count as
+/// completion tokens.
+fn usage(meta: Option<&Value>) -> Value {
+    let count = |key: &str| {
+        meta.and_then(|m| m.get(key))
+            .and_then(Value::as_u64)
+            .unwrap_or(0)
+    };
+    let prompt = count("promptTokenCount");
+    let thoughts = count("thoughtsTokenCount");
+    let completion = count("candidatesTokenCount").saturating_add(thoughts);
+    let total = meta
+        .and_then(|m| m.get("totalTokenCount"))
+        .and_then(Value::as_u64)
+        .unwrap_or_else(|| prompt.saturating_add(completion));
+    json!({
+        "prompt_tokens": prompt,
+        "completion_tokens": completion,
+        "total_tokens": total,
+        "prompt_tokens_details": { "cached_tokens": count("cachedContentTokenCount") },
+        "completion_tokens_details": { "reasoning_tokens": thoughts },
+    })
+}
+
+/// A Gemini embeddings call planned from an OpenAI embeddings request.
+pub struct EmbedPlan {
+    pub body: Vec<u8>,
+    /// Several inputs: `batchEmbedContents` instead of `embedContent`.
+    pub batch: bool,
+    /// The client asked for `encoding_format: "base64"`.
+    pub base64: bool,
+}
+
+/// OpenAI `/v1/embeddings` request -> Gemini `embedContent` (one input) or `batchEmbedContents`.
+pub fn embed_request(req: &Value, upstream_model: &str) -> Result<EmbedPlan, GatewayError> {
+    let inputs: Vec<&str> = match req.get("input") {
+        Some(Value::String(s)) => vec![s.as_str()],
+        Some(Value::Array(items)) if !items.is_empty() => items
+            .iter()
+            .map(|v| v.as_str())
+            .collect::<Option<Vec<_>>>()
+            .ok_or_else(|| {
+                GatewayError::bad_request(
+                    "Gemini embeddings take text inputs only: 'input' must be a string or a list of strings",
+                )
+                .with_param("input")
+            })?,
+        _ => {
+            return Err(GatewayError::bad_request(
+                "'input' must be a non-empty string or list of strings",
+            )
+            .with_param("input"))
+        }
+    };
+    let base64 = match req.get("encoding_format") {
+        None | Some(Value::Null) => false,
+        Some(Value::String(f)) if f == "float" => false,
+        Some(Value::String(f)) if f == "base64" => true,
+        Some(_) => {
+            return Err(GatewayError::bad_request(
+                "'encoding_format' must be \"float\" or \"base64\"",
+            )
+            .with_param("encoding_format"))
+        }
+    };
+    let dimensions = req.get("dimensions").and_then(Value::as_u64);
+    let content = |text: &str| {
+        let mut one = json!({"content": {"parts": [{"text": text}]}});
+        if let Some(d) = dimensions {
+            one["outputDimensionality"] = json!(d);
+        }
+        one
+    };
+    let batch = inputs.len() > 1;
+    let body = if batch {
+        let model = format!("models/{upstream_model}");
+        let requests: Vec<Value> = inputs
+            .iter()
+            .map(|t| {
+                let mut one = content(t);
+                one["model"] = json!(model);
+                one
+            })
+            .collect();
+        json!({ "requests": requests })
+    } else {
+        content(inputs[0])
+    };
+    Ok(EmbedPlan {
+        body: body.to_string().into_bytes(),
+        batch,
+        base64,
+    })
+}
+
+/// Gemini `embedContent` / `batchEmbedContents` response -> OpenAI embedding list.
+pub fn embed_response(body: &[u8], model: &str, base64: bool) -> Result<Value, GatewayError> {
+    let value: Value = serde_json::from_slice(body)
+        .map_err(|e| GatewayError::bad_upstream(format!("invalid JSON from Gemini: {e}")))?;
+    let vectors: Vec<&Value> = if let Some(list) = value.get("embeddings").and_then(Value::as_array)
+    {
+        list.iter().collect()
+    } else if let Some(one) = value.get("embedding") {
+        vec![one]
+    } else {
+        return Err(GatewayError::bad_upstream(
+            "Gemini answered without embeddings",
+        ));
+    };
+    let mut data = Vec::with_capacity(vectors.len());
+    for (index, v) in vectors.into_iter().enumerate() {
+        let values = v
+            .get("values")
+            .and_then(Value::as_array)
+            .ok_or_else(|| GatewayError::bad_upstream("Gemini embedding without values"))?;
+        let embedding = if base64 {
+            let mut bytes = Vec::with_capacity(values.len() * 4);
+            for x in values {
+                let f = x.as_f64().ok_or_else(|| {
+                    GatewayError::bad_upstream("Gemini embedding value is not a number")
+                })? as f32;
+                bytes.extend_from_slice(&f.to_le_bytes());
+            }
+            json!(base64::engine::general_purpose::STANDARD.encode(bytes))
+        } else {
+            json!(values)
+        };
+        data.push(json!({"object": "embedding", "index": index, "embedding": embedding}));
+    }
+    Ok(json!({
+        "object": "list",
+        "data": data,
+        "model": model,
+        "usage": {"prompt_tokens": 0, "total_tokens": 0},
+    }))
+}
+
+/// Gemini stream -> OpenAI chunks (placeholder until written).
+pub struct GeminiChunkSource;
+impl GeminiChunkSource {
+    pub fn new(_ctx: crate::providers::StreamContext) -> Self {
+        GeminiChunkSource
+    }
+}
+impl crate::providers::ChunkSource for GeminiChunkSource {
+    fn on_event(&mut self, _e: &crate::sse::SseEvent, out: &mut Vec<crate::providers::StreamOut>) {
+        out.push(crate::providers::StreamOut::Error(GatewayError::new(
+            501, "not yet",
+        )));
+    }
+    fn on_end(&mut self, _out: &mut Vec<crate::providers::StreamOut>) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    const REQ_CTX: RequestContext<'static> = RequestContext {
+        upstream_model: "gemini-2.5-flash",
+        default_max_tokens: 4096,
+    };
+    const RESP_CTX: ResponseContext<'static> = ResponseContext {
+        upstream_model: "gemini-2.5-flash",
+        created: 1_750_000_000,
+    };
+    /// Stands in for generated ids in expected fixtures.
+    const GENERATED: &str = "<generated>";
+
+    /// Loads an (input, expected) fixture pair from tests/fixtures/gemini/.
+    macro_rules! fixture {
+        ($name:literal, $from:literal, $to:literal) => {
+            (
+                include_str!(concat!(
+                    "../../tests/fixtures/gemini/",
+                    $name,
+                    ".",
+                    $from,
+                    ".json"
+                )),
+                parse(include_str!(concat!(
+                    "../../tests/fixtures/gemini/",
+                    $name,
+                    ".",
+                    $to,
+                    ".json"
+                ))),
+            )
+        };
+    }
+
+    fn parse(text: &str) -> Value {
+        serde_json::from_str(text).expect("fixture is valid JSON")
+    }
+
+    fn request(req: &Value) -> Value {
+        let bytes = chat_request(req, &REQ_CTX).expect("request translates");
+        serde_json::from_slice(&bytes).expect("output is JSON")
+    }
+
+    fn request_err(req: Value) -> GatewayError {
+        chat_request(&req, &REQ_CTX).expect_err("request is rejected")
+    }
+
+    fn response(body: &str) -> Value {
+        chat_response(body.as_bytes(), &RESP_CTX).expect("response translates")
+    }
+
+    fn user(text: &str) -> Value {
+        json!({ "role": "user", "content": text })
+    }
+
+    /// Checks the prefix and uniqueness of generated ids (the response id when it is generated,
+    /// every tool call id) and swaps them for placeholders so the rest compares exactly.
+    fn normalize_ids(mut out: Value, response_id_generated: bool) -> Value {
+        if response_id_generated {
+            let id = out["id"].as_str().unwrap();
+            assert!(
+                id.starts_with("chatcmpl-") && id.len() > "chatcmpl-".len(),
+                "{id}"
+            );
+            out["id"] = json!(format!("chatcmpl-{GENERATED}"));
+        }
+        let mut seen = HashSet::new();
+        for choice in out["choices"].as_array_mut().unwrap() {
+            let Some(Value::Array(calls)) = choice["message"].get_mut("tool_calls") else {
+                continue;
+            };
+            for call in calls {
+                let id = call["id"].as_str().unwrap().to_string();
+                assert!(id.starts_with("call_") && id.len() > "call_".len(), "{id}");
+                assert!(seen.insert(id), "tool call ids must be unique");
+                call["id"] = json!(format!("call_{GENERATED}"));
+            }
+        }
+        out
+    }
+
+    // --- request fixtures -------------------------------------------------------------------
+
+    #[test]
+    fn text_and_system_messages() {
+        let (input, expected) = fixture!("request_text_system", "openai", "gemini");
+        assert_eq!(request(&parse(input)), expected);
+    }
+
+    #[test]
+    fn images_data_uri_and_urls() {
+        let (input, expected) = fixture!("request_images", "openai", "gemini");
+        assert_eq!(request(&parse(input)), expected);
+    }
+
+    #[test]
+    fn tool_definitions_and_named_tool_choice() {
+        let (input, expected) = fixture!("request_tools", "openai", "gemini");
+        assert_eq!(request(&parse(input)), expected);
+    }
+
+    #[test]
+    fn each_tool_choice_form() {
+        let (input, _) = fixture!("request_tools", "openai", "gemini");
+        let cases = [
+            (json!("auto"), json!({ "mode": "AUTO" })),
+            (json!("required"), json!({ "mode": "ANY" })),
+            (json!("none"), json!({ "mode": "NONE" })),
+            (
+                json!({ "type": "function", "function": { "name": "get_time" } }),
+                json!({ "mode": "ANY", "allowedFunctionNames": ["get_time"] }),
+            ),
+        ];
+        for (choice, expected) in cases {
+            let mut req = parse(input);
+            req["tool_choice"] = choice;
+            let out = request(&req);
+            assert_eq!(
+                out["toolConfig"],
+                json!({ "functionCallingConfig": expected })
+            );
+        }
+        let mut req = parse(input);
+        req.as_object_mut().unwrap().remove("tool_choice");
+        assert!(request(&req).get("toolConfig").is_none());
+    }
+
+    #[test]
+    fn tool_calls_and_results_map_names_and_merge() {
+        let (input, expected) = fixture!("request_tool_results", "openai", "gemini");
+        assert_eq!(request(&parse(input)), expected);
+    }
+
+    #[test]
+    fn generation_config_and_json_schema() {
+        let (input, expected) = fixture!("request_generation_config", "openai", "gemini");
+        assert_eq!(request(&parse(input)), expected);
+    }
+
+    // --- request details --------------------------------------------------------------------
+
+    #[test]
+    fn max_tokens_fallback_stop_string_and_json_object() {
+        let out = request(&json!({
+            "messages": [user("hi")],
+            "max_tokens": 256,
+            "stop": "END",
+            "response_format": { "type": "json_object" },
+        }));
+        assert_eq!(
+            out["generationConfig"],
+            json!({
+                "maxOutputTokens": 256,
+                "stopSequences": ["END"],
+                "responseMimeType": "application/json",
+            })
+        );
+    }
+
+    #[test]
+    fn empty_generation_config_and_tools_are_omitted() {
+        let out = request(&json!({
+            "messages": [user("hi")],
+            "temperature": null,
+            "stop": [],
+            "response_format": { "type": "text" },
+            "tools": [],
+        }));
+        assert_eq!(
+            out,
+            json!({ "contents": [{ "role": "user", "parts": [{ "text": "hi" }] }] })
+        );
+    }
+
+    #[test]
+    fn tool_result_with_text_parts_and_object_arguments() {
+        let out = request(&json!({
+            "messages": [
+                user("go"),
+                { "role": "assistant", "content": "", "tool_calls": [
+                    { "id": "a", "type": "function",
+                      "function": { "name": "f", "arguments": { "x": 1 } } }
+                ]},
+                { "role": "tool", "tool_call_id": "a",
+                  "content": [{ "type": "text", "text": "[1," }, { "type": "text", "text": "2]" }] },
+                user("next"),
+            ]
+        }));
+        assert_eq!(
+            out["contents"],
+            json!([
+                { "role": "user", "parts": [{ "text": "go" }] },
+                { "role": "model", "parts": [{ "functionCall": { "name": "f", "args": { "x": 1 } } }] },
+                // A JSON array is not an object, so it is wrapped; the user text joins the turn.
+                { "role": "user", "parts": [
+                    { "functionResponse": { "name": "f", "response": { "content": "[1,2]" } } },
+                    { "text": "next" },
+                ]},
+            ])
+        );
+    }
+
+    #[test]
+    fn file_uri_mime_types() {
+        assert_eq!(
+            mime_from_extension("gs://bucket/doc.pdf"),
+            Some("application/pdf")
+        );
+        assert_eq!(
+            mime_from_extension("https://x.test/a.webp#frag"),
+            Some("image/webp")
+        );
+        assert_eq!(mime_from_extension("https://x.test/a.png/view"), None);
+        assert_eq!(
+            mime_from_extension("https://www.youtube.com/watch?v=x.png"),
+            None
+        );
+        assert_eq!(mime_from_extension("https://x.test/archive.tar.gz"), None);
+    }
+
+    // --- request errors ---------------------------------------------------------------------
+
+    fn assert_bad_request(err: GatewayError, param: &str) {
+        assert_eq!(err.status, 400, "{err}");
+        assert_eq!(err.param.as_deref(), Some(param), "{err}");
+    }
+
+    #[test]
+    fn invalid_messages_are_rejected() {
+        assert_bad_request(request_err(json!({})), "messages");
+        assert_bad_request(request_err(json!({ "messages": "hi" })), "messages");
+        assert_bad_request(request_err(json!({ "messages": [] })), "messages");
+        assert_bad_request(
+            request_err(json!({ "messages": [user("hi"), "hello"] })),
+            "messages[1]",
+        );
+        assert_bad_request(
+            request_err(json!({ "messages": [{ "role": "function", "content": "x" }] })),
+            "messages[0].role",
+        );
+        assert_bad_request(
+            request_err(json!({ "messages": [{ "content": "x" }] })),
+            "messages[0].role",
+        );
+        assert_bad_request(
+            request_err(json!({ "messages": [{ "role": "user", "content": 3 }] })),
+            "messages[0].content",
+        );
+        assert_bad_request(
+            request_err(json!({ "messages": [{ "role": "user",
+                "content": [{ "type": "input_audio", "input_audio": {} }] }] })),
+            "messages[0].content[0]",
+        );
+        assert_bad_request(
+            request_err(json!({ "messages": [{ "role": "system",
+                "content": [{ "type": "image_url", "image_url": { "url": "https://x/a.png" } }] }] })),
+            "messages[0].content[0]",
+        );
+        assert_bad_request(
+            request_err(json!({ "messages": [{ "role": "user",
+                "content": [{ "type": "image_url", "image_url": { "url": "data:image/png,abc" } }] }] })),
+            "messages[0].content[0].image_url.url",
+        );
+        assert_eq!(
+            request_err(json!("not an object")).status,
+            400,
+            "a non-object body"
+        );
+    }
+
+    #[test]
+    fn unparseable_tool_arguments_name_the_field() {
+        for arguments in [json!("{not json"), json!("[1,2]"), json!(7)] {
+            let err = request_err(json!({ "messages": [
+                user("go"),
+                { "role": "assistant", "tool_calls": [
+                    { "id": "a", "type": "function", "function": { "name": "f", "arguments": "{}" } },
+                    { "id": "b", "type": "function", "function": { "name": "g", "arguments": arguments } },
+                ]},
+            ]}));
+            assert_bad_request(err, "messages[1].tool_calls[1].function.arguments");
+        }
+    }
+
+    #[test]
+    fn tool_result_without_a_matching_call_is_rejected() {
+        let err = request_err(json!({ "messages": [
+            user("go"),
+            { "role": "tool", "tool_call_id": "call_missing", "content": "x" },
+        ]}));
+        assert_bad_request(err, "messages[1].tool_call_id");
+        // A call that only appears later does not count.
+        let err = request_err(json!({ "messages": [
+            { "role": "tool", "tool_call_id": "a", "content": "x" },
+            { "role": "assistant", "tool_calls": [
+                { "id": "a", "type": "function", "function": { "name": "f", "arguments": "{}" } }
+            ]},
+        ]}));
+        assert_bad_request(err, "messages[0].tool_call_id");
+    }
+
+    #[test]
+    fn invalid_options_are_rejected() {
+        let cases = [
+            ("temperature", json!("hot"), "temperature"),
+            ("top_k", json!(1.5), "top_k"),
+            (
+                "max_completion_tokens",
+                json!("10"),
+                "max_completion_tokens",
+            ),
+            ("stop", json!([1]), "stop"),
+            (
+                "response_format",
+                json!({ "type": "xml" }),
+                "response_format.type",
+            ),
+            ("tools", json!({}), "tools"),
+            (
+                "tools",
+                json!([{ "type": "function" }]),
+                "tools[0].function.name",
+            ),
+            ("tools", json!([{ "type": "web_search" }]), "tools[0].type"),
+            ("tool_choice", json!("sometimes"), "tool_choice"),
+            ("tool_choice", json!({ "type": "function" }), "tool_choice"),
+        ];
+        for (field, value, param) in cases {
+            let mut req = json!({ "messages": [user("hi")] });
+            req[field] = value;
+            assert_bad_request(request_err(req), param);
+        }
+    }
+
+    // --- response fixtures ------------------------------------------------------------------
+
+    #[test]
+    fn text_response() {
+        let (input, expected) = fixture!("response_text", "gemini", "openai");
+        assert_eq!(response(input), expected);
+    }
+
+    #[test]
+    fn two_function_calls_with_stop_become_tool_calls() {
+        let (input, expected) = fixture!("response_function_call", "gemini", "openai");
+        let first = response(input);
+        let second = response(input);
+        assert_ne!(first["id"], second["id"], "generated response ids repeat");
+        assert_ne!(
+            first["choices"][0]["message"]["tool_calls"][0]["id"],
+            second["choices"][0]["message"]["tool_calls"][0]["id"],
+            "generated call ids repeat across responses"
+        );
+        assert_eq!(normalize_ids(first, true), expected);
+    }
+
+    #[test]
+    fn thought_parts_and_cached_usage() {
+        let (input, expected) = fixture!("response_thinking", "gemini", "openai");
+        assert_eq!(response(input), expected);
+    }
+
+    #[test]
+    fn blocked_prompt() {
+        let (input, expected) = fixture!("response_blocked", "gemini", "openai");
+        assert_eq!(response(input), expected);
+    }
+
+    #[test]
+    fn multiple_candidates_without_content() {
+        let (input, expected) = fixture!("response_multiple_candidates", "gemini", "openai");
+        assert_eq!(normalize_ids(response(input), true), expected);
+    }
+
+    // --- response details -------------------------------------------------------------------
+
+    #[test]
+    fn every_finish_reason() {
+        let cases = [
+            ("STOP", "stop"),
+            ("MAX_TOKENS", "length"),
+            ("SAFETY", "content_filter"),
+            ("BLOCKLIST", "content_filter"),
+            ("PROHIBITED_CONTENT", "content_filter"),
+            ("SPII", "content_filter"),
+            ("RECITATION", "content_filter"),
+            ("IMAGE_SAFETY", "content_filter"),
+            ("LANGUAGE", "stop"),
+            ("OTHER", "stop"),
+            ("MALFORMED_FUNCTION_CALL", "stop"),
+            ("FINISH_REASON_UNSPECIFIED", "stop"),
+        ];
+        for (gemini, openai) in cases {
+            let body = json!({ "candidates": [{
+                "content": { "role": "model", "parts": [{ "text": "x" }] },
+                "finishReason": gemini,
+            }]});
+            let out = response(&body.to_string());
+            assert_eq!(out["choices"][0]["finish_reason"], openai, "{gemini}");
+        }
+        let absent = response(r#"{"candidates":[{"content":{"parts":[{"text":"x"}]}}]}"#);
+        assert_eq!(absent["choices"][0]["finish_reason"], "stop");
+        // Only STOP is upgraded to `tool_calls`; other reasons keep their own mapping.
+        let other = response(
+            r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f"}}]},"finishReason":"OTHER"}]}"#,
+        );
+        assert_eq!(other["choices"][0]["finish_reason"], "stop");
+        // A call cut off by the token limit is incomplete: it stays `length`, not `tool_calls`.
+        let cut = response(
+            r#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f"}}]},"finishReason":"MAX_TOKENS"}]}"#,
+        );
+        assert_eq!(cut["choices"][0]["finish_reason"], "length");
+        assert_eq!(
+            cut["choices"][0]["message"]["tool_calls"][0]["function"]["arguments"],
+            "{}"
+        );
+    }
+
+    #[test]
+    fn usage_defaults_and_fallback_total() {
+        let out = response(
+            r#"{"candidates":[],"usageMetadata":{"promptTokenCount":5,"candidatesTokenCount":3,"thoughtsTokenCount":2}}"#,
+        );
+        assert_eq!(out["usage"]["completion_tokens"], 5);
+        assert_eq!(out["usage"]["total_tokens"], 10);
+        assert_eq!(
+            out["usage"]["completion_tokens_details"]["reasoning_tokens"],
+            2
+        );
+        // No candidates and no block reason: still one (empty) choice for clients to read.
+        assert_eq!(out["choices"][0]["finish_reason"], "stop");
+        assert_eq!(out["model"], "gemini-2.5-flash");
+        let out = response("{}");
+        assert_eq!(out["usage"]["total_tokens"], 0);
+    }
+
+    #[test]
+    fn bad_upstream_bodies() {
+        for body in [
+            &b"not json"[..],
+            b"",
+            b"[]",
+            b"\"text\"",
+            b"null",
+            br#"{"candidates":5}"#,
+        ] {
+            let err = chat_response(body, &RESP_CTX).expect_err("rejected");
+            assert_eq!(err.status, 502);
+            assert_eq!(err.code.as_deref(), Some("bad_upstream_response"));
+        }
+    }
+
+    // --- robustness -------------------------------------------------------------------------
+
+    #[test]
+    fn odd_requests_never_panic() {
+        let msg = |m: Value| json!({ "messages": [m] });
+        let inputs = [
+            Value::Null,
+            json!(1),
+            json!("x"),
+            json!([]),
+            json!({}),
+            json!({ "messages": null }),
+            json!({ "messages": {} }),
+            json!({ "messages": [null] }),
+            json!({ "messages": [[]] }),
+            msg(json!({ "role": null })),
+            msg(json!({ "role": 1, "content": "x" })),
+            msg(json!({ "role": "user", "content": [null] })),
+            msg(json!({ "role": "user", "content": [{ "type": 1 }] })),
+            msg(json!({ "role": "user", "content": [{ "type": "text", "text": null }] })),
+            msg(json!({ "role": "user", "content": [{ "type": "image_url" }] })),
+            msg(json!({ "role": "user", "content": [{ "type": "image_url", "image_url": 5 }] })),
+            msg(
+                json!({ "role": "user", "content": [{ "type": "image_url", "image_url": "data:" }] }),
+            ),
+            msg(
+                json!({ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "data:;base64," } }] }),
+            ),
+            msg(
+                json!({ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "" } }] }),
+            ),
+            msg(
+                json!({ "role": "user", "content": [{ "type": "image_url", "image_url": { "url": "." } }] }),
+            ),
+            msg(json!({ "role": "system", "content": {} })),
+            msg(json!({ "role": "assistant", "tool_calls": 5 })),
+            msg(json!({ "role": "assistant", "tool_calls": [null] })),
+            msg(json!({ "role": "assistant", "tool_calls": [{ "function": null }] })),
+            msg(
+                json!({ "role": "assistant", "tool_calls": [{ "id": 3, "function": { "name": "f" } }] }),
+            ),
+            msg(json!({ "role": "tool" })),
+            msg(json!({ "role": "tool", "tool_call_id": [] })),
+            json!({ "messages": [user("x")], "temperature": [] }),
+            json!({ "messages": [user("x")], "n": -1 }),
+            json!({ "messages": [user("x")], "stop": {} }),
+            json!({ "messages": [user("x")], "response_format": 1 }),
+            json!({ "messages": [user("x")], "response_format": { "type": "json_schema" } }),
+            json!({ "messages": [user("x")], "response_format": { "type": "json_schema", "json_schema": 1 } }),
+            json!({ "messages": [user("x")], "tools": [null, 1] }),
+            json!({ "messages": [user("x")], "tools": [{ "function": { "name": "f", "parameters": null } }] }),
+            json!({ "messages": [user("x")], "tool_choice": 5 }),
+            json!({ "messages": [user("x")], "tool_choice": { "type": "function", "function": 1 } }),
+        ];
+        for input in &inputs {
+            let _ = chat_request(input, &REQ_CTX);
+        }
+    }
+
+    #[test]
+    fn odd_responses_never_panic() {
+        let deep = "[".repeat(10_000);
+        let inputs: Vec<&[u8]> = vec![
+            b"",
+            b"\xff\xfe",
+            b"{",
+            deep.as_bytes(),
+            b"null",
+            b"{}",
+            br#"{"candidates":null}"#,
+            br#"{"candidates":[null]}"#,
+            br#"{"candidates":[{}]}"#,
+            br#"{"candidates":[{"content":5}]}"#,
+            br#"{"candidates":[{"content":{"parts":5}}]}"#,
+            br#"{"candidates":[{"content":{"parts":[null,1,"x",[]]}}]}"#,
+            br#"{"candidates":[{"content":{"parts":[{"functionCall":5}]}}]}"#,
+            br#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":5}}]}}]}"#,
+            br#"{"candidates":[{"content":{"parts":[{"functionCall":{"name":"f","args":[1]}}]}}]}"#,
+            br#"{"candidates":[{"content":{"parts":[{"text":5,"thought":"yes"}]}}]}"#,
+            br#"{"candidates":[{"index":-1,"finishReason":5}]}"#,
+            br#"{"candidates":[],"promptFeedback":5}"#,
+            br#"{"usageMetadata":"x"}"#,
+            br#"{"usageMetadata":{"promptTokenCount":-1,"candidatesTokenCount":1.5}}"#,
+            br#"{"usageMetadata":{"candidatesTokenCount":18446744073709551615,"thoughtsTokenCount":9}}"#,
+            br#"{"modelVersion":5,"responseId":[]}"#,
+        ];
+        for input in inputs {
+            let _ = chat_response(input, &RESP_CTX);
+        }
+    }
 }

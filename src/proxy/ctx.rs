@@ -2,6 +2,7 @@
 //! subrequest that carries it).
 
 use crate::call::UpstreamCall;
+use crate::stream::{StreamTranslation, TerminalWatch};
 use bytes::BytesMut;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use std::sync::Arc;
@@ -22,9 +23,23 @@ pub struct RequestCtx {
     pub attempts: u32,
     /// Upstream status of the current attempt.
     pub upstream_status: u16,
-    /// Set when the response is buffered for translation.
-    pub buffering: bool,
+    /// What happens to the current attempt's response body.
+    pub response: ResponseHandling,
     pub response_buffer: BytesMut,
+}
+
+/// What the response body filter does with the upstream's bytes.
+#[derive(Default)]
+pub enum ResponseHandling {
+    /// Sent on untouched.
+    #[default]
+    PassThrough,
+    /// A stream sent on untouched, watched for its terminal event.
+    WatchStream(TerminalWatch),
+    /// Collected whole, then translated (translated answers, every error).
+    Buffer,
+    /// A stream translated event by event.
+    Translate(Box<StreamTranslation>),
 }
 
 impl RequestCtx {

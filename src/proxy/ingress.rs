@@ -10,7 +10,7 @@ use super::ctx::RequestCtx;
 use super::respond::{self, Answerer};
 use crate::call::UpstreamCall;
 use crate::error::GatewayError;
-use crate::frontend::{self, Endpoint};
+use crate::frontend::{self, ClientProtocol, Endpoint};
 use crate::registry::Registry;
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
@@ -23,8 +23,9 @@ pub async fn handle(session: &mut Session, registry: Arc<Registry>, ctx: &mut Re
     let req = session.req_header();
     let endpoint = match frontend::endpoint_for(&req.method, req.uri.path()) {
         Ok(e) => e,
-        Err(e) => return reject(session, &e).await,
+        Err(e) => return reject(session, &e, ClientProtocol::OpenAi).await,
     };
+    let protocol = endpoint.protocol();
     if endpoint == Endpoint::Models {
         let body = registry.model_list.clone();
         if let Err(e) = respond::write_json(session, 200, body, None).await {
@@ -34,22 +35,22 @@ pub async fn handle(session: &mut Session, registry: Arc<Registry>, ctx: &mut Re
     }
     let body = match read_body(session, registry.max_request_bytes).await {
         Ok(b) => b,
-        Err(e) => return reject(session, &e).await,
+        Err(e) => return reject(session, &e, protocol).await,
     };
     let call = match UpstreamCall::plan(&registry, endpoint, &body) {
         Ok(c) => Arc::new(c),
-        Err(e) => return reject(session, &e).await,
+        Err(e) => return reject(session, &e, protocol).await,
     };
     ctx.call = Some(call.clone());
     run_upstream_leg(session, call).await;
 }
 
-async fn reject(session: &mut Session, error: &GatewayError) {
+async fn reject(session: &mut Session, error: &GatewayError, protocol: ClientProtocol) {
     // An unread body would be taken for the next request: close the connection instead.
     if !session.is_body_done() {
         session.set_keepalive(None);
     }
-    respond::write_error(session, error, None).await;
+    respond::write_error(session, error, protocol, None).await;
 }
 
 /// Reads the whole request body, refusing more than `limit` bytes.
@@ -105,13 +106,14 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gateway
 
 /// Sends the call through a subrequest and pipes its response to the client.
 async fn run_upstream_leg(session: &mut Session, call: Arc<UpstreamCall>) {
+    let protocol = call.endpoint.protocol();
     let answerer = || Answerer {
         model: &call.model.name,
         provider: &call.model.provider.name,
     };
     let Some(spawner) = session.subrequest_spawner.as_ref() else {
         let e = GatewayError::new(500, "Internal gateway error").with_code("internal_error");
-        return respond::write_error(session, &e, Some(answerer())).await;
+        return respond::write_error(session, &e, protocol, Some(answerer())).await;
     };
     let sub_ctx = SubrequestCtx::builder()
         .body_mode(BodyMode::NoBody)
@@ -143,7 +145,7 @@ async fn run_upstream_leg(session: &mut Session, call: Arc<UpstreamCall>) {
     if session.response_written().is_none() {
         let provider = &call.model.provider.name;
         if let Some(e) = respond::error_for_proxy_failure(&failure.error, provider) {
-            respond::write_error(session, &e, Some(answerer())).await;
+            respond::write_error(session, &e, protocol, Some(answerer())).await;
         }
     }
 }

@@ -157,18 +157,33 @@ impl ProxyHttp for Gateway {
         e: &Error,
         ctx: &mut RequestCtx,
     ) -> FailToProxy {
-        let provider = ctx
-            .call
-            .as_ref()
-            .map_or("", |c| c.model.provider.name.as_str());
+        let Some(call) = ctx.call.clone() else {
+            return FailToProxy {
+                error_code: 500,
+                can_reuse_downstream: false,
+            };
+        };
+        let provider = &call.model.provider.name;
         let error = respond::error_for_proxy_failure(e, provider);
         let status = error.as_ref().map_or(0, |e| e.status);
-        if let Some(error) = error {
-            let answerer = ctx.call.as_ref().map(|c| Answerer {
-                model: &c.model.name,
-                provider: &c.model.provider.name,
-            });
-            respond::write_error(session, &error, answerer).await;
+        match error {
+            Some(error) if session.response_written().is_some() => {
+                // Too late for a status: end the stream with an error event instead.
+                if let Some(bytes) = response::on_failure_after_start(&call, ctx, error) {
+                    if let Err(e) = session.write_response_body(Some(bytes), true).await {
+                        log::debug!("could not send the terminal error event: {e}");
+                    }
+                }
+            }
+            Some(error) => {
+                let answerer = Answerer {
+                    model: &call.model.name,
+                    provider,
+                };
+                respond::write_error(session, &error, call.endpoint.protocol(), Some(answerer))
+                    .await;
+            }
+            None => {}
         }
         FailToProxy {
             error_code: status,

@@ -1,6 +1,7 @@
 //! Answers written by the gateway itself: errors in the client's protocol, and local endpoints.
 
 use crate::error::GatewayError;
+use crate::frontend::ClientProtocol;
 use bytes::Bytes;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
@@ -29,15 +30,17 @@ pub async fn write_json(
     session.write_response_body(Some(body), true).await
 }
 
+/// An error response in the client's protocol, unless a response already started.
 pub async fn write_error(
     session: &mut Session,
     error: &GatewayError,
+    protocol: ClientProtocol,
     answerer: Option<Answerer<'_>>,
 ) {
     if session.response_written().is_some() {
         return;
     }
-    if let Err(e) = write_json(session, error.status, error.to_openai_body(), answerer).await {
+    if let Err(e) = write_json(session, error.status, protocol.error_body(error), answerer).await {
         log::debug!("could not send error response: {e}");
     }
 }
