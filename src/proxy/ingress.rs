@@ -6,6 +6,7 @@
 //! its own, so on every attempt Pingora hands `request_body_filter` an empty end of body, where the
 //! planned bytes (of any size) are put in. Retries to other instances re-send them the same way.
 
+use super::client_watch;
 use super::ctx::RequestCtx;
 use super::respond::{self, Answerer};
 use crate::call::UpstreamCall;
@@ -120,14 +121,26 @@ async fn run_upstream_leg(session: &mut Session, call: Arc<UpstreamCall>) {
         .user_ctx(Box::new(call.clone()))
         .build();
     let (subrequest, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
-    let piped = pipe_subrequest(
+    let client_socket = client_watch::duplicate_client_socket(session);
+    let pipe = pipe_subrequest(
         session,
         subrequest,
         handle,
         |task| Ok(Some(task)),
         InputBodyType::Preset(InputBody::NoBody),
-    )
-    .await;
+    );
+    let piped = match client_socket {
+        Some(socket) => tokio::select! {
+            piped = pipe => piped,
+            () = client_watch::closed(socket) => {
+                // Dropping the pipe closes the subrequest's channel, which makes Pingora abort
+                // its upstream connection.
+                log::debug!("client went away; upstream call to {} cancelled", call.model.provider.name);
+                return;
+            }
+        },
+        None => pipe.await,
+    };
     let Err(failure) = piped else {
         return;
     };

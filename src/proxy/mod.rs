@@ -4,6 +4,7 @@
 //! Every client request is served in two sessions: the client's own (routing, in [`ingress`]) and a
 //! subrequest that carries the planned call to the upstream ([`upstream`], [`response`]).
 
+pub mod client_watch;
 pub mod ctx;
 pub mod ingress;
 pub mod respond;
