@@ -353,3 +353,48 @@ async fn body_over_the_limit_is_413() {
         "auth: none sends no key"
     );
 }
+
+#[tokio::test]
+async fn embeddings_pass_through_to_openai_and_azure() {
+    let (mock, gw) = setup().await;
+    let (status, _, answer) = post_json(
+        &gw.url("/v1/embeddings"),
+        &json!({"model": "llama", "input": ["a", "b"], "encoding_format": "float"}),
+    )
+    .await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(answer["data"].as_array().unwrap().len(), 2);
+    let got = mock.last_request().unwrap();
+    assert_eq!(got.path, "/v1/embeddings");
+    assert_eq!(got.json()["model"], "meta-llama/Meta-Llama-3-8B-Instruct");
+    let (status, _, _) = post_json(
+        &gw.url("/v1/embeddings"),
+        &json!({"model": "gpt-4o-mini", "input": "a"}),
+    )
+    .await;
+    assert_eq!(status, 200);
+    assert_eq!(
+        mock.last_request().unwrap().path,
+        "/openai/deployments/my-deployment/embeddings?api-version=2024-10-21"
+    );
+}
+
+#[tokio::test]
+async fn provider_key_never_reaches_the_log() {
+    let (mock, gw) = setup().await;
+    mock.push(Behaviour::Drop);
+    mock.push(Behaviour::Json {
+        status: 500,
+        body: json!({"error": {"message": format!("bad key {KEY}")}}),
+    });
+    for _ in 0..2 {
+        post_json(
+            &gw.url("/v1/chat/completions"),
+            &json!({"model": "llama", "messages": []}),
+        )
+        .await;
+    }
+    let log = gw.stderr();
+    assert!(!log.is_empty());
+    assert!(!log.contains(KEY), "{log}");
+}
