@@ -1,0 +1,40 @@
+//! The official OpenAI and Anthropic Python SDKs against the gateway and a mock provider
+//! (tests/sdk/test_sdks.py). `.ci/run` installs the SDKs into a virtualenv and names its Python
+//! in DRAGOMAN_PYTHON; without the SDKs this test fails rather than skipping.
+mod common;
+use common::*;
+
+#[tokio::test]
+async fn official_python_sdks_work_unchanged() {
+    let mock = MockProvider::start().await.unwrap();
+    let url = mock.url();
+    let gw = GatewayProcess::start(&format!(
+        r#"
+providers:
+  oai: {{ kind: openai, endpoints: ["{url}/v1"], api_key: k1 }}
+  ant: {{ kind: anthropic, endpoints: ["{url}"], api_key: k2 }}
+  gem: {{ kind: gemini, endpoints: ["{url}"], api_key: k3 }}
+models:
+  gpt: {{ provider: oai, model: gpt-4o }}
+  claude: {{ provider: ant, model: claude-3-5-haiku-latest }}
+  gemini: {{ provider: gem, model: gemini-2.0-flash }}
+  gemini-embed: {{ provider: gem, model: text-embedding-004 }}
+"#
+    ));
+    let python = std::env::var("DRAGOMAN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_sdks.py");
+    let out = tokio::process::Command::new(&python)
+        .args([script, "-v"])
+        .env("DRAGOMAN_URL", gw.url(""))
+        .env("MOCK_URL", &url)
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK tests failed:\n{report}\n{}",
+        gw.stderr()
+    );
+    assert!(report.contains("OK"), "{report}");
+}
