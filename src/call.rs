@@ -61,6 +61,8 @@ pub struct UpstreamCall {
     pub response_mode: ResponseMode,
     /// OpenAI's `created` for translated responses.
     pub created: u64,
+    /// Instances already serving this call, which a hedged leg avoids.
+    pub instances_in_use: std::sync::Mutex<Vec<pingora_core::protocols::l4::socket::SocketAddr>>,
 }
 
 /// The parts of a plan that depend on the endpoint.
@@ -80,12 +82,23 @@ impl UpstreamCall {
         endpoint: Endpoint,
         body: &Bytes,
     ) -> Result<UpstreamCall, GatewayError> {
+        Self::plan_for(registry, endpoint, body, None)
+    }
+
+    /// Plans the same client request for another model (`model` overrides the one the client
+    /// named), as fallbacks need.
+    pub fn plan_for(
+        registry: &Arc<Registry>,
+        endpoint: Endpoint,
+        body: &Bytes,
+        model: Option<&str>,
+    ) -> Result<UpstreamCall, GatewayError> {
         let planned = match endpoint {
-            Endpoint::ChatCompletions => plan_chat(registry, body)?,
-            Endpoint::Complete => plan_complete(registry, body)?,
-            Endpoint::Messages => plan_messages(registry, body)?,
-            Endpoint::CountTokens => plan_count_tokens(registry, body)?,
-            Endpoint::Embeddings => plan_embeddings(registry, body)?,
+            Endpoint::ChatCompletions => plan_chat(registry, body, model)?,
+            Endpoint::Complete => plan_complete(registry, body, model)?,
+            Endpoint::Messages => plan_messages(registry, body, model)?,
+            Endpoint::CountTokens => plan_count_tokens(registry, body, model)?,
+            Endpoint::Embeddings => plan_embeddings(registry, body, model)?,
             Endpoint::Models => {
                 return Err(GatewayError::new(500, "models are listed, not proxied"));
             }
@@ -116,6 +129,7 @@ impl UpstreamCall {
             body: Bytes::from(body),
             response_mode: mode,
             created: unix_now(),
+            instances_in_use: Default::default(),
         })
     }
 }
@@ -145,9 +159,13 @@ fn stream_mode(stream: bool) -> ResponseMode {
     }
 }
 
-fn plan_chat(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayError> {
+fn plan_chat(
+    registry: &Registry,
+    body: &Bytes,
+    model: Option<&str>,
+) -> Result<Planned, GatewayError> {
     let envelope = frontend::parse_chat_envelope(body)?;
-    let model = lookup(registry, &envelope.model)?;
+    let model = lookup(registry, model.unwrap_or(&envelope.model))?;
     if model.provider.kind.speaks_openai() {
         return Ok(Planned {
             body: spliced(body, &envelope, &model),
@@ -172,9 +190,13 @@ fn plan_chat(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayError>
     })
 }
 
-fn plan_complete(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayError> {
+fn plan_complete(
+    registry: &Registry,
+    body: &Bytes,
+    model: Option<&str>,
+) -> Result<Planned, GatewayError> {
     let (name, mut chat) = frontend::complete_to_chat(body)?;
-    let model = lookup(registry, &name)?;
+    let model = lookup(registry, model.unwrap_or(&name))?;
     let body = if model.provider.kind.speaks_openai() {
         chat["model"] = model.upstream_model.as_str().into();
         chat.to_string().into_bytes()
@@ -191,9 +213,13 @@ fn plan_complete(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayEr
     })
 }
 
-fn plan_messages(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayError> {
+fn plan_messages(
+    registry: &Registry,
+    body: &Bytes,
+    model: Option<&str>,
+) -> Result<Planned, GatewayError> {
     let envelope = frontend::parse_chat_envelope(body)?;
-    let model = lookup(registry, &envelope.model)?;
+    let model = lookup(registry, model.unwrap_or(&envelope.model))?;
     if model.provider.kind == ProviderKind::Anthropic {
         return Ok(Planned {
             body: spliced(body, &envelope, &model),
@@ -226,9 +252,13 @@ fn plan_messages(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayEr
     })
 }
 
-fn plan_count_tokens(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayError> {
+fn plan_count_tokens(
+    registry: &Registry,
+    body: &Bytes,
+    model: Option<&str>,
+) -> Result<Planned, GatewayError> {
     let envelope = frontend::parse_chat_envelope(body)?;
-    let model = lookup(registry, &envelope.model)?;
+    let model = lookup(registry, model.unwrap_or(&envelope.model))?;
     if model.provider.kind != ProviderKind::Anthropic {
         return Err(GatewayError::bad_request(format!(
             "count_tokens is served for Anthropic models only; `{}` is served by a {} provider",
@@ -247,9 +277,13 @@ fn plan_count_tokens(registry: &Registry, body: &Bytes) -> Result<Planned, Gatew
     })
 }
 
-fn plan_embeddings(registry: &Registry, body: &Bytes) -> Result<Planned, GatewayError> {
+fn plan_embeddings(
+    registry: &Registry,
+    body: &Bytes,
+    model: Option<&str>,
+) -> Result<Planned, GatewayError> {
     let envelope = frontend::parse_chat_envelope(body)?;
-    let model = lookup(registry, &envelope.model)?;
+    let model = lookup(registry, model.unwrap_or(&envelope.model))?;
     match model.provider.kind {
         ProviderKind::Openai | ProviderKind::AzureOpenai => Ok(Planned {
             body: spliced(body, &envelope, &model),

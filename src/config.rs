@@ -150,9 +150,79 @@ pub struct ProviderConfig {
     pub headers: BTreeMap<String, String>,
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: HumanDuration,
-    /// Longest wait for the upstream's response, and between two reads of it.
+    /// The whole response (non-streaming), or the first byte (streaming).
     #[serde(default = "default_timeout")]
     pub timeout: HumanDuration,
+    /// Longest gap between two chunks of a stream.
+    #[serde(default = "default_stream_idle_timeout")]
+    pub stream_idle_timeout: HumanDuration,
+    /// Attempts per request across this provider's instances (the first one included).
+    #[serde(default = "default_max_attempts")]
+    pub max_attempts: u32,
+    /// Backoff before the second attempt; doubled for each further one, with jitter.
+    #[serde(default = "default_retry_backoff")]
+    pub retry_backoff: HumanDuration,
+    #[serde(default)]
+    pub health_check: Option<HealthCheckConfig>,
+    #[serde(default)]
+    pub circuit_breaker: Option<BreakerOverrides>,
+}
+
+/// Active health checks: `tcp` (default) or HTTP `{path, interval, expect_status}`.
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheckConfig {
+    /// HTTP path to GET; without it the check is a TCP connect.
+    #[serde(default)]
+    pub path: Option<String>,
+    #[serde(default = "default_health_interval")]
+    pub interval: HumanDuration,
+    #[serde(default = "default_expect_status")]
+    pub expect_status: u16,
+    /// `false` turns active checks off.
+    #[serde(default = "yes")]
+    pub enabled: bool,
+}
+
+impl Default for HealthCheckConfig {
+    fn default() -> Self {
+        HealthCheckConfig {
+            path: None,
+            interval: default_health_interval(),
+            expect_status: default_expect_status(),
+            enabled: true,
+        }
+    }
+}
+
+/// Overrides of the circuit breaker's defaults.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Default)]
+#[serde(deny_unknown_fields)]
+pub struct BreakerOverrides {
+    pub consecutive_failures: Option<u32>,
+    pub failure_rate: Option<f64>,
+    pub min_requests: Option<u32>,
+    pub window: Option<HumanDuration>,
+    pub cooldown: Option<HumanDuration>,
+}
+
+fn yes() -> bool {
+    true
+}
+fn default_health_interval() -> HumanDuration {
+    HumanDuration(Duration::from_secs(5))
+}
+fn default_expect_status() -> u16 {
+    200
+}
+fn default_stream_idle_timeout() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_max_attempts() -> u32 {
+    3
+}
+fn default_retry_backoff() -> HumanDuration {
+    HumanDuration(Duration::from_millis(50))
 }
 
 fn default_anthropic_version() -> String {
@@ -239,6 +309,54 @@ pub struct ModelConfig {
     /// Overrides the provider's `timeout` for this model.
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub connect_timeout: Option<HumanDuration>,
+    #[serde(default)]
+    pub stream_idle_timeout: Option<HumanDuration>,
+    /// Models tried, in order, when this one fails.
+    #[serde(default)]
+    pub fallbacks: Vec<String>,
+    /// Conditions that send a request to the fallbacks (default: all of them).
+    #[serde(default)]
+    pub fallback_on: Option<Vec<FallbackCondition>>,
+    /// Hedged requests: `{after: 2s, max: 1}`.
+    #[serde(default)]
+    pub hedge: Option<HedgeConfig>,
+}
+
+/// When a failed request goes to the next fallback model.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FallbackCondition {
+    /// The upstream answered 429.
+    RateLimited,
+    /// The upstream answered 5xx (529 included), or could not be reached.
+    ServerError,
+    /// No answer within the model's timeout.
+    Timeout,
+    /// The prompt does not fit the model's context window.
+    ContextLength,
+}
+
+pub const ALL_FALLBACK_CONDITIONS: [FallbackCondition; 4] = [
+    FallbackCondition::RateLimited,
+    FallbackCondition::ServerError,
+    FallbackCondition::Timeout,
+    FallbackCondition::ContextLength,
+];
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HedgeConfig {
+    /// Send a second request when no first byte came after this long.
+    pub after: HumanDuration,
+    /// How many extra requests at most.
+    #[serde(default = "one_hedge")]
+    pub max: u32,
+}
+
+fn one_hedge() -> u32 {
+    1
 }
 
 /// A duration written as `30s`, `500ms`, `2m`, or a number of seconds.
@@ -294,6 +412,12 @@ pub struct ProviderSettings {
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub max_attempts: u32,
+    pub retry_backoff: Duration,
+    /// `None`: no active checks.
+    pub health_check: Option<HealthCheckConfig>,
+    pub circuit_breaker: BreakerOverrides,
 }
 
 /// An endpoint's base URL, split into the parts a connection needs.
@@ -381,6 +505,11 @@ pub struct ModelSettings {
     pub upstream_model: String,
     pub default_max_tokens: u32,
     pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    pub fallbacks: Vec<String>,
+    pub fallback_on: Vec<FallbackCondition>,
+    pub hedge: Option<HedgeConfig>,
 }
 
 /// The validated configuration, ready to build the gateway from.
@@ -524,6 +653,11 @@ impl Settings {
                     headers: BTreeMap::new(),
                     connect_timeout: default_connect_timeout(),
                     timeout: default_timeout(),
+                    stream_idle_timeout: default_stream_idle_timeout(),
+                    max_attempts: default_max_attempts(),
+                    retry_backoff: default_retry_backoff(),
+                    health_check: None,
+                    circuit_breaker: None,
                 },
             );
             for model in models {
@@ -534,6 +668,11 @@ impl Settings {
                         model: None,
                         default_max_tokens: None,
                         timeout: None,
+                        connect_timeout: None,
+                        stream_idle_timeout: None,
+                        fallbacks: vec![],
+                        fallback_on: None,
+                        hedge: None,
                     },
                 );
             }
@@ -602,12 +741,45 @@ impl GatewayConfig {
                     "must be greater than 0",
                 ));
             }
+            for (i, fallback) in m.fallbacks.iter().enumerate() {
+                if fallback == name || !self.models.contains_key(fallback) {
+                    return Err(ConfigError::new(
+                        format!("{key}.fallbacks[{i}]"),
+                        format!("`{fallback}` is not another configured model"),
+                    ));
+                }
+            }
+            if let Some(h) = m.hedge {
+                if h.after.0.is_zero() || h.max == 0 {
+                    return Err(ConfigError::new(
+                        format!("{key}.hedge"),
+                        "`after` and `max` must be greater than 0",
+                    ));
+                }
+            }
+            let positive = |d: Option<HumanDuration>, what: &str| match d {
+                Some(HumanDuration(d)) if d.is_zero() => Err(ConfigError::new(
+                    format!("{key}.{what}"),
+                    "must be greater than 0",
+                )),
+                _ => Ok(d.map(|d| d.0)),
+            };
             models.push(ModelSettings {
                 name: name.clone(),
                 provider: m.provider.clone(),
                 upstream_model,
                 default_max_tokens: m.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
-                timeout: m.timeout.map_or(provider.timeout, |t| t.0),
+                timeout: positive(m.timeout, "timeout")?.unwrap_or(provider.timeout),
+                connect_timeout: positive(m.connect_timeout, "connect_timeout")?
+                    .unwrap_or(provider.connect_timeout),
+                stream_idle_timeout: positive(m.stream_idle_timeout, "stream_idle_timeout")?
+                    .unwrap_or(provider.stream_idle_timeout),
+                fallbacks: m.fallbacks.clone(),
+                fallback_on: m
+                    .fallback_on
+                    .clone()
+                    .unwrap_or_else(|| ALL_FALLBACK_CONDITIONS.to_vec()),
+                hedge: m.hedge,
             });
         }
         Ok(Settings {
@@ -726,6 +898,55 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
             "must be greater than 0",
         ));
     }
+    if p.stream_idle_timeout.0.is_zero() {
+        return Err(ConfigError::new(
+            format!("{key}.stream_idle_timeout"),
+            "must be greater than 0",
+        ));
+    }
+    if p.max_attempts == 0 {
+        return Err(ConfigError::new(
+            format!("{key}.max_attempts"),
+            "must be at least 1",
+        ));
+    }
+    let health_check = match &p.health_check {
+        Some(h) if !h.enabled => None,
+        Some(h) => {
+            if h.interval.0.is_zero() {
+                return Err(ConfigError::new(
+                    format!("{key}.health_check.interval"),
+                    "must be greater than 0",
+                ));
+            }
+            if let Some(path) = &h.path {
+                if !path.starts_with('/') {
+                    return Err(ConfigError::new(
+                        format!("{key}.health_check.path"),
+                        "must start with /",
+                    ));
+                }
+            }
+            if !(100..=599).contains(&h.expect_status) {
+                return Err(ConfigError::new(
+                    format!("{key}.health_check.expect_status"),
+                    "must be an HTTP status",
+                ));
+            }
+            Some(h.clone())
+        }
+        None => Some(HealthCheckConfig::default()),
+    };
+    let circuit_breaker = p.circuit_breaker.unwrap_or_default();
+    if circuit_breaker
+        .failure_rate
+        .is_some_and(|r| !(r > 0.0 && r <= 1.0))
+    {
+        return Err(ConfigError::new(
+            format!("{key}.circuit_breaker.failure_rate"),
+            "must be in (0, 1]",
+        ));
+    }
     Ok(ProviderSettings {
         name: name.to_string(),
         kind: p.kind,
@@ -737,6 +958,11 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         headers,
         connect_timeout: p.connect_timeout.0,
         timeout: p.timeout.0,
+        stream_idle_timeout: p.stream_idle_timeout.0,
+        max_attempts: p.max_attempts,
+        retry_backoff: p.retry_backoff.0,
+        health_check,
+        circuit_breaker,
     })
 }
 

@@ -2,7 +2,11 @@
 //! balancers. Held behind an `ArcSwap` so a reload can replace it while requests in flight keep
 //! the one they started with.
 
-use crate::config::{EndpointUrl, ProviderSettings, Secret, Settings};
+use crate::breaker::{BreakerConfig, Breakers};
+use crate::config::{
+    EndpointUrl, FallbackCondition, HealthCheckConfig, HedgeConfig, ProviderSettings, Secret,
+    Settings,
+};
 use crate::discovery::EndpointDiscovery;
 use crate::providers::{AuthPlacement, ProviderKind};
 use bytes::Bytes;
@@ -23,10 +27,14 @@ pub struct Provider {
     pub api_version: Option<String>,
     pub anthropic_version: String,
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
-    pub connect_timeout: Duration,
     pub upstreams: Arc<LoadBalancer<RoundRobin>>,
-    /// Distinct endpoints, which bounds how many instances one request may try.
+    /// Distinct endpoints.
     pub endpoint_count: usize,
+    /// Attempts per request across instances, the first one included.
+    pub max_attempts: u32,
+    pub retry_backoff: Duration,
+    /// Passive health: per-instance circuit breakers shared by all worker threads.
+    pub breakers: Breakers,
 }
 
 pub struct Model {
@@ -37,6 +45,12 @@ pub struct Model {
     pub provider: Arc<Provider>,
     pub default_max_tokens: u32,
     pub timeout: Duration,
+    pub connect_timeout: Duration,
+    pub stream_idle_timeout: Duration,
+    /// Fallback model names, in order.
+    pub fallbacks: Vec<String>,
+    pub fallback_on: Vec<FallbackCondition>,
+    pub hedge: Option<HedgeConfig>,
 }
 
 pub struct Registry {
@@ -79,6 +93,11 @@ impl Registry {
                     provider: provider.clone(),
                     default_max_tokens: m.default_max_tokens,
                     timeout: m.timeout,
+                    connect_timeout: m.connect_timeout,
+                    stream_idle_timeout: m.stream_idle_timeout,
+                    fallbacks: m.fallbacks.clone(),
+                    fallback_on: m.fallback_on.clone(),
+                    hedge: m.hedge,
                 }),
             );
         }
@@ -105,9 +124,28 @@ impl Registry {
 fn build_provider(p: &ProviderSettings) -> Provider {
     let endpoints: Vec<Arc<EndpointUrl>> = p.endpoints.iter().cloned().map(Arc::new).collect();
     let endpoint_count = endpoints.len();
+    let first_host = endpoints.first().map(|e| (e.host.clone(), e.tls));
     let backends = Backends::new(Box::new(EndpointDiscovery::new(endpoints)));
     let mut lb = LoadBalancer::from_backends(backends);
     lb.update_frequency = Some(DNS_REFRESH);
+    if let (Some(hc), Some((host, tls))) = (&p.health_check, first_host) {
+        lb.set_health_check(health_check(hc, &host, tls));
+        lb.health_check_frequency = Some(hc.interval.0);
+        lb.parallel_health_check = true;
+    }
+    let defaults = BreakerConfig::default();
+    let o = &p.circuit_breaker;
+    let breaker_config = BreakerConfig {
+        consecutive_failures: o
+            .consecutive_failures
+            .unwrap_or(defaults.consecutive_failures),
+        failure_rate: o.failure_rate.unwrap_or(defaults.failure_rate),
+        min_requests: o.min_requests.unwrap_or(defaults.min_requests),
+        window: o.window.map_or(defaults.window, |d| d.0),
+        cooldown: o.cooldown.map_or(defaults.cooldown, |d| d.0),
+        probe_timeout: o.cooldown.map_or(defaults.probe_timeout, |d| d.0),
+        ..defaults
+    };
     Provider {
         name: p.name.clone(),
         kind: p.kind,
@@ -116,8 +154,39 @@ fn build_provider(p: &ProviderSettings) -> Provider {
         api_version: p.api_version.clone(),
         anthropic_version: p.anthropic_version.clone(),
         headers: p.headers.clone(),
-        connect_timeout: p.connect_timeout,
         upstreams: Arc::new(lb),
         endpoint_count,
+        max_attempts: p.max_attempts,
+        retry_backoff: p.retry_backoff,
+        breakers: Breakers::new(breaker_config),
     }
+}
+
+/// TCP connect checks, or HTTP GETs of `path` expecting `expect_status`. HTTP checks send the
+/// first endpoint's host name as `Host` and SNI.
+fn health_check(
+    config: &HealthCheckConfig,
+    host: &str,
+    tls: bool,
+) -> Box<dyn pingora_load_balancing::health_check::HealthCheck + Send + Sync> {
+    use pingora_load_balancing::health_check::{HttpHealthCheck, TcpHealthCheck};
+    let Some(path) = &config.path else {
+        return TcpHealthCheck::new();
+    };
+    let mut hc = HttpHealthCheck::new(host, tls);
+    if let Ok(uri) = http::Uri::try_from(path.as_str()) {
+        hc.req.set_uri(uri);
+    }
+    let expected = config.expect_status;
+    hc.validator = Some(Box::new(move |resp: &pingora_http::ResponseHeader| {
+        if resp.status.as_u16() == expected {
+            Ok(())
+        } else {
+            pingora_error::Error::e_explain(
+                pingora_error::ErrorType::Custom("health check failed"),
+                format!("status {} instead of {expected}", resp.status),
+            )
+        }
+    }));
+    Box::new(hc)
 }

@@ -61,7 +61,7 @@ async fn twenty_mebibytes_resent_after_a_refused_connection() {
     let mock = MockProvider::start().await.unwrap();
     let refused = free_port();
     let gw = GatewayProcess::start(&format!(
-        "providers:\n  a: {{ kind: anthropic, api_key: ant-key, endpoints: [\"http://127.0.0.1:{refused}\", \"{}\"] }}\nmodels:\n  claude: {{ provider: a }}\n",
+        "providers:\n  a: {{ kind: anthropic, api_key: ant-key, health_check: {{ enabled: false }}, endpoints: [\"http://127.0.0.1:{refused}\", \"{}\"] }}\nmodels:\n  claude: {{ provider: a }}\n",
         mock.url()
     ));
     let req = big_request("claude", 20 << 20);
@@ -93,7 +93,7 @@ async fn twenty_mebibytes_passed_through_to_openai() {
     let mock = MockProvider::start().await.unwrap();
     let refused = free_port();
     let gw = GatewayProcess::start(&format!(
-        "providers:\n  o: {{ kind: openai, auth: none, endpoints: [\"http://127.0.0.1:{refused}/v1\", \"{}/v1\"] }}\nmodels:\n  m: {{ provider: o, model: upstream-m }}\n",
+        "providers:\n  o: {{ kind: openai, auth: none, health_check: {{ enabled: false }}, endpoints: [\"http://127.0.0.1:{refused}/v1\", \"{}/v1\"] }}\nmodels:\n  m: {{ provider: o, model: upstream-m }}\n",
         mock.url()
     ));
     let req = big_request("m", 20 << 20);

@@ -292,7 +292,7 @@ async fn timeout_is_504_and_connect_failure_is_502() {
 
     let dead = free_port();
     let gw2 = GatewayProcess::start(&format!(
-        "providers:\n  gone: {{ kind: openai, endpoints: [\"http://127.0.0.1:{dead}/v1\"], api_key: k }}\nmodels:\n  m: {{ provider: gone }}\n"
+        "providers:\n  gone: {{ kind: openai, endpoints: [\"http://127.0.0.1:{dead}/v1\"], api_key: k, health_check: {{ enabled: false }} }}\nmodels:\n  m: {{ provider: gone }}\n"
     ));
     let (status, headers, err) = post_json(
         &gw2.url("/v1/chat/completions"),

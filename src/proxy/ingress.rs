@@ -1,21 +1,19 @@
 //! The client's side of a request: read the body (bounded), route it by `model`, plan the
-//! upstream call, and run it as a Pingora subrequest whose response is piped back.
+//! upstream call, and hand it to the dispatcher, which runs it as Pingora subrequests.
 //!
 //! Why a subrequest: routing needs the body, so it is read here, before `upstream_peer`; Pingora
 //! forwards an already-read body only from its 64 KiB retry buffer. The subrequest has no body of
 //! its own, so on every attempt Pingora hands `request_body_filter` an empty end of body, where the
 //! planned bytes (of any size) are put in. Retries to other instances re-send them the same way.
 
-use super::client_watch;
 use super::ctx::RequestCtx;
-use super::respond::{self, Answerer};
+use super::dispatch;
+use super::respond;
 use crate::call::UpstreamCall;
 use crate::error::GatewayError;
 use crate::frontend::{self, ClientProtocol, Endpoint};
 use crate::registry::Registry;
 use bytes::{Bytes, BytesMut};
-use pingora_proxy::subrequest::pipe::{pipe_subrequest, InputBody, InputBodyType};
-use pingora_proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora_proxy::Session;
 use std::sync::Arc;
 
@@ -43,7 +41,8 @@ pub async fn handle(session: &mut Session, registry: Arc<Registry>, ctx: &mut Re
         Err(e) => return reject(session, &e, protocol).await,
     };
     ctx.call = Some(call.clone());
-    run_upstream_leg(session, call).await;
+    let replan = |model: &str| UpstreamCall::plan_for(&registry, endpoint, &body, Some(model));
+    dispatch::run(session, call, &replan).await;
 }
 
 async fn reject(session: &mut Session, error: &GatewayError, protocol: ClientProtocol) {
@@ -103,64 +102,6 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gateway
         Some(buf) => buf.freeze(),
         None => first.unwrap_or_default(),
     })
-}
-
-/// Sends the call through a subrequest and pipes its response to the client.
-async fn run_upstream_leg(session: &mut Session, call: Arc<UpstreamCall>) {
-    let protocol = call.endpoint.protocol();
-    let answerer = || Answerer {
-        model: &call.model.name,
-        provider: &call.model.provider.name,
-    };
-    let Some(spawner) = session.subrequest_spawner.as_ref() else {
-        let e = GatewayError::new(500, "Internal gateway error").with_code("internal_error");
-        return respond::write_error(session, &e, protocol, Some(answerer())).await;
-    };
-    let sub_ctx = SubrequestCtx::builder()
-        .body_mode(BodyMode::NoBody)
-        .user_ctx(Box::new(call.clone()))
-        .build();
-    let (subrequest, handle) = spawner.create_subrequest(session.as_downstream(), sub_ctx);
-    let client_socket = client_watch::duplicate_client_socket(session);
-    let pipe = pipe_subrequest(
-        session,
-        subrequest,
-        handle,
-        |task| Ok(Some(task)),
-        InputBodyType::Preset(InputBody::NoBody),
-    );
-    let piped = match client_socket {
-        Some(socket) => tokio::select! {
-            piped = pipe => piped,
-            () = client_watch::closed(socket) => {
-                // Dropping the pipe closes the subrequest's channel, which makes Pingora abort
-                // its upstream connection.
-                log::debug!("client went away; upstream call to {} cancelled", call.model.provider.name);
-                return;
-            }
-        },
-        None => pipe.await,
-    };
-    let Err(failure) = piped else {
-        return;
-    };
-    // The subrequest reports its failure after writing its error response; forward what it wrote.
-    if failure.from_subreq {
-        if let Some(mut rx) = failure.state.pipe_rx {
-            while let Some(task) = rx.recv().await {
-                if let Err(e) = session.write_response_tasks(vec![task]).await {
-                    log::debug!("client went away: {e}");
-                    return;
-                }
-            }
-        }
-    }
-    if session.response_written().is_none() {
-        let provider = &call.model.provider.name;
-        if let Some(e) = respond::error_for_proxy_failure(&failure.error, provider) {
-            respond::write_error(session, &e, protocol, Some(answerer())).await;
-        }
-    }
 }
 
 /// In the subrequest: the call its parent planned.

@@ -6,6 +6,7 @@
 
 pub mod client_watch;
 pub mod ctx;
+pub mod dispatch;
 pub mod ingress;
 pub mod respond;
 pub mod response;
@@ -73,7 +74,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let call = ctx.call.clone().ok_or_else(no_call)?;
-        upstream::select_peer(&call, ctx)
+        upstream::select_peer(&call, ctx).await
     }
 
     async fn upstream_request_filter(
@@ -127,7 +128,10 @@ impl ProxyHttp for Gateway {
         client_reused: bool,
     ) -> Box<Error> {
         let started = session.response_written().is_some();
-        upstream::on_proxy_error(ctx, started, client_reused, e)
+        match ctx.call.clone() {
+            Some(call) => upstream::on_proxy_error(&call, ctx, started, client_reused, e),
+            None => e,
+        }
     }
 
     async fn upstream_response_filter(
@@ -137,6 +141,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let call = ctx.call.clone().ok_or_else(no_call)?;
+        upstream::on_response_status(&call, ctx, resp)?;
         response::on_response_header(resp, &call, ctx)
     }
 
@@ -180,6 +185,7 @@ impl ProxyHttp for Gateway {
                 let answerer = Answerer {
                     model: &call.model.name,
                     provider,
+                    attempts: ctx.attempts,
                 };
                 respond::write_error(session, &error, call.endpoint.protocol(), Some(answerer))
                     .await;

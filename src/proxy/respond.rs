@@ -11,6 +11,8 @@ use pingora_proxy::Session;
 pub struct Answerer<'a> {
     pub model: &'a str,
     pub provider: &'a str,
+    /// Upstream attempts made (0: not said).
+    pub attempts: u32,
 }
 
 pub async fn write_json(
@@ -25,6 +27,9 @@ pub async fn write_json(
     if let Some(a) = answerer {
         resp.insert_header("x-dragoman-model", a.model)?;
         resp.insert_header("x-dragoman-provider", a.provider)?;
+        if a.attempts > 0 {
+            resp.insert_header(super::dispatch::ATTEMPTS_HEADER, a.attempts)?;
+        }
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await

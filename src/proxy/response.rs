@@ -29,6 +29,7 @@ pub fn on_response_header(
     }
     resp.insert_header("x-dragoman-model", call.model.name.as_str())?;
     resp.insert_header("x-dragoman-provider", call.model.provider.name.as_str())?;
+    resp.insert_header(super::dispatch::ATTEMPTS_HEADER, ctx.attempts.max(1))?;
     let protocol = call.endpoint.protocol();
     ctx.response = if status >= 400 {
         ResponseHandling::Buffer

@@ -1,6 +1,7 @@
 //! The upstream leg: choosing an instance, writing the provider's request, and deciding retries.
 
 use super::ctx::RequestCtx;
+use crate::breaker::{parse_retry_after, FailureKind};
 use crate::call::{encode_component, UpstreamCall};
 use crate::config::EndpointUrl;
 use crate::providers::{AuthPlacement, ProviderKind};
@@ -11,7 +12,7 @@ use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, OrErr, Result};
 use pingora_http::RequestHeader;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Client headers that never reach an upstream: credentials (the gateway's key replaces them),
 /// account selectors, framing (the gateway sets its own), hop-by-hop fields, and
@@ -39,25 +40,38 @@ const STRIPPED_HEADERS: &[&str] = &[
     "expect",
 ];
 
-/// Picks an instance that has not failed this request yet.
-pub fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
-    let provider = &call.model.provider;
+/// Picks an instance for the next attempt: healthy (active checks), circuit not open (passive
+/// health), not failed for this request, and not already serving it in a hedged leg if another
+/// is free. Attempts after the first wait an exponential backoff with jitter.
+pub async fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+    let model = &call.model;
+    let provider = &model.provider;
+    if ctx.attempts > 0 {
+        tokio::time::sleep(backoff(provider.retry_backoff, ctx.attempts)).await;
+    }
+    let now = Instant::now();
     let failed = &ctx.failed_backends;
-    let backend = provider
-        .upstreams
-        .select_with(b"", 256, |b, healthy| healthy && !failed.contains(&b.addr))
-        .ok_or_else(|| {
-            Error::explain(
-                ErrorType::HTTPStatus(503),
-                format!("No instance of provider `{}` is available", provider.name),
-            )
-        })?;
+    let in_use = lock(&call.instances_in_use).clone();
+    let pick = |avoid_in_use: bool| {
+        provider.upstreams.select_with(b"", 256, |b, healthy| {
+            healthy
+                && !failed.contains(&b.addr)
+                && !(avoid_in_use && in_use.contains(&b.addr))
+                && inet(&b.addr).is_some_and(|a| provider.breakers.try_acquire(a, now))
+        })
+    };
+    let backend = pick(true).or_else(|| pick(false)).ok_or_else(|| {
+        Error::explain(
+            ErrorType::HTTPStatus(503),
+            format!("No instance of provider `{}` is available", provider.name),
+        )
+    })?;
     let endpoint = backend
         .ext
         .get::<Arc<EndpointUrl>>()
         .cloned()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "backend without endpoint"))?;
-    let SocketAddr::Inet(addr) = backend.addr else {
+    let Some(addr) = inet(&backend.addr) else {
         return Error::e_explain(
             ErrorType::InternalError,
             "unix socket upstreams are not supported",
@@ -70,14 +84,42 @@ pub fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Box<Http
     };
     let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
     let options = &mut peer.options;
-    options.connection_timeout = Some(provider.connect_timeout);
-    options.total_connection_timeout = Some(provider.connect_timeout * 2);
-    options.read_timeout = Some(call.model.timeout);
+    options.connection_timeout = Some(model.connect_timeout);
+    options.total_connection_timeout = Some(model.connect_timeout * 2);
+    // Streams: the longest gap between chunks. Whole answers: the dispatcher enforces the
+    // model's timeout; this only stops a read from outliving it.
+    options.read_timeout = Some(if call.stream {
+        model.stream_idle_timeout
+    } else {
+        model.timeout
+    });
     options.write_timeout = Some(Duration::from_secs(60));
     options.idle_timeout = Some(Duration::from_secs(90));
+    lock(&call.instances_in_use).push(backend.addr.clone());
     ctx.attempts += 1;
     ctx.backend = Some(backend);
     Ok(Box::new(peer))
+}
+
+fn inet(addr: &SocketAddr) -> Option<std::net::SocketAddr> {
+    match addr {
+        SocketAddr::Inet(a) => Some(*a),
+        _ => None,
+    }
+}
+
+fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// `base * 2^(attempt-1)`, scaled by a random factor in [0.5, 1.5), capped at 5 s.
+fn backoff(base: Duration, attempt: u32) -> Duration {
+    use std::hash::{BuildHasher, Hasher};
+    let exp = base.saturating_mul(1 << attempt.saturating_sub(1).min(16));
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u32(attempt);
+    let jitter = 0.5 + (h.finish() % 1000) as f64 / 1000.0;
+    exp.mul_f64(jitter).min(Duration::from_secs(5))
 }
 
 /// Rewrites the client's request header into the provider's.
@@ -138,23 +180,64 @@ pub fn fill_body(call: &UpstreamCall, body: &mut Option<Bytes>, end_of_stream: b
     });
 }
 
-/// A failed connection: retry on another instance while untried ones remain.
+/// Whether another attempt may follow this one.
+fn may_retry(call: &UpstreamCall, ctx: &RequestCtx) -> bool {
+    let provider = &call.model.provider;
+    ctx.attempts < provider.max_attempts && provider.endpoint_count > ctx.failed_backends.len()
+}
+
+/// Marks the current attempt's instance failed, for this request and its circuit breaker.
+pub fn record_failure(
+    call: &UpstreamCall,
+    ctx: &mut RequestCtx,
+    kind: FailureKind,
+    retry_after: Option<Duration>,
+) {
+    if let Some(b) = ctx.backend.take() {
+        if let Some(addr) = inet(&b.addr) {
+            call.model
+                .provider
+                .breakers
+                .on_failure(addr, kind, retry_after, Instant::now());
+        }
+        ctx.failed_backends.push(b.addr);
+    }
+}
+
+pub fn record_success(call: &UpstreamCall, ctx: &RequestCtx) {
+    if let Some(addr) = ctx.backend.as_ref().and_then(|b| inet(&b.addr)) {
+        call.model
+            .provider
+            .breakers
+            .on_success(addr, Instant::now());
+    }
+}
+
+fn failure_kind(e: &Error) -> FailureKind {
+    match e.etype() {
+        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
+            FailureKind::Timeout
+        }
+        _ => FailureKind::Connect,
+    }
+}
+
+/// A failed connection: retry on another instance while attempts remain.
 pub fn on_connect_failure(
     call: &UpstreamCall,
     ctx: &mut RequestCtx,
     mut e: Box<Error>,
 ) -> Box<Error> {
-    if let Some(b) = ctx.backend.take() {
-        ctx.failed_backends.push(b.addr);
-    }
-    let untried = call.model.provider.endpoint_count > ctx.failed_backends.len();
-    e.set_retry(untried);
+    record_failure(call, ctx, failure_kind(&e), None);
+    e.set_retry(may_retry(call, ctx));
     e
 }
 
-/// An error after connecting. Retried only on a reused pooled connection that the upstream had
-/// closed (nothing was processed), and never once the response started.
+/// An error after connecting: a reused pooled connection that the upstream had closed is retried
+/// (nothing was processed); a timeout or reset before the response started is retried on another
+/// instance; nothing is retried once the response started.
 pub fn on_proxy_error(
+    call: &UpstreamCall,
     ctx: &mut RequestCtx,
     response_started: bool,
     client_reused: bool,
@@ -162,13 +245,53 @@ pub fn on_proxy_error(
 ) -> Box<Error> {
     if response_started {
         e.set_retry(false);
-    } else {
-        e.retry.decide_reuse(client_reused);
-        if !e.retry() {
-            if let Some(b) = ctx.backend.take() {
-                ctx.failed_backends.push(b.addr);
-            }
-        }
+        return e;
+    }
+    if matches!(e.etype(), ErrorType::HTTPStatus(_)) {
+        // Raised by the response filter to retry a 5xx/429; already decided and recorded.
+        return e;
+    }
+    if *e.esource() != pingora_error::ErrorSource::Upstream {
+        e.set_retry(false);
+        return e;
+    }
+    e.retry.decide_reuse(client_reused);
+    if !e.retry() {
+        record_failure(call, ctx, failure_kind(&e), None);
+        e.set_retry(may_retry(call, ctx));
     }
     e
+}
+
+/// An upstream answer's status: 5xx and 429 are retried on another instance while attempts
+/// remain (an `Err` here aborts the attempt before any byte reaches the client).
+pub fn on_response_status(
+    call: &UpstreamCall,
+    ctx: &mut RequestCtx,
+    resp: &pingora_http::ResponseHeader,
+) -> Result<()> {
+    let status = resp.status.as_u16();
+    let kind = match status {
+        429 => FailureKind::Status429,
+        500..=599 => FailureKind::Status5xx,
+        _ => {
+            record_success(call, ctx);
+            return Ok(());
+        }
+    };
+    let retry_after = resp
+        .headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, crate::ids::unix_now()));
+    record_failure(call, ctx, kind, retry_after);
+    if !may_retry(call, ctx) {
+        return Ok(());
+    }
+    let mut e = Error::explain(
+        ErrorType::HTTPStatus(status),
+        format!("status {status}; retrying on another instance"),
+    );
+    e.set_retry(true);
+    Err(e)
 }

@@ -1,0 +1,980 @@
+//! Per-instance circuit breaker (passive health checks).
+//!
+//! Every attempt against an upstream instance reports its outcome here; the
+//! breaker decides whether the instance may receive traffic. State machine per
+//! instance: Closed -> Open -> HalfOpen -> Closed (probe succeeded) or Open
+//! (probe failed).
+//!
+//! Time is passed in (`now`) so tests are deterministic. Callers on different
+//! threads may pass slightly out-of-order instants; all elapsed-time math
+//! saturates so that never panics or reopens early.
+
+use std::collections::{HashMap, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock};
+use std::time::{Duration, Instant};
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerConfig {
+    /// Failures in a row that open the circuit.
+    pub consecutive_failures: u32,
+    /// Failure ratio in the window above which the circuit opens.
+    pub failure_rate: f64,
+    /// Attempts needed in the window before `failure_rate` is considered.
+    pub min_requests: u32,
+    /// Sliding window for the failure ratio.
+    pub window: Duration,
+    /// How long an opened circuit stays open (minimum).
+    pub cooldown: Duration,
+    /// Upper bound for an upstream-supplied Retry-After.
+    pub max_cooldown: Duration,
+    /// After this long an unreported probe stops blocking new probes.
+    pub probe_timeout: Duration,
+}
+
+impl Default for BreakerConfig {
+    fn default() -> Self {
+        let cooldown = Duration::from_secs(30);
+        BreakerConfig {
+            consecutive_failures: 5,
+            failure_rate: 0.5,
+            min_requests: 10,
+            window: Duration::from_secs(30),
+            cooldown,
+            max_cooldown: Duration::from_secs(300),
+            probe_timeout: cooldown,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum FailureKind {
+    Connect,
+    Timeout,
+    Status5xx,
+    Status429,
+}
+
+impl FailureKind {
+    const ALL: [FailureKind; 4] = [
+        FailureKind::Connect,
+        FailureKind::Timeout,
+        FailureKind::Status5xx,
+        FailureKind::Status429,
+    ];
+
+    fn index(self) -> usize {
+        match self {
+            FailureKind::Connect => 0,
+            FailureKind::Timeout => 1,
+            FailureKind::Status5xx => 2,
+            FailureKind::Status429 => 3,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CircuitState {
+    Closed,
+    Open,
+    HalfOpen,
+}
+
+/// Number of buckets the sliding window is split into. Buckets keep memory
+/// bounded regardless of request rate, at the cost of events leaving the
+/// window up to `window / BUCKETS` early.
+const BUCKETS: u32 = 10;
+
+#[derive(Debug, Clone, Copy)]
+struct Bucket {
+    start: Instant,
+    total: u32,
+    failures: u32,
+}
+
+#[derive(Debug, Default)]
+struct Window {
+    buckets: VecDeque<Bucket>,
+}
+
+impl Window {
+    fn evict(&mut self, now: Instant, window: Duration) {
+        while let Some(front) = self.buckets.front() {
+            if now.saturating_duration_since(front.start) >= window {
+                self.buckets.pop_front();
+            } else {
+                break;
+            }
+        }
+    }
+
+    fn record(&mut self, now: Instant, failed: bool, window: Duration) {
+        self.evict(now, window);
+        let width = window / BUCKETS;
+        let fits_last = self
+            .buckets
+            .back()
+            .is_some_and(|b| now.saturating_duration_since(b.start) < width);
+        if !fits_last {
+            self.buckets.push_back(Bucket {
+                start: now,
+                total: 0,
+                failures: 0,
+            });
+        }
+        if let Some(b) = self.buckets.back_mut() {
+            b.total = b.total.saturating_add(1);
+            if failed {
+                b.failures = b.failures.saturating_add(1);
+            }
+        }
+    }
+
+    /// (attempts, failures) currently in the window.
+    fn counts(&self) -> (u64, u64) {
+        self.buckets.iter().fold((0, 0), |(t, f), b| {
+            (t + u64::from(b.total), f + u64::from(b.failures))
+        })
+    }
+
+    fn clear(&mut self) {
+        self.buckets.clear();
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Phase {
+    Closed,
+    /// Stored as start + length rather than a deadline so no `Instant`
+    /// addition (which can overflow) is ever needed.
+    Open {
+        since: Instant,
+        length: Duration,
+    },
+    /// `probe` is when the single probe slot was claimed, if it is out.
+    HalfOpen {
+        probe: Option<Instant>,
+    },
+}
+
+#[derive(Debug)]
+struct Inner {
+    phase: Phase,
+    consecutive: u32,
+    window: Window,
+}
+
+#[derive(Debug)]
+struct InstanceBreaker {
+    /// True whenever the phase is not Closed. Lets the hot path (a healthy
+    /// instance) answer without taking the mutex; a stale read only lets one
+    /// extra request through at the moment of transition.
+    tripped: AtomicBool,
+    inner: Mutex<Inner>,
+    failures: [AtomicU64; 4],
+}
+
+impl InstanceBreaker {
+    fn new() -> Self {
+        InstanceBreaker {
+            tripped: AtomicBool::new(false),
+            inner: Mutex::new(Inner {
+                phase: Phase::Closed,
+                consecutive: 0,
+                window: Window::default(),
+            }),
+            failures: Default::default(),
+        }
+    }
+
+    fn lock(&self) -> MutexGuard<'_, Inner> {
+        // The critical sections cannot leave `Inner` half-updated in a way
+        // that matters, so a poisoned lock is still usable.
+        self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+impl Inner {
+    /// Advances time-driven transitions (Open -> HalfOpen, expired probe) and
+    /// returns the resulting state.
+    fn refresh(&mut self, cfg: &BreakerConfig, now: Instant) -> CircuitState {
+        match self.phase {
+            Phase::Closed => CircuitState::Closed,
+            Phase::Open { since, length } => {
+                if now.saturating_duration_since(since) >= length {
+                    self.phase = Phase::HalfOpen { probe: None };
+                    CircuitState::HalfOpen
+                } else {
+                    CircuitState::Open
+                }
+            }
+            Phase::HalfOpen { probe } => {
+                // A probe whose outcome never arrives must not wedge the
+                // instance forever.
+                if probe.is_some_and(|at| now.saturating_duration_since(at) >= cfg.probe_timeout) {
+                    self.phase = Phase::HalfOpen { probe: None };
+                }
+                CircuitState::HalfOpen
+            }
+        }
+    }
+
+    fn open(&mut self, now: Instant, length: Duration) {
+        self.phase = Phase::Open { since: now, length };
+    }
+
+    fn close(&mut self) {
+        self.phase = Phase::Closed;
+        self.consecutive = 0;
+        self.window.clear();
+    }
+}
+
+/// How long to stay open: at least `cooldown`, longer if the upstream asked
+/// (capped so a hostile or buggy Retry-After cannot ban an instance forever).
+fn open_length(cfg: &BreakerConfig, retry_after: Option<Duration>) -> Duration {
+    let asked = retry_after.unwrap_or(Duration::ZERO).min(cfg.max_cooldown);
+    cfg.cooldown.max(asked)
+}
+
+/// Circuit breakers for all upstream instances, shared by all worker threads.
+#[derive(Debug)]
+pub struct Breakers {
+    config: BreakerConfig,
+    map: RwLock<HashMap<SocketAddr, Arc<InstanceBreaker>>>,
+}
+
+impl Breakers {
+    pub fn new(config: BreakerConfig) -> Self {
+        Breakers {
+            config,
+            map: RwLock::new(HashMap::new()),
+        }
+    }
+
+    fn get(&self, addr: SocketAddr) -> Option<Arc<InstanceBreaker>> {
+        let map = self.map.read().unwrap_or_else(|e| e.into_inner());
+        map.get(&addr).cloned()
+    }
+
+    fn get_or_create(&self, addr: SocketAddr) -> Arc<InstanceBreaker> {
+        if let Some(b) = self.get(addr) {
+            return b;
+        }
+        let mut map = self.map.write().unwrap_or_else(|e| e.into_inner());
+        Arc::clone(
+            map.entry(addr)
+                .or_insert_with(|| Arc::new(InstanceBreaker::new())),
+        )
+    }
+
+    /// May an attempt go to `addr` now? In HalfOpen, `true` claims the single
+    /// probe slot; its outcome must be reported (or `on_abandoned` called).
+    pub fn try_acquire(&self, addr: SocketAddr, now: Instant) -> bool {
+        let Some(b) = self.get(addr) else {
+            return true;
+        };
+        if !b.tripped.load(Ordering::Acquire) {
+            return true;
+        }
+        let mut inner = b.lock();
+        match inner.refresh(&self.config, now) {
+            CircuitState::Closed => true,
+            CircuitState::Open => false,
+            CircuitState::HalfOpen => match inner.phase {
+                Phase::HalfOpen { probe: None } => {
+                    inner.phase = Phase::HalfOpen { probe: Some(now) };
+                    true
+                }
+                _ => false,
+            },
+        }
+    }
+
+    /// Read-only check (no probe claimed), for choosing among candidates.
+    /// HalfOpen is reported even while the probe is out; `try_acquire` is
+    /// the authority on whether a request may actually go.
+    pub fn state(&self, addr: SocketAddr, now: Instant) -> CircuitState {
+        let Some(b) = self.get(addr) else {
+            return CircuitState::Closed;
+        };
+        if !b.tripped.load(Ordering::Acquire) {
+            return CircuitState::Closed;
+        }
+        let mut inner = b.lock();
+        inner.refresh(&self.config, now)
+    }
+
+    /// Reports a successful attempt. In HalfOpen any success is taken as the
+    /// probe's (the API carries no probe token) and closes the circuit.
+    pub fn on_success(&self, addr: SocketAddr, now: Instant) {
+        // Unknown instances have no failures to forget.
+        let Some(b) = self.get(addr) else {
+            return;
+        };
+        let mut inner = b.lock();
+        match inner.refresh(&self.config, now) {
+            CircuitState::Closed => {
+                inner.consecutive = 0;
+                inner.window.record(now, false, self.config.window);
+            }
+            // A request started before the circuit opened says little about
+            // the instance now; wait for the cooldown and a real probe.
+            CircuitState::Open => {}
+            CircuitState::HalfOpen => {
+                inner.close();
+                b.tripped.store(false, Ordering::Release);
+            }
+        }
+    }
+
+    /// Reports a failed attempt. `retry_after` is the upstream's Retry-After,
+    /// if any; for a 429 it opens the circuit immediately.
+    pub fn on_failure(
+        &self,
+        addr: SocketAddr,
+        kind: FailureKind,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) {
+        let cfg = &self.config;
+        let b = self.get_or_create(addr);
+        b.failures[kind.index()].fetch_add(1, Ordering::Relaxed);
+        // "Retry after 0 s" is no request to back off.
+        let retry_after = retry_after.filter(|d| !d.is_zero());
+        let rate_limited = kind == FailureKind::Status429 && retry_after.is_some();
+
+        let mut inner = b.lock();
+        match inner.refresh(cfg, now) {
+            CircuitState::Closed => {
+                inner.consecutive = inner.consecutive.saturating_add(1);
+                inner.window.record(now, true, cfg.window);
+                let (total, failed) = inner.window.counts();
+                let rate_tripped = total > 0
+                    && total >= u64::from(cfg.min_requests)
+                    && failed as f64 / total as f64 > cfg.failure_rate;
+                if rate_limited || inner.consecutive >= cfg.consecutive_failures || rate_tripped {
+                    inner.open(now, open_length(cfg, retry_after));
+                    b.tripped.store(true, Ordering::Release);
+                }
+            }
+            CircuitState::Open => {
+                // Late failures from requests already in flight do not
+                // extend the cooldown, but a fresh, longer rate-limit does.
+                if let (true, Phase::Open { since, length }) = (rate_limited, inner.phase) {
+                    let remaining = length.saturating_sub(now.saturating_duration_since(since));
+                    let wanted = open_length(cfg, retry_after);
+                    if wanted > remaining {
+                        inner.open(now, wanted);
+                    }
+                }
+            }
+            CircuitState::HalfOpen => {
+                inner.open(now, open_length(cfg, retry_after));
+            }
+        }
+    }
+
+    /// Release a claimed probe whose outcome will never come (cancelled
+    /// request). Only call it for attempts that were admitted by
+    /// `try_acquire`; in HalfOpen it cannot tell a probe from a stale request.
+    pub fn on_abandoned(&self, addr: SocketAddr) {
+        let Some(b) = self.get(addr) else {
+            return;
+        };
+        let mut inner = b.lock();
+        if let Phase::HalfOpen { probe: Some(_) } = inner.phase {
+            inner.phase = Phase::HalfOpen { probe: None };
+        }
+    }
+
+    /// Failure counts by kind since start, for metrics. Every kind is present
+    /// (zero if none) so exported series are stable.
+    pub fn failures(&self, addr: SocketAddr) -> HashMap<FailureKind, u64> {
+        let b = self.get(addr);
+        FailureKind::ALL
+            .iter()
+            .map(|&k| {
+                let n = b
+                    .as_ref()
+                    .map_or(0, |b| b.failures[k.index()].load(Ordering::Relaxed));
+                (k, n)
+            })
+            .collect()
+    }
+}
+
+/// Parses an HTTP Retry-After value: delta-seconds ("120"), or an HTTP-date
+/// (IMF-fixdate, e.g. "Wed, 21 Oct 2015 07:28:00 GMT") relative to `now_unix`
+/// seconds; None if unparseable or in the past.
+///
+/// The obsolete RFC 850 and asctime date forms are not accepted; ignoring a
+/// Retry-After only means falling back to the normal failure handling.
+pub fn parse_retry_after(value: &str, now_unix: u64) -> Option<Duration> {
+    let value = value.trim();
+    if value.is_empty() {
+        return None;
+    }
+    if value.bytes().all(|c| c.is_ascii_digit()) {
+        // Saturate instead of failing: a huge value still means "back off",
+        // and the breaker caps it anyway.
+        let secs = value.bytes().fold(0u64, |acc, c| {
+            acc.saturating_mul(10).saturating_add(u64::from(c - b'0'))
+        });
+        return Some(Duration::from_secs(secs));
+    }
+    let at = parse_imf_fixdate(value)?;
+    (at > now_unix).then(|| Duration::from_secs(at - now_unix))
+}
+
+/// Parses "Sun, 06 Nov 1994 08:49:37 GMT" into Unix seconds. Dates before
+/// 1970 are rejected (they are in the past for any caller anyway).
+fn parse_imf_fixdate(s: &str) -> Option<u64> {
+    const DAYS: [&[u8]; 7] = [b"Mon", b"Tue", b"Wed", b"Thu", b"Fri", b"Sat", b"Sun"];
+    const MONTHS: [&[u8]; 12] = [
+        b"Jan", b"Feb", b"Mar", b"Apr", b"May", b"Jun", b"Jul", b"Aug", b"Sep", b"Oct", b"Nov",
+        b"Dec",
+    ];
+    let b = s.as_bytes();
+    if b.len() != 29 {
+        return None;
+    }
+    // Fixed punctuation positions of the format.
+    let fixed = [
+        (3, b','),
+        (4, b' '),
+        (7, b' '),
+        (11, b' '),
+        (16, b' '),
+        (19, b':'),
+        (22, b':'),
+        (25, b' '),
+    ];
+    if fixed.iter().any(|&(i, c)| b[i] != c) || &b[26..29] != b"GMT" {
+        return None;
+    }
+    // The weekday is redundant; only check it is well-formed.
+    if !DAYS.contains(&&b[0..3]) {
+        return None;
+    }
+    let month = MONTHS.iter().position(|m| *m == &b[8..11])? as u64 + 1;
+    let day = digits(&b[5..7])?;
+    let year = digits(&b[12..16])?;
+    let hour = digits(&b[17..19])?;
+    let min = digits(&b[20..22])?;
+    let sec = digits(&b[23..25])?;
+    // sec 60 allows a leap second.
+    if year < 1970 || hour > 23 || min > 59 || sec > 60 {
+        return None;
+    }
+    if day == 0 || day > days_in_month(year, month) {
+        return None;
+    }
+    let days = days_since_epoch(year, month, day);
+    Some(days * 86_400 + hour * 3_600 + min * 60 + sec)
+}
+
+fn digits(b: &[u8]) -> Option<u64> {
+    b.iter().try_fold(0u64, |acc, &c| {
+        c.is_ascii_digit().then(|| acc * 10 + u64::from(c - b'0'))
+    })
+}
+
+fn is_leap(year: u64) -> bool {
+    (year.is_multiple_of(4) && !year.is_multiple_of(100)) || year.is_multiple_of(400)
+}
+
+fn days_in_month(year: u64, month: u64) -> u64 {
+    match month {
+        2 if is_leap(year) => 29,
+        2 => 28,
+        4 | 6 | 9 | 11 => 30,
+        _ => 31,
+    }
+}
+
+/// Days from 1970-01-01 to the given date (year >= 1970); Hinnant's
+/// days_from_civil restricted to non-negative years.
+fn days_since_epoch(year: u64, month: u64, day: u64) -> u64 {
+    let y = if month <= 2 { year - 1 } else { year };
+    let era = y / 400;
+    let yoe = y - era * 400;
+    let mp = (month + 9) % 12; // March = 0
+    let doy = (153 * mp + 2) / 5 + day - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    // 719_468 = days from 0000-03-01 to 1970-01-01.
+    era * 146_097 + doe - 719_468
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::Barrier;
+    use std::thread;
+
+    fn addr(port: u16) -> SocketAddr {
+        SocketAddr::from(([10, 0, 0, 1], port))
+    }
+
+    fn secs(n: u64) -> Duration {
+        Duration::from_secs(n)
+    }
+
+    /// Trips `a` open at `t0` with default config (5 consecutive failures).
+    fn trip(b: &Breakers, a: SocketAddr, t0: Instant) {
+        for _ in 0..5 {
+            b.on_failure(a, FailureKind::Connect, None, t0);
+        }
+        assert_eq!(b.state(a, t0), CircuitState::Open);
+    }
+
+    #[test]
+    fn opens_after_consecutive_failures() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        assert!(b.try_acquire(a, t0));
+        for _ in 0..4 {
+            b.on_failure(a, FailureKind::Timeout, None, t0);
+        }
+        assert_eq!(b.state(a, t0), CircuitState::Closed);
+        assert!(b.try_acquire(a, t0));
+        b.on_failure(a, FailureKind::Status5xx, None, t0);
+        assert_eq!(b.state(a, t0), CircuitState::Open);
+        assert!(!b.try_acquire(a, t0));
+    }
+
+    #[test]
+    fn success_resets_consecutive_count() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            b.on_failure(a, FailureKind::Connect, None, t0);
+        }
+        b.on_success(a, t0);
+        for _ in 0..4 {
+            b.on_failure(a, FailureKind::Connect, None, t0);
+        }
+        // 8 of 9 failed, but below min_requests and never 5 in a row.
+        assert_eq!(b.state(a, t0), CircuitState::Closed);
+        b.on_failure(a, FailureKind::Connect, None, t0);
+        assert_eq!(b.state(a, t0), CircuitState::Open);
+    }
+
+    fn rate_config() -> BreakerConfig {
+        BreakerConfig {
+            consecutive_failures: 100,
+            ..BreakerConfig::default()
+        }
+    }
+
+    #[test]
+    fn opens_on_failure_rate_only_above_min_requests() {
+        let b = Breakers::new(rate_config());
+        let a = addr(1);
+        let t0 = Instant::now();
+        // F S F S F S F S F: 5/9 > 0.5 but only 9 attempts.
+        for i in 0..9 {
+            if i % 2 == 0 {
+                b.on_failure(a, FailureKind::Status5xx, None, t0);
+            } else {
+                b.on_success(a, t0);
+            }
+        }
+        assert_eq!(b.state(a, t0), CircuitState::Closed);
+        // 6/10 > 0.5 with 10 attempts.
+        b.on_failure(a, FailureKind::Status5xx, None, t0);
+        assert_eq!(b.state(a, t0), CircuitState::Open);
+    }
+
+    #[test]
+    fn failure_rate_must_exceed_threshold() {
+        let b = Breakers::new(rate_config());
+        let a = addr(1);
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            b.on_success(a, t0);
+        }
+        for _ in 0..5 {
+            b.on_failure(a, FailureKind::Timeout, None, t0);
+        }
+        // Exactly 0.5 is not above 0.5.
+        assert_eq!(b.state(a, t0), CircuitState::Closed);
+    }
+
+    #[test]
+    fn old_events_leave_the_window() {
+        let b = Breakers::new(rate_config());
+        let a = addr(1);
+        let t0 = Instant::now();
+        for _ in 0..6 {
+            b.on_failure(a, FailureKind::Connect, None, t0);
+        }
+        for _ in 0..3 {
+            b.on_success(a, t0);
+        }
+        // Had the first 9 stayed, this would be 7/10 and open.
+        let later = t0 + secs(31);
+        b.on_failure(a, FailureKind::Connect, None, later);
+        assert_eq!(b.state(a, later), CircuitState::Closed);
+        // Fresh events still count.
+        for _ in 0..5 {
+            b.on_success(a, later);
+        }
+        for _ in 0..4 {
+            b.on_failure(a, FailureKind::Connect, None, later);
+        }
+        assert_eq!(b.state(a, later), CircuitState::Closed); // 5/10
+        b.on_failure(a, FailureKind::Connect, None, later); // 6/11
+        assert_eq!(b.state(a, later), CircuitState::Open);
+    }
+
+    #[test]
+    fn rate_limit_with_retry_after_opens_for_that_long() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        b.on_failure(a, FailureKind::Status429, Some(secs(120)), t0);
+        assert_eq!(b.state(a, t0), CircuitState::Open);
+        assert!(!b.try_acquire(a, t0 + secs(119)));
+        assert_eq!(b.state(a, t0 + secs(120)), CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn rate_limit_retry_after_is_capped() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        b.on_failure(a, FailureKind::Status429, Some(secs(3600)), t0);
+        assert_eq!(b.state(a, t0 + secs(299)), CircuitState::Open);
+        assert_eq!(b.state(a, t0 + secs(300)), CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn short_retry_after_still_waits_cooldown() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        b.on_failure(a, FailureKind::Status429, Some(secs(5)), t0);
+        assert_eq!(b.state(a, t0 + secs(29)), CircuitState::Open);
+        assert_eq!(b.state(a, t0 + secs(30)), CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn rate_limit_without_retry_after_counts_normally() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        for _ in 0..4 {
+            b.on_failure(a, FailureKind::Status429, None, t0);
+        }
+        assert_eq!(b.state(a, t0), CircuitState::Closed);
+        b.on_failure(a, FailureKind::Status429, Some(Duration::ZERO), t0);
+        assert_eq!(b.state(a, t0), CircuitState::Open);
+        assert_eq!(b.state(a, t0 + secs(30)), CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn longer_rate_limit_extends_open_circuit() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        trip(&b, a, t0);
+        // A late plain failure does not extend the cooldown...
+        b.on_failure(a, FailureKind::Connect, None, t0 + secs(20));
+        // ...but an explicit longer Retry-After does.
+        b.on_failure(a, FailureKind::Status429, Some(secs(60)), t0 + secs(10));
+        assert_eq!(b.state(a, t0 + secs(69)), CircuitState::Open);
+        assert_eq!(b.state(a, t0 + secs(70)), CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn cooldown_then_single_probe_success_closes() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        trip(&b, a, t0);
+        assert!(!b.try_acquire(a, t0 + secs(29)));
+        // A stale success while open does not close it.
+        b.on_success(a, t0 + secs(29));
+        assert_eq!(b.state(a, t0 + secs(29)), CircuitState::Open);
+
+        let t1 = t0 + secs(30);
+        assert_eq!(b.state(a, t1), CircuitState::HalfOpen);
+        assert!(b.try_acquire(a, t1), "probe admitted");
+        assert!(!b.try_acquire(a, t1), "second caller refused");
+        assert_eq!(b.state(a, t1), CircuitState::HalfOpen);
+        b.on_success(a, t1);
+        assert_eq!(b.state(a, t1), CircuitState::Closed);
+        assert!(b.try_acquire(a, t1));
+        assert!(b.try_acquire(a, t1));
+        // Counters were reset: 4 failures do not reopen.
+        for _ in 0..4 {
+            b.on_failure(a, FailureKind::Connect, None, t1);
+        }
+        assert_eq!(b.state(a, t1), CircuitState::Closed);
+    }
+
+    #[test]
+    fn probe_failure_reopens_for_another_cooldown() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        trip(&b, a, t0);
+        let t1 = t0 + secs(30);
+        assert!(b.try_acquire(a, t1));
+        b.on_failure(a, FailureKind::Timeout, None, t1);
+        assert_eq!(b.state(a, t1), CircuitState::Open);
+        assert!(!b.try_acquire(a, t1 + secs(29)));
+        assert!(b.try_acquire(a, t1 + secs(30)));
+    }
+
+    #[test]
+    fn probe_rate_limit_reopens_for_retry_after() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        trip(&b, a, t0);
+        let t1 = t0 + secs(30);
+        assert!(b.try_acquire(a, t1));
+        b.on_failure(a, FailureKind::Status429, Some(secs(90)), t1);
+        assert!(!b.try_acquire(a, t1 + secs(89)));
+        assert!(b.try_acquire(a, t1 + secs(90)));
+    }
+
+    #[test]
+    fn abandoned_probe_frees_the_slot() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        trip(&b, a, t0);
+        let t1 = t0 + secs(30);
+        assert!(b.try_acquire(a, t1));
+        assert!(!b.try_acquire(a, t1));
+        b.on_abandoned(a);
+        assert!(b.try_acquire(a, t1));
+        assert!(!b.try_acquire(a, t1));
+    }
+
+    #[test]
+    fn unreported_probe_expires_after_probe_timeout() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        trip(&b, a, t0);
+        let t1 = t0 + secs(30);
+        assert!(b.try_acquire(a, t1));
+        assert!(!b.try_acquire(a, t1 + secs(29)));
+        assert!(b.try_acquire(a, t1 + secs(30)), "slot freed by timeout");
+        assert!(!b.try_acquire(a, t1 + secs(30)), "and claimed again");
+    }
+
+    #[test]
+    fn abandon_outside_half_open_is_harmless() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        b.on_abandoned(a);
+        trip(&b, a, t0);
+        b.on_abandoned(a);
+        assert_eq!(b.state(a, t0), CircuitState::Open);
+    }
+
+    #[test]
+    fn instances_are_independent() {
+        let b = Breakers::new(BreakerConfig::default());
+        let (a, c) = (addr(1), addr(2));
+        let t0 = Instant::now();
+        trip(&b, a, t0);
+        assert_eq!(b.state(c, t0), CircuitState::Closed);
+        assert!(b.try_acquire(c, t0));
+        assert!(!b.try_acquire(a, t0));
+        assert_eq!(b.failures(c)[&FailureKind::Connect], 0);
+    }
+
+    #[test]
+    fn failures_counted_by_kind() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        b.on_failure(a, FailureKind::Connect, None, t0);
+        b.on_failure(a, FailureKind::Timeout, None, t0);
+        b.on_failure(a, FailureKind::Timeout, None, t0);
+        b.on_failure(a, FailureKind::Status429, Some(secs(60)), t0);
+        // Counted even while open.
+        b.on_failure(a, FailureKind::Status5xx, None, t0);
+        let f = b.failures(a);
+        assert_eq!(f.len(), 4);
+        assert_eq!(f[&FailureKind::Connect], 1);
+        assert_eq!(f[&FailureKind::Timeout], 2);
+        assert_eq!(f[&FailureKind::Status5xx], 1);
+        assert_eq!(f[&FailureKind::Status429], 1);
+    }
+
+    #[test]
+    fn concurrent_probe_is_exclusive() {
+        let b = Arc::new(Breakers::new(BreakerConfig::default()));
+        let a = addr(1);
+        let t0 = Instant::now();
+        trip(&b, a, t0);
+        let t1 = t0 + secs(30);
+        let n = 8;
+        let barrier = Arc::new(Barrier::new(n));
+        let handles: Vec<_> = (0..n)
+            .map(|_| {
+                let (b, barrier) = (Arc::clone(&b), Arc::clone(&barrier));
+                thread::spawn(move || {
+                    barrier.wait();
+                    b.try_acquire(a, t1)
+                })
+            })
+            .collect();
+        let admitted = handles
+            .into_iter()
+            .map(|h| h.join().unwrap())
+            .filter(|&ok| ok)
+            .count();
+        assert_eq!(admitted, 1);
+    }
+
+    #[test]
+    fn concurrency_smoke() {
+        let b = Arc::new(Breakers::new(BreakerConfig::default()));
+        let a = addr(1);
+        let t0 = Instant::now();
+        let threads = 8u64;
+        let iters = 2_000u64;
+        let handles: Vec<_> = (0..threads)
+            .map(|t| {
+                let b = Arc::clone(&b);
+                thread::spawn(move || {
+                    let mut failed = 0u64;
+                    for i in 0..iters {
+                        // Instants deliberately interleave out of order
+                        // across threads.
+                        let now = t0 + Duration::from_millis(i * 50 + t * 7);
+                        let _ = b.state(a, now);
+                        if b.try_acquire(a, now) {
+                            match (i + t) % 4 {
+                                0 => b.on_success(a, now),
+                                1 => b.on_abandoned(a),
+                                2 => {
+                                    b.on_failure(a, FailureKind::Status429, Some(secs(1)), now);
+                                    failed += 1;
+                                }
+                                _ => {
+                                    b.on_failure(a, FailureKind::Timeout, None, now);
+                                    failed += 1;
+                                }
+                            }
+                        }
+                    }
+                    failed
+                })
+            })
+            .collect();
+        let expected: u64 = handles.into_iter().map(|h| h.join().unwrap()).sum();
+        let counted: u64 = b.failures(a).values().sum();
+        assert_eq!(counted, expected);
+
+        // Still a working state machine afterwards, whatever state the race
+        // left it in: a 429 opens it from any state.
+        let end = t0 + Duration::from_millis(iters * 50) + b.config.max_cooldown;
+        b.on_failure(a, FailureKind::Status429, Some(secs(1)), end);
+        assert_eq!(b.state(a, end), CircuitState::Open);
+        let end = end + b.config.cooldown;
+        assert_eq!(b.state(a, end), CircuitState::HalfOpen);
+        assert!(b.try_acquire(a, end));
+        assert!(!b.try_acquire(a, end));
+        b.on_success(a, end);
+        assert_eq!(b.state(a, end), CircuitState::Closed);
+    }
+
+    #[test]
+    fn out_of_order_instants_do_not_panic() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now() + secs(100);
+        trip(&b, a, t0);
+        let earlier = t0 - secs(50);
+        assert_eq!(b.state(a, earlier), CircuitState::Open);
+        b.on_failure(a, FailureKind::Status429, Some(secs(10)), earlier);
+        b.on_success(a, earlier);
+        assert_eq!(b.state(a, t0 + secs(30)), CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn retry_after_seconds() {
+        assert_eq!(parse_retry_after("120", 0), Some(secs(120)));
+        assert_eq!(parse_retry_after(" 7 ", 0), Some(secs(7)));
+        assert_eq!(parse_retry_after("0", 0), Some(Duration::ZERO));
+        assert_eq!(
+            parse_retry_after("99999999999999999999999", 0),
+            Some(Duration::from_secs(u64::MAX))
+        );
+    }
+
+    #[test]
+    fn retry_after_date_in_future() {
+        // 2015-10-21T07:28:00Z
+        let at = 1_445_412_480;
+        let v = "Wed, 21 Oct 2015 07:28:00 GMT";
+        assert_eq!(parse_retry_after(v, at - 60), Some(secs(60)));
+        assert_eq!(
+            parse_retry_after("Thu, 01 Jan 1970 00:00:10 GMT", 0),
+            Some(secs(10))
+        );
+        // Leap day and year boundary.
+        assert_eq!(
+            parse_imf_fixdate("Thu, 29 Feb 2024 12:00:00 GMT"),
+            Some(1_709_208_000)
+        );
+        assert_eq!(
+            parse_imf_fixdate("Fri, 31 Dec 1999 23:59:59 GMT"),
+            Some(946_684_799)
+        );
+        assert_eq!(
+            parse_imf_fixdate("Sun, 06 Nov 1994 08:49:37 GMT"),
+            Some(784_111_777)
+        );
+    }
+
+    #[test]
+    fn retry_after_date_in_past_or_now() {
+        let at = 1_445_412_480;
+        let v = "Wed, 21 Oct 2015 07:28:00 GMT";
+        assert_eq!(parse_retry_after(v, at), None);
+        assert_eq!(parse_retry_after(v, at + 1), None);
+        assert_eq!(parse_retry_after("Mon, 01 Jan 1900 00:00:00 GMT", 0), None);
+    }
+
+    #[test]
+    fn retry_after_garbage() {
+        for v in [
+            "",
+            "   ",
+            "-5",
+            "+5",
+            "1.5",
+            "soon",
+            "12 s",
+            "Wed, 21 Oct 2015 07:28:00 UTC",
+            "Wed, 21 Oct 2015 07:28:00",
+            "Wed, 32 Oct 2015 07:28:00 GMT",
+            "Wed, 29 Feb 2015 07:28:00 GMT",
+            "Wed, 21 Foo 2015 07:28:00 GMT",
+            "Xyz, 21 Oct 2015 07:28:00 GMT",
+            "Wed, 21 Oct 2015 24:00:00 GMT",
+            "Wed, 21 Oct 2015 07:60:00 GMT",
+            "Wed,21 Oct 2015 07:28:00 GMT ",
+            "Wed, 2a Oct 2015 07:28:00 GMT",
+            "Wednesday, 21-Oct-15 07:28:00 GMT",
+            "Wed Oct 21 07:28:00 2015",
+            "Wed, 21 Oct 2015 07:28:00 GMT\u{e9}",
+        ] {
+            assert_eq!(parse_retry_after(v, 0), None, "{v:?}");
+        }
+    }
+}
