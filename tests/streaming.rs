@@ -28,14 +28,14 @@ data: {"type":"message_stop"}"#,
     .collect()
 }
 
-async fn gateway(kind: &str, mock: &MockProvider, timeout: &str) -> GatewayProcess {
+async fn gateway(kind: &str, mock: &MockProvider, timeouts: &str) -> GatewayProcess {
     let base = if kind == "openai" {
         format!("{}/v1", mock.url())
     } else {
         mock.url()
     };
     GatewayProcess::start(&format!(
-        "providers:\n  p: {{ kind: {kind}, endpoints: [\"{base}\"], api_key: k, timeout: {timeout} }}\nmodels:\n  m: {{ provider: p }}\n"
+        "providers:\n  p: {{ kind: {kind}, endpoints: [\"{base}\"], api_key: k, {timeouts} }}\nmodels:\n  m: {{ provider: p }}\n"
     ))
 }
 
@@ -69,7 +69,7 @@ async fn read_all(resp: reqwest::Response) -> String {
 #[tokio::test]
 async fn first_chunk_arrives_while_the_upstream_holds_the_rest() {
     let mock = MockProvider::start().await.unwrap();
-    let gw = gateway("anthropic", &mock, "30s").await;
+    let gw = gateway("anthropic", &mock, "timeout: 30s").await;
     mock.push(Behaviour::Sse {
         events: anthropic_events(),
         interval: Duration::ZERO,
@@ -104,7 +104,7 @@ async fn first_chunk_arrives_while_the_upstream_holds_the_rest() {
 async fn upstream_cut_mid_stream_ends_with_an_error_event() {
     for kind in ["anthropic", "openai"] {
         let mock = MockProvider::start().await.unwrap();
-        let gw = gateway(kind, &mock, "30s").await;
+        let gw = gateway(kind, &mock, "timeout: 30s").await;
         let events = if kind == "anthropic" {
             anthropic_events()[..3].to_vec()
         } else {
@@ -130,7 +130,7 @@ async fn upstream_cut_mid_stream_ends_with_an_error_event() {
 async fn upstream_closing_without_terminal_event_is_an_error_event() {
     for kind in ["anthropic", "openai"] {
         let mock = MockProvider::start().await.unwrap();
-        let gw = gateway(kind, &mock, "30s").await;
+        let gw = gateway(kind, &mock, "timeout: 30s").await;
         let events = if kind == "anthropic" {
             anthropic_events()[..4].to_vec()
         } else {
@@ -151,7 +151,7 @@ async fn upstream_closing_without_terminal_event_is_an_error_event() {
 #[tokio::test]
 async fn upstream_error_event_mid_stream_reaches_the_client() {
     let mock = MockProvider::start().await.unwrap();
-    let gw = gateway("anthropic", &mock, "30s").await;
+    let gw = gateway("anthropic", &mock, "timeout: 30s").await;
     let mut events = anthropic_events()[..3].to_vec();
     events.push("event: error\ndata: {\"type\":\"error\",\"error\":{\"type\":\"overloaded_error\",\"message\":\"Overloaded\"}}\n\n".into());
     mock.push(Behaviour::Sse {
@@ -170,7 +170,7 @@ async fn upstream_error_event_mid_stream_reaches_the_client() {
 #[tokio::test]
 async fn stalled_stream_times_out_with_an_error_event() {
     let mock = MockProvider::start().await.unwrap();
-    let gw = gateway("anthropic", &mock, "500ms").await;
+    let gw = gateway("anthropic", &mock, "stream_idle_timeout: 500ms").await;
     mock.push(Behaviour::Sse {
         events: anthropic_events(),
         interval: Duration::ZERO,
@@ -187,7 +187,7 @@ async fn stalled_stream_times_out_with_an_error_event() {
 async fn client_disconnect_cancels_the_upstream_call() {
     for held in [true, false] {
         let mock = MockProvider::start().await.unwrap();
-        let gw = gateway("anthropic", &mock, "60s").await;
+        let gw = gateway("anthropic", &mock, "timeout: 60s").await;
         if held {
             // Mid-stream: the first events went out, the rest is held.
             mock.push(Behaviour::Sse {
@@ -237,7 +237,7 @@ async fn client_disconnect_cancels_the_upstream_call() {
 #[tokio::test]
 async fn openai_stream_passes_through_unbuffered() {
     let mock = MockProvider::start().await.unwrap();
-    let gw = gateway("openai", &mock, "30s").await;
+    let gw = gateway("openai", &mock, "timeout: 30s").await;
     let chunk = |c: &str| {
         format!("data: {{\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"created\":1,\"model\":\"m\",\"choices\":[{{\"index\":0,\"delta\":{{\"content\":\"{c}\"}},\"finish_reason\":null}}]}}\n\n")
     };
