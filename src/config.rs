@@ -4,6 +4,7 @@
 //! One YAML file holds both Pingora's `ServerConf` keys (threads, pid_file, ...; Pingora reads those
 //! itself) and the gateway's own sections below.
 
+use crate::balance::BalanceMode;
 use crate::providers::{AuthPlacement, ProviderKind};
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
@@ -166,6 +167,9 @@ pub struct ProviderConfig {
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     pub circuit_breaker: Option<BreakerOverrides>,
+    /// `round_robin` (weighted, default), `least_inflight` or `ewma`.
+    #[serde(default)]
+    pub balance: BalanceMode,
 }
 
 /// Active health checks: `tcp` (default) or HTTP `{path, interval, expect_status}`.
@@ -418,6 +422,7 @@ pub struct ProviderSettings {
     /// `None`: no active checks.
     pub health_check: Option<HealthCheckConfig>,
     pub circuit_breaker: BreakerOverrides,
+    pub balance: BalanceMode,
 }
 
 /// An endpoint's base URL, split into the parts a connection needs.
@@ -658,6 +663,7 @@ impl Settings {
                     retry_backoff: default_retry_backoff(),
                     health_check: None,
                     circuit_breaker: None,
+                    balance: BalanceMode::default(),
                 },
             );
             for model in models {
@@ -963,6 +969,7 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         retry_backoff: p.retry_backoff.0,
         health_check,
         circuit_breaker,
+        balance: p.balance,
     })
 }
 

@@ -1,6 +1,7 @@
 //! dragoman: an LLM API gateway on Pingora.
 pub mod admin;
 pub mod anthropic_api;
+pub mod balance;
 pub mod breaker;
 pub mod call;
 pub mod config;

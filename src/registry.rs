@@ -2,6 +2,7 @@
 //! balancers. Held behind an `ArcSwap` so a reload can replace it while requests in flight keep
 //! the one they started with.
 
+use crate::balance::{BalanceMode, LoadTracker};
 use crate::breaker::{BreakerConfig, Breakers};
 use crate::config::{
     EndpointUrl, FallbackCondition, HealthCheckConfig, HedgeConfig, ProviderSettings, Secret,
@@ -35,6 +36,9 @@ pub struct Provider {
     pub retry_backoff: Duration,
     /// Passive health: per-instance circuit breakers shared by all worker threads.
     pub breakers: Breakers,
+    pub balance: BalanceMode,
+    /// Requests in flight and latency per instance, for the load-aware modes.
+    pub load: Arc<LoadTracker>,
 }
 
 pub struct Model {
@@ -159,6 +163,8 @@ fn build_provider(p: &ProviderSettings) -> Provider {
         max_attempts: p.max_attempts,
         retry_backoff: p.retry_backoff,
         breakers: Breakers::new(breaker_config),
+        balance: p.balance,
+        load: Arc::default(),
     }
 }
 

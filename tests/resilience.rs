@@ -410,3 +410,30 @@ async fn a_started_stream_is_never_retried() {
         "a stream that had started was sent again"
     );
 }
+
+#[tokio::test]
+async fn ewma_balancing_sheds_load_from_a_slow_instance() {
+    let (slow, fast) = (
+        MockProvider::start().await.unwrap(),
+        MockProvider::start().await.unwrap(),
+    );
+    slow.set_default(Behaviour::Delay {
+        delay: Duration::from_millis(300),
+        then: Box::new(Behaviour::Reply),
+    });
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  p: {{ kind: openai, auth: none, balance: ewma, endpoints: [{}] }}\nmodels:\n  m: {{ provider: p }}\n",
+        endpoints(&[&slow, &fast])
+    ));
+    for _ in 0..20 {
+        let (status, _, _) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+        assert_eq!(status, 200);
+    }
+    assert!(posts(&slow) >= 1, "the slow instance was never measured");
+    assert!(
+        posts(&slow) <= 3,
+        "ewma kept sending to the slow instance: {}",
+        posts(&slow)
+    );
+    assert_eq!(posts(&slow) + posts(&fast), 20);
+}

@@ -1,6 +1,7 @@
 //! Per-request state, shared by the hooks of one request (and, for the upstream call, by the
 //! subrequest that carries it).
 
+use crate::balance::InflightGuard;
 use crate::call::UpstreamCall;
 use crate::stream::{StreamTranslation, TerminalWatch};
 use bytes::BytesMut;
@@ -20,6 +21,10 @@ pub struct RequestCtx {
     pub failed_backends: Vec<SocketAddr>,
     /// The instance of the current attempt.
     pub backend: Option<pingora_load_balancing::Backend>,
+    /// Counts the current attempt as in flight on its instance.
+    pub inflight: Option<InflightGuard>,
+    /// When the current attempt's instance was chosen, for time to first byte.
+    pub attempt_started: Option<Instant>,
     pub attempts: u32,
     /// Upstream status of the current attempt.
     pub upstream_status: u16,

@@ -1,7 +1,8 @@
 //! The upstream leg: choosing an instance, writing the provider's request, and deciding retries.
 
 use super::ctx::RequestCtx;
-use crate::breaker::{parse_retry_after, FailureKind};
+use crate::balance::BalanceMode;
+use crate::breaker::{parse_retry_after, CircuitState, FailureKind};
 use crate::call::{encode_component, UpstreamCall};
 use crate::config::EndpointUrl;
 use crate::providers::{AuthPlacement, ProviderKind};
@@ -11,6 +12,7 @@ use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, OrErr, Result};
 use pingora_http::RequestHeader;
+use pingora_load_balancing::Backend;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -50,17 +52,11 @@ pub async fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Bo
         tokio::time::sleep(backoff(provider.retry_backoff, ctx.attempts)).await;
     }
     let now = Instant::now();
-    let failed = &ctx.failed_backends;
-    let in_use = lock(&call.instances_in_use).clone();
-    let pick = |avoid_in_use: bool| {
-        provider.upstreams.select_with(b"", 256, |b, healthy| {
-            healthy
-                && !failed.contains(&b.addr)
-                && !(avoid_in_use && in_use.contains(&b.addr))
-                && inet(&b.addr).is_some_and(|a| provider.breakers.try_acquire(a, now))
-        })
-    };
-    let backend = pick(true).or_else(|| pick(false)).ok_or_else(|| {
+    let backend = match provider.balance {
+        BalanceMode::RoundRobin => round_robin_pick(call, ctx, now),
+        mode => load_aware_pick(call, ctx, mode, now),
+    }
+    .ok_or_else(|| {
         Error::explain(
             ErrorType::HTTPStatus(503),
             format!("No instance of provider `{}` is available", provider.name),
@@ -96,9 +92,63 @@ pub async fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Bo
     options.write_timeout = Some(Duration::from_secs(60));
     options.idle_timeout = Some(Duration::from_secs(90));
     lock(&call.instances_in_use).push(backend.addr.clone());
+    ctx.inflight = Some(provider.load.start(addr));
+    ctx.attempt_started = Some(now);
     ctx.attempts += 1;
     ctx.backend = Some(backend);
     Ok(Box::new(peer))
+}
+
+/// Whether `b` may take this attempt, circuit aside.
+fn eligible(
+    b: &Backend,
+    healthy: bool,
+    failed: &[SocketAddr],
+    in_use: Option<&[SocketAddr]>,
+) -> bool {
+    healthy && !failed.contains(&b.addr) && !in_use.is_some_and(|busy| busy.contains(&b.addr))
+}
+
+/// Pingora's weighted round robin over eligible instances whose circuit lets the attempt in.
+/// Instances already serving this request (hedges) are avoided while others remain.
+fn round_robin_pick(call: &UpstreamCall, ctx: &RequestCtx, now: Instant) -> Option<Backend> {
+    let provider = &call.model.provider;
+    let in_use = lock(&call.instances_in_use).clone();
+    let pick = |avoid: Option<&[SocketAddr]>| {
+        provider.upstreams.select_with(b"", 256, |b, healthy| {
+            eligible(b, healthy, &ctx.failed_backends, avoid)
+                && inet(&b.addr).is_some_and(|a| provider.breakers.try_acquire(a, now))
+        })
+    };
+    pick(Some(&in_use)).or_else(|| pick(None))
+}
+
+/// The least loaded eligible instance (`least_inflight`, `ewma`).
+fn load_aware_pick(
+    call: &UpstreamCall,
+    ctx: &RequestCtx,
+    mode: BalanceMode,
+    now: Instant,
+) -> Option<Backend> {
+    let provider = &call.model.provider;
+    let backends = provider.upstreams.backends();
+    let all = backends.get_backend();
+    let in_use = lock(&call.instances_in_use).clone();
+    for avoid in [Some(&in_use[..]), None] {
+        let mut candidates: Vec<(std::net::SocketAddr, usize)> = all
+            .iter()
+            .filter(|b| eligible(b, backends.ready(b), &ctx.failed_backends, avoid))
+            .filter_map(|b| inet(&b.addr).map(|a| (a, b.weight)))
+            .filter(|(a, _)| provider.breakers.state(*a, now) != CircuitState::Open)
+            .collect();
+        while let Some(best) = provider.load.choose(mode, &candidates) {
+            if provider.breakers.try_acquire(best, now) {
+                return all.iter().find(|b| inet(&b.addr) == Some(best)).cloned();
+            }
+            candidates.retain(|(a, _)| *a != best);
+        }
+    }
+    None
 }
 
 fn inet(addr: &SocketAddr) -> Option<std::net::SocketAddr> {
