@@ -74,10 +74,9 @@ impl LoadTracker {
             let load = loads.get(addr).copied().unwrap_or_default();
             let pending = f64::from(load.inflight) + 1.0;
             match mode {
-                BalanceMode::Ewma => {
-                    // Unmeasured instances look fast so that they get measured.
-                    load.ewma_ms.max(1.0) * pending / weight.max(1) as f64
-                }
+                // Unmeasured instances go first, so that every instance gets measured.
+                BalanceMode::Ewma if load.ewma_ms == 0.0 => 0.0,
+                BalanceMode::Ewma => load.ewma_ms.max(0.01) * pending / weight.max(1) as f64,
                 _ => pending / weight.max(1) as f64,
             }
         };

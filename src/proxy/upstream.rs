@@ -256,10 +256,14 @@ pub fn record_failure(
 
 pub fn record_success(call: &UpstreamCall, ctx: &RequestCtx) {
     if let Some(addr) = ctx.backend.as_ref().and_then(|b| inet(&b.addr)) {
-        call.model
-            .provider
-            .breakers
-            .on_success(addr, Instant::now());
+        let now = Instant::now();
+        let provider = &call.model.provider;
+        provider.breakers.on_success(addr, now);
+        if let Some(started) = ctx.attempt_started {
+            provider
+                .load
+                .observe_latency(addr, now.saturating_duration_since(started));
+        }
     }
 }
 

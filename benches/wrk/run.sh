@@ -1,0 +1,205 @@
+#!/usr/bin/env bash
+# dragoman vs a plain nginx reverse proxy, side by side on loopback, with wrk.
+#
+#   bash benches/wrk/run.sh            # full run (about 4 minutes)
+#   DURATION=5s SLOW_STREAMS=2000 bash benches/wrk/run.sh   # quicker
+#
+# Starts: a fake upstream (nginx serving fixed OpenAI / Anthropic / SSE answers after reading the
+# body), nginx as a reverse proxy in front of it (keepalive upstream, no buffering), dragoman in
+# front of it, and dragoman-mock for slow streams. Runs wrk -t2 against each scenario and prints
+# one Markdown table, with the gateway/nginx ratio per row. Everything listens on 127.0.0.1 and is
+# stopped at the end.
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-"16 64"}
+SLOW_STREAMS=${SLOW_STREAMS:-10000}
+SLOW_SECONDS=${SLOW_SECONDS:-30}
+WORK=$(mktemp -d /tmp/dragoman-bench.XXXXXX)
+
+need() { command -v "$1" >/dev/null 2>&1; }
+if ! need wrk || ! need nginx; then
+  sudo=""; [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk nginx-light >/dev/null
+fi
+command -v cmake >/dev/null || { echo "cmake missing: run .ci/run or install cmake" >&2; exit 1; }
+cargo build --release --quiet --bin dragoman --bin dragoman-mock
+ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  sleep 0.5; rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+UP=18100; NGX=18110; GW=18120; GW_ADMIN=18121; MOCK=18130
+
+# --- fixed upstream answers ---
+OPENAI_JSON='{"id":"chatcmpl-b","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop","logprobs":null}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}'
+ANTHROPIC_JSON='{"id":"msg_b","type":"message","role":"assistant","model":"claude-3-5-haiku-20241022","content":[{"type":"text","text":"Hello! How can I help you today?"}],"stop_reason":"end_turn","stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":9}}'
+python3 - "$WORK" <<'PY'
+import json, sys
+work = sys.argv[1]
+events = ['event: message_start\ndata: {"type":"message_start","message":{"id":"msg_s","type":"message","role":"assistant","model":"claude-3-5-haiku-20241022","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}}\n\n',
+          'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n']
+for i in range(15):
+    events.append('event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"word%d "}}\n\n' % i)
+events += ['event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n',
+           'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":15}}\n\n',
+           'event: message_stop\ndata: {"type":"message_stop"}\n\n']
+assert len(events) == 20
+open(f"{work}/anthropic.sse", "w").write("".join(events))
+chunk = lambda c: 'data: {"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"content":"%s"},"finish_reason":null}]}\n\n' % c
+open(f"{work}/openai.sse", "w").write("".join(chunk("word%d " % i) for i in range(19)) + "data: [DONE]\n\n")
+msgs = [{"role": "system", "content": "You are a helpful assistant."}]
+while len(json.dumps(msgs)) < 3800:
+    msgs += [{"role": "user", "content": "Tell me something interesting about the number %d." % len(msgs)},
+             {"role": "assistant", "content": "The number %d is remarkable in many ways." % len(msgs)}]
+msgs.append({"role": "user", "content": "Thanks!"})
+for name, model, stream in [("openai", "gpt-pass", False), ("anthropic", "claude", False), ("anthropic-sse", "claude-sse", True), ("openai-sse", "gpt-pass-sse", True)]:
+    body = {"model": model, "messages": msgs, "max_tokens": 100}
+    if stream: body["stream"] = True
+    open(f"{work}/{name}.json", "w").write(json.dumps(body))
+PY
+
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off;
+  client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
+  fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
+  client_max_body_size 64m; client_body_buffer_size 1m;
+  keepalive_requests 1000000;
+  # The fake upstream: fixed answers, after reading the body.
+  server {
+    listen 127.0.0.1:$UP;
+    location /v1/chat/completions { default_type application/json; return 200 '$OPENAI_JSON'; }
+    location /v1/messages { default_type application/json; return 200 '$ANTHROPIC_JSON'; }
+    location /sse/v1/messages { default_type text/event-stream; alias $WORK/anthropic.sse; }
+    location /osse/v1/chat/completions { default_type text/event-stream; alias $WORK/openai.sse; }
+  }
+  # The baseline: a plain reverse proxy, keepalive upstream, no buffering.
+  upstream fake { server 127.0.0.1:$UP; keepalive 256; }
+  server {
+    listen 127.0.0.1:$NGX;
+    location / {
+      proxy_pass http://fake; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_buffering off; proxy_request_buffering off;
+    }
+  }
+}
+NGINX
+# static files served for POST: nginx answers 405 to POST on static files, so map them via error_page
+sed -i "s|location /sse/v1/messages { default_type text/event-stream; alias $WORK/anthropic.sse; }|location /sse/v1/messages { default_type text/event-stream; error_page 405 =200 \$uri; alias $WORK/anthropic.sse; }|; s|location /osse/v1/chat/completions { default_type text/event-stream; alias $WORK/openai.sse; }|location /osse/v1/chat/completions { default_type text/event-stream; error_page 405 =200 \$uri; alias $WORK/openai.sse; }|" "$WORK/nginx.conf"
+mkdir -p "$WORK/body" "$WORK/proxy"
+nginx -c "$WORK/nginx.conf" -p "$WORK"
+
+cat > "$WORK/dragoman.yaml" <<YAML
+pid_file: $WORK/dragoman.pid
+upgrade_sock: $WORK/upgrade.sock
+listen: 127.0.0.1:$GW
+admin_listen: 127.0.0.1:$GW_ADMIN
+providers:
+  pass: { kind: openai, auth: none, endpoints: ["http://127.0.0.1:$UP/v1"] }
+  pass-sse: { kind: openai, auth: none, endpoints: ["http://127.0.0.1:$UP/osse/v1"] }
+  ant: { kind: anthropic, api_key: bench, endpoints: ["http://127.0.0.1:$UP"] }
+  ant-sse: { kind: anthropic, api_key: bench, endpoints: ["http://127.0.0.1:$UP/sse"] }
+  slow: { kind: anthropic, api_key: bench, endpoints: ["http://127.0.0.1:$MOCK"], stream_idle_timeout: 10s }
+models:
+  gpt-pass: { provider: pass }
+  gpt-pass-sse: { provider: pass-sse }
+  claude: { provider: ant }
+  claude-sse: { provider: ant-sse }
+  claude-slow: { provider: slow }
+YAML
+start_ns=$(date +%s%N)
+RUST_LOG=warn "$ROOT/target/release/dragoman" -c "$WORK/dragoman.yaml" 2>"$WORK/dragoman.log" &
+GW_PID=$!; PIDS+=("$GW_PID")
+until curl -sf "http://127.0.0.1:$GW_ADMIN/healthz" >/dev/null; do
+  kill -0 "$GW_PID" || { cat "$WORK/dragoman.log"; exit 1; }
+  sleep 0.01
+done
+STARTUP_MS=$(( ($(date +%s%N) - start_ns) / 1000000 ))
+rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
+IDLE_RSS_KB=$(rss_kb "$GW_PID")
+
+run() { # name url body conns -> RESULT line
+  BODY_FILE="$WORK/$3.json" wrk -t2 -c"$4" -d"$DURATION" --latency -s benches/wrk/post.lua "$2" 2>&1 | grep '^RESULT' || echo "RESULT rps=0 p50_us=0 p99_us=0 errors=-1 requests=0"
+}
+field() { sed -E "s/.*$2=([-0-9.]+).*/\1/" <<<"$1"; }
+
+ROWS=()
+add_row() { # scenario conns gateway-line nginx-line
+  local g=$3 n=$4
+  local ratio_rps ratio_p99
+  ratio_rps=$(awk -v a="$(field "$g" rps)" -v b="$(field "$n" rps)" 'BEGIN{printf (b>0? "%.2f" : "-"), a/b}')
+  ratio_p99=$(awk -v a="$(field "$g" p99_us)" -v b="$(field "$n" p99_us)" 'BEGIN{printf (b>0? "%.2f" : "-"), a/b}')
+  ROWS+=("| $1 | $2 | $(field "$g" rps) | $(field "$g" p50_us) | $(field "$g" p99_us) | $(field "$g" errors) | $(field "$n" rps) | $(field "$n" p50_us) | $(field "$n" p99_us) | $(field "$n" errors) | **$ratio_rps** | $ratio_p99 | $(( $(rss_kb "$GW_PID") / 1024 )) |")
+}
+
+for c in $CONNS; do
+  n=$(run nginx "http://127.0.0.1:$NGX/v1/chat/completions" openai "$c")
+  g=$(run dragoman "http://127.0.0.1:$GW/v1/chat/completions" openai "$c")
+  add_row "OpenAI pass-through JSON" "$c" "$g" "$n"
+  g=$(run dragoman "http://127.0.0.1:$GW/v1/chat/completions" anthropic "$c")
+  add_row "OpenAI → Anthropic translated JSON (vs nginx pass-through)" "$c" "$g" "$n"
+  n=$(run nginx "http://127.0.0.1:$NGX/sse/v1/messages" anthropic-sse "$c")
+  g=$(run dragoman "http://127.0.0.1:$GW/v1/chat/completions" anthropic-sse "$c")
+  add_row "OpenAI → Anthropic translated stream, 20 events (vs nginx-sse)" "$c" "$g" "$n"
+  g=$(run dragoman "http://127.0.0.1:$GW/v1/chat/completions" openai-sse "$c")
+  n=$(run nginx "http://127.0.0.1:$NGX/osse/v1/chat/completions" openai-sse "$c")
+  add_row "OpenAI pass-through stream, 20 events (vs nginx-sse)" "$c" "$g" "$n"
+done
+
+# Time to first byte added by the gateway, at c=1 (median of 200 requests each way).
+ttfb() { for _ in $(seq 200); do curl -s -o /dev/null -w '%{time_starttransfer}\n' -H 'content-type: application/json' --data-binary @"$WORK/anthropic-sse.json" "$1"; done | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int(NR/2)]*1000}'; }
+TTFB_NGX=$(ttfb "http://127.0.0.1:$NGX/sse/v1/messages")
+TTFB_GW=$(ttfb "http://127.0.0.1:$GW/v1/chat/completions")
+
+# Many concurrent slow streams: one event every 100 ms for SLOW_SECONDS.
+"$ROOT/target/release/dragoman-mock" --listen "127.0.0.1:$MOCK" --no-record >"$WORK/mock.log" 2>&1 &
+MOCK_PID=$!; PIDS+=("$MOCK_PID")
+until curl -sf -X DELETE "http://127.0.0.1:$MOCK/_mock/behaviour" >/dev/null; do sleep 0.05; done
+python3 - "$WORK" "$SLOW_SECONDS" <<'PY'
+import json, sys
+work, seconds = sys.argv[1], int(sys.argv[2])
+events = ['event: message_start\ndata: {"type":"message_start","message":{"id":"msg_slow","type":"message","role":"assistant","model":"m","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":1,"output_tokens":1}}}\n\n',
+          'event: content_block_start\ndata: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}\n\n']
+events += ['event: content_block_delta\ndata: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"tick "}}\n\n'] * (seconds * 10 - 5)
+events += ['event: content_block_stop\ndata: {"type":"content_block_stop","index":0}\n\n',
+           'event: message_delta\ndata: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":1}}\n\n',
+           'event: message_stop\ndata: {"type":"message_stop"}\n\n']
+json.dump({"sse": events, "interval_ms": 100, "default": True}, open(f"{work}/slow-spec.json", "w"))
+json.dump({"model": "claude-slow", "stream": True, "max_tokens": 10, "messages": [{"role": "user", "content": "tick"}]}, open(f"{work}/slow.json", "w"))
+PY
+curl -sf -X POST -H 'content-type: application/json' --data-binary @"$WORK/slow-spec.json" "http://127.0.0.1:$MOCK/_mock/behaviour" >/dev/null
+BEFORE_KB=$(rss_kb "$GW_PID")
+BODY_FILE="$WORK/slow.json" timeout $((SLOW_SECONDS + 30)) wrk -t2 -c"$SLOW_STREAMS" -d"$((SLOW_SECONDS + 5))s" --timeout "$((SLOW_SECONDS + 10))s" --latency -s benches/wrk/post.lua "http://127.0.0.1:$GW/v1/chat/completions" >"$WORK/slow.out" 2>&1 &
+WRK_PID=$!
+sleep $((SLOW_SECONDS / 2))
+OPEN=$(ss -Htn state established "( sport = :$GW )" | wc -l)
+PEAK_KB=$(rss_kb "$GW_PID")
+wait "$WRK_PID" || true
+SLOW=$(grep '^RESULT' "$WORK/slow.out" || echo "RESULT rps=0 p50_us=0 p99_us=0 errors=-1 requests=0")
+PER_STREAM_KB=$(awk -v a="$PEAK_KB" -v b="$BEFORE_KB" -v n="$OPEN" 'BEGIN{printf (n>0? "%.1f" : "-"), (a-b)/n}')
+
+echo
+echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}' /proc/meminfo), $(uname -r); wrk -t2, $DURATION per run; $(date -u +%Y-%m-%d)"
+echo
+echo "| scenario | c | dragoman req/s | p50 µs | p99 µs | errors | nginx req/s | p50 µs | p99 µs | errors | req/s ratio | p99 ratio | gateway RSS MB |"
+echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
+printf '%s\n' "${ROWS[@]}"
+echo
+echo "| measure | value |"
+echo "|---|---|"
+echo "| start-up to ready | ${STARTUP_MS} ms |"
+echo "| idle RSS | $((IDLE_RSS_KB / 1024)) MB |"
+echo "| time to first byte at c=1, translated stream (median of 200) | dragoman ${TTFB_GW} ms, nginx ${TTFB_NGX} ms |"
+echo "| slow streams: target / open at mid-run / completed / errors | $SLOW_STREAMS / $OPEN / $(field "$SLOW" requests) / $(field "$SLOW" errors) |"
+echo "| gateway RSS before → mid-run | $((BEFORE_KB / 1024)) MB → $((PEAK_KB / 1024)) MB (${PER_STREAM_KB} KB per open stream) |"
