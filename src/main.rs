@@ -14,6 +14,11 @@ use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
 
+// glibc's malloc serialises worker threads on its arena locks under load; jemalloc does not
+// (and is what Pingora's own examples use).
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let opt = Opt::parse_args();

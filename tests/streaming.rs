@@ -264,3 +264,35 @@ async fn openai_stream_passes_through_unbuffered() {
         format!("{}data: [DONE]\n\n", chunk("two"))
     );
 }
+
+/// The same with a model that has fallbacks, which the dispatcher serves through subrequests.
+#[tokio::test]
+async fn client_disconnect_cancels_the_upstream_call_through_the_dispatcher() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  p: {{ kind: anthropic, endpoints: [\"{}\"], api_key: k }}\nmodels:\n  m: {{ provider: p, fallbacks: [m2] }}\n  m2: {{ provider: p }}\n",
+        mock.url()
+    ));
+    mock.push(Behaviour::Sse {
+        events: anthropic_events(),
+        interval: Duration::ZERO,
+        hold_after: Some(3),
+    });
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&chat(true))
+        .send()
+        .await
+        .unwrap();
+    let mut body = resp.bytes_stream();
+    assert!(tokio::time::timeout(Duration::from_secs(10), body.next())
+        .await
+        .unwrap()
+        .is_some());
+    drop(body);
+    assert!(
+        mock.wait_connection_closed(Duration::from_secs(5)).await,
+        "upstream stayed open"
+    );
+    mock.release();
+}

@@ -81,8 +81,8 @@ http {
     listen 127.0.0.1:$UP;
     location /v1/chat/completions { default_type application/json; return 200 '$OPENAI_JSON'; }
     location /v1/messages { default_type application/json; return 200 '$ANTHROPIC_JSON'; }
-    location /sse/v1/messages { default_type text/event-stream; alias $WORK/anthropic.sse; }
-    location /osse/v1/chat/completions { default_type text/event-stream; alias $WORK/openai.sse; }
+    location /sse/v1/messages { default_type text/event-stream; return 200 '$(cat "$WORK/anthropic.sse")'; }
+    location /osse/v1/chat/completions { default_type text/event-stream; return 200 '$(cat "$WORK/openai.sse")'; }
   }
   # The baseline: a plain reverse proxy, keepalive upstream, no buffering.
   upstream fake { server 127.0.0.1:$UP; keepalive 256; }
@@ -95,8 +95,6 @@ http {
   }
 }
 NGINX
-# static files served for POST: nginx answers 405 to POST on static files, so map them via error_page
-sed -i "s|location /sse/v1/messages { default_type text/event-stream; alias $WORK/anthropic.sse; }|location /sse/v1/messages { default_type text/event-stream; error_page 405 =200 \$uri; alias $WORK/anthropic.sse; }|; s|location /osse/v1/chat/completions { default_type text/event-stream; alias $WORK/openai.sse; }|location /osse/v1/chat/completions { default_type text/event-stream; error_page 405 =200 \$uri; alias $WORK/openai.sse; }|" "$WORK/nginx.conf"
 mkdir -p "$WORK/body" "$WORK/proxy"
 nginx -c "$WORK/nginx.conf" -p "$WORK"
 
@@ -118,6 +116,10 @@ models:
   claude-sse: { provider: ant-sse }
   claude-slow: { provider: slow }
 YAML
+# The mock for slow streams starts first, so the gateway's health checks find it up.
+"$ROOT/target/release/dragoman-mock" --listen "127.0.0.1:$MOCK" --no-record >"$WORK/mock.log" 2>&1 &
+MOCK_PID=$!; PIDS+=("$MOCK_PID")
+until curl -sf -X DELETE "http://127.0.0.1:$MOCK/_mock/behaviour" >/dev/null; do sleep 0.05; done
 start_ns=$(date +%s%N)
 RUST_LOG=warn "$ROOT/target/release/dragoman" -c "$WORK/dragoman.yaml" 2>"$WORK/dragoman.log" &
 GW_PID=$!; PIDS+=("$GW_PID")
@@ -163,9 +165,6 @@ TTFB_NGX=$(ttfb "http://127.0.0.1:$NGX/sse/v1/messages")
 TTFB_GW=$(ttfb "http://127.0.0.1:$GW/v1/chat/completions")
 
 # Many concurrent slow streams: one event every 100 ms for SLOW_SECONDS.
-"$ROOT/target/release/dragoman-mock" --listen "127.0.0.1:$MOCK" --no-record >"$WORK/mock.log" 2>&1 &
-MOCK_PID=$!; PIDS+=("$MOCK_PID")
-until curl -sf -X DELETE "http://127.0.0.1:$MOCK/_mock/behaviour" >/dev/null; do sleep 0.05; done
 python3 - "$WORK" "$SLOW_SECONDS" <<'PY'
 import json, sys
 work, seconds = sys.argv[1], int(sys.argv[2])

@@ -18,11 +18,32 @@ use pingora_proxy::Session;
 use std::sync::Arc;
 
 /// Handles a client request end to end. Always answers the client.
-pub async fn handle(session: &mut Session, registry: Arc<Registry>, ctx: &mut RequestCtx) {
+/// What [`handle`] did with the request.
+pub enum Handled {
+    /// The client has its answer.
+    Answered,
+    /// Proxy the planned call in this session (`ctx.call`).
+    ProxyHere,
+}
+
+/// Handles a client request: answers it, or leaves the planned call for this session to proxy.
+///
+/// A request is proxied in its own session (Pingora's plain path, the fastest) when its body
+/// fits Pingora's retry buffer, which then replays it through `request_body_filter` on every
+/// attempt, and its model needs no dispatcher (no fallbacks, no hedging). Otherwise the
+/// dispatcher runs it as subrequests.
+pub async fn handle(
+    session: &mut Session,
+    registry: Arc<Registry>,
+    ctx: &mut RequestCtx,
+) -> Handled {
     let req = session.req_header();
     let endpoint = match frontend::endpoint_for(&req.method, req.uri.path()) {
         Ok(e) => e,
-        Err(e) => return reject(session, &e, ClientProtocol::OpenAi).await,
+        Err(e) => {
+            reject(session, &e, ClientProtocol::OpenAi).await;
+            return Handled::Answered;
+        }
     };
     let protocol = endpoint.protocol();
     if endpoint == Endpoint::Models {
@@ -30,19 +51,33 @@ pub async fn handle(session: &mut Session, registry: Arc<Registry>, ctx: &mut Re
         if let Err(e) = respond::write_json(session, 200, body, None).await {
             log::debug!("could not send model list: {e}");
         }
-        return;
+        return Handled::Answered;
     }
+    // Before the first read, so that small bodies can be replayed on retries.
+    session.as_downstream_mut().enable_retry_buffering();
     let body = match read_body(session, registry.max_request_bytes).await {
         Ok(b) => b,
-        Err(e) => return reject(session, &e, protocol).await,
+        Err(e) => {
+            reject(session, &e, protocol).await;
+            return Handled::Answered;
+        }
     };
     let call = match UpstreamCall::plan(&registry, endpoint, &body) {
         Ok(c) => Arc::new(c),
-        Err(e) => return reject(session, &e, protocol).await,
+        Err(e) => {
+            reject(session, &e, protocol).await;
+            return Handled::Answered;
+        }
     };
     ctx.call = Some(call.clone());
+    let replayable = !body.is_empty() && !session.as_downstream().retry_buffer_truncated();
+    if replayable && call.model.fallbacks.is_empty() && call.model.hedge.is_none() {
+        ctx.is_upstream_leg = true;
+        return Handled::ProxyHere;
+    }
     let replan = |model: &str| UpstreamCall::plan_for(&registry, endpoint, &body, Some(model));
     dispatch::run(session, call, &replan).await;
+    Handled::Answered
 }
 
 async fn reject(session: &mut Session, error: &GatewayError, protocol: ClientProtocol) {

@@ -64,8 +64,10 @@ impl ProxyHttp for Gateway {
                 None => Err(no_call()),
             };
         }
-        ingress::handle(session, self.registry.load_full(), ctx).await;
-        Ok(true)
+        match ingress::handle(session, self.registry.load_full(), ctx).await {
+            ingress::Handled::Answered => Ok(true),
+            ingress::Handled::ProxyHere => Ok(false),
+        }
     }
 
     async fn upstream_peer(

@@ -78,16 +78,20 @@ pub async fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Bo
     } else {
         String::new()
     };
+    // One deadline for the request, over all its attempts.
+    let remaining = (ctx.started.unwrap_or(now) + model.timeout).saturating_duration_since(now);
+    if remaining.is_zero() {
+        return Error::e_explain(ErrorType::ReadTimedout, "no time left for another attempt");
+    }
     let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
     let options = &mut peer.options;
-    options.connection_timeout = Some(model.connect_timeout);
-    options.total_connection_timeout = Some(model.connect_timeout * 2);
-    // Streams: the longest gap between chunks. Whole answers: the dispatcher enforces the
-    // model's timeout; this only stops a read from outliving it.
+    options.connection_timeout = Some(model.connect_timeout.min(remaining));
+    options.total_connection_timeout = Some((model.connect_timeout * 2).min(remaining));
+    // Streams: the longest gap between chunks. Whole answers: what is left of the deadline.
     options.read_timeout = Some(if call.stream {
         model.stream_idle_timeout
     } else {
-        model.timeout
+        remaining
     });
     options.write_timeout = Some(Duration::from_secs(60));
     options.idle_timeout = Some(Duration::from_secs(90));
