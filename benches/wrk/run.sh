@@ -35,7 +35,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-UP=18100; NGX=18110; GW=18120; GW_ADMIN=18121; MOCK=18130
+UP=18100; NGX=18110; GW=18120; GW_ADMIN=18121; MOCK=18130; FAST1=18131; FAST2=18132; SLOWI=18133
 
 # --- fixed upstream answers ---
 OPENAI_JSON='{"id":"chatcmpl-b","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop","logprobs":null}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}'
@@ -59,7 +59,7 @@ while len(json.dumps(msgs)) < 3800:
     msgs += [{"role": "user", "content": "Tell me something interesting about the number %d." % len(msgs)},
              {"role": "assistant", "content": "The number %d is remarkable in many ways." % len(msgs)}]
 msgs.append({"role": "user", "content": "Thanks!"})
-for name, model, stream in [("openai", "gpt-pass", False), ("anthropic", "claude", False), ("anthropic-sse", "claude-sse", True), ("openai-sse", "gpt-pass-sse", True)]:
+for name, model, stream in [("mixed-plain", "mixed-plain", False), ("mixed-hedged", "mixed-hedged", False), ("openai", "gpt-pass", False), ("anthropic", "claude", False), ("anthropic-sse", "claude-sse", True), ("openai-sse", "gpt-pass-sse", True)]:
     body = {"model": model, "messages": msgs, "max_tokens": 100}
     if stream: body["stream"] = True
     open(f"{work}/{name}.json", "w").write(json.dumps(body))
@@ -109,14 +109,26 @@ providers:
   ant: { kind: anthropic, api_key: bench, endpoints: ["http://127.0.0.1:$UP"] }
   ant-sse: { kind: anthropic, api_key: bench, endpoints: ["http://127.0.0.1:$UP/sse"] }
   slow: { kind: anthropic, api_key: bench, endpoints: ["http://127.0.0.1:$MOCK"], stream_idle_timeout: 10s }
+  mixed: { kind: openai, auth: none, endpoints: ["http://127.0.0.1:$FAST1/v1", "http://127.0.0.1:$FAST2/v1", "http://127.0.0.1:$SLOWI/v1"] }
 models:
   gpt-pass: { provider: pass }
   gpt-pass-sse: { provider: pass-sse }
   claude: { provider: ant }
   claude-sse: { provider: ant-sse }
   claude-slow: { provider: slow }
+  mixed-plain: { provider: mixed }
+  mixed-hedged: { provider: mixed, hedge: { after: 50ms, max: 1 } }
 YAML
-# The mock for slow streams starts first, so the gateway's health checks find it up.
+# The mocks start first, so the gateway's health checks find them up: one for slow streams, and
+# two fast and one slow instance (1 s per answer) for the hedging scenario.
+for port in $FAST1 $FAST2 $SLOWI; do
+  "$ROOT/target/release/dragoman-mock" --listen "127.0.0.1:$port" --no-record >"$WORK/mock-$port.log" 2>&1 &
+  PIDS+=("$!")
+done
+for port in $FAST1 $FAST2 $SLOWI; do
+  until curl -sf -X DELETE "http://127.0.0.1:$port/_mock/behaviour" >/dev/null; do sleep 0.05; done
+done
+curl -sf -X POST -H 'content-type: application/json' -d '{"delay_ms":1000,"default":true}' "http://127.0.0.1:$SLOWI/_mock/behaviour" >/dev/null
 "$ROOT/target/release/dragoman-mock" --listen "127.0.0.1:$MOCK" --no-record >"$WORK/mock.log" 2>&1 &
 MOCK_PID=$!; PIDS+=("$MOCK_PID")
 until curl -sf -X DELETE "http://127.0.0.1:$MOCK/_mock/behaviour" >/dev/null; do sleep 0.05; done
@@ -159,6 +171,10 @@ for c in $CONNS; do
   add_row "OpenAI pass-through stream, 20 events (vs nginx-sse)" "$c" "$g" "$n"
 done
 
+# Hedging: one slow instance (1 s) among two fast ones, c=16.
+HEDGE_OFF=$(run dragoman "http://127.0.0.1:$GW/v1/chat/completions" mixed-plain 16)
+HEDGE_ON=$(run dragoman "http://127.0.0.1:$GW/v1/chat/completions" mixed-hedged 16)
+
 # Time to first byte added by the gateway, at c=1 (median of 200 requests each way).
 ttfb() { for _ in $(seq 200); do curl -s -o /dev/null -w '%{time_starttransfer}\n' -H 'content-type: application/json' --data-binary @"$WORK/anthropic-sse.json" "$1"; done | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int(NR/2)]*1000}'; }
 TTFB_NGX=$(ttfb "http://127.0.0.1:$NGX/sse/v1/messages")
@@ -197,6 +213,7 @@ printf '%s\n' "${ROWS[@]}"
 echo
 echo "| measure | value |"
 echo "|---|---|"
+echo "| hedging, one slow instance (1 s) of three, c=16: p50 / p99 / req/s | off: $(field "$HEDGE_OFF" p50_us) µs / $(field "$HEDGE_OFF" p99_us) µs / $(field "$HEDGE_OFF" rps); on (after 50 ms): $(field "$HEDGE_ON" p50_us) µs / $(field "$HEDGE_ON" p99_us) µs / $(field "$HEDGE_ON" rps) |"
 echo "| start-up to ready | ${STARTUP_MS} ms |"
 echo "| idle RSS | $((IDLE_RSS_KB / 1024)) MB |"
 echo "| time to first byte at c=1, translated stream (median of 200) | dragoman ${TTFB_GW} ms, nginx ${TTFB_NGX} ms |"
