@@ -1124,6 +1124,7 @@ fn event(out: &mut Vec<u8>, name: &str, data: &str) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::mutations;
 
     const FIXTURES: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/anthropic_api");
 
@@ -1717,36 +1718,6 @@ mod tests {
             json!({"type": "image", "source": {}}),
             json!({"type": "tool_result"}),
         ]
-    }
-
-    /// Every variant of `value` with one node (at any depth) replaced by an odd value or removed.
-    fn mutations(value: &Value, odd: &[Value]) -> Vec<Value> {
-        let mut out = odd.to_vec();
-        match value {
-            Value::Object(map) => {
-                for (key, child) in map {
-                    let mut removed = map.clone();
-                    removed.remove(key);
-                    out.push(Value::Object(removed));
-                    for mutated in mutations(child, odd) {
-                        let mut copy = map.clone();
-                        copy.insert(key.clone(), mutated);
-                        out.push(Value::Object(copy));
-                    }
-                }
-            }
-            Value::Array(items) => {
-                for (i, child) in items.iter().enumerate() {
-                    for mutated in mutations(child, odd) {
-                        let mut copy = items.clone();
-                        copy[i] = mutated;
-                        out.push(Value::Array(copy));
-                    }
-                }
-            }
-            _ => {}
-        }
-        out
     }
 
     #[test]

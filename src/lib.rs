@@ -15,3 +15,5 @@ pub mod proxy;
 pub mod registry;
 pub mod sse;
 pub mod stream;
+#[cfg(test)]
+mod test_support;

@@ -1072,6 +1072,7 @@ impl ChunkSource for AnthropicChunkSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{mutations, normalize_jsonl, render, splits};
 
     const REQ_CTX: RequestContext = RequestContext {
         upstream_model: "claude-sonnet-4-5-20250929",
@@ -1497,36 +1498,6 @@ mod tests {
         ]
     }
 
-    /// Every variant of `value` with one node (at any depth) replaced by an odd value or removed.
-    fn mutations(value: &Value, odd: &[Value]) -> Vec<Value> {
-        let mut out = odd.to_vec();
-        match value {
-            Value::Object(map) => {
-                for (key, child) in map {
-                    let mut removed = map.clone();
-                    removed.remove(key);
-                    out.push(Value::Object(removed));
-                    for mutated in mutations(child, odd) {
-                        let mut copy = map.clone();
-                        copy.insert(key.clone(), mutated);
-                        out.push(Value::Object(copy));
-                    }
-                }
-            }
-            Value::Array(items) => {
-                for (i, child) in items.iter().enumerate() {
-                    for mutated in mutations(child, odd) {
-                        let mut copy = items.clone();
-                        copy[i] = mutated;
-                        out.push(Value::Array(copy));
-                    }
-                }
-            }
-            _ => {}
-        }
-        out
-    }
-
     #[test]
     fn no_input_panics() {
         let odd = odd_values();
@@ -1569,8 +1540,6 @@ mod tests {
     }
 
     // --- streams ---
-
-    use crate::sse::SseParser;
 
     const CREATED: u64 = 1_748_779_200;
 
@@ -1634,48 +1603,12 @@ mod tests {
 
     /// Runs upstream bytes, delivered in `pieces`, through the SSE parser and the translator.
     fn run_pieces(pieces: &[&[u8]], include_usage: bool) -> Vec<StreamOut> {
-        let mut parser = SseParser::new(1 << 20);
         let mut source = AnthropicChunkSource::new(stream_ctx(include_usage));
-        let mut events = Vec::new();
-        let mut out = Vec::new();
-        for piece in pieces {
-            parser
-                .push(piece, &mut events)
-                .expect("fixture is valid SSE");
-            for event in events.drain(..) {
-                source.on_event(&event, &mut out);
-            }
-        }
-        parser.finish();
-        source.on_end(&mut out);
-        out
+        crate::test_support::run_pieces(&mut source, pieces)
     }
 
     fn run_stream(bytes: &[u8], include_usage: bool) -> Vec<StreamOut> {
         run_pieces(&[bytes], include_usage)
-    }
-
-    /// The jsonl form: one compact chunk per line, then `[DONE]` or `ERROR <status>`.
-    fn render(outs: &[StreamOut]) -> Vec<String> {
-        outs.iter()
-            .map(|o| match o {
-                StreamOut::Chunk(v) => v.to_string(),
-                StreamOut::Done => "[DONE]".to_string(),
-                StreamOut::Error(e) => format!("ERROR {}", e.status),
-            })
-            .collect()
-    }
-
-    /// Expected jsonl with each JSON line re-rendered, so key order and spacing do not matter.
-    fn normalize(jsonl: &str) -> Vec<String> {
-        jsonl
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| match serde_json::from_str::<Value>(l) {
-                Ok(v) => v.to_string(),
-                Err(_) => l.trim().to_string(),
-            })
-            .collect()
     }
 
     fn chunks(outs: &[StreamOut]) -> Vec<&Value> {
@@ -1709,7 +1642,7 @@ mod tests {
         for (name, bytes, expected, include_usage) in stream_fixtures() {
             assert_eq!(
                 render(&run_stream(bytes, include_usage)),
-                normalize(expected),
+                normalize_jsonl(expected),
                 "fixture {name}, include_usage {include_usage}"
             );
         }
@@ -1985,41 +1918,18 @@ mod tests {
         assert_eq!(chunks[0]["id"], chunks[1]["id"]);
     }
 
-    /// A deterministic pseudo-random sequence (Knuth's MMIX LCG), so failures reproduce.
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn next(&mut self, bound: usize) -> usize {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((self.0 >> 33) % bound as u64) as usize
-        }
-    }
-
     #[test]
     fn any_byte_split_gives_the_same_output() {
-        let mut rng = Lcg(0x5eed);
         for (name, bytes, _, include_usage) in stream_fixtures() {
             let whole = run_stream(bytes, include_usage);
-            for i in 0..=bytes.len() {
-                let got = run_pieces(&[&bytes[..i], &bytes[i..]], include_usage);
-                assert_eq!(got, whole, "{name}: split at {i}");
-            }
-            for pattern in 0..300 {
-                let mut cuts: Vec<usize> = (0..1 + rng.next(16))
-                    .map(|_| rng.next(bytes.len() + 1))
-                    .collect();
-                cuts.sort_unstable();
-                let mut pieces = Vec::new();
-                let mut from = 0;
-                for cut in cuts.iter().copied().chain([bytes.len()]) {
-                    pieces.push(&bytes[from..cut]);
-                    from = cut;
-                }
-                let got = run_pieces(&pieces, include_usage);
-                assert_eq!(got, whole, "{name}: pattern {pattern}, cuts {cuts:?}");
+            for (n, pieces) in splits(bytes, 0x5eed, 300).iter().enumerate() {
+                let got = run_pieces(pieces, include_usage);
+                assert_eq!(
+                    got,
+                    whole,
+                    "{name}: split {n}: {:?}",
+                    pieces.iter().map(|p| p.len()).collect::<Vec<_>>()
+                );
             }
         }
     }

@@ -1094,6 +1094,7 @@ impl ChunkSource for GeminiChunkSource {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::test_support::{mutations, normalize_jsonl, render, splits};
     use std::collections::HashSet;
 
     const REQ_CTX: RequestContext<'static> = RequestContext {
@@ -1640,8 +1641,6 @@ mod tests {
 
     // --- streams ----------------------------------------------------------------------------
 
-    use crate::sse::SseParser;
-
     const CREATED: u64 = 1_750_000_000;
 
     fn stream_ctx(include_usage: bool) -> StreamContext {
@@ -1717,48 +1716,12 @@ mod tests {
 
     /// Runs upstream bytes, delivered in `pieces`, through the SSE parser and the translator.
     fn run_pieces(pieces: &[&[u8]], include_usage: bool) -> Vec<StreamOut> {
-        let mut parser = SseParser::new(1 << 20);
         let mut source = GeminiChunkSource::new(stream_ctx(include_usage));
-        let mut events = Vec::new();
-        let mut out = Vec::new();
-        for piece in pieces {
-            parser
-                .push(piece, &mut events)
-                .expect("fixture is valid SSE");
-            for event in events.drain(..) {
-                source.on_event(&event, &mut out);
-            }
-        }
-        parser.finish();
-        source.on_end(&mut out);
-        out
+        crate::test_support::run_pieces(&mut source, pieces)
     }
 
     fn run_stream(bytes: &[u8], include_usage: bool) -> Vec<StreamOut> {
         run_pieces(&[bytes], include_usage)
-    }
-
-    /// The jsonl form: one compact chunk per line, then `[DONE]` or `ERROR <status>`.
-    fn render(outs: &[StreamOut]) -> Vec<String> {
-        outs.iter()
-            .map(|o| match o {
-                StreamOut::Chunk(v) => v.to_string(),
-                StreamOut::Done => "[DONE]".to_string(),
-                StreamOut::Error(e) => format!("ERROR {}", e.status),
-            })
-            .collect()
-    }
-
-    /// Expected jsonl with each JSON line re-rendered, so key order and spacing do not matter.
-    fn normalize(jsonl: &str) -> Vec<String> {
-        jsonl
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .map(|l| match serde_json::from_str::<Value>(l) {
-                Ok(v) => v.to_string(),
-                Err(_) => l.trim().to_string(),
-            })
-            .collect()
     }
 
     /// Checks that every chunk carries the same `chatcmpl-` id and that tool call ids are
@@ -1847,7 +1810,7 @@ mod tests {
         for (name, bytes, expected, include_usage) in stream_fixtures() {
             assert_eq!(
                 normalize_stream(run_stream(bytes, include_usage), id_generated(expected)),
-                normalize(expected),
+                normalize_jsonl(expected),
                 "fixture {name}, include_usage {include_usage}"
             );
         }
@@ -2206,49 +2169,18 @@ mod tests {
         assert!(matches!(out.last(), Some(StreamOut::Error(e)) if e.status == 502));
     }
 
-    /// A deterministic pseudo-random sequence (Knuth's MMIX LCG), so failures reproduce.
-    struct Lcg(u64);
-
-    impl Lcg {
-        fn next(&mut self, bound: usize) -> usize {
-            self.0 = self
-                .0
-                .wrapping_mul(6_364_136_223_846_793_005)
-                .wrapping_add(1_442_695_040_888_963_407);
-            ((self.0 >> 33) % bound as u64) as usize
-        }
-    }
-
     #[test]
     fn any_byte_split_gives_the_same_output() {
-        let mut rng = Lcg(0x6e31);
         for (name, bytes, expected, include_usage) in stream_fixtures() {
             let generated = id_generated(expected);
             let whole = normalize_stream(run_stream(bytes, include_usage), generated);
-            for i in 0..=bytes.len() {
-                let got = run_pieces(&[&bytes[..i], &bytes[i..]], include_usage);
+            for (n, pieces) in splits(bytes, 0x6e31, 300).iter().enumerate() {
+                let got = normalize_stream(run_pieces(pieces, include_usage), generated);
                 assert_eq!(
-                    normalize_stream(got, generated),
+                    got,
                     whole,
-                    "{name}: split at {i}"
-                );
-            }
-            for pattern in 0..300 {
-                let mut cuts: Vec<usize> = (0..1 + rng.next(16))
-                    .map(|_| rng.next(bytes.len() + 1))
-                    .collect();
-                cuts.sort_unstable();
-                let mut pieces = Vec::new();
-                let mut from = 0;
-                for cut in cuts.iter().copied().chain([bytes.len()]) {
-                    pieces.push(&bytes[from..cut]);
-                    from = cut;
-                }
-                let got = run_pieces(&pieces, include_usage);
-                assert_eq!(
-                    normalize_stream(got, generated),
-                    whole,
-                    "{name}: pattern {pattern}, cuts {cuts:?}"
+                    "{name}: split {n}: {:?}",
+                    pieces.iter().map(|p| p.len()).collect::<Vec<_>>()
                 );
             }
         }
@@ -2268,37 +2200,6 @@ mod tests {
             json!([null]),
             json!({}),
         ]
-    }
-
-    /// Every variant of `value` with one node (at any depth) replaced by an odd value or, in
-    /// objects, removed.
-    fn mutations(value: &Value, odd: &[Value]) -> Vec<Value> {
-        let mut variants = Vec::new();
-        match value {
-            Value::Object(map) => {
-                for (key, child) in map {
-                    let mut removed = map.clone();
-                    removed.remove(key);
-                    variants.push(Value::Object(removed));
-                    for replacement in odd.iter().cloned().chain(mutations(child, odd)) {
-                        let mut changed = map.clone();
-                        changed.insert(key.clone(), replacement);
-                        variants.push(Value::Object(changed));
-                    }
-                }
-            }
-            Value::Array(items) => {
-                for (i, child) in items.iter().enumerate() {
-                    for replacement in odd.iter().cloned().chain(mutations(child, odd)) {
-                        let mut changed = items.clone();
-                        changed[i] = replacement;
-                        variants.push(Value::Array(changed));
-                    }
-                }
-            }
-            _ => {}
-        }
-        variants
     }
 
     #[test]
