@@ -134,6 +134,20 @@ impl UpstreamCall {
     }
 }
 
+impl Planned {
+    /// A call whose body and answer pass through (the upstream speaks the client's protocol).
+    fn passthrough(model: Arc<Model>, body: Vec<u8>, operation: Operation, stream: bool) -> Self {
+        Planned {
+            model,
+            operation,
+            stream,
+            include_usage: false,
+            body,
+            mode: ResponseMode::PassThrough,
+        }
+    }
+}
+
 fn lookup(registry: &Registry, name: &str) -> Result<Arc<Model>, GatewayError> {
     registry
         .models
@@ -167,14 +181,13 @@ fn plan_chat(
     let envelope = frontend::parse_chat_envelope(body)?;
     let model = lookup(registry, model.unwrap_or(&envelope.model))?;
     if model.provider.kind.speaks_openai() {
-        return Ok(Planned {
-            body: spliced(body, &envelope, &model),
+        let body = spliced(body, &envelope, &model);
+        return Ok(Planned::passthrough(
             model,
-            operation: Operation::Chat,
-            stream: envelope.stream,
-            include_usage: false,
-            mode: ResponseMode::PassThrough,
-        });
+            body,
+            Operation::Chat,
+            envelope.stream,
+        ));
     }
     let chat = frontend::parse_chat_tree(body)?;
     Ok(Planned {
@@ -221,14 +234,13 @@ fn plan_messages(
     let envelope = frontend::parse_chat_envelope(body)?;
     let model = lookup(registry, model.unwrap_or(&envelope.model))?;
     if model.provider.kind == ProviderKind::Anthropic {
-        return Ok(Planned {
-            body: spliced(body, &envelope, &model),
+        let body = spliced(body, &envelope, &model);
+        return Ok(Planned::passthrough(
             model,
-            operation: Operation::Chat,
-            stream: envelope.stream,
-            include_usage: false,
-            mode: ResponseMode::PassThrough,
-        });
+            body,
+            Operation::Chat,
+            envelope.stream,
+        ));
     }
     let mut chat = anthropic_api::request_to_openai(&frontend::parse_chat_tree(body)?)?;
     let body = if model.provider.kind.speaks_openai() {
@@ -267,14 +279,13 @@ fn plan_count_tokens(
         ))
         .with_param("model"));
     }
-    Ok(Planned {
-        body: spliced(body, &envelope, &model),
+    let body = spliced(body, &envelope, &model);
+    Ok(Planned::passthrough(
         model,
-        operation: Operation::CountTokens,
-        stream: false,
-        include_usage: false,
-        mode: ResponseMode::PassThrough,
-    })
+        body,
+        Operation::CountTokens,
+        false,
+    ))
 }
 
 fn plan_embeddings(
@@ -285,17 +296,14 @@ fn plan_embeddings(
     let envelope = frontend::parse_chat_envelope(body)?;
     let model = lookup(registry, model.unwrap_or(&envelope.model))?;
     match model.provider.kind {
-        ProviderKind::Openai | ProviderKind::AzureOpenai => Ok(Planned {
-            body: spliced(body, &envelope, &model),
-            model,
-            operation: Operation::Embed {
+        ProviderKind::Openai | ProviderKind::AzureOpenai => {
+            let body = spliced(body, &envelope, &model);
+            let embed = Operation::Embed {
                 batch: false,
                 base64: false,
-            },
-            stream: false,
-            include_usage: false,
-            mode: ResponseMode::PassThrough,
-        }),
+            };
+            Ok(Planned::passthrough(model, body, embed, false))
+        }
         ProviderKind::Gemini => {
             let request = frontend::parse_chat_tree(body)?;
             let embed = gemini::embed_request(&request, &model.upstream_model)?;
