@@ -26,6 +26,12 @@ fi
 command -v cmake >/dev/null || { echo "cmake missing: run .ci/run or install cmake" >&2; exit 1; }
 cargo build --release --quiet --bin dragoman --bin dragoman-mock
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
+# Each open stream holds two descriptors in the gateway (client and upstream): stay under the limit.
+MAX_STREAMS=$(( ($(ulimit -n) - 500) / 2 ))
+if [ "$SLOW_STREAMS" -gt "$MAX_STREAMS" ]; then
+  echo "note: open-file limit $(ulimit -n) allows $MAX_STREAMS slow streams, not $SLOW_STREAMS" >&2
+  SLOW_STREAMS=$MAX_STREAMS
+fi
 
 PIDS=()
 cleanup() {
