@@ -152,9 +152,10 @@ async fn one_of_three_refusing_or_failing_causes_no_client_errors() {
     let statuses = concurrent_load(&gw, 60, 10).await;
     assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
     assert_eq!(posts(&a) + posts(&b), 60);
-    // The circuit opened after a few 503s: c stopped getting traffic.
+    // The circuit opened after a few 503s: c stopped getting traffic (without it, c would get a
+    // third of the 60 first attempts).
     assert!(
-        posts(&c) <= 6,
+        posts(&c) <= 10,
         "the failing instance kept getting traffic: {}",
         posts(&c)
     );
