@@ -10,7 +10,10 @@ use std::collections::HashMap;
 
 use crate::error::GatewayError;
 use crate::ids::new_id;
-use crate::providers::{ChunkSource, RequestContext, ResponseContext, StreamContext, StreamOut};
+use crate::providers::{
+    chunk_envelope, delta_chunk, ChunkSource, RequestContext, ResponseContext, StreamContext,
+    StreamOut,
+};
 use crate::sse::SseEvent;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
@@ -898,32 +901,19 @@ impl GeminiChunkSource {
         }
     }
 
-    /// A chunk with the stream's id, model and created around `choices`.
     fn envelope(&self, choices: Value) -> Map<String, Value> {
-        let mut chunk = Map::new();
-        chunk.insert(
-            "id".into(),
-            Value::String(self.id.clone().unwrap_or_default()),
-        );
-        chunk.insert("object".into(), json!("chat.completion.chunk"));
-        chunk.insert("created".into(), json!(self.ctx.created));
-        chunk.insert("model".into(), Value::String(self.model.clone()));
-        chunk.insert("choices".into(), choices);
-        chunk
+        chunk_envelope(self.id.as_deref(), &self.model, &self.ctx, choices)
     }
 
     fn push_delta(&self, delta: Value, finish_reason: Option<&str>, out: &mut Vec<StreamOut>) {
-        let mut chunk = self.envelope(json!([{
-            "index": 0,
-            "delta": delta,
-            "logprobs": null,
-            "finish_reason": finish_reason,
-        }]));
-        // OpenAI sends `usage: null` on every chunk but the last when usage was asked for.
-        if self.ctx.include_usage {
-            chunk.insert("usage".into(), Value::Null);
-        }
-        out.push(StreamOut::Chunk(Value::Object(chunk)));
+        let chunk = delta_chunk(
+            self.id.as_deref(),
+            &self.model,
+            &self.ctx,
+            delta,
+            finish_reason,
+        );
+        out.push(chunk);
     }
 
     /// Sends the role chunk once, taking the id and model from the first event.

@@ -132,3 +132,46 @@ pub struct StreamContext {
     /// The client asked for `stream_options.include_usage`.
     pub include_usage: bool,
 }
+
+/// A `chat.completion.chunk` with the stream's id, model and created around `choices`: every
+/// chunk of one stream carries the same three.
+pub fn chunk_envelope(
+    id: Option<&str>,
+    model: &str,
+    ctx: &StreamContext,
+    choices: serde_json::Value,
+) -> serde_json::Map<String, serde_json::Value> {
+    use serde_json::Value;
+    let mut chunk = serde_json::Map::new();
+    chunk.insert(
+        "id".into(),
+        Value::String(id.unwrap_or_default().to_string()),
+    );
+    chunk.insert("object".into(), Value::from("chat.completion.chunk"));
+    chunk.insert("created".into(), Value::from(ctx.created));
+    chunk.insert("model".into(), Value::String(model.to_string()));
+    chunk.insert("choices".into(), choices);
+    chunk
+}
+
+/// A chunk with one choice carrying `delta` (and `usage: null` when usage was asked for, as
+/// OpenAI sends it on every chunk but the last).
+pub fn delta_chunk(
+    id: Option<&str>,
+    model: &str,
+    ctx: &StreamContext,
+    delta: serde_json::Value,
+    finish_reason: Option<&str>,
+) -> StreamOut {
+    let choices = serde_json::json!([{
+        "index": 0,
+        "delta": delta,
+        "logprobs": null,
+        "finish_reason": finish_reason,
+    }]);
+    let mut chunk = chunk_envelope(id, model, ctx, choices);
+    if ctx.include_usage {
+        chunk.insert("usage".into(), serde_json::Value::Null);
+    }
+    StreamOut::Chunk(serde_json::Value::Object(chunk))
+}
