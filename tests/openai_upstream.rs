@@ -398,3 +398,37 @@ async fn provider_key_never_reaches_the_log() {
     assert!(!log.is_empty());
     assert!(!log.contains(KEY), "{log}");
 }
+
+#[tokio::test]
+async fn admin_listener_serves_health_readiness_and_metrics() {
+    let (_mock, gw) = setup().await;
+    let get = |path: &str| client().get(gw.admin_url(path)).send();
+    let health = get("/healthz").await.unwrap();
+    assert_eq!(health.status(), 200);
+    let ready = get("/readyz").await.unwrap();
+    assert_eq!(ready.status(), 200, "every provider resolves to loopback");
+    let metrics = get("/metrics").await.unwrap();
+    assert_eq!(metrics.status(), 200);
+    assert!(header(metrics.headers(), "content-type").starts_with("text/plain"));
+    assert_eq!(get("/v1/models").await.unwrap().status(), 404);
+    // The admin endpoints are not on the public listener.
+    let public = client().get(gw.url("/healthz")).send().await.unwrap();
+    assert_eq!(public.status(), 404);
+}
+
+#[tokio::test]
+async fn unresolvable_upstream_is_not_ready_and_answers_503() {
+    let gw = GatewayProcess::start(
+        "providers:\n  nowhere: { kind: openai, auth: none, endpoints: [\"http://dragoman-test.invalid/v1\"] }\nmodels:\n  m: { provider: nowhere }\n",
+    );
+    let ready = client().get(gw.admin_url("/readyz")).send().await.unwrap();
+    assert_eq!(ready.status(), 503);
+    assert!(ready.text().await.unwrap().contains("nowhere"));
+    let (status, _, err) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 503, "{err}");
+    assert_eq!(err["error"]["code"], "upstream_unavailable");
+}
