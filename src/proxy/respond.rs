@@ -55,13 +55,19 @@ pub async fn write_error(
 pub fn error_for_proxy_failure(e: &Error, provider: &str) -> Option<GatewayError> {
     use ErrorType::*;
     let error = match e.etype() {
-        HTTPStatus(code) => GatewayError::new(
-            *code,
-            e.context.as_ref().map_or_else(
+        HTTPStatus(code) => {
+            let message = e.context.as_ref().map_or_else(
                 || format!("upstream provider `{provider}` failed"),
                 |c| c.as_str().to_string(),
-            ),
-        ),
+            );
+            let error = GatewayError::new(*code, message);
+            // The gateway's own 503: no instance may take the request.
+            if *code == 503 {
+                error.with_code("upstream_unavailable")
+            } else {
+                error
+            }
+        }
         ConnectTimedout | TLSHandshakeTimedout => GatewayError::new(
             504,
             format!("Timed out connecting to provider `{provider}`"),
