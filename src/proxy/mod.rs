@@ -1,8 +1,10 @@
 //! The Pingora `ProxyHttp` implementation. It stays thin: each hook hands its work to the module
 //! that owns it.
 //!
-//! Every client request is served in two sessions: the client's own (routing, in [`ingress`]) and a
-//! subrequest that carries the planned call to the upstream ([`upstream`], [`response`]).
+//! The client's session routes and plans ([`ingress`]). The planned call then goes upstream either
+//! in that same session (small bodies, models without fallbacks or hedging) or in subrequests run
+//! by the [`dispatch`]er; both use the same upstream and response hooks ([`upstream`],
+//! [`response`]).
 
 pub mod client_watch;
 pub mod ctx;
