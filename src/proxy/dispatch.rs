@@ -159,16 +159,14 @@ pub async fn run(
             Event::Hedge => {
                 hedges_left -= 1;
                 hedge_at = model.hedge.map(|h| Instant::now() + h.after.0);
-                let hedge_call = if model.provider.endpoint_count > 1 {
-                    Some(call.clone())
+                // Another instance of the same model, or else the next fallback, which the
+                // hedge then uses up (a later failure moves on to the one after it).
+                let hedge = if model.provider.endpoint_count > 1 {
+                    Leg::spawn(session, call.clone())
                 } else {
-                    model
-                        .fallbacks
-                        .first()
-                        .and_then(|m| replan(m).ok())
-                        .map(Arc::new)
+                    next_fallback(&mut fallbacks, replan, session)
                 };
-                if let Some(leg) = hedge_call.and_then(|c| Leg::spawn(session, c)) {
+                if let Some(leg) = hedge {
                     log::debug!("hedging {} after no first byte", model.name);
                     legs.push(leg);
                 }
