@@ -31,6 +31,8 @@ pub struct RequestCtx {
     /// What happens to the current attempt's response body.
     pub response: ResponseHandling,
     pub response_buffer: BytesMut,
+    /// The upstream socket of the current attempt while its request head is held back.
+    pub corked_upstream: Option<std::os::unix::io::RawFd>,
 }
 
 /// What the response body filter does with the upstream's bytes.

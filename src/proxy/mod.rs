@@ -7,6 +7,7 @@
 //! [`response`]).
 
 pub mod client_watch;
+mod cork;
 pub mod ctx;
 pub mod dispatch;
 pub mod ingress;
@@ -98,6 +99,22 @@ impl ProxyHttp for Gateway {
         upstream::write_request_header(req, call, endpoint)
     }
 
+    async fn connected_to_upstream(
+        &self,
+        _session: &mut Session,
+        _reused: bool,
+        _peer: &HttpPeer,
+        fd: std::os::unix::io::RawFd,
+        _digest: Option<&pingora_core::protocols::Digest>,
+        ctx: &mut RequestCtx,
+    ) -> Result<()> {
+        if ctx.call.as_ref().is_some_and(|c| !c.body.is_empty()) {
+            cork::hold(fd);
+            ctx.corked_upstream = Some(fd);
+        }
+        Ok(())
+    }
+
     async fn request_body_filter(
         &self,
         _session: &mut Session,
@@ -107,6 +124,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let call = ctx.call.as_ref().ok_or_else(no_call)?;
         upstream::fill_body(call, body, end_of_stream);
+        if end_of_stream {
+            if let Some(fd) = ctx.corked_upstream.take() {
+                cork::release_after_write(fd);
+            }
+        }
         Ok(())
     }
 
