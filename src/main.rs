@@ -83,7 +83,9 @@ fn run(opt: Opt) -> Result<(), String> {
     // One single-threaded proxy service per worker thread, all accepting on the same listening
     // socket: each keeps its connections, upstream connection pool and timers on one thread, like
     // nginx's worker processes. One service over all the threads hands tasks and pooled
-    // connections between threads instead, which measured 10-40% slower (BENCHMARKS.md).
+    // connections between threads instead: 16-27% fewer pass-through requests per second in an
+    // A/B on 2 cores (BENCHMARKS.md). Which worker takes a new connection is up to whichever
+    // wins the accept, so a burst of connections can split unevenly.
     for worker in 0..server.configuration.threads.max(1) {
         let mut proxy = pingora_proxy::http_proxy_service_with_name(
             &server.configuration,

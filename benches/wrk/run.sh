@@ -24,7 +24,7 @@ if ! need wrk || ! need nginx; then
   $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq wrk nginx-light >/dev/null
 fi
 command -v cmake >/dev/null || { echo "cmake missing: run .ci/run or install cmake" >&2; exit 1; }
-cargo build --release --quiet --bin dragoman --bin dragoman-mock
+cargo build --release --quiet --bin dragoman --bin dragoman-mock --example bare_pingora
 ulimit -n 65536 2>/dev/null || ulimit -n "$(ulimit -Hn)"
 # Each open stream holds two descriptors in the gateway (client and upstream): stay under the limit.
 MAX_STREAMS=$(( ($(ulimit -n) - 500) / 2 ))
@@ -36,12 +36,12 @@ fi
 PIDS=()
 cleanup() {
   for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
-  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null || true
+  for f in "$WORK"/nginx-*.pid; do [ -f "$f" ] && kill "$(cat "$f")" 2>/dev/null; done
   sleep 0.5; rm -rf "$WORK"
 }
 trap cleanup EXIT
 
-UP=18100; NGX=18110; GW=18120; GW_ADMIN=18121; MOCK=18130; FAST1=18131; FAST2=18132; SLOWI=18133
+UP=18100; NGX=18110; GW=18120; GW_ADMIN=18121; MOCK=18130; FAST1=18131; FAST2=18132; SLOWI=18133; BARE=18140
 
 # --- fixed upstream answers ---
 OPENAI_JSON='{"id":"chatcmpl-b","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop","logprobs":null}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}'
@@ -71,38 +71,50 @@ for name, model, stream in [("mixed-plain", "mixed-plain", False), ("mixed-hedge
     open(f"{work}/{name}.json", "w").write(json.dumps(body))
 PY
 
-cat > "$WORK/nginx.conf" <<NGINX
+# Two nginx processes: the fake upstream, and the baseline proxy in front of it. (In one process,
+# the proxy would often hand requests to itself without a wake-up, which no gateway can do.)
+nginx_conf() { # name, server blocks
+  cat <<NGINX
 worker_processes 2;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
+pid $WORK/nginx-$1.pid;
+error_log $WORK/nginx-$1-error.log warn;
 events { worker_connections 20000; }
 http {
   access_log off;
-  client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
-  fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
+  client_body_temp_path $WORK/body-$1; proxy_temp_path $WORK/proxy-$1;
+  fastcgi_temp_path $WORK/fcgi-$1; uwsgi_temp_path $WORK/uwsgi-$1; scgi_temp_path $WORK/scgi-$1;
   client_max_body_size 64m; client_body_buffer_size 1m;
   keepalive_requests 1000000;
-  # The fake upstream: fixed answers, after reading the body.
+$2
+}
+NGINX
+}
+# The fake upstream: fixed answers, after reading the body.
+nginx_conf upstream "
   server {
     listen 127.0.0.1:$UP;
     location /v1/chat/completions { default_type application/json; return 200 '$OPENAI_JSON'; }
     location /v1/messages { default_type application/json; return 200 '$ANTHROPIC_JSON'; }
     location /sse/v1/messages { default_type text/event-stream; return 200 '$(cat "$WORK/anthropic.sse")'; }
     location /osse/v1/chat/completions { default_type text/event-stream; return 200 '$(cat "$WORK/openai.sse")'; }
-  }
-  # The baseline: a plain reverse proxy, keepalive upstream, no buffering.
+  }" >"$WORK/nginx-upstream.conf"
+# The baseline: a plain reverse proxy, keepalive upstream, no buffering.
+nginx_conf proxy "
   upstream fake { server 127.0.0.1:$UP; keepalive 256; }
   server {
     listen 127.0.0.1:$NGX;
     location / {
-      proxy_pass http://fake; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_pass http://fake; proxy_http_version 1.1; proxy_set_header Connection \"\";
       proxy_buffering off; proxy_request_buffering off;
     }
-  }
-}
-NGINX
-mkdir -p "$WORK/body" "$WORK/proxy"
-nginx -c "$WORK/nginx.conf" -p "$WORK"
+  }" >"$WORK/nginx-proxy.conf"
+for name in upstream proxy; do
+  mkdir -p "$WORK/body-$name" "$WORK/proxy-$name"
+  nginx -c "$WORK/nginx-$name.conf" -p "$WORK"
+done
+# The framework's floor: Pingora with its defaults and no logic, in front of the same upstream.
+"$ROOT/target/release/examples/bare_pingora" "127.0.0.1:$BARE" "127.0.0.1:$UP" >"$WORK/bare.log" 2>&1 &
+PIDS+=("$!")
 
 cat > "$WORK/dragoman.yaml" <<YAML
 pid_file: $WORK/dragoman.pid
@@ -154,7 +166,7 @@ run() { # name url body conns -> RESULT line
 }
 field() { sed -E "s/.*$2=([-0-9.]+).*/\1/" <<<"$1"; }
 
-ROWS=()
+ROWS=(); BARE_ROWS=(); DRAGOMAN_VS_BARE=()
 add_row() { # scenario conns gateway-line nginx-line
   local g=$3 n=$4
   local ratio_rps ratio_p99
@@ -167,6 +179,9 @@ for c in $CONNS; do
   n=$(run nginx "http://127.0.0.1:$NGX/v1/chat/completions" openai "$c")
   g=$(run dragoman "http://127.0.0.1:$GW/v1/chat/completions" openai "$c")
   add_row "OpenAI pass-through JSON" "$c" "$g" "$n"
+  b=$(run bare "http://127.0.0.1:$BARE/v1/chat/completions" openai "$c")
+  BARE_ROWS+=("| bare Pingora 0.9 (no logic), pass-through JSON | $c | $(field "$b" rps) | $(field "$b" p50_us) | $(field "$b" p99_us) | $(field "$b" errors) | $(field "$n" rps) | $(field "$n" p50_us) | $(field "$n" p99_us) | $(field "$n" errors) | **$(awk -v a="$(field "$b" rps)" -v b="$(field "$n" rps)" 'BEGIN{printf (b>0? "%.2f" : "-"), a/b}')** | $(awk -v a="$(field "$b" p99_us)" -v b="$(field "$n" p99_us)" 'BEGIN{printf (b>0? "%.2f" : "-"), a/b}') | - |")
+  DRAGOMAN_VS_BARE+=("c=$c: $(awk -v a="$(field "$g" rps)" -v b="$(field "$b" rps)" 'BEGIN{printf (b>0? "%.2f" : "-"), a/b}')")
   g=$(run dragoman "http://127.0.0.1:$GW/v1/chat/completions" anthropic "$c")
   add_row "OpenAI → Anthropic translated JSON (vs nginx pass-through)" "$c" "$g" "$n"
   n=$(run nginx "http://127.0.0.1:$NGX/sse/v1/messages" anthropic-sse "$c")
@@ -185,6 +200,11 @@ HEDGE_ON=$(run dragoman "http://127.0.0.1:$GW/v1/chat/completions" mixed-hedged 
 ttfb() { for _ in $(seq 200); do curl -s -o /dev/null -w '%{time_starttransfer}\n' -H 'content-type: application/json' --data-binary @"$WORK/anthropic-sse.json" "$1"; done | sort -n | awk '{a[NR]=$1} END {printf "%.3f", a[int(NR/2)]*1000}'; }
 TTFB_NGX=$(ttfb "http://127.0.0.1:$NGX/sse/v1/messages")
 TTFB_GW=$(ttfb "http://127.0.0.1:$GW/v1/chat/completions")
+# The same at c=1 on one keep-alive connection (no connection set-up in the number): wrk's p50 for
+# the whole answer, which the fake upstream sends at once.
+ka() { BODY_FILE="$WORK/anthropic-sse.json" wrk -t1 -c1 -d"$DURATION" --latency -s benches/wrk/post.lua "$1" 2>&1 | grep '^RESULT' || echo "RESULT rps=0 p50_us=0 p99_us=0 errors=-1 requests=0"; }
+KA_NGX=$(ka "http://127.0.0.1:$NGX/sse/v1/messages")
+KA_GW=$(ka "http://127.0.0.1:$GW/v1/chat/completions")
 
 # Many concurrent slow streams: one event every 100 ms for SLOW_SECONDS.
 python3 - "$WORK" "$SLOW_SECONDS" <<'PY'
@@ -215,13 +235,15 @@ echo "Machine: $(nproc) cores, $(awk '/MemTotal/ {printf "%.0f GiB", $2/1048576}
 echo
 echo "| scenario | c | dragoman req/s | p50 µs | p99 µs | errors | nginx req/s | p50 µs | p99 µs | errors | req/s ratio | p99 ratio | gateway RSS MB |"
 echo "|---|---|---|---|---|---|---|---|---|---|---|---|---|"
-printf '%s\n' "${ROWS[@]}"
+printf '%s\n' "${ROWS[@]}" "${BARE_ROWS[@]}"
 echo
 echo "| measure | value |"
 echo "|---|---|"
 echo "| hedging, one slow instance (1 s) of three, c=16: p50 / p99 / req/s | off: $(field "$HEDGE_OFF" p50_us) µs / $(field "$HEDGE_OFF" p99_us) µs / $(field "$HEDGE_OFF" rps); on (after 50 ms): $(field "$HEDGE_ON" p50_us) µs / $(field "$HEDGE_ON" p99_us) µs / $(field "$HEDGE_ON" rps) |"
 echo "| start-up to ready | ${STARTUP_MS} ms |"
 echo "| idle RSS | $((IDLE_RSS_KB / 1024)) MB |"
-echo "| time to first byte at c=1, translated stream (median of 200) | dragoman ${TTFB_GW} ms, nginx ${TTFB_NGX} ms |"
+echo "| time to first byte at c=1, translated stream, new connection each (curl, median of 200) | dragoman ${TTFB_GW} ms, nginx ${TTFB_NGX} ms |"
+echo "| whole translated stream at c=1 on one keep-alive connection (wrk p50) | dragoman $(field "$KA_GW" p50_us) µs, nginx $(field "$KA_NGX" p50_us) µs |"
+echo "| dragoman / bare Pingora, pass-through JSON req/s | ${DRAGOMAN_VS_BARE[*]} |"
 echo "| slow streams: target / open at mid-run / completed / errors | $SLOW_STREAMS / $OPEN / $(field "$SLOW" requests) / $(field "$SLOW" errors) |"
 echo "| gateway RSS before → mid-run | $((BEFORE_KB / 1024)) MB → $((PEAK_KB / 1024)) MB (${PER_STREAM_KB} KB per open stream) |"
