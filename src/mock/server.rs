@@ -134,7 +134,16 @@ pub(crate) async fn spawn(
             format!("the mock provider only listens on loopback addresses, not {addr}"),
         ));
     }
-    let listener = TcpListener::bind(addr).await?;
+    // A deep accept queue: a gateway under test may open thousands of upstream connections at
+    // once (tokio's default backlog of 1024 made the kernel refuse some).
+    let socket = if addr.is_ipv4() {
+        tokio::net::TcpSocket::new_v4()?
+    } else {
+        tokio::net::TcpSocket::new_v6()?
+    };
+    socket.set_reuseaddr(true)?;
+    socket.bind(addr)?;
+    let listener = socket.listen(65_535)?;
     let addr = listener.local_addr()?;
     let shared = Arc::new(Shared {
         keys: Keys::from_options(opts),
