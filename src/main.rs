@@ -80,24 +80,19 @@ fn run(opt: Opt) -> Result<(), String> {
     let mut server = Server::new_with_opt_and_conf(opt_for_server, server_conf);
     server.bootstrap();
 
-    // One single-threaded proxy service per worker thread, all accepting on the same listening
-    // socket: each keeps its connections, upstream connection pool and timers on one thread, like
-    // nginx's worker processes. One service over all the threads hands tasks and pooled
-    // connections between threads instead: 16-27% fewer pass-through requests per second in an
-    // A/B on 2 cores (BENCHMARKS.md). Which worker takes a new connection is up to whichever
-    // wins the accept, so a burst of connections can split unevenly.
-    for worker in 0..server.configuration.threads.max(1) {
-        let mut proxy = pingora_proxy::http_proxy_service_with_name(
-            &server.configuration,
-            Gateway::new(registry.clone()),
-            &format!("dragoman worker {worker}"),
-        );
-        proxy.threads = Some(1);
-        for addr in &settings.listen {
-            proxy.add_tcp(&addr.to_string());
-        }
-        server.add_service(proxy);
+    // One service over all the worker threads. One single-threaded service per thread on the same
+    // socket did 16-27% more pass-through requests per second on 2 cores, but which thread takes
+    // a connection is whoever wins the accept race: a burst of new connections can all land on
+    // one thread and stay there (1 run in 6 in BENCHMARKS.md). Work stealing keeps the load even.
+    let mut proxy = pingora_proxy::http_proxy_service_with_name(
+        &server.configuration,
+        Gateway::new(registry.clone()),
+        "dragoman",
+    );
+    for addr in &settings.listen {
+        proxy.add_tcp(&addr.to_string());
     }
+    server.add_service(proxy);
 
     if let Some(admin_addr) = settings.admin_listen {
         let mut admin = Service::new("dragoman admin".into(), AdminApp::new(registry.clone()));
