@@ -6,6 +6,10 @@
 //! upstream socket (`TCP_CORK`) before the head is written makes the kernel hold the head; the
 //! cork comes out once the body has been handed to the socket, and both leave in one segment.
 //!
+//! The same holds for the client's side: a response without a length has its head flushed
+//! alone, and its closing chunk written alone, so when the body is already there (a translated
+//! answer, a stream that arrived in one read) the pieces are corked into one segment too.
+//!
 //! The kernel sends corked data after 200 ms whatever happens, so a cork that is never pulled
 //! costs latency, never a hang. Pulling it early only costs the saving.
 

@@ -162,13 +162,22 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_response_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         resp: &mut ResponseHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let call = ctx.call.clone().ok_or_else(no_call)?;
         upstream::on_response_status(&call, ctx, resp)?;
-        response::on_response_header(resp, &call, ctx)
+        response::on_response_header(resp, &call, ctx)?;
+        // Pingora flushes the head of a response without a length on its own; what of the body
+        // has already arrived, and a stream's last chunk, would each go in a send of their own.
+        if resp.headers.get(http::header::CONTENT_LENGTH).is_none() {
+            if let Some(client) = session.as_downstream().stream() {
+                cork::hold(client.id());
+                cork::release_after_write(client.id());
+            }
+        }
+        Ok(())
     }
 
     fn response_body_filter(
