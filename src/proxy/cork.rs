@@ -13,17 +13,48 @@
 //! The kernel sends corked data after 200 ms whatever happens, so a cork that is never pulled
 //! costs latency, never a hang. Pulling it early only costs the saving.
 
+use super::ctx::RequestCtx;
+use pingora_http::ResponseHeader;
+use pingora_proxy::Session;
 use std::os::unix::io::RawFd;
 
+/// Corks the attempt's upstream socket, `fd`, when the request has a body to wait for.
+pub fn hold_request(fd: RawFd, ctx: &mut RequestCtx) {
+    if ctx.call.as_ref().is_some_and(|c| !c.body.is_empty()) {
+        hold(fd);
+        ctx.corked_upstream = Some(fd);
+    }
+}
+
+/// Called with the end of the request body, just before Pingora writes it.
+pub fn release_request(ctx: &mut RequestCtx) {
+    if let Some(fd) = ctx.corked_upstream.take() {
+        release_after_write(fd);
+    }
+}
+
+/// Pingora flushes the head of a response without a length on its own; the part of the body that
+/// has already arrived, and a stream's last chunk, would each take a send of their own. Corks the
+/// client's socket (HTTP/1 only) until this round of writes is done.
+pub fn coalesce_unsized_response(session: &Session, resp: &ResponseHeader) {
+    if resp.headers.get(http::header::CONTENT_LENGTH).is_some() {
+        return;
+    }
+    if let Some(client) = session.as_downstream().stream() {
+        hold(client.id());
+        release_after_write(client.id());
+    }
+}
+
 /// Holds what is written to `fd` until [`release_after_write`]; call it before the head goes out.
-pub fn hold(fd: RawFd) {
+fn hold(fd: RawFd) {
     set_cork(fd, true);
 }
 
 /// Pulls the cork once the task that writes the body has run: the body write happens in this
 /// task's current poll (or its next, when Pingora hands the body over a channel), so the release
 /// waits behind it in the runtime's queue.
-pub fn release_after_write(fd: RawFd) {
+fn release_after_write(fd: RawFd) {
     tokio::spawn(async move {
         tokio::task::yield_now().await;
         set_cork(fd, false);

@@ -108,10 +108,7 @@ impl ProxyHttp for Gateway {
         _digest: Option<&pingora_core::protocols::Digest>,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
-        if ctx.call.as_ref().is_some_and(|c| !c.body.is_empty()) {
-            cork::hold(fd);
-            ctx.corked_upstream = Some(fd);
-        }
+        cork::hold_request(fd, ctx);
         Ok(())
     }
 
@@ -125,9 +122,7 @@ impl ProxyHttp for Gateway {
         let call = ctx.call.as_ref().ok_or_else(no_call)?;
         upstream::fill_body(call, body, end_of_stream);
         if end_of_stream {
-            if let Some(fd) = ctx.corked_upstream.take() {
-                cork::release_after_write(fd);
-            }
+            cork::release_request(ctx);
         }
         Ok(())
     }
@@ -169,14 +164,7 @@ impl ProxyHttp for Gateway {
         let call = ctx.call.clone().ok_or_else(no_call)?;
         upstream::on_response_status(&call, ctx, resp)?;
         response::on_response_header(resp, &call, ctx)?;
-        // Pingora flushes the head of a response without a length on its own; what of the body
-        // has already arrived, and a stream's last chunk, would each go in a send of their own.
-        if resp.headers.get(http::header::CONTENT_LENGTH).is_none() {
-            if let Some(client) = session.as_downstream().stream() {
-                cork::hold(client.id());
-                cork::release_after_write(client.id());
-            }
-        }
+        cork::coalesce_unsized_response(session, resp);
         Ok(())
     }
 
