@@ -19,9 +19,21 @@ const FALLBACK_MAX_TOKENS: u32 = 4096;
 
 /// OpenAI chat request (a JSON object) -> Anthropic Messages request body (JSON bytes).
 pub fn chat_request(req: &Value, ctx: &RequestContext) -> Result<Vec<u8>, GatewayError> {
-    let body = request_body(req, ctx)?;
-    serde_json::to_vec(&body)
-        .map_err(|e| GatewayError::new(500, format!("could not encode Anthropic request: {e}")))
+    let (rest, messages) = request_body(req, ctx)?;
+    serde_json::to_vec(&RequestBody {
+        messages: &messages,
+        rest: &rest,
+    })
+    .map_err(|e| GatewayError::new(500, format!("could not encode Anthropic request: {e}")))
+}
+
+/// The Messages request as it is written out. The turns are serialised straight from the
+/// client's parsed request, borrowing its strings, rather than built as a second JSON tree.
+#[derive(serde::Serialize)]
+struct RequestBody<'a> {
+    messages: &'a [Turn<'a>],
+    #[serde(flatten)]
+    rest: &'a Map<String, Value>,
 }
 
 /// Anthropic Messages response body -> OpenAI `chat.completion` object.
@@ -37,7 +49,11 @@ pub fn chat_response(body: &[u8], ctx: &ResponseContext) -> Result<Value, Gatewa
 // Request: OpenAI -> Anthropic
 // ---------------------------------------------------------------------------------------------
 
-fn request_body(req: &Value, ctx: &RequestContext) -> Result<Value, GatewayError> {
+/// Every field of the Messages request but `messages`, and the turns.
+fn request_body<'a>(
+    req: &'a Value,
+    ctx: &RequestContext,
+) -> Result<(Map<String, Value>, Vec<Turn<'a>>), GatewayError> {
     let req = req
         .as_object()
         .ok_or_else(|| GatewayError::bad_request("request body must be a JSON object"))?;
@@ -50,7 +66,6 @@ fn request_body(req: &Value, ctx: &RequestContext) -> Result<Value, GatewayError
     if let Some(system) = system {
         out.insert("system".into(), system);
     }
-    out.insert("messages".into(), Value::Array(messages));
     if let Some(stop) = stop_sequences(req.get("stop"))? {
         out.insert("stop_sequences".into(), stop);
     }
@@ -70,7 +85,7 @@ fn request_body(req: &Value, ctx: &RequestContext) -> Result<Value, GatewayError
         Some(_) => return Err(bad_param("`stream` must be a boolean", "stream")),
     }
     insert_tools(req, &mut out)?;
-    Ok(Value::Object(out))
+    Ok((out, messages))
 }
 
 fn bad_param(message: impl Into<String>, param: impl Into<String>) -> GatewayError {
@@ -275,7 +290,7 @@ struct SystemPart {
 /// Splits OpenAI messages into Anthropic's top-level `system` and the alternating `messages`.
 fn translate_messages(
     messages: Option<&Value>,
-) -> Result<(Option<Value>, Vec<Value>), GatewayError> {
+) -> Result<(Option<Value>, Vec<Turn<'_>>), GatewayError> {
     let messages = match messages {
         Some(Value::Array(items)) => items,
         None | Some(Value::Null) => return Err(bad_param("`messages` is required", "messages")),
@@ -298,10 +313,14 @@ fn translate_messages(
                 let blocks = assistant_blocks(msg, &param)?;
                 // An assistant turn with nothing in it would be rejected upstream; it carries nothing.
                 if !blocks.is_empty() {
-                    push_turn(&mut turns, "assistant", Value::Array(blocks));
+                    push_turn(&mut turns, "assistant", TurnContent::Blocks(blocks));
                 }
             }
-            Some("tool") => push_turn(&mut turns, "user", json!([tool_result(msg, &param)?])),
+            Some("tool") => push_turn(
+                &mut turns,
+                "user",
+                TurnContent::Blocks(vec![tool_result(msg, &param)?]),
+            ),
             Some(other) => {
                 return Err(bad_param(
                     format!("unsupported message role `{other}`"),
@@ -322,30 +341,44 @@ fn translate_messages(
             "messages",
         ));
     }
-    let turns = turns
-        .into_iter()
-        .map(|t| json!({ "role": t.role, "content": t.content }))
-        .collect();
     Ok((system_value(system), turns))
 }
 
-/// One Anthropic turn under construction.
-struct Turn {
+/// One Anthropic turn.
+#[derive(serde::Serialize)]
+struct Turn<'a> {
     role: &'static str,
-    /// A string or a list of blocks.
-    content: Value,
+    content: TurnContent<'a>,
+}
+
+/// A turn's content: the client's own string, or a list of blocks.
+#[derive(serde::Serialize)]
+#[serde(untagged)]
+enum TurnContent<'a> {
+    Text(&'a str),
+    Blocks(Vec<Value>),
 }
 
 /// Appends a turn, merging it into the previous one when the roles match: Anthropic wants turns to
 /// alternate, and OpenAI clients send parallel tool results as separate consecutive messages.
-fn push_turn(turns: &mut Vec<Turn>, role: &'static str, content: Value) {
+fn push_turn<'a>(turns: &mut Vec<Turn<'a>>, role: &'static str, content: TurnContent<'a>) {
     if let Some(last) = turns.last_mut().filter(|t| t.role == role) {
-        let mut blocks = into_blocks(last.content.take());
-        blocks.extend(into_blocks(content));
-        last.content = Value::Array(blocks);
+        let previous = std::mem::replace(&mut last.content, TurnContent::Blocks(Vec::new()));
+        let mut blocks = turn_blocks(previous);
+        blocks.extend(turn_blocks(content));
+        last.content = TurnContent::Blocks(blocks);
         return;
     }
     turns.push(Turn { role, content });
+}
+
+/// A turn's content as a list of blocks, for merging.
+fn turn_blocks(content: TurnContent<'_>) -> Vec<Value> {
+    match content {
+        TurnContent::Blocks(blocks) => blocks,
+        TurnContent::Text("") => Vec::new(),
+        TurnContent::Text(s) => vec![text_block(s)],
+    }
 }
 
 /// Content as a list of blocks; an empty string becomes no block, since Anthropic rejects empty text.
@@ -423,10 +456,13 @@ fn system_value(parts: Vec<SystemPart>) -> Option<Value> {
     Some(Value::Array(blocks))
 }
 
-fn user_content(msg: &Map<String, Value>, param: &str) -> Result<Value, GatewayError> {
+fn user_content<'a>(
+    msg: &'a Map<String, Value>,
+    param: &str,
+) -> Result<TurnContent<'a>, GatewayError> {
     match msg.get("content") {
-        Some(Value::String(s)) => Ok(json!(s)),
-        Some(Value::Array(parts)) => Ok(Value::Array(content_blocks(
+        Some(Value::String(s)) => Ok(TurnContent::Text(s)),
+        Some(Value::Array(parts)) => Ok(TurnContent::Blocks(content_blocks(
             parts,
             &format!("{param}.content"),
         )?)),
