@@ -1,8 +1,8 @@
 //! One `send()` for a request's head and body.
 //!
 //! Pingora's HTTP/1 client flushes the request head before it writes the body, so a proxied POST
-//! costs two sends, and on the upstream's side an extra wake-up and `recv()`. On loopback that
-//! was half of the gateway's CPU (BENCHMARKS.md); nginx sends both in one `writev()`. Corking the
+//! costs two sends, and on the upstream's side an extra wake-up and `recv()`. On loopback, sends
+//! were half of the gateway's CPU (BENCHMARKS.md); nginx sends both in one `writev()`. Corking the
 //! upstream socket (`TCP_CORK`) before the head is written makes the kernel hold the head; the
 //! cork comes out once the body has been handed to the socket, and both leave in one segment.
 //!
