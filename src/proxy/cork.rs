@@ -93,7 +93,25 @@ mod tests {
         }
     }
 
-    #[tokio::test]
+    fn corked(fd: RawFd) -> bool {
+        let mut value: libc::c_int = 0;
+        let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+        // SAFETY: getsockopt writes at most `len` bytes into the live local.
+        let rc = unsafe {
+            libc::getsockopt(
+                fd,
+                libc::IPPROTO_TCP,
+                libc::TCP_CORK,
+                (&mut value as *mut libc::c_int).cast(),
+                &mut len,
+            )
+        };
+        assert_eq!(rc, 0);
+        value != 0
+    }
+
+    // A current-thread runtime: the release task can only run when this task yields.
+    #[tokio::test(flavor = "current_thread")]
     async fn head_waits_for_the_body_then_both_leave_together() {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let mut client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
@@ -109,10 +127,12 @@ mod tests {
         assert!(read_now(&mut server).is_empty());
 
         release_after_write(client.as_raw_fd());
+        // Not before this task has written the body and yielded.
+        assert!(corked(client.as_raw_fd()));
         client.write_all(b"hello").unwrap();
-        // The release runs once this task yields, after the body is written.
         tokio::task::yield_now().await;
         tokio::task::yield_now().await;
+        assert!(!corked(client.as_raw_fd()));
         server.set_nonblocking(false).unwrap();
         let got = read_now(&mut server);
         assert_eq!(got, b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
