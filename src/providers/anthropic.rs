@@ -8,8 +8,7 @@
 use crate::error::GatewayError;
 use crate::ids;
 use crate::providers::{
-    chunk_envelope, delta_chunk, ChunkSource, RequestContext, ResponseContext, StreamContext,
-    StreamOut,
+    ChunkSource, ChunkStamp, RequestContext, ResponseContext, StreamContext, StreamOut,
 };
 use crate::sse::SseEvent;
 use serde_json::{json, Map, Value};
@@ -827,10 +826,8 @@ const STREAM_EVENTS: [&str; 8] = [
 /// Turns one Anthropic Messages SSE stream into OpenAI `chat.completion.chunk` objects.
 #[derive(Debug)]
 pub struct AnthropicChunkSource {
-    ctx: StreamContext,
-    /// The message id, set by `message_start`; `None` until the role chunk went out.
-    id: Option<String>,
-    model: String,
+    /// Id, model and `created` of every chunk; the id and model come from the first event.
+    stamp: ChunkStamp,
     input_tokens: u64,
     cache_read: u64,
     cache_creation: u64,
@@ -847,9 +844,7 @@ pub struct AnthropicChunkSource {
 impl AnthropicChunkSource {
     pub fn new(ctx: StreamContext) -> Self {
         AnthropicChunkSource {
-            ctx,
-            id: None,
-            model: String::new(),
+            stamp: ChunkStamp::new(ctx),
             input_tokens: 0,
             cache_read: 0,
             cache_creation: 0,
@@ -861,30 +856,18 @@ impl AnthropicChunkSource {
         }
     }
 
-    fn envelope(&self, choices: Value) -> Map<String, Value> {
-        chunk_envelope(self.id.as_deref(), &self.model, &self.ctx, choices)
-    }
-
-    fn push_delta(&self, delta: Value, finish_reason: Option<&str>, out: &mut Vec<StreamOut>) {
-        let chunk = delta_chunk(
-            self.id.as_deref(),
-            &self.model,
-            &self.ctx,
-            delta,
-            finish_reason,
-        );
-        out.push(chunk);
-    }
-
     /// Sends the role chunk once. Content before any `message_start` gets a generated id
     /// rather than being dropped.
     fn start(&mut self, id: Option<String>, model: Option<String>, out: &mut Vec<StreamOut>) {
-        if self.id.is_some() {
+        if self.stamp.id.is_some() {
             return;
         }
-        self.id = Some(id.unwrap_or_else(|| ids::new_id("chatcmpl-")));
-        self.model = model.unwrap_or_else(|| self.ctx.upstream_model.clone());
-        self.push_delta(json!({"role": "assistant", "content": ""}), None, out);
+        self.stamp.id = Some(id.unwrap_or_else(|| ids::new_id("chatcmpl-")));
+        self.stamp.model = model.unwrap_or_else(|| self.stamp.ctx.upstream_model.clone());
+        out.push(
+            self.stamp
+                .delta(json!({"role": "assistant", "content": ""}), None),
+        );
     }
 
     /// Usage counts are cumulative in every event that carries them: set, never add.
@@ -910,7 +893,7 @@ impl AnthropicChunkSource {
 
     fn message_start(&mut self, mut data: Value, out: &mut Vec<StreamOut>) {
         // A repeated message_start must not repeat the role chunk nor reset the usage.
-        if self.id.is_some() {
+        if self.stamp.id.is_some() {
             return;
         }
         let mut message = data.get_mut("message").map(Value::take).unwrap_or_default();
@@ -944,13 +927,13 @@ impl AnthropicChunkSource {
                     "type": "function",
                     "function": {"name": name, "arguments": ""},
                 });
-                self.push_delta(json!({ "tool_calls": [call] }), None, out);
+                out.push(self.stamp.delta(json!({ "tool_calls": [call] }), None));
             }
             Some("text") => {
                 // Anthropic starts text blocks empty; only a non-empty start carries content.
                 if let Some(text) = take_string(&mut block, "text").filter(|t| !t.is_empty()) {
                     self.start(None, None, out);
-                    self.push_delta(json!({ "content": text }), None, out);
+                    out.push(self.stamp.delta(json!({ "content": text }), None));
                 }
             }
             // thinking, redacted_thinking, server tool blocks: nothing until their deltas.
@@ -985,7 +968,7 @@ impl AnthropicChunkSource {
             Value::Object(delta)
         };
         self.start(None, None, out);
-        self.push_delta(delta, None, out);
+        out.push(self.stamp.delta(delta, None));
     }
 
     fn message_delta(&mut self, data: Value, out: &mut Vec<StreamOut>) {
@@ -999,13 +982,13 @@ impl AnthropicChunkSource {
             .and_then(|d| d.get("stop_reason"))
             .and_then(Value::as_str);
         self.start(None, None, out);
-        self.push_delta(json!({}), Some(finish_reason(reason)), out);
+        out.push(self.stamp.delta(json!({}), Some(finish_reason(reason))));
     }
 
     fn message_stop(&mut self, out: &mut Vec<StreamOut>) {
-        if self.ctx.include_usage {
+        if self.stamp.ctx.include_usage {
             self.start(None, None, out);
-            let mut chunk = self.envelope(json!([]));
+            let mut chunk = self.stamp.envelope(json!([]));
             let usage = usage_value(
                 self.input_tokens,
                 self.cache_read,

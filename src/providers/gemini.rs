@@ -11,8 +11,7 @@ use std::collections::HashMap;
 use crate::error::GatewayError;
 use crate::ids::new_id;
 use crate::providers::{
-    chunk_envelope, delta_chunk, ChunkSource, RequestContext, ResponseContext, StreamContext,
-    StreamOut,
+    ChunkSource, ChunkStamp, RequestContext, ResponseContext, StreamContext, StreamOut,
 };
 use crate::sse::SseEvent;
 use base64::Engine as _;
@@ -870,10 +869,8 @@ pub fn embed_response(body: &[u8], model: &str, base64: bool) -> Result<Value, G
 /// `finishReason` was seen and the bytes end. Only candidate 0 is translated.
 #[derive(Debug)]
 pub struct GeminiChunkSource {
-    ctx: StreamContext,
-    /// The chunk id, set by the first event; `None` until the role chunk went out.
-    id: Option<String>,
-    model: String,
+    /// Id, model and `created` of every chunk; the id and model come from the first event.
+    stamp: ChunkStamp,
     /// The latest `usageMetadata`: Gemini's counts are cumulative, so it replaces, never adds.
     usage: Option<Value>,
     /// OpenAI tool call index of the next function call, counted across the whole stream.
@@ -890,9 +887,7 @@ pub struct GeminiChunkSource {
 impl GeminiChunkSource {
     pub fn new(ctx: StreamContext) -> Self {
         GeminiChunkSource {
-            ctx,
-            id: None,
-            model: String::new(),
+            stamp: ChunkStamp::new(ctx),
             usage: None,
             next_tool: 0,
             saw_function_call: false,
@@ -901,36 +896,24 @@ impl GeminiChunkSource {
         }
     }
 
-    fn envelope(&self, choices: Value) -> Map<String, Value> {
-        chunk_envelope(self.id.as_deref(), &self.model, &self.ctx, choices)
-    }
-
-    fn push_delta(&self, delta: Value, finish_reason: Option<&str>, out: &mut Vec<StreamOut>) {
-        let chunk = delta_chunk(
-            self.id.as_deref(),
-            &self.model,
-            &self.ctx,
-            delta,
-            finish_reason,
-        );
-        out.push(chunk);
-    }
-
     /// Sends the role chunk once, taking the id and model from the first event.
     fn start(&mut self, data: &Map<String, Value>, out: &mut Vec<StreamOut>) {
-        if self.id.is_some() {
+        if self.stamp.id.is_some() {
             return;
         }
         let id = match data.get("responseId").and_then(Value::as_str) {
             Some(response_id) if !response_id.is_empty() => format!("chatcmpl-{response_id}"),
             _ => new_id("chatcmpl-"),
         };
-        self.id = Some(id);
-        self.model = match data.get("modelVersion").and_then(Value::as_str) {
+        self.stamp.id = Some(id);
+        self.stamp.model = match data.get("modelVersion").and_then(Value::as_str) {
             Some(model) if !model.is_empty() => model.to_string(),
-            _ => self.ctx.upstream_model.clone(),
+            _ => self.stamp.ctx.upstream_model.clone(),
         };
-        self.push_delta(json!({"role": "assistant", "content": ""}), None, out);
+        out.push(
+            self.stamp
+                .delta(json!({"role": "assistant", "content": ""}), None),
+        );
     }
 
     fn fail(&mut self, error: GatewayError, out: &mut Vec<StreamOut>) {
@@ -1016,7 +999,7 @@ impl GeminiChunkSource {
             }
             self.next_tool += 1;
             self.saw_function_call = true;
-            self.push_delta(json!({ "tool_calls": [call] }), None, out);
+            out.push(self.stamp.delta(json!({ "tool_calls": [call] }), None));
         } else if let Some(text) = part.get("text").and_then(Value::as_str) {
             // Gemini ends some streams with an empty text part carrying only a thoughtSignature.
             if text.is_empty() {
@@ -1029,7 +1012,7 @@ impl GeminiChunkSource {
             };
             let mut delta = Map::new();
             delta.insert(field.into(), Value::String(text.to_string()));
-            self.push_delta(Value::Object(delta), None, out);
+            out.push(self.stamp.delta(Value::Object(delta), None));
         }
         // Other parts (inlineData, executableCode, ...) have no chunk equivalent.
         Ok(())
@@ -1040,7 +1023,7 @@ impl GeminiChunkSource {
             return;
         }
         self.finish_sent = true;
-        self.push_delta(json!({}), Some(reason), out);
+        out.push(self.stamp.delta(json!({}), Some(reason)));
     }
 }
 
@@ -1071,8 +1054,8 @@ impl ChunkSource for GeminiChunkSource {
                 .with_code("stream_truncated");
             return self.fail(error, out);
         }
-        if self.ctx.include_usage {
-            let mut chunk = self.envelope(json!([]));
+        if self.stamp.ctx.include_usage {
+            let mut chunk = self.stamp.envelope(json!([]));
             chunk.insert("usage".into(), usage(self.usage.as_ref()));
             out.push(StreamOut::Chunk(Value::Object(chunk)));
         }

@@ -133,45 +133,56 @@ pub struct StreamContext {
     pub include_usage: bool,
 }
 
-/// A `chat.completion.chunk` with the stream's id, model and created around `choices`: every
-/// chunk of one stream carries the same three.
-pub fn chunk_envelope(
-    id: Option<&str>,
-    model: &str,
-    ctx: &StreamContext,
-    choices: serde_json::Value,
-) -> serde_json::Map<String, serde_json::Value> {
-    use serde_json::Value;
-    let mut chunk = serde_json::Map::new();
-    chunk.insert(
-        "id".into(),
-        Value::String(id.unwrap_or_default().to_string()),
-    );
-    chunk.insert("object".into(), Value::from("chat.completion.chunk"));
-    chunk.insert("created".into(), Value::from(ctx.created));
-    chunk.insert("model".into(), Value::String(model.to_string()));
-    chunk.insert("choices".into(), choices);
-    chunk
+/// What every `chat.completion.chunk` of one translated stream carries: the same id, model and
+/// `created`. The stream sources set `id` and `model` from the upstream's first event.
+#[derive(Debug)]
+pub struct ChunkStamp {
+    pub ctx: StreamContext,
+    /// `None` until the role chunk went out.
+    pub id: Option<String>,
+    pub model: String,
 }
 
-/// A chunk with one choice carrying `delta` (and `usage: null` when usage was asked for, as
-/// OpenAI sends it on every chunk but the last).
-pub fn delta_chunk(
-    id: Option<&str>,
-    model: &str,
-    ctx: &StreamContext,
-    delta: serde_json::Value,
-    finish_reason: Option<&str>,
-) -> StreamOut {
-    let choices = serde_json::json!([{
-        "index": 0,
-        "delta": delta,
-        "logprobs": null,
-        "finish_reason": finish_reason,
-    }]);
-    let mut chunk = chunk_envelope(id, model, ctx, choices);
-    if ctx.include_usage {
-        chunk.insert("usage".into(), serde_json::Value::Null);
+impl ChunkStamp {
+    pub fn new(ctx: StreamContext) -> Self {
+        ChunkStamp {
+            ctx,
+            id: None,
+            model: String::new(),
+        }
     }
-    StreamOut::Chunk(serde_json::Value::Object(chunk))
+
+    /// A chunk around `choices`.
+    pub fn envelope(
+        &self,
+        choices: serde_json::Value,
+    ) -> serde_json::Map<String, serde_json::Value> {
+        use serde_json::Value;
+        let mut chunk = serde_json::Map::new();
+        chunk.insert(
+            "id".into(),
+            Value::String(self.id.clone().unwrap_or_default()),
+        );
+        chunk.insert("object".into(), Value::from("chat.completion.chunk"));
+        chunk.insert("created".into(), Value::from(self.ctx.created));
+        chunk.insert("model".into(), Value::String(self.model.clone()));
+        chunk.insert("choices".into(), choices);
+        chunk
+    }
+
+    /// A chunk with one choice carrying `delta` (and `usage: null` when usage was asked for, as
+    /// OpenAI sends it on every chunk but the last).
+    pub fn delta(&self, delta: serde_json::Value, finish_reason: Option<&str>) -> StreamOut {
+        let choices = serde_json::json!([{
+            "index": 0,
+            "delta": delta,
+            "logprobs": null,
+            "finish_reason": finish_reason,
+        }]);
+        let mut chunk = self.envelope(choices);
+        if self.ctx.include_usage {
+            chunk.insert("usage".into(), serde_json::Value::Null);
+        }
+        StreamOut::Chunk(serde_json::Value::Object(chunk))
+    }
 }
