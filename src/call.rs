@@ -2,6 +2,7 @@
 //! treat the answer. Built once from the client's body; every attempt re-sends the same bytes.
 
 use crate::anthropic_api;
+use crate::chat_request::ChatRequest;
 use crate::error::GatewayError;
 use crate::frontend::{self, ChatEnvelope, Endpoint};
 use crate::ids::unix_now;
@@ -189,14 +190,14 @@ fn plan_chat(
             envelope.stream,
         ));
     }
-    // A second parse, into a tree, only for translated providers: routing needed `model` before
-    // the provider (and so the kind of parse) was known, and the envelope pass is cheap
-    // (~1.7 µs for 4 KB, benches/translate.rs) next to translation.
-    let chat = frontend::parse_chat_tree(body)?;
+    // A second parse only for translated providers: routing needed `model` before the provider
+    // (and so the kind of parse) was known, and the envelope pass is cheap next to translation.
+    let chat = ChatRequest::parse(body)?;
     Ok(Planned {
         body: translate_chat(&model, &chat)?,
         include_usage: chat
-            .pointer("/stream_options/include_usage")
+            .get("stream_options")
+            .and_then(|options| options.get("include_usage"))
             .and_then(Value::as_bool)
             .unwrap_or(false),
         model,
@@ -217,7 +218,7 @@ fn plan_complete(
         chat["model"] = model.upstream_model.as_str().into();
         chat.to_string().into_bytes()
     } else {
-        translate_chat(&model, &chat)?
+        ChatRequest::with_tree(&chat, |chat| translate_chat(&model, chat))?
     };
     Ok(Planned {
         model,
@@ -254,7 +255,7 @@ fn plan_messages(
         }
         chat.to_string().into_bytes()
     } else {
-        translate_chat(&model, &chat)?
+        ChatRequest::with_tree(&chat, |chat| translate_chat(&model, chat))?
     };
     Ok(Planned {
         model,
@@ -330,8 +331,8 @@ fn plan_embeddings(
     }
 }
 
-/// An OpenAI chat request in the model's provider's format.
-fn translate_chat(model: &Model, chat: &Value) -> Result<Vec<u8>, GatewayError> {
+/// An OpenAI chat request in the format of a provider that does not speak OpenAI's.
+fn translate_chat(model: &Model, chat: &ChatRequest) -> Result<Vec<u8>, GatewayError> {
     let ctx = RequestContext {
         upstream_model: &model.upstream_model,
         default_max_tokens: model.default_max_tokens,
@@ -339,11 +340,11 @@ fn translate_chat(model: &Model, chat: &Value) -> Result<Vec<u8>, GatewayError> 
     match model.provider.kind {
         ProviderKind::Anthropic => providers::anthropic::chat_request(chat, &ctx),
         ProviderKind::Gemini => providers::gemini::chat_request(chat, &ctx),
-        ProviderKind::Openai | ProviderKind::AzureOpenai => {
-            let mut chat = chat.clone();
-            chat["model"] = model.upstream_model.as_str().into();
-            Ok(chat.to_string().into_bytes())
-        }
+        // The planners send OpenAI-speaking providers the request itself.
+        ProviderKind::Openai | ProviderKind::AzureOpenai => Err(GatewayError::new(
+            500,
+            "an OpenAI request needs no translation",
+        )),
     }
 }
 

@@ -4,6 +4,7 @@ pub mod anthropic_api;
 pub mod balance;
 pub mod breaker;
 pub mod call;
+pub mod chat_request;
 pub mod config;
 pub mod discovery;
 pub mod error;

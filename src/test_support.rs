@@ -1,6 +1,8 @@
-//! Helpers shared by the translators' unit tests: input mutation for no-panic tests, and running
-//! recorded streams split at arbitrary points.
+//! Helpers shared by the translators' unit tests: input mutation for no-panic tests, running
+//! recorded streams split at arbitrary points, and checking the plain-message path.
 
+use crate::chat_request::{ChatRequest, Messages};
+use crate::error::GatewayError;
 use crate::providers::{ChunkSource, StreamOut};
 use crate::sse::SseParser;
 use serde_json::Value;
@@ -109,4 +111,42 @@ pub fn normalize_jsonl(jsonl: &str) -> Vec<String> {
             Err(_) => l.trim().to_string(),
         })
         .collect()
+}
+
+/// Request bodies whose messages take the plain path, alone and mixed with parsed ones: escapes,
+/// raw Unicode, odd spacing, empty texts, merged turns, repeated members, escaped roles.
+pub const PLAIN_PATH_BODIES: &[&str] = &[
+    r#"{"model":"m","messages":[{"role":"system","content":"Be \"brief\".\n"},{"role":"developer","content":"caf\u00e9 \ud83d\ude00"},{"role":"user","content":"hi","name":"ann"},{"role":"user","content":""},{"role":"assistant","content":""},{"role":"assistant","content":"tab\there \/ slash"},{"role":"user","content":"line\r\nbreak"}]}"#,
+    r#"{ "messages" : [ { "content" : "x" , "role" : "user" } , {"role":"assistant","content":"y"} ] , "max_tokens" : 5 }"#,
+    r#"{"messages":[{"role":"user","content":[{"type":"text","text":"a"}]},{"role":"user","content":"b"},{"role":"assistant","content":"calling","tool_calls":[{"id":"c1","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c1","content":"ok"},{"role":"user","content":"thanks"}]}"#,
+    r#"{"messages":[{"role":"us\u0065r","content":"a"},{"role":"user","role":"assistant","content":"b"},{"role":"user","content":"c","content":"d"},{"r\u006fle":"user","content":"e"}]}"#,
+    r#"{"messages":[{"role":"user","content":"日本語 — ünïcödé"},{"role":"assistant","content":null},{"role":"user","content":"again"}]}"#,
+    r#"{"messages":[{"role":"system","content":"only a system prompt"}]}"#,
+    r#"{"messages":[{"role":"user","content":"a"}],"messages":[{"role":"user","content":"the last messages member wins"}]}"#,
+];
+
+/// Checks that `encode` writes the same request (or the same error) whether plain messages take
+/// the plain path or every message is parsed, for [`PLAIN_PATH_BODIES`] and `more` bodies.
+pub fn assert_plain_path_matches(
+    encode: impl Fn(&ChatRequest, &Messages) -> Result<Vec<u8>, GatewayError>,
+    more: &[String],
+) {
+    let bodies = PLAIN_PATH_BODIES
+        .iter()
+        .copied()
+        .chain(more.iter().map(String::as_str));
+    for body in bodies {
+        let req = ChatRequest::parse(body.as_bytes()).expect("test body parses");
+        let plain = encode(&req, &req.messages().expect("messages parse"));
+        let parsed = encode(&req, &req.messages_all_parsed().expect("messages parse"));
+        match (plain, parsed) {
+            (Ok(plain), Ok(parsed)) => {
+                let plain: Value = serde_json::from_slice(&plain).expect("output is JSON");
+                let parsed: Value = serde_json::from_slice(&parsed).expect("output is JSON");
+                assert_eq!(plain, parsed, "body {body}");
+            }
+            (Err(plain), Err(parsed)) => assert_eq!(plain, parsed, "body {body}"),
+            (plain, parsed) => panic!("body {body}: plain path {plain:?}, general path {parsed:?}"),
+        }
+    }
 }

@@ -5,29 +5,40 @@
 //! `chat.completion.chunk` objects ([`AnthropicChunkSource`]). Every input is treated as untrusted: malformed
 //! client input is a 400 naming the offending field, a malformed upstream body is a 502.
 
+use crate::chat_request::{ChatRequest, Message, Messages, PlainRole};
 use crate::error::GatewayError;
 use crate::ids;
 use crate::providers::{
     ChunkSource, ChunkStamp, RequestContext, ResponseContext, StreamContext, StreamOut,
 };
 use crate::sse::SseEvent;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 /// Used when the route's configured default is 0, because Anthropic rejects `max_tokens: 0`.
 const FALLBACK_MAX_TOKENS: u32 = 4096;
 
-/// OpenAI chat request (a JSON object) -> Anthropic Messages request body (JSON bytes).
-pub fn chat_request(req: &Value, ctx: &RequestContext) -> Result<Vec<u8>, GatewayError> {
-    let (rest, messages) = request_body(req, ctx)?;
+/// OpenAI chat request -> Anthropic Messages request body (JSON bytes).
+pub fn chat_request(req: &ChatRequest, ctx: &RequestContext) -> Result<Vec<u8>, GatewayError> {
+    encode_request(req, &req.messages()?, ctx)
+}
+
+fn encode_request(
+    req: &ChatRequest,
+    messages: &Messages,
+    ctx: &RequestContext,
+) -> Result<Vec<u8>, GatewayError> {
+    let (rest, turns) = request_body(req.fields(), messages, ctx)?;
     serde_json::to_vec(&RequestBody {
-        messages: &messages,
+        messages: &turns,
         rest: &rest,
     })
     .map_err(|e| GatewayError::new(500, format!("could not encode Anthropic request: {e}")))
 }
 
 /// The Messages request as it is written out. The turns are serialised straight from the
-/// client's parsed request, borrowing its strings, rather than built as a second JSON tree.
+/// client's request, plain texts as the client wrote them, rather than built as a JSON tree.
 #[derive(serde::Serialize)]
 struct RequestBody<'a> {
     messages: &'a [Turn<'a>],
@@ -49,15 +60,13 @@ pub fn chat_response(body: &[u8], ctx: &ResponseContext) -> Result<Value, Gatewa
 // ---------------------------------------------------------------------------------------------
 
 /// Every field of the Messages request but `messages`, and the turns.
-fn request_body<'a>(
-    req: &'a Value,
+fn request_body<'m>(
+    req: &Map<String, Value>,
+    messages: &'m Messages,
     ctx: &RequestContext,
-) -> Result<(Map<String, Value>, Vec<Turn<'a>>), GatewayError> {
-    let req = req
-        .as_object()
-        .ok_or_else(|| GatewayError::bad_request("request body must be a JSON object"))?;
+) -> Result<(Map<String, Value>, Vec<Turn<'m>>), GatewayError> {
     check_n(req)?;
-    let (system, messages) = translate_messages(req.get("messages"))?;
+    let (system, messages) = translate_messages(messages)?;
 
     let mut out = Map::new();
     out.insert("model".into(), json!(ctx.upstream_model));
@@ -287,13 +296,15 @@ struct SystemPart {
 }
 
 /// Splits OpenAI messages into Anthropic's top-level `system` and the alternating `messages`.
-fn translate_messages(
-    messages: Option<&Value>,
-) -> Result<(Option<Value>, Vec<Turn<'_>>), GatewayError> {
+fn translate_messages<'m>(
+    messages: &'m Messages,
+) -> Result<(Option<Value>, Vec<Turn<'m>>), GatewayError> {
     let messages = match messages {
-        Some(Value::Array(items)) => items,
-        None | Some(Value::Null) => return Err(bad_param("`messages` is required", "messages")),
-        Some(_) => return Err(bad_param("`messages` must be a list", "messages")),
+        Messages::List(items) => items,
+        Messages::Missing | Messages::NotAList(Value::Null) => {
+            return Err(bad_param("`messages` is required", "messages"))
+        }
+        Messages::NotAList(_) => return Err(bad_param("`messages` must be a list", "messages")),
     };
     if messages.is_empty() {
         return Err(bad_param("`messages` must not be empty", "messages"));
@@ -301,36 +312,24 @@ fn translate_messages(
     let mut system = Vec::new();
     let mut turns: Vec<Turn> = Vec::new();
     for (i, message) in messages.iter().enumerate() {
-        let param = format!("messages[{i}]");
-        let msg = message
-            .as_object()
-            .ok_or_else(|| bad_param("each message must be an object", param.clone()))?;
-        match msg.get("role").and_then(Value::as_str) {
-            Some("system" | "developer") => system.extend(system_parts(msg, &param)?),
-            Some("user") => push_turn(&mut turns, "user", user_content(msg, &param)?),
-            Some("assistant") => {
-                let blocks = assistant_blocks(msg, &param)?;
+        match message {
+            // The common case: the text goes out as the client wrote it.
+            Message::Plain(plain) => match plain.role {
+                PlainRole::System => system.push(SystemPart {
+                    text: plain.text().into_owned(),
+                    cache_control: None,
+                }),
+                PlainRole::User => push_turn(&mut turns, "user", TurnContent::Text(plain.content)),
                 // An assistant turn with nothing in it would be rejected upstream; it carries nothing.
-                if !blocks.is_empty() {
-                    push_turn(&mut turns, "assistant", TurnContent::Blocks(blocks));
-                }
-            }
-            Some("tool") => push_turn(
-                &mut turns,
-                "user",
-                TurnContent::Blocks(vec![tool_result(msg, &param)?]),
-            ),
-            Some(other) => {
-                return Err(bad_param(
-                    format!("unsupported message role `{other}`"),
-                    format!("{param}.role"),
-                ))
-            }
-            None => {
-                return Err(bad_param(
-                    "message is missing a string `role`",
-                    format!("{param}.role"),
-                ))
+                PlainRole::Assistant if plain.is_empty() => {}
+                PlainRole::Assistant => push_turn(
+                    &mut turns,
+                    "assistant",
+                    TurnContent::Blocks(vec![Block::Text(plain.content)]),
+                ),
+            },
+            Message::Parsed(message) => {
+                translate_parsed_message(message, i, &mut system, &mut turns)?
             }
         }
     }
@@ -343,24 +342,93 @@ fn translate_messages(
     Ok((system_value(system), turns))
 }
 
+/// Any message other than a plain one.
+fn translate_parsed_message<'m>(
+    message: &'m Value,
+    i: usize,
+    system: &mut Vec<SystemPart>,
+    turns: &mut Vec<Turn<'m>>,
+) -> Result<(), GatewayError> {
+    let param = format!("messages[{i}]");
+    let msg = message
+        .as_object()
+        .ok_or_else(|| bad_param("each message must be an object", param.clone()))?;
+    match msg.get("role").and_then(Value::as_str) {
+        Some("system" | "developer") => system.extend(system_parts(msg, &param)?),
+        Some("user") => push_turn(turns, "user", user_content(msg, &param)?),
+        Some("assistant") => {
+            let blocks = assistant_blocks(msg, &param)?;
+            // An assistant turn with nothing in it would be rejected upstream; it carries nothing.
+            if !blocks.is_empty() {
+                push_turn(turns, "assistant", TurnContent::Blocks(json_blocks(blocks)));
+            }
+        }
+        Some("tool") => push_turn(
+            turns,
+            "user",
+            TurnContent::Blocks(vec![Block::Json(tool_result(msg, &param)?)]),
+        ),
+        Some(other) => {
+            return Err(bad_param(
+                format!("unsupported message role `{other}`"),
+                format!("{param}.role"),
+            ))
+        }
+        None => {
+            return Err(bad_param(
+                "message is missing a string `role`",
+                format!("{param}.role"),
+            ))
+        }
+    }
+    Ok(())
+}
+
 /// One Anthropic turn.
 #[derive(serde::Serialize)]
-struct Turn<'a> {
+struct Turn<'m> {
     role: &'static str,
-    content: TurnContent<'a>,
+    content: TurnContent<'m>,
 }
 
 /// A turn's content: the client's own string, or a list of blocks.
 #[derive(serde::Serialize)]
 #[serde(untagged)]
-enum TurnContent<'a> {
-    Text(&'a str),
-    Blocks(Vec<Value>),
+enum TurnContent<'m> {
+    /// A plain message's content, a JSON string literal as the client wrote it.
+    Text(&'m RawValue),
+    /// A string from a parsed message.
+    Str(&'m str),
+    Blocks(Vec<Block<'m>>),
+}
+
+/// A content block: a text block around a plain message's content, or one built as a tree.
+enum Block<'m> {
+    Text(&'m RawValue),
+    Json(Value),
+}
+
+impl Serialize for Block<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Block::Text(text) => {
+                let mut block = serializer.serialize_map(Some(2))?;
+                block.serialize_entry("type", "text")?;
+                block.serialize_entry("text", text)?;
+                block.end()
+            }
+            Block::Json(value) => value.serialize(serializer),
+        }
+    }
+}
+
+fn json_blocks<'m>(blocks: Vec<Value>) -> Vec<Block<'m>> {
+    blocks.into_iter().map(Block::Json).collect()
 }
 
 /// Appends a turn, merging it into the previous one when the roles match: Anthropic wants turns to
 /// alternate, and OpenAI clients send parallel tool results as separate consecutive messages.
-fn push_turn<'a>(turns: &mut Vec<Turn<'a>>, role: &'static str, content: TurnContent<'a>) {
+fn push_turn<'m>(turns: &mut Vec<Turn<'m>>, role: &'static str, content: TurnContent<'m>) {
     if let Some(last) = turns.last_mut().filter(|t| t.role == role) {
         let previous = std::mem::replace(&mut last.content, TurnContent::Blocks(Vec::new()));
         let mut blocks = turn_blocks(previous);
@@ -371,12 +439,15 @@ fn push_turn<'a>(turns: &mut Vec<Turn<'a>>, role: &'static str, content: TurnCon
     turns.push(Turn { role, content });
 }
 
-/// A turn's content as a list of blocks, for merging.
-fn turn_blocks(content: TurnContent<'_>) -> Vec<Value> {
+/// A turn's content as a list of blocks, for merging. Empty texts become no block, since
+/// Anthropic rejects empty text blocks.
+fn turn_blocks(content: TurnContent<'_>) -> Vec<Block<'_>> {
     match content {
         TurnContent::Blocks(blocks) => blocks,
-        TurnContent::Text("") => Vec::new(),
-        TurnContent::Text(s) => vec![text_block(s)],
+        TurnContent::Text(raw) if raw.get() == "\"\"" => Vec::new(),
+        TurnContent::Text(raw) => vec![Block::Text(raw)],
+        TurnContent::Str("") => Vec::new(),
+        TurnContent::Str(s) => vec![Block::Json(text_block(s))],
     }
 }
 
@@ -460,11 +531,11 @@ fn user_content<'a>(
     param: &str,
 ) -> Result<TurnContent<'a>, GatewayError> {
     match msg.get("content") {
-        Some(Value::String(s)) => Ok(TurnContent::Text(s)),
-        Some(Value::Array(parts)) => Ok(TurnContent::Blocks(content_blocks(
+        Some(Value::String(s)) => Ok(TurnContent::Str(s)),
+        Some(Value::Array(parts)) => Ok(TurnContent::Blocks(json_blocks(content_blocks(
             parts,
             &format!("{param}.content"),
-        )?)),
+        )?))),
         _ => Err(bad_param(
             "user message content must be a string or a list of content parts",
             format!("{param}.content"),
@@ -1103,12 +1174,13 @@ mod tests {
     }
 
     fn translate(req: &Value) -> Value {
-        let bytes = chat_request(req, &REQ_CTX).expect("request translates");
+        let bytes =
+            ChatRequest::with_tree(req, |r| chat_request(r, &REQ_CTX)).expect("request translates");
         serde_json::from_slice(&bytes).expect("request body is JSON")
     }
 
     fn translate_err(req: &Value) -> GatewayError {
-        chat_request(req, &REQ_CTX).expect_err("request is rejected")
+        ChatRequest::with_tree(req, |r| chat_request(r, &REQ_CTX)).expect_err("request is rejected")
     }
 
     fn respond(body: &Value) -> Value {
@@ -1259,16 +1331,20 @@ mod tests {
             upstream_model: "m",
             default_max_tokens: 8192,
         };
-        let out: Value =
-            serde_json::from_slice(&chat_request(&request_with(json!({})), &ctx).unwrap()).unwrap();
+        let out: Value = serde_json::from_slice(
+            &ChatRequest::with_tree(&request_with(json!({})), |r| chat_request(r, &ctx)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(out["max_tokens"], 8192);
         // A zero default would be rejected upstream.
         let ctx = RequestContext {
             upstream_model: "m",
             default_max_tokens: 0,
         };
-        let out: Value =
-            serde_json::from_slice(&chat_request(&request_with(json!({})), &ctx).unwrap()).unwrap();
+        let out: Value = serde_json::from_slice(
+            &ChatRequest::with_tree(&request_with(json!({})), |r| chat_request(r, &ctx)).unwrap(),
+        )
+        .unwrap();
         assert_eq!(out["max_tokens"], FALLBACK_MAX_TOKENS);
     }
 
@@ -1508,6 +1584,32 @@ mod tests {
     }
 
     #[test]
+    fn plain_messages_translate_as_parsed_ones_do() {
+        let fixtures = [
+            fixture!("request_text_system.openai.json"),
+            fixture!("request_system_cache_control.openai.json"),
+            fixture!("request_images.openai.json"),
+            fixture!("request_tools.openai.json"),
+            fixture!("request_assistant_text_and_tool.openai.json"),
+        ]
+        .map(|f| f.to_string());
+        crate::test_support::assert_plain_path_matches(
+            |req, messages| encode_request(req, messages, &REQ_CTX),
+            &fixtures,
+        );
+    }
+
+    #[test]
+    fn plain_texts_go_out_as_the_client_wrote_them() {
+        let body = br#"{"messages":[{"role":"user","content":"caf\u00e9 \"q\""},{"role":"assistant","content":"x\/y"}]}"#;
+        let req = ChatRequest::parse(body).expect("parses");
+        let out =
+            String::from_utf8(chat_request(&req, &REQ_CTX).expect("translates")).expect("UTF-8");
+        assert!(out.contains(r#""content":"caf\u00e9 \"q\"""#), "{out}");
+        assert!(out.contains(r#"{"type":"text","text":"x\/y"}"#), "{out}");
+    }
+
+    #[test]
     fn no_input_panics() {
         let odd = odd_values();
         let requests = [
@@ -1520,7 +1622,7 @@ mod tests {
         let mut count = 0;
         for req in &requests {
             for variant in mutations(req, &odd) {
-                let _ = chat_request(&variant, &REQ_CTX);
+                let _ = ChatRequest::with_tree(&variant, |r| chat_request(r, &REQ_CTX));
                 count += 1;
             }
         }

@@ -8,6 +8,7 @@
 
 use std::collections::HashMap;
 
+use crate::chat_request::{ChatRequest, Message, Messages, PlainRole};
 use crate::error::GatewayError;
 use crate::ids::new_id;
 use crate::providers::{
@@ -15,36 +16,85 @@ use crate::providers::{
 };
 use crate::sse::SseEvent;
 use base64::Engine as _;
+use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
-/// OpenAI chat request (a JSON object) -> Gemini generateContent request body (JSON bytes).
+/// OpenAI chat request -> Gemini generateContent request body (JSON bytes).
 /// The model goes in the URL path, not the body (the proxy builds the path).
-pub fn chat_request(req: &Value, _ctx: &RequestContext) -> Result<Vec<u8>, GatewayError> {
-    let req = req
-        .as_object()
-        .ok_or_else(|| GatewayError::bad_request("the request body must be a JSON object"))?;
-    let messages = translate_messages(req.get("messages"))?;
+pub fn chat_request(req: &ChatRequest, _ctx: &RequestContext) -> Result<Vec<u8>, GatewayError> {
+    encode_request(req, &req.messages()?)
+}
 
-    let mut body = Map::new();
-    body.insert("contents".into(), Value::Array(messages.contents));
-    if !messages.system.is_empty() {
-        body.insert(
-            "systemInstruction".into(),
-            json!({ "parts": messages.system }),
-        );
-    }
+fn encode_request(req: &ChatRequest, messages: &Messages) -> Result<Vec<u8>, GatewayError> {
+    let messages = translate_messages(messages)?;
+    let req = req.fields();
+    let mut rest = Map::new();
     let config = generation_config(req)?;
     if !config.is_empty() {
-        body.insert("generationConfig".into(), Value::Object(config));
+        rest.insert("generationConfig".into(), Value::Object(config));
     }
     if let Some(tools) = tools(req.get("tools"))? {
-        body.insert("tools".into(), tools);
+        rest.insert("tools".into(), tools);
     }
     if let Some(tool_config) = tool_config(req.get("tool_choice"))? {
-        body.insert("toolConfig".into(), tool_config);
+        rest.insert("toolConfig".into(), tool_config);
     }
-    serde_json::to_vec(&Value::Object(body))
+    let body = RequestBody {
+        contents: &messages.contents,
+        system_instruction: (!messages.system.is_empty()).then_some(SystemInstruction {
+            parts: &messages.system,
+        }),
+        rest: &rest,
+    };
+    serde_json::to_vec(&body)
         .map_err(|e| GatewayError::new(500, format!("could not encode the Gemini request: {e}")))
+}
+
+/// The generateContent request as it is written out. The turns are serialised straight from the
+/// client's request, plain texts as the client wrote them, rather than built as a JSON tree.
+#[derive(serde::Serialize)]
+struct RequestBody<'a> {
+    contents: &'a [Turn<'a>],
+    #[serde(rename = "systemInstruction", skip_serializing_if = "Option::is_none")]
+    system_instruction: Option<SystemInstruction<'a>>,
+    #[serde(flatten)]
+    rest: &'a Map<String, Value>,
+}
+
+#[derive(serde::Serialize)]
+struct SystemInstruction<'a> {
+    parts: &'a [Part<'a>],
+}
+
+/// One `contents` turn.
+#[derive(serde::Serialize)]
+struct Turn<'m> {
+    role: &'static str,
+    parts: Vec<Part<'m>>,
+}
+
+/// A part: `{"text": ...}` around a plain message's content, or one built as a tree.
+enum Part<'m> {
+    Text(&'m RawValue),
+    Json(Value),
+}
+
+impl Serialize for Part<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        match self {
+            Part::Text(text) => {
+                let mut part = serializer.serialize_map(Some(1))?;
+                part.serialize_entry("text", text)?;
+                part.end()
+            }
+            Part::Json(value) => value.serialize(serializer),
+        }
+    }
+}
+
+fn json_parts<'m>(parts: Vec<Value>) -> Vec<Part<'m>> {
+    parts.into_iter().map(Part::Json).collect()
 }
 
 /// Gemini generateContent response body -> OpenAI `chat.completion` object.
@@ -78,87 +128,107 @@ pub fn chat_response(body: &[u8], ctx: &ResponseContext) -> Result<Value, Gatewa
 // Request: messages
 
 /// The translated conversation: `systemInstruction` parts and `contents` turns.
-struct Messages {
-    system: Vec<Value>,
-    contents: Vec<Value>,
+struct Conversation<'m> {
+    system: Vec<Part<'m>>,
+    contents: Vec<Turn<'m>>,
+    /// Gemini's functionResponse needs the function's name, but OpenAI tool messages only carry
+    /// the call id: the name of every call seen so far.
+    call_names: HashMap<String, String>,
 }
 
-fn translate_messages(messages: Option<&Value>) -> Result<Messages, GatewayError> {
+fn translate_messages<'m>(messages: &'m Messages) -> Result<Conversation<'m>, GatewayError> {
     let messages = match messages {
-        Some(Value::Array(items)) if !items.is_empty() => items,
-        Some(Value::Array(_)) => {
+        Messages::List(items) if !items.is_empty() => items,
+        Messages::List(_) => {
             return Err(bad_param("`messages` must not be empty", "messages"));
         }
-        Some(_) => return Err(bad_param("`messages` must be an array", "messages")),
-        None => return Err(bad_param("`messages` is required", "messages")),
+        Messages::NotAList(_) => return Err(bad_param("`messages` must be an array", "messages")),
+        Messages::Missing => return Err(bad_param("`messages` is required", "messages")),
     };
 
-    let mut out = Messages {
+    let mut out = Conversation {
         system: Vec::new(),
         contents: Vec::new(),
+        call_names: HashMap::new(),
     };
-    // Gemini's functionResponse needs the function's name, but OpenAI tool messages only carry
-    // the call id: remember the name of every call seen so far.
-    let mut call_names: HashMap<String, String> = HashMap::new();
-
     for (i, message) in messages.iter().enumerate() {
-        let param = format!("messages[{i}]");
-        let message = message
-            .as_object()
-            .ok_or_else(|| bad_param(format!("`{param}` must be an object"), &param))?;
-        let content = message.get("content");
-        let content_param = format!("{param}.content");
-        match message.get("role").and_then(Value::as_str) {
-            Some("system" | "developer") => {
-                out.system
-                    .extend(content_parts(content, &content_param, false)?);
+        match message {
+            // The common case: the text goes out as the client wrote it. Gemini rejects empty
+            // text parts ("empty text parameter"), so an empty string gives none.
+            Message::Plain(plain) => {
+                let parts = match plain.is_empty() {
+                    true => Vec::new(),
+                    false => vec![Part::Text(plain.content)],
+                };
+                match plain.role {
+                    PlainRole::System => out.system.extend(parts),
+                    PlainRole::User => push_turn(&mut out.contents, "user", parts),
+                    PlainRole::Assistant => push_turn(&mut out.contents, "model", parts),
+                }
             }
-            Some("user") => {
-                let parts = content_parts(content, &content_param, true)?;
-                push_turn(&mut out.contents, "user", parts);
-            }
-            Some("assistant") => {
-                let mut parts = content_parts(content, &content_param, true)?;
-                parts.extend(tool_call_parts(message, &param, &mut call_names)?);
-                push_turn(&mut out.contents, "model", parts);
-            }
-            Some("tool") => {
-                let part = tool_result_part(message, &param, &call_names)?;
-                push_turn(&mut out.contents, "user", vec![part]);
-            }
-            Some(other) => {
-                return Err(bad_param(
-                    format!("`{param}.role` `{other}` is not supported"),
-                    format!("{param}.role"),
-                ));
-            }
-            None => {
-                return Err(bad_param(
-                    format!("`{param}.role` must be a string"),
-                    format!("{param}.role"),
-                ));
-            }
+            Message::Parsed(message) => translate_parsed_message(message, i, &mut out)?,
         }
     }
     Ok(out)
 }
 
+/// Any message other than a plain one.
+fn translate_parsed_message(
+    message: &Value,
+    i: usize,
+    out: &mut Conversation,
+) -> Result<(), GatewayError> {
+    let param = format!("messages[{i}]");
+    let message = message
+        .as_object()
+        .ok_or_else(|| bad_param(format!("`{param}` must be an object"), &param))?;
+    let content = message.get("content");
+    let content_param = format!("{param}.content");
+    match message.get("role").and_then(Value::as_str) {
+        Some("system" | "developer") => {
+            let parts = content_parts(content, &content_param, false)?;
+            out.system.extend(json_parts(parts));
+        }
+        Some("user") => {
+            let parts = content_parts(content, &content_param, true)?;
+            push_turn(&mut out.contents, "user", json_parts(parts));
+        }
+        Some("assistant") => {
+            let mut parts = content_parts(content, &content_param, true)?;
+            parts.extend(tool_call_parts(message, &param, &mut out.call_names)?);
+            push_turn(&mut out.contents, "model", json_parts(parts));
+        }
+        Some("tool") => {
+            let part = tool_result_part(message, &param, &out.call_names)?;
+            push_turn(&mut out.contents, "user", vec![Part::Json(part)]);
+        }
+        Some(other) => {
+            return Err(bad_param(
+                format!("`{param}.role` `{other}` is not supported"),
+                format!("{param}.role"),
+            ));
+        }
+        None => {
+            return Err(bad_param(
+                format!("`{param}.role` must be a string"),
+                format!("{param}.role"),
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// Appends parts as a turn, merging into the previous turn when the role repeats: Gemini wants
 /// user and model turns to alternate, and tool results arrive as separate OpenAI messages.
-fn push_turn(contents: &mut Vec<Value>, role: &str, parts: Vec<Value>) {
+fn push_turn<'m>(contents: &mut Vec<Turn<'m>>, role: &'static str, parts: Vec<Part<'m>>) {
     // A turn without parts is rejected by Gemini; an empty message carries nothing anyway.
     if parts.is_empty() {
         return;
     }
-    if let Some(last) = contents.last_mut() {
-        if last.get("role").and_then(Value::as_str) == Some(role) {
-            if let Some(Value::Array(existing)) = last.get_mut("parts") {
-                existing.extend(parts);
-                return;
-            }
-        }
+    match contents.last_mut() {
+        Some(last) if last.role == role => last.parts.extend(parts),
+        _ => contents.push(Turn { role, parts }),
     }
-    contents.push(json!({ "role": role, "parts": parts }));
 }
 
 /// Message content (string, array of parts, or null) -> Gemini parts.
@@ -1108,12 +1178,14 @@ mod tests {
     }
 
     fn request(req: &Value) -> Value {
-        let bytes = chat_request(req, &REQ_CTX).expect("request translates");
+        let bytes =
+            ChatRequest::with_tree(req, |r| chat_request(r, &REQ_CTX)).expect("request translates");
         serde_json::from_slice(&bytes).expect("output is JSON")
     }
 
     fn request_err(req: Value) -> GatewayError {
-        chat_request(&req, &REQ_CTX).expect_err("request is rejected")
+        ChatRequest::with_tree(&req, |r| chat_request(r, &REQ_CTX))
+            .expect_err("request is rejected")
     }
 
     fn response(body: &str) -> Value {
@@ -1151,6 +1223,35 @@ mod tests {
     }
 
     // --- request fixtures -------------------------------------------------------------------
+
+    #[test]
+    fn plain_messages_translate_as_parsed_ones_do() {
+        let fixtures = [
+            fixture!("request_text_system", "openai", "gemini").0,
+            fixture!("request_images", "openai", "gemini").0,
+            fixture!("request_tools", "openai", "gemini").0,
+            fixture!("request_tool_results", "openai", "gemini").0,
+            fixture!("request_generation_config", "openai", "gemini").0,
+        ]
+        .map(|f| f.to_string());
+        crate::test_support::assert_plain_path_matches(encode_request, &fixtures);
+    }
+
+    #[test]
+    fn plain_texts_go_out_as_the_client_wrote_them() {
+        let body = br#"{"messages":[{"role":"system","content":"x\/y"},{"role":"user","content":"caf\u00e9 \"q\""}]}"#;
+        let req = ChatRequest::parse(body).expect("parses");
+        let out =
+            String::from_utf8(chat_request(&req, &REQ_CTX).expect("translates")).expect("UTF-8");
+        assert!(
+            out.contains(r#"{"role":"user","parts":[{"text":"caf\u00e9 \"q\""}]}"#),
+            "{out}"
+        );
+        assert!(
+            out.contains(r#""systemInstruction":{"parts":[{"text":"x\/y"}]}"#),
+            "{out}"
+        );
+    }
 
     #[test]
     fn text_and_system_messages() {
@@ -1576,7 +1677,7 @@ mod tests {
             json!({ "messages": [user("x")], "tool_choice": { "type": "function", "function": 1 } }),
         ];
         for input in &inputs {
-            let _ = chat_request(input, &REQ_CTX);
+            let _ = ChatRequest::with_tree(input, |r| chat_request(r, &REQ_CTX));
         }
     }
 

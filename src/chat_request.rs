@@ -1,0 +1,405 @@
+//! An OpenAI chat request as the translators read it: parsed once, borrowing from the body.
+//!
+//! Message text is most of a chat request's bytes, and a translated request carries it over
+//! unchanged. So a plain message (a `system`, `developer`, `user` or `assistant` role, a string
+//! `content`, no `tool_calls`) keeps its content as the client's own JSON string literal: the
+//! translators write it out again as it came, with no decoding, allocation or re-escaping.
+//! Every other message (content parts, tool calls, tool results, anything malformed) is parsed
+//! into a `serde_json::Value` and takes the translators' general path, where the rules and the
+//! error messages for it live. Before this, every request was parsed into a tree and written
+//! out again: on a 4 KB request that was two thirds of the gateway's instructions (callgrind,
+//! BENCHMARKS.md).
+
+use crate::error::GatewayError;
+use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
+use serde_json::value::RawValue;
+use serde_json::{Map, Value};
+use std::borrow::Cow;
+use std::fmt;
+
+pub struct ChatRequest<'a> {
+    /// Every top-level member except `messages`.
+    fields: Map<String, Value>,
+    /// `messages` as it is in the body; `None` when absent.
+    messages: Option<&'a RawValue>,
+}
+
+/// The `messages` member.
+pub enum Messages<'a> {
+    List(Vec<Message<'a>>),
+    Missing,
+    /// Present but not a list (`null` included).
+    NotAList(Value),
+}
+
+pub enum Message<'a> {
+    Plain(PlainMessage<'a>),
+    /// Any other message, parsed.
+    Parsed(Value),
+}
+
+/// A message with one of the four plain roles and a string `content`.
+pub struct PlainMessage<'a> {
+    pub role: PlainRole,
+    /// The content, a JSON string literal exactly as the client wrote it.
+    pub content: &'a RawValue,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlainRole {
+    /// `system` or `developer`.
+    System,
+    User,
+    Assistant,
+}
+
+impl PlainMessage<'_> {
+    /// True for `""`; any escape decodes to at least one character, so nothing else is empty.
+    pub fn is_empty(&self) -> bool {
+        self.content.get() == "\"\""
+    }
+
+    /// The content decoded; borrowed unless it has escapes.
+    pub fn text(&self) -> Cow<'_, str> {
+        let raw = self.content.get();
+        let inner = &raw[1..raw.len() - 1];
+        if !inner.contains('\\') {
+            return Cow::Borrowed(inner);
+        }
+        // The literal was validated when the body was parsed, so this cannot fail.
+        serde_json::from_str::<String>(raw).map_or(Cow::Borrowed(inner), Cow::Owned)
+    }
+}
+
+impl<'a> ChatRequest<'a> {
+    /// Parses a client's request body; the errors are those of [`crate::frontend::parse_chat_tree`].
+    pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
+        serde_json::from_slice(body).map_err(|typed_error| {
+            // Errors only: the tree parse words them as every other endpoint does.
+            match crate::frontend::parse_chat_tree(body) {
+                Err(e) => e,
+                Ok(_) => GatewayError::bad_request(format!(
+                    "The request body is not valid JSON: {typed_error}"
+                )),
+            }
+        })
+    }
+
+    /// Runs `f` on a request that was built as a tree (from Anthropic's Messages API or
+    /// `/v1/complete`) rather than received.
+    pub fn with_tree<T>(
+        tree: &Value,
+        f: impl FnOnce(&ChatRequest<'_>) -> Result<T, GatewayError>,
+    ) -> Result<T, GatewayError> {
+        let body = serde_json::to_vec(tree).map_err(|e| {
+            GatewayError::new(500, format!("could not encode the chat request: {e}"))
+        })?;
+        f(&ChatRequest::parse(&body)?)
+    }
+
+    /// A top-level member other than `messages`.
+    pub fn get(&self, key: &str) -> Option<&Value> {
+        self.fields.get(key)
+    }
+
+    /// The top-level members other than `messages`.
+    pub fn fields(&self) -> &Map<String, Value> {
+        &self.fields
+    }
+
+    pub fn messages(&self) -> Result<Messages<'a>, GatewayError> {
+        let Some(raw) = self.messages else {
+            return Ok(Messages::Missing);
+        };
+        match serde_json::from_str::<Vec<MessageSlot<'a>>>(raw.get()) {
+            Ok(slots) => slots
+                .into_iter()
+                .map(MessageSlot::into_message)
+                .collect::<Result<_, _>>()
+                .map(Messages::List),
+            // Not a list of objects: every message takes the general path, which says what is
+            // wrong with it.
+            Err(_) => Ok(match parse_tree(raw)? {
+                Value::Array(items) => {
+                    Messages::List(items.into_iter().map(Message::Parsed).collect())
+                }
+                other => Messages::NotAList(other),
+            }),
+        }
+    }
+
+    /// Every message as [`Message::Parsed`]: the general path, for tests that check the plain
+    /// path against it.
+    #[cfg(test)]
+    pub fn messages_all_parsed(&self) -> Result<Messages<'a>, GatewayError> {
+        Ok(match self.messages()? {
+            Messages::List(_) => {
+                let raw = self.messages.map_or("[]", RawValue::get);
+                let items: Vec<Value> = serde_json::from_str(raw).map_err(|e| {
+                    GatewayError::bad_request(format!("The request body is not valid JSON: {e}"))
+                })?;
+                Messages::List(items.into_iter().map(Message::Parsed).collect())
+            }
+            other => other,
+        })
+    }
+}
+
+/// Raw JSON as a tree. The raw text is valid JSON, so only its depth can make this fail.
+fn parse_tree(raw: &RawValue) -> Result<Value, GatewayError> {
+    serde_json::from_str(raw.get())
+        .map_err(|e| GatewayError::bad_request(format!("The request body is not valid JSON: {e}")))
+}
+
+/// One message object, read in one pass with every member kept as raw JSON.
+struct MessageSlot<'a> {
+    role: Option<&'a RawValue>,
+    content: Option<&'a RawValue>,
+    /// The other members, in order.
+    others: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> MessageSlot<'a> {
+    /// Plain when the role is one of the four (written without escapes), the content is a
+    /// string and there are no `tool_calls`. The translators read only `role`, `content` and
+    /// `tool_calls` from these roles (`tool_call_id` only from `tool` messages), so every other
+    /// member can be left behind.
+    fn into_message(self) -> Result<Message<'a>, GatewayError> {
+        let role = match self.role.map(RawValue::get) {
+            Some(r#""system""# | r#""developer""#) => Some(PlainRole::System),
+            Some(r#""user""#) => Some(PlainRole::User),
+            Some(r#""assistant""#) => Some(PlainRole::Assistant),
+            _ => None,
+        };
+        let text = self.content.filter(|c| c.get().starts_with('"'));
+        let tool_calls = self.others.iter().any(|(key, _)| key == "tool_calls");
+        if let (Some(role), Some(content), false) = (role, text, tool_calls) {
+            return Ok(Message::Plain(PlainMessage { role, content }));
+        }
+        let mut tree = Map::new();
+        let named = [("role", self.role), ("content", self.content)];
+        for (key, raw) in named
+            .into_iter()
+            .filter_map(|(k, raw)| Some((Cow::Borrowed(k), raw?)))
+        {
+            tree.insert(key.into_owned(), parse_tree(raw)?);
+        }
+        for (key, raw) in self.others {
+            tree.insert(key.into_owned(), parse_tree(raw)?);
+        }
+        Ok(Message::Parsed(Value::Object(tree)))
+    }
+}
+
+impl<'de> Deserialize<'de> for MessageSlot<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct SlotVisitor;
+        impl<'de> Visitor<'de> for SlotVisitor {
+            type Value = MessageSlot<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a message object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut slot = MessageSlot {
+                    role: None,
+                    content: None,
+                    others: Vec::new(),
+                };
+                // A repeated member replaces the earlier one, as in a tree.
+                while let Some(Key(key)) = map.next_key()? {
+                    match key.as_ref() {
+                        "role" => slot.role = Some(map.next_value()?),
+                        "content" => slot.content = Some(map.next_value()?),
+                        _ => {
+                            let value = map.next_value()?;
+                            slot.others.retain(|(k, _)| *k != key);
+                            slot.others.push((key, value));
+                        }
+                    }
+                }
+                Ok(slot)
+            }
+        }
+        deserializer.deserialize_map(SlotVisitor)
+    }
+}
+
+/// An object key, borrowed unless it has escapes.
+struct Key<'a>(Cow<'a, str>);
+
+impl<'de> Deserialize<'de> for Key<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct KeyVisitor;
+        impl<'de> Visitor<'de> for KeyVisitor {
+            type Value = Key<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a key")
+            }
+            fn visit_borrowed_str<E>(self, key: &'de str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Borrowed(key)))
+            }
+            fn visit_str<E>(self, key: &str) -> Result<Self::Value, E> {
+                Ok(Key(Cow::Owned(key.to_owned())))
+            }
+        }
+        deserializer.deserialize_str(KeyVisitor)
+    }
+}
+
+impl<'de> Deserialize<'de> for ChatRequest<'de> {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        struct RequestVisitor;
+        impl<'de> Visitor<'de> for RequestVisitor {
+            type Value = ChatRequest<'de>;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("a JSON object")
+            }
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
+                let mut request = ChatRequest {
+                    fields: Map::new(),
+                    messages: None,
+                };
+                // Keys are owned: they may hold escapes, and the map needs owned keys anyway.
+                while let Some(key) = map.next_key::<String>()? {
+                    if key == "messages" {
+                        // A repeated member replaces the earlier one, as in a tree.
+                        request.messages = Some(map.next_value()?);
+                    } else {
+                        let value = map.next_value()?;
+                        request.fields.insert(key, value);
+                    }
+                }
+                Ok(request)
+            }
+        }
+        deserializer.deserialize_map(RequestVisitor)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn kinds(body: &str) -> Vec<&'static str> {
+        let req = ChatRequest::parse(body.as_bytes()).expect("parses");
+        match req.messages().expect("messages parse") {
+            Messages::List(list) => list
+                .iter()
+                .map(|m| match m {
+                    Message::Plain(p) => match p.role {
+                        PlainRole::System => "system",
+                        PlainRole::User => "user",
+                        PlainRole::Assistant => "assistant",
+                    },
+                    Message::Parsed(_) => "parsed",
+                })
+                .collect(),
+            Messages::Missing => vec!["missing"],
+            Messages::NotAList(_) => vec!["not a list"],
+        }
+    }
+
+    #[test]
+    fn only_the_common_shape_is_plain() {
+        let body = r#"{"messages":[
+            {"role":"system","content":"s"}, {"role":"developer","content":"d"},
+            {"role":"user","content":"u","name":"ann"}, {"content":"a","role":"assistant"},
+            {"role":"assistant","content":"a","tool_calls":[]}, {"role":"assistant","content":null},
+            {"role":"user","content":[{"type":"text","text":"t"}]}, {"role":"tool","content":"r"},
+            {"role":"us\u0065r","content":"e"}, {"r\u006fle":"user","content":"k"},
+            {"role":"tool","role":"user","content":"r"}, {"role":"user","content":[],"content":"c"},
+            {"role":"user"}, {"content":"x"}, {"role":5,"content":"x"}
+        ]}"#;
+        assert_eq!(
+            kinds(body),
+            [
+                "system",
+                "system",
+                "user",
+                "assistant",
+                "parsed",
+                "parsed",
+                "parsed",
+                "parsed",
+                "parsed",
+                "user",
+                "user",
+                "user",
+                "parsed",
+                "parsed",
+                "parsed"
+            ]
+        );
+        // One message that is not an object sends the whole list down the general path.
+        let body = r#"{"messages":[{"role":"user","content":"u"},"text",7,null,[]]}"#;
+        assert_eq!(kinds(body), ["parsed"; 5]);
+        assert_eq!(kinds(r#"{"model":"m"}"#), ["missing"]);
+        assert_eq!(kinds(r#"{"messages":null}"#), ["not a list"]);
+        assert_eq!(kinds(r#"{"messages":{"role":"user"}}"#), ["not a list"]);
+    }
+
+    #[test]
+    fn plain_text_is_kept_raw_and_decodes() {
+        let req = ChatRequest::parse(
+            br#"{"messages":[{"role":"user","content":"caf\u00e9 \"q\""},{"role":"user","content":""},{"role":"user","content":"\\"}]}"#,
+        )
+        .expect("parses");
+        let Ok(Messages::List(list)) = req.messages() else {
+            panic!("a list")
+        };
+        let plain: Vec<&PlainMessage> = list
+            .iter()
+            .filter_map(|m| match m {
+                Message::Plain(p) => Some(p),
+                Message::Parsed(_) => None,
+            })
+            .collect();
+        assert_eq!(plain.len(), 3);
+        assert_eq!(plain[0].content.get(), r#""caf\u00e9 \"q\"""#);
+        assert_eq!(plain[0].text(), "café \"q\"");
+        assert!(!plain[0].is_empty());
+        assert!(plain[1].is_empty());
+        assert_eq!(plain[1].text(), "");
+        assert_eq!(plain[2].text(), "\\");
+        assert!(!plain[2].is_empty());
+    }
+
+    #[test]
+    fn other_members_are_kept_as_a_tree() {
+        let req =
+            ChatRequest::parse(br#"{"model":"m","t\u0065mperature":0.5,"stream_options":{"include_usage":true},"messages":[]}"#)
+                .expect("parses");
+        assert_eq!(req.get("model"), Some(&Value::from("m")));
+        assert_eq!(req.get("temperature"), Some(&Value::from(0.5)));
+        assert_eq!(req.get("messages"), None);
+        assert_eq!(req.fields().len(), 3);
+    }
+
+    #[test]
+    fn bad_bodies_fail_as_the_tree_parse_does() {
+        for body in [
+            &b"not json"[..],
+            b"[1,2]",
+            b"\"text\"",
+            b"{\"messages\":[}",
+            b"{\"a\":1} trailing",
+            b"{\"messages\":[{\"role\":\"user\",\"content\":\"\xff\"}]}",
+            b"{\"messages\":[{\"role\":\"user\",\"content\":\"a\x01b\"}]}",
+        ] {
+            let typed = ChatRequest::parse(body).err().expect("rejected");
+            let tree = crate::frontend::parse_chat_tree(body).expect_err("rejected");
+            assert_eq!(typed, tree, "body {}", String::from_utf8_lossy(body));
+        }
+    }
+
+    #[test]
+    fn deep_messages_are_an_error_not_a_crash() {
+        let deep = format!(
+            r#"{{"messages":[{{"role":"user","content":{}1{}}}]}}"#,
+            "[".repeat(100_000),
+            "]".repeat(100_000)
+        );
+        let req = ChatRequest::parse(deep.as_bytes()).expect("the top level parses");
+        assert!(req.messages().is_err());
+    }
+}
