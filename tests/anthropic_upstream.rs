@@ -251,3 +251,76 @@ async fn translation_errors_are_400_and_never_reach_upstream() {
     );
     assert!(mock.requests().is_empty());
 }
+
+/// Data segments the peer has sent on `stream` so far (`tcpi_data_segs_in`, Linux 4.6+).
+fn data_segments_in(stream: &std::net::TcpStream) -> u32 {
+    use std::os::unix::io::AsRawFd;
+    // SAFETY: an all-zero tcp_info is a valid value, and getsockopt writes at most `len` bytes
+    // into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt(TCP_INFO)");
+    info.tcpi_data_segs_in
+}
+
+/// A translated answer has no length, so Pingora writes its head, its body and the closing
+/// chunk separately; the gateway corks the client's socket so they leave as one segment
+/// (src/proxy/cork.rs). This counts the segments the client receives.
+#[tokio::test]
+async fn a_translated_answer_reaches_the_client_in_one_segment() {
+    use std::io::{Read, Write};
+    let (mock, gw) = setup().await;
+    let body = json!({"model": "claude-fast", "messages": [{"role": "user", "content": "hi"}]})
+        .to_string();
+    let request = format!(
+        "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{body}",
+        body.len()
+    );
+    let port = gw.port;
+    let (segments, answer) = tokio::task::spawn_blocking(move || {
+        let mut client = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        client
+            .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        let mut results = Vec::new();
+        // Several requests on one connection: each answer must come in one segment.
+        for _ in 0..5 {
+            let before = data_segments_in(&client);
+            client.write_all(request.as_bytes()).unwrap();
+            let mut answer = Vec::new();
+            let mut buf = [0u8; 4096];
+            while !answer.ends_with(b"0\r\n\r\n") {
+                let n = client.read(&mut buf).unwrap();
+                assert!(n > 0, "connection closed early");
+                answer.extend_from_slice(&buf[..n]);
+            }
+            results.push((data_segments_in(&client) - before, answer));
+        }
+        results
+    })
+    .await
+    .unwrap()
+    .into_iter()
+    .fold((Vec::new(), Vec::new()), |(mut s, mut a), (n, answer)| {
+        s.push(n);
+        a.push(String::from_utf8_lossy(&answer).into_owned());
+        (s, a)
+    });
+    assert!(
+        answer.iter().all(|a| a.starts_with("HTTP/1.1 200")
+            && a.to_ascii_lowercase()
+                .contains("transfer-encoding: chunked")),
+        "{answer:?}"
+    );
+    assert_eq!(segments, [1; 5], "segments per answer; answers: {answer:?}");
+    assert_eq!(mock.requests().len(), 5);
+}

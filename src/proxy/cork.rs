@@ -8,12 +8,15 @@
 //!
 //! The same holds for the client's side: a response without a length has its head flushed
 //! alone, and its closing chunk written alone, so when the body is already there (a translated
-//! answer, a stream that arrived in one read) the pieces are corked into one segment too.
+//! answer, a stream that arrived in one read) the pieces are corked into one segment too. A
+//! translated answer is written whole, so its cork comes out in the `logging` hook, after
+//! Pingora's last flush, with no task to spawn (tests/anthropic_upstream.rs counts the segments).
 //!
 //! The kernel sends corked data after 200 ms whatever happens, so a cork that is never pulled
 //! costs latency, never a hang. Pulling it early only costs the saving.
 
 use super::ctx::RequestCtx;
+use crate::call::ResponseMode;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::os::unix::io::RawFd;
@@ -35,14 +38,32 @@ pub fn release_request(ctx: &mut RequestCtx) {
 
 /// Pingora flushes the head of a response without a length on its own; the part of the body that
 /// has already arrived, and a stream's last chunk, would each take a send of their own. Corks the
-/// client's socket (HTTP/1 only) until this round of writes is done.
-pub fn coalesce_unsized_response(session: &Session, resp: &ResponseHeader) {
+/// client's socket (HTTP/1 only): a translated answer, written whole once the upstream's body is
+/// complete, stays corked until [`release_response`]; anything else until this round of writes
+/// is done.
+pub fn coalesce_unsized_response(session: &Session, resp: &ResponseHeader, ctx: &mut RequestCtx) {
     if resp.headers.get(http::header::CONTENT_LENGTH).is_some() {
         return;
     }
-    if let Some(client) = session.as_downstream().stream() {
-        hold(client.id());
+    let Some(client) = session.as_downstream().stream() else {
+        return;
+    };
+    hold(client.id());
+    let written_whole = ctx
+        .call
+        .as_ref()
+        .is_some_and(|c| c.response_mode == ResponseMode::Translate);
+    if written_whole {
+        ctx.corked_client = Some(client.id());
+    } else {
         release_after_write(client.id());
+    }
+}
+
+/// Called once the response has been written and flushed (the `logging` hook).
+pub fn release_response(ctx: &mut RequestCtx) {
+    if let Some(fd) = ctx.corked_client.take() {
+        set_cork(fd, false);
     }
 }
 
@@ -136,5 +157,20 @@ mod tests {
         server.set_nonblocking(false).unwrap();
         let got = read_now(&mut server);
         assert_eq!(got, b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello");
+    }
+
+    #[test]
+    fn a_held_answer_comes_out_when_the_request_ends() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let client = std::net::TcpStream::connect(listener.local_addr().unwrap()).unwrap();
+        let fd = client.as_raw_fd();
+        hold(fd);
+        let mut ctx = RequestCtx {
+            corked_client: Some(fd),
+            ..Default::default()
+        };
+        release_response(&mut ctx);
+        assert!(!corked(fd));
+        assert_eq!(ctx.corked_client, None);
     }
 }

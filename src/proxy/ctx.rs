@@ -33,6 +33,8 @@ pub struct RequestCtx {
     pub response_buffer: BytesMut,
     /// The upstream socket of the current attempt while its request head is held back.
     pub corked_upstream: Option<std::os::unix::io::RawFd>,
+    /// The client's socket while a translated answer is held back to leave in one segment.
+    pub corked_client: Option<std::os::unix::io::RawFd>,
 }
 
 /// What the response body filter does with the upstream's bytes.

@@ -164,7 +164,7 @@ impl ProxyHttp for Gateway {
         let call = ctx.call.clone().ok_or_else(no_call)?;
         upstream::on_response_status(&call, ctx, resp)?;
         response::on_response_header(resp, &call, ctx)?;
-        cork::coalesce_unsized_response(session, resp);
+        cork::coalesce_unsized_response(session, resp, ctx);
         Ok(())
     }
 
@@ -219,6 +219,11 @@ impl ProxyHttp for Gateway {
             error_code: status,
             can_reuse_downstream: false,
         }
+    }
+
+    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+        // The response has been written and flushed by now.
+        cork::release_response(ctx);
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {
