@@ -844,6 +844,7 @@ impl AnthropicEventSink {
         }
         match item {
             StreamOut::Chunk(chunk) => self.chunk(chunk, out),
+            StreamOut::Text(text) => self.chunk(&text.to_chunk(), out),
             StreamOut::Done => self.finish(out),
             StreamOut::Error(e) => self.error(e, out),
         }

@@ -214,6 +214,11 @@ impl OpenAiEventSink {
                 let _ = serde_json::to_writer(&mut *out, chunk);
                 out.extend_from_slice(b"\n\n");
             }
+            StreamOut::Text(text) => {
+                out.extend_from_slice(b"data: ");
+                text.write_json(out);
+                out.extend_from_slice(b"\n\n");
+            }
             StreamOut::Done => {
                 self.ended = true;
                 out.extend_from_slice(b"data: [DONE]\n\n");

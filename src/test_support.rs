@@ -95,6 +95,7 @@ pub fn render(outs: &[StreamOut]) -> Vec<String> {
     outs.iter()
         .map(|o| match o {
             StreamOut::Chunk(v) => v.to_string(),
+            StreamOut::Text(t) => t.to_chunk().to_string(),
             StreamOut::Done => "[DONE]".to_string(),
             StreamOut::Error(e) => format!("ERROR {}", e.status),
         })

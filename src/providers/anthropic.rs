@@ -9,7 +9,7 @@ use crate::chat_request::{ChatRequest, Message, Messages, PlainRole};
 use crate::error::GatewayError;
 use crate::ids;
 use crate::providers::{
-    ChunkSource, ChunkStamp, RequestContext, ResponseContext, StreamContext, StreamOut,
+    ChunkSource, ChunkStamp, RequestContext, ResponseContext, StreamContext, StreamOut, TextField,
 };
 use crate::sse::SseEvent;
 use serde::ser::{Serialize, SerializeMap, Serializer};
@@ -1004,7 +1004,7 @@ impl AnthropicChunkSource {
                 // Anthropic starts text blocks empty; only a non-empty start carries content.
                 if let Some(text) = take_string(&mut block, "text").filter(|t| !t.is_empty()) {
                     self.start(None, None, out);
-                    out.push(self.stamp.delta(json!({ "content": text }), None));
+                    out.push(self.stamp.text(TextField::Content, text));
                 }
             }
             // thinking, redacted_thinking, server tool blocks: nothing until their deltas.
@@ -1018,28 +1018,31 @@ impl AnthropicChunkSource {
             return;
         };
         let (field, target) = match delta.get("type").and_then(Value::as_str) {
-            Some("text_delta") => ("text", "content"),
-            Some("thinking_delta") => ("thinking", "reasoning_content"),
-            Some("input_json_delta") => ("partial_json", "tool_calls"),
+            Some("text_delta") => ("text", Some(TextField::Content)),
+            Some("thinking_delta") => ("thinking", Some(TextField::Reasoning)),
+            Some("input_json_delta") => ("partial_json", None),
             // signature_delta, citations_delta and future deltas have no OpenAI counterpart.
             _ => return,
         };
         let Some(text) = take_string(&mut delta, field) else {
             return;
         };
-        let delta = if target == "tool_calls" {
-            // Input of a block that is not a client tool call (server tools) is dropped.
-            let Some(t) = index.and_then(|i| self.tool_index(i)) else {
-                return;
-            };
-            json!({ "tool_calls": [{ "index": t, "function": { "arguments": text } }] })
-        } else {
-            let mut delta = Map::new();
-            delta.insert(target.into(), Value::String(text));
-            Value::Object(delta)
+        let chunk = match target {
+            Some(field) => {
+                self.start(None, None, out);
+                self.stamp.text(field, text)
+            }
+            None => {
+                // Input of a block that is not a client tool call (server tools) is dropped.
+                let Some(t) = index.and_then(|i| self.tool_index(i)) else {
+                    return;
+                };
+                self.start(None, None, out);
+                let call = json!({ "index": t, "function": { "arguments": text } });
+                self.stamp.delta(json!({ "tool_calls": [call] }), None)
+            }
         };
-        self.start(None, None, out);
-        out.push(self.stamp.delta(delta, None));
+        out.push(chunk);
     }
 
     fn message_delta(&mut self, data: Value, out: &mut Vec<StreamOut>) {
@@ -1722,12 +1725,9 @@ mod tests {
         run_pieces(&[bytes], include_usage)
     }
 
-    fn chunks(outs: &[StreamOut]) -> Vec<&Value> {
+    fn chunks(outs: &[StreamOut]) -> Vec<Value> {
         outs.iter()
-            .filter_map(|o| match o {
-                StreamOut::Chunk(v) => Some(v),
-                _ => None,
-            })
+            .filter_map(|o| o.chunk().map(std::borrow::Cow::into_owned))
             .collect()
     }
 
@@ -1787,12 +1787,9 @@ mod tests {
                 .filter(|c| c["choices"][0]["delta"].get("role").is_some())
                 .count();
             assert_eq!(roles, 1, "{name}: one role chunk");
-            let terminals = outs
-                .iter()
-                .filter(|o| !matches!(o, StreamOut::Chunk(_)))
-                .count();
+            let terminals = outs.iter().filter(|o| o.chunk().is_none()).count();
             assert_eq!(terminals, 1, "{name}: one terminal output");
-            assert!(!matches!(outs.last(), Some(StreamOut::Chunk(_))), "{name}");
+            assert!(outs.last().is_some_and(|o| o.chunk().is_none()), "{name}");
         }
     }
 
@@ -1848,12 +1845,12 @@ mod tests {
                 &format!(r#""stop_reason":{reason}"#),
             );
             let outs = run_stream(stream.as_bytes(), false);
-            let finishes: Vec<&Value> = chunks(&outs)
-                .iter()
-                .map(|c| &c["choices"][0]["finish_reason"])
+            let finishes: Vec<Value> = chunks(&outs)
+                .into_iter()
+                .map(|c| c["choices"][0]["finish_reason"].clone())
                 .filter(|f| !f.is_null())
                 .collect();
-            assert_eq!(finishes, vec![&expected], "stop_reason {reason}");
+            assert_eq!(finishes, vec![expected], "stop_reason {reason}");
             assert_eq!(outs.last(), Some(&StreamOut::Done));
         }
     }
@@ -2098,7 +2095,7 @@ mod tests {
                         source.on_event(&event(named, &data), &mut out);
                         source.on_event(&event(named, &data), &mut out);
                         source.on_end(&mut out);
-                        let terminal = out.iter().position(|o| !matches!(o, StreamOut::Chunk(_)));
+                        let terminal = out.iter().position(|o| o.chunk().is_none());
                         assert_eq!(terminal, Some(out.len() - 1), "{name} {data}");
                         count += 1;
                     }

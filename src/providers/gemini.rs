@@ -12,7 +12,7 @@ use crate::chat_request::{ChatRequest, Message, Messages, PlainRole};
 use crate::error::GatewayError;
 use crate::ids::new_id;
 use crate::providers::{
-    ChunkSource, ChunkStamp, RequestContext, ResponseContext, StreamContext, StreamOut,
+    ChunkSource, ChunkStamp, RequestContext, ResponseContext, StreamContext, StreamOut, TextField,
 };
 use crate::sse::SseEvent;
 use base64::Engine as _;
@@ -1076,13 +1076,11 @@ impl GeminiChunkSource {
                 return Ok(());
             }
             let field = if part.get("thought").and_then(Value::as_bool) == Some(true) {
-                "reasoning_content"
+                TextField::Reasoning
             } else {
-                "content"
+                TextField::Content
             };
-            let mut delta = Map::new();
-            delta.insert(field.into(), Value::String(text.to_string()));
-            out.push(self.stamp.delta(Value::Object(delta), None));
+            out.push(self.stamp.text(field, text.to_string()));
         }
         // Other parts (inlineData, executableCode, ...) have no chunk equivalent.
         Ok(())
@@ -1805,6 +1803,9 @@ mod tests {
         let mut stream_id: Option<String> = None;
         let mut call_ids = HashSet::new();
         for out in &mut outs {
+            if let StreamOut::Text(text) = out {
+                *out = StreamOut::Chunk(text.to_chunk());
+            }
             let StreamOut::Chunk(chunk) = out else {
                 continue;
             };
@@ -1842,12 +1843,9 @@ mod tests {
         expected.contains(&format!("chatcmpl-{GENERATED}"))
     }
 
-    fn chunks(outs: &[StreamOut]) -> Vec<&Value> {
+    fn chunks(outs: &[StreamOut]) -> Vec<Value> {
         outs.iter()
-            .filter_map(|o| match o {
-                StreamOut::Chunk(v) => Some(v),
-                _ => None,
-            })
+            .filter_map(|o| o.chunk().map(std::borrow::Cow::into_owned))
             .collect()
     }
 
@@ -1938,12 +1936,9 @@ mod tests {
                 .count();
             assert_eq!(roles, 1, "{name}: one role chunk");
             assert!(finishes(&outs).len() <= 1, "{name}: one finish at most");
-            let terminals = outs
-                .iter()
-                .filter(|o| !matches!(o, StreamOut::Chunk(_)))
-                .count();
+            let terminals = outs.iter().filter(|o| o.chunk().is_none()).count();
             assert_eq!(terminals, 1, "{name}: one terminal output");
-            assert!(!matches!(outs.last(), Some(StreamOut::Chunk(_))), "{name}");
+            assert!(outs.last().is_some_and(|o| o.chunk().is_none()), "{name}");
             // The usage chunk, when asked for, is the last chunk of a finished stream.
             if include_usage && outs.last() == Some(&StreamOut::Done) {
                 let last = chunks.last().expect("a usage chunk");
@@ -1957,9 +1952,9 @@ mod tests {
         let mut source = GeminiChunkSource::new(stream_ctx(false));
         let mut out = feed(&mut source, &[TEXT, CALL, TEXT, CALL, TEXT, STOP]);
         source.on_end(&mut out);
-        let calls: Vec<&Value> = chunks(&out)
+        let calls: Vec<Value> = chunks(&out)
             .into_iter()
-            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0))
+            .filter_map(|c| c["choices"][0]["delta"]["tool_calls"].get(0).cloned())
             .collect();
         assert_eq!(calls.len(), 2);
         assert_eq!(calls[0]["index"], 0);
@@ -2105,12 +2100,12 @@ mod tests {
                 r#"{"candidates":[{"content":{"parts":[{"text":"z"}]},"index":1,"finishReason":"STOP"}]}"#,
             ],
         );
-        let contents: Vec<&Value> = chunks(&out)
-            .iter()
+        let contents: Vec<Value> = chunks(&out)
+            .into_iter()
             .skip(1)
-            .map(|c| &c["choices"][0]["delta"]["content"])
+            .map(|c| c["choices"][0]["delta"]["content"].clone())
             .collect();
-        assert_eq!(contents, vec![&json!("a")]);
+        assert_eq!(contents, vec![json!("a")]);
         assert!(
             finishes(&out).is_empty(),
             "candidate 1's finish is not ours"
@@ -2298,7 +2293,7 @@ mod tests {
                     source.on_event(&data_event(&data), &mut out);
                     source.on_event(&data_event(&data), &mut out);
                     source.on_end(&mut out);
-                    let terminal = out.iter().position(|o| !matches!(o, StreamOut::Chunk(_)));
+                    let terminal = out.iter().position(|o| o.chunk().is_none());
                     assert_eq!(terminal, Some(out.len() - 1), "{data}");
                     count += 1;
                 }
