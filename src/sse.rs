@@ -67,7 +67,7 @@ impl SseParser {
                 bytes = rest;
             }
         }
-        while let Some(pos) = bytes.iter().position(|&b| b == b'\n' || b == b'\r') {
+        while let Some(pos) = memchr::memchr2(b'\n', b'\r', bytes) {
             let (head, rest) = bytes.split_at(pos);
             let joined;
             let line = if self.line.is_empty() {

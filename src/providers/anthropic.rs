@@ -1012,6 +1012,33 @@ impl AnthropicChunkSource {
         }
     }
 
+    /// The commonest event, a text or thinking delta, read without building a tree. Returns
+    /// false for anything else, which then takes the general path.
+    fn text_delta(&mut self, event: &SseEvent, out: &mut Vec<StreamOut>) -> bool {
+        #[derive(serde::Deserialize)]
+        struct Event {
+            delta: Delta,
+        }
+        #[derive(serde::Deserialize)]
+        struct Delta {
+            #[serde(rename = "type")]
+            kind: String,
+            text: Option<String>,
+            thinking: Option<String>,
+        }
+        let Ok(Event { delta }) = serde_json::from_str::<Event>(&event.data) else {
+            return false;
+        };
+        let (field, text) = match (delta.kind.as_str(), delta.text, delta.thinking) {
+            ("text_delta", Some(text), _) => (TextField::Content, text),
+            ("thinking_delta", _, Some(text)) => (TextField::Reasoning, text),
+            _ => return false,
+        };
+        self.start(None, None, out);
+        out.push(self.stamp.text(field, text));
+        true
+    }
+
     fn block_delta(&mut self, mut data: Value, out: &mut Vec<StreamOut>) {
         let index = data.get("index").and_then(Value::as_u64);
         let Some(mut delta) = data.get_mut("delta").map(Value::take) else {
@@ -1116,6 +1143,9 @@ impl ChunkSource for AnthropicChunkSource {
             if !STREAM_EVENTS.contains(&name) {
                 return; // an event type added after this was written
             }
+        }
+        if event.event.as_deref() == Some("content_block_delta") && self.text_delta(event, out) {
+            return;
         }
         let data = match serde_json::from_str::<Value>(&event.data) {
             Ok(data @ Value::Object(_)) => data,
@@ -1948,6 +1978,40 @@ mod tests {
             );
             source.on_end(&mut out);
             assert_eq!(out.len(), n, "data {data:?}: output after the error");
+        }
+    }
+
+    /// Named `content_block_delta` events take the typed path for text and thinking; unnamed
+    /// ones take the general path. Both must give the same chunks for every payload.
+    #[test]
+    fn typed_text_deltas_match_the_general_path() {
+        let payloads = [
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"hi"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"q \" \\ \u00e9 \n"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":""}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","thinking":"hmm"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":null}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":5}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"thinking_delta","text":"x"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"signature_delta","signature":"s"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"input_json_delta","partial_json":"{"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","text":"b"}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"a","extra":[1]},"more":{}}"#,
+            r#"{"type":"content_block_delta","index":0,"delta":null}"#,
+            r#"{"type":"content_block_delta","index":0}"#,
+            r#"[1]"#,
+            r#"not json"#,
+        ];
+        for payload in payloads {
+            let run = |name: Option<&str>| {
+                let mut source = AnthropicChunkSource::new(stream_ctx(true));
+                let mut out = Vec::new();
+                source.on_event(&event(Some("message_start"), START), &mut out);
+                source.on_event(&event(name, payload), &mut out);
+                render(&out)
+            };
+            assert_eq!(run(Some("content_block_delta")), run(None), "{payload}");
         }
     }
 
