@@ -2,7 +2,7 @@
 //! treat the answer. Built once from the client's body; every attempt re-sends the same bytes.
 
 use crate::anthropic_api;
-use crate::chat_request::ChatRequest;
+use crate::chat_request::{ChatRequest, RawChatRequest};
 use crate::error::GatewayError;
 use crate::frontend::{self, ChatEnvelope, Endpoint};
 use crate::ids::unix_now;
@@ -179,7 +179,10 @@ fn plan_chat(
     body: &Bytes,
     model: Option<&str>,
 ) -> Result<Planned, GatewayError> {
-    let envelope = frontend::parse_chat_envelope(body)?;
+    // One pass over the body serves both: the envelope to route, and the raw members a
+    // translated request is read from.
+    let request = RawChatRequest::parse(body)?;
+    let envelope = request.envelope()?;
     let model = lookup(registry, model.unwrap_or(&envelope.model))?;
     if model.provider.kind.speaks_openai() {
         let body = spliced(body, &envelope, &model);
@@ -190,9 +193,7 @@ fn plan_chat(
             envelope.stream,
         ));
     }
-    // A second parse only for translated providers: routing needed `model` before the provider
-    // (and so the kind of parse) was known, and the envelope pass is cheap next to translation.
-    let chat = ChatRequest::parse(body)?;
+    let chat = request.into_request()?;
     Ok(Planned {
         body: translate_chat(&model, &chat)?,
         include_usage: chat

@@ -74,15 +74,18 @@ impl PlainMessage<'_> {
 impl<'a> ChatRequest<'a> {
     /// Parses a client's request body; the errors are those of [`crate::frontend::parse_chat_tree`].
     pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
-        serde_json::from_slice(body).map_err(|typed_error| {
+        let parsed = std::str::from_utf8(body)
+            .ok()
+            .and_then(|text| serde_json::from_str::<RawChatRequest>(text).ok());
+        match parsed {
+            Some(raw) => raw.into_request(),
             // Errors only: the tree parse words them as every other endpoint does.
-            match crate::frontend::parse_chat_tree(body) {
-                Err(e) => e,
-                Ok(_) => GatewayError::bad_request(format!(
-                    "The request body is not valid JSON: {typed_error}"
-                )),
-            }
-        })
+            None => Err(crate::frontend::parse_chat_tree(body)
+                .err()
+                .unwrap_or_else(|| {
+                    GatewayError::bad_request("The request body is not valid JSON")
+                })),
+        }
     }
 
     /// Runs `f` on a request that was built as a tree (from Anthropic's Messages API or
@@ -246,33 +249,92 @@ impl<'de> Deserialize<'de> for Key<'de> {
     }
 }
 
-impl<'de> Deserialize<'de> for ChatRequest<'de> {
+/// A chat request's top-level members, each as raw JSON: one pass over the body, enough to route
+/// it ([`Self::envelope`]) and, when it must be translated, to read it ([`Self::into_request`])
+/// without a second pass.
+pub struct RawChatRequest<'a> {
+    text: &'a str,
+    members: Vec<(Cow<'a, str>, &'a RawValue)>,
+}
+
+impl<'a> RawChatRequest<'a> {
+    /// Parses a client's request body; the errors are those of
+    /// [`crate::frontend::parse_chat_envelope`].
+    pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
+        let parsed = std::str::from_utf8(body).ok().and_then(|text| {
+            let members = serde_json::from_str::<RawChatRequest>(text).ok()?.members;
+            Some(RawChatRequest { text, members })
+        });
+        parsed.ok_or_else(|| envelope_error(body))
+    }
+
+    /// What routing reads: `model` (and where it is, for splicing) and `stream`.
+    pub fn envelope(&self) -> Result<crate::frontend::ChatEnvelope, GatewayError> {
+        let mut model = None;
+        let mut stream = None;
+        for (key, raw) in &self.members {
+            let slot = match key.as_ref() {
+                "model" => &mut model,
+                "stream" => &mut stream,
+                _ => continue,
+            };
+            // The envelope's own parse rejects a repeated member; it words the error.
+            if slot.replace(*raw).is_some() {
+                return Err(envelope_error(self.text.as_bytes()));
+            }
+        }
+        // As in a typed `Option` member, `null` is absent.
+        let model = model.filter(|raw| raw.get() != "null");
+        let stream = match stream {
+            None => None,
+            Some(raw) => serde_json::from_str::<Option<bool>>(raw.get())
+                .map_err(|_| envelope_error(self.text.as_bytes()))?,
+        };
+        crate::frontend::envelope_of(self.text, model, stream)
+    }
+
+    /// The request as the translators read it.
+    pub fn into_request(self) -> Result<ChatRequest<'a>, GatewayError> {
+        let mut request = ChatRequest {
+            fields: Map::new(),
+            messages: None,
+        };
+        // A repeated member replaces the earlier one, as in a tree.
+        for (key, raw) in self.members {
+            if key == "messages" {
+                request.messages = Some(raw);
+            } else {
+                request.fields.insert(key.into_owned(), parse_tree(raw)?);
+            }
+        }
+        Ok(request)
+    }
+}
+
+/// The envelope parse's error for a body the raw parse rejected.
+fn envelope_error(body: &[u8]) -> GatewayError {
+    crate::frontend::parse_chat_envelope(body)
+        .err()
+        .unwrap_or_else(|| GatewayError::bad_request("The request body is not a valid request"))
+}
+
+impl<'de> Deserialize<'de> for RawChatRequest<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct RequestVisitor;
-        impl<'de> Visitor<'de> for RequestVisitor {
-            type Value = ChatRequest<'de>;
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = RawChatRequest<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
                 f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut request = ChatRequest {
-                    fields: Map::new(),
-                    messages: None,
-                };
-                // Keys are owned: they may hold escapes, and the map needs owned keys anyway.
-                while let Some(key) = map.next_key::<String>()? {
-                    if key == "messages" {
-                        // A repeated member replaces the earlier one, as in a tree.
-                        request.messages = Some(map.next_value()?);
-                    } else {
-                        let value = map.next_value()?;
-                        request.fields.insert(key, value);
-                    }
+                let mut members = Vec::new();
+                while let Some(Key(key)) = map.next_key()? {
+                    members.push((key, map.next_value()?));
                 }
-                Ok(request)
+                Ok(RawChatRequest { text: "", members })
             }
         }
-        deserializer.deserialize_map(RequestVisitor)
+        deserializer.deserialize_map(MembersVisitor)
     }
 }
 
@@ -389,6 +451,37 @@ mod tests {
             let typed = ChatRequest::parse(body).err().expect("rejected");
             let tree = crate::frontend::parse_chat_tree(body).expect_err("rejected");
             assert_eq!(typed, tree, "body {}", String::from_utf8_lossy(body));
+        }
+    }
+
+    /// Routing reads the raw members where it used to run its own parse: same envelopes, same
+    /// errors, for good and bad bodies alike.
+    #[test]
+    fn the_raw_envelope_is_the_envelope_parse() {
+        let bodies: [&[u8]; 18] = [
+            br#" { "messages": [], "model" : "gpt-4o", "stream": true } "#,
+            br#"{"model":"gpt\u002d4o","stream":null}"#,
+            br#"{"mod\u0065l":"a","stream":false,"tools":[{"type":"function"}]}"#,
+            br#"{"model":"a","stream":true,"stream_options":{"include_usage":true}}"#,
+            b"{not json",
+            b"[1,2]",
+            b"\"model\"",
+            b"{}",
+            br#"{"model": 42}"#,
+            br#"{"model": ""}"#,
+            br#"{"model": null}"#,
+            br#"{"model": "a", "stream": "yes"}"#,
+            br#"{"model": "a", "stream": 1}"#,
+            br#"{"model": "a", "model": "b"}"#,
+            br#"{"model": "a", "stream": true, "stream": true}"#,
+            br#"{"model": "a"} trailing"#,
+            b"\xff\xfe",
+            br#"{"model":"a","messages":[{"role":"user","content":"\ud800"}]}"#,
+        ];
+        for body in bodies {
+            let raw = RawChatRequest::parse(body).and_then(|r| r.envelope());
+            let parsed = crate::frontend::parse_chat_envelope(body);
+            assert_eq!(raw, parsed, "{}", String::from_utf8_lossy(body));
         }
     }
 

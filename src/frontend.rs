@@ -107,7 +107,17 @@ pub fn parse_chat_envelope(body: &[u8]) -> Result<ChatEnvelope, GatewayError> {
     let envelope: Envelope = serde_json::from_str(text).map_err(|e| {
         GatewayError::bad_request(format!("The request body is not a valid request: {e}"))
     })?;
-    let raw = envelope.model.ok_or_else(|| {
+    envelope_of(text, envelope.model, envelope.stream)
+}
+
+/// The envelope from a request's `model` and `stream` members; `text` is the body the model's
+/// raw value borrows from.
+pub fn envelope_of(
+    text: &str,
+    model: Option<&RawValue>,
+    stream: Option<bool>,
+) -> Result<ChatEnvelope, GatewayError> {
+    let raw = model.ok_or_else(|| {
         GatewayError::bad_request("Missing required parameter: 'model'").with_param("model")
     })?;
     let model: String = serde_json::from_str(raw.get()).map_err(|_| {
@@ -121,7 +131,7 @@ pub fn parse_chat_envelope(body: &[u8]) -> Result<ChatEnvelope, GatewayError> {
     Ok(ChatEnvelope {
         model,
         model_span: start..start + raw.get().len(),
-        stream: envelope.stream.unwrap_or(false),
+        stream: stream.unwrap_or(false),
     })
 }
 
