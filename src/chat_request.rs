@@ -100,6 +100,11 @@ impl<'a> ChatRequest<'a> {
         f(&ChatRequest::parse(&body)?)
     }
 
+    /// About how many bytes the request takes: the messages, most of it.
+    pub fn size_hint(&self) -> usize {
+        self.messages.map_or(0, |raw| raw.get().len())
+    }
+
     /// A top-level member other than `messages`.
     pub fn get(&self, key: &str) -> Option<&Value> {
         self.fields.get(key)

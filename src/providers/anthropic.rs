@@ -12,7 +12,6 @@ use crate::providers::{
     ChunkSource, ChunkStamp, RequestContext, ResponseContext, StreamContext, StreamOut, TextField,
 };
 use crate::sse::SseEvent;
-use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
@@ -30,20 +29,33 @@ fn encode_request(
     ctx: &RequestContext,
 ) -> Result<Vec<u8>, GatewayError> {
     let (rest, turns) = request_body(req.fields(), messages, ctx)?;
-    serde_json::to_vec(&RequestBody {
-        messages: &turns,
-        rest: &rest,
-    })
-    .map_err(|e| GatewayError::new(500, format!("could not encode Anthropic request: {e}")))
+    // The turns are written straight from the client's request, plain texts as the client wrote
+    // them, rather than built as a JSON tree; the few other members are small trees.
+    let mut out = Vec::with_capacity(req.size_hint() + 512);
+    out.extend_from_slice(b"{\"messages\":[");
+    for (i, turn) in turns.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        turn.write_json(&mut out)?;
+    }
+    out.push(b']');
+    for (key, value) in &rest {
+        out.push(b',');
+        write_json(&mut out, key)?;
+        out.push(b':');
+        write_json(&mut out, value)?;
+    }
+    out.push(b'}');
+    Ok(out)
 }
 
-/// The Messages request as it is written out. The turns are serialised straight from the
-/// client's request, plain texts as the client wrote them, rather than built as a JSON tree.
-#[derive(serde::Serialize)]
-struct RequestBody<'a> {
-    messages: &'a [Turn<'a>],
-    #[serde(flatten)]
-    rest: &'a Map<String, Value>,
+fn write_json(
+    out: &mut Vec<u8>,
+    value: &(impl serde::Serialize + ?Sized),
+) -> Result<(), GatewayError> {
+    serde_json::to_writer(out, value)
+        .map_err(|e| GatewayError::new(500, format!("could not encode Anthropic request: {e}")))
 }
 
 /// Anthropic Messages response body -> OpenAI `chat.completion` object.
@@ -385,15 +397,12 @@ fn translate_parsed_message<'m>(
 }
 
 /// One Anthropic turn.
-#[derive(serde::Serialize)]
 struct Turn<'m> {
     role: &'static str,
     content: TurnContent<'m>,
 }
 
 /// A turn's content: the client's own string, or a list of blocks.
-#[derive(serde::Serialize)]
-#[serde(untagged)]
 enum TurnContent<'m> {
     /// A plain message's content, a JSON string literal as the client wrote it.
     Text(&'m RawValue),
@@ -408,17 +417,36 @@ enum Block<'m> {
     Json(Value),
 }
 
-impl Serialize for Block<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Block::Text(text) => {
-                let mut block = serializer.serialize_map(Some(2))?;
-                block.serialize_entry("type", "text")?;
-                block.serialize_entry("text", text)?;
-                block.end()
+impl Turn<'_> {
+    /// `{"role":...,"content":...}`; the role is one of two constants and plain texts are
+    /// already JSON string literals, so only parsed content goes through the serialiser.
+    fn write_json(&self, out: &mut Vec<u8>) -> Result<(), GatewayError> {
+        out.extend_from_slice(b"{\"role\":\"");
+        out.extend_from_slice(self.role.as_bytes());
+        out.extend_from_slice(b"\",\"content\":");
+        match &self.content {
+            TurnContent::Text(text) => out.extend_from_slice(text.get().as_bytes()),
+            TurnContent::Str(text) => write_json(out, text)?,
+            TurnContent::Blocks(blocks) => {
+                out.push(b'[');
+                for (i, block) in blocks.iter().enumerate() {
+                    if i > 0 {
+                        out.push(b',');
+                    }
+                    match block {
+                        Block::Text(text) => {
+                            out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
+                            out.extend_from_slice(text.get().as_bytes());
+                            out.push(b'}');
+                        }
+                        Block::Json(value) => write_json(out, value)?,
+                    }
+                }
+                out.push(b']');
             }
-            Block::Json(value) => value.serialize(serializer),
         }
+        out.push(b'}');
+        Ok(())
     }
 }
 

@@ -16,7 +16,6 @@ use crate::providers::{
 };
 use crate::sse::SseEvent;
 use base64::Engine as _;
-use serde::ser::{Serialize, SerializeMap, Serializer};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
@@ -28,6 +27,7 @@ pub fn chat_request(req: &ChatRequest, _ctx: &RequestContext) -> Result<Vec<u8>,
 
 fn encode_request(req: &ChatRequest, messages: &Messages) -> Result<Vec<u8>, GatewayError> {
     let messages = translate_messages(messages)?;
+    let req_size_hint = req.size_hint();
     let req = req.fields();
     let mut rest = Map::new();
     let config = generation_config(req)?;
@@ -40,35 +40,65 @@ fn encode_request(req: &ChatRequest, messages: &Messages) -> Result<Vec<u8>, Gat
     if let Some(tool_config) = tool_config(req.get("tool_choice"))? {
         rest.insert("toolConfig".into(), tool_config);
     }
-    let body = RequestBody {
-        contents: &messages.contents,
-        system_instruction: (!messages.system.is_empty()).then_some(SystemInstruction {
-            parts: &messages.system,
-        }),
-        rest: &rest,
-    };
-    serde_json::to_vec(&body)
+    // The turns are written straight from the client's request, plain texts as the client
+    // wrote them, rather than built as a JSON tree; the few other members are small trees.
+    let mut out = Vec::with_capacity(req_size_hint + 512);
+    out.extend_from_slice(b"{\"contents\":[");
+    for (i, turn) in messages.contents.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        out.extend_from_slice(b"{\"role\":\"");
+        out.extend_from_slice(turn.role.as_bytes());
+        out.extend_from_slice(b"\",\"parts\":");
+        write_parts(&mut out, &turn.parts)?;
+        out.push(b'}');
+    }
+    out.push(b']');
+    if !messages.system.is_empty() {
+        out.extend_from_slice(b",\"systemInstruction\":{\"parts\":");
+        write_parts(&mut out, &messages.system)?;
+        out.push(b'}');
+    }
+    for (key, value) in &rest {
+        out.push(b',');
+        write_json(&mut out, key)?;
+        out.push(b':');
+        write_json(&mut out, value)?;
+    }
+    out.push(b'}');
+    Ok(out)
+}
+
+/// `[part, ...]`; a plain text is already a JSON string literal.
+fn write_parts(out: &mut Vec<u8>, parts: &[Part]) -> Result<(), GatewayError> {
+    out.push(b'[');
+    for (i, part) in parts.iter().enumerate() {
+        if i > 0 {
+            out.push(b',');
+        }
+        match part {
+            Part::Text(text) => {
+                out.extend_from_slice(b"{\"text\":");
+                out.extend_from_slice(text.get().as_bytes());
+                out.push(b'}');
+            }
+            Part::Json(value) => write_json(out, value)?,
+        }
+    }
+    out.push(b']');
+    Ok(())
+}
+
+fn write_json(
+    out: &mut Vec<u8>,
+    value: &(impl serde::Serialize + ?Sized),
+) -> Result<(), GatewayError> {
+    serde_json::to_writer(out, value)
         .map_err(|e| GatewayError::new(500, format!("could not encode the Gemini request: {e}")))
 }
 
-/// The generateContent request as it is written out. The turns are serialised straight from the
-/// client's request, plain texts as the client wrote them, rather than built as a JSON tree.
-#[derive(serde::Serialize)]
-struct RequestBody<'a> {
-    contents: &'a [Turn<'a>],
-    #[serde(rename = "systemInstruction", skip_serializing_if = "Option::is_none")]
-    system_instruction: Option<SystemInstruction<'a>>,
-    #[serde(flatten)]
-    rest: &'a Map<String, Value>,
-}
-
-#[derive(serde::Serialize)]
-struct SystemInstruction<'a> {
-    parts: &'a [Part<'a>],
-}
-
-/// One `contents` turn.
-#[derive(serde::Serialize)]
+/// One `contents` turn; `role` is `user` or `model`.
 struct Turn<'m> {
     role: &'static str,
     parts: Vec<Part<'m>>,
@@ -78,19 +108,6 @@ struct Turn<'m> {
 enum Part<'m> {
     Text(&'m RawValue),
     Json(Value),
-}
-
-impl Serialize for Part<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        match self {
-            Part::Text(text) => {
-                let mut part = serializer.serialize_map(Some(1))?;
-                part.serialize_entry("text", text)?;
-                part.end()
-            }
-            Part::Json(value) => value.serialize(serializer),
-        }
-    }
 }
 
 fn json_parts<'m>(parts: Vec<Value>) -> Vec<Part<'m>> {

@@ -193,7 +193,10 @@ fn finish(status: u16, upstream: &[u8], call: &UpstreamCall) -> Result<Bytes, Ga
         Endpoint::Messages => anthropic_api::response_from_openai(&completion, &call.model.name)?,
         _ => completion,
     };
-    Ok(Bytes::from(out.to_string()))
+    // `to_vec` writes straight into the buffer; `to_string` goes through `fmt` and costs more.
+    serde_json::to_vec(&out)
+        .map(Bytes::from)
+        .map_err(|e| GatewayError::new(500, format!("could not encode the response: {e}")))
 }
 
 /// The upstream failed after the response started: end a stream with a terminal error event in
