@@ -95,8 +95,13 @@ nginx_conf upstream "
     listen 127.0.0.1:$UP;
     location /v1/chat/completions { default_type application/json; return 200 '$OPENAI_JSON'; }
     location /v1/messages { default_type application/json; return 200 '$ANTHROPIC_JSON'; }
-    location /sse/v1/messages { default_type text/event-stream; return 200 '$(cat "$WORK/anthropic.sse")'; }
-    location /osse/v1/chat/completions { default_type text/event-stream; return 200 '$(cat "$WORK/openai.sse")'; }
+    # \$(cat) drops the stream's closing blank line; it is put back, or the last event never ends.
+    location /sse/v1/messages { default_type text/event-stream; return 200 '$(cat "$WORK/anthropic.sse")
+
+'; }
+    location /osse/v1/chat/completions { default_type text/event-stream; return 200 '$(cat "$WORK/openai.sse")
+
+'; }
   }" >"$WORK/nginx-upstream.conf"
 # The baseline: a plain reverse proxy, keepalive upstream, no buffering.
 nginx_conf proxy "
@@ -160,6 +165,21 @@ done
 STARTUP_MS=$(( ($(date +%s%N) - start_ns) / 1000000 ))
 rss_kb() { awk '/VmRSS/ {print $2}' "/proc/$1/status"; }
 IDLE_RSS_KB=$(rss_kb "$GW_PID")
+
+# Each scenario's answer, checked once before it is measured: a 200 that ends the way a complete
+# answer ends, with no error event (wrk itself only sees status codes).
+check() { # url body expected-ending
+  local answer
+  answer=$(curl -s -H 'content-type: application/json' --data-binary @"$WORK/$2.json" "$1")
+  if [[ "$answer" != *"$3"* ]] || [[ "$answer" == *'"error"'* ]]; then
+    echo "scenario $2 at $1 did not answer as expected:" >&2; echo "$answer" | tail -5 >&2; exit 1
+  fi
+}
+check "http://127.0.0.1:$GW/v1/chat/completions" openai '"finish_reason":"stop"'
+check "http://127.0.0.1:$GW/v1/chat/completions" anthropic '"finish_reason":"stop"'
+check "http://127.0.0.1:$GW/v1/chat/completions" anthropic-sse 'data: [DONE]'
+check "http://127.0.0.1:$GW/v1/chat/completions" openai-sse 'data: [DONE]'
+check "http://127.0.0.1:$NGX/sse/v1/messages" anthropic-sse 'event: message_stop'
 
 run() { # name url body conns -> RESULT line
   BODY_FILE="$WORK/$3.json" wrk -t2 -c"$4" -d"$DURATION" --latency -s benches/wrk/post.lua "$2" 2>&1 | grep '^RESULT' || echo "RESULT rps=0 p50_us=0 p99_us=0 errors=-1 requests=0"
