@@ -6,9 +6,12 @@
 //! translators write it out again as it came, with no decoding, allocation or re-escaping.
 //! Every other message (content parts, tool calls, tool results, anything malformed) is parsed
 //! into a `serde_json::Value` and takes the translators' general path, where the rules and the
-//! error messages for it live. Before this, every request was parsed into a tree and written
-//! out again: on a 4 KB request that was two thirds of the gateway's instructions (callgrind,
-//! BENCHMARKS.md).
+//! error messages for it live.
+//!
+//! The body is read once: [`RawChatRequest`] keeps each top-level member as raw JSON, which is
+//! enough to route the request, and becomes a [`ChatRequest`] only when it must be translated.
+//! Before, a translated request was parsed twice into `serde_json::Value` trees and rebuilt: on a
+//! 4 KB request that was most of the gateway's instructions (callgrind, BENCHMARKS.md).
 
 use crate::error::GatewayError;
 use serde::de::{Deserialize, Deserializer, MapAccess, Visitor};
@@ -115,6 +118,7 @@ impl<'a> ChatRequest<'a> {
         &self.fields
     }
 
+    /// The messages, plain ones kept raw. Fails only on nesting too deep for a tree.
     pub fn messages(&self) -> Result<Messages<'a>, GatewayError> {
         let Some(raw) = self.messages else {
             return Ok(Messages::Missing);
@@ -487,6 +491,35 @@ mod tests {
             let raw = RawChatRequest::parse(body).and_then(|r| r.envelope());
             let parsed = crate::frontend::parse_chat_envelope(body);
             assert_eq!(raw, parsed, "{}", String::from_utf8_lossy(body));
+        }
+    }
+
+    /// Every prefix of a request, and every single-byte corruption of it, parses (or fails) as
+    /// the envelope and tree parses do, and never panics.
+    #[test]
+    fn cut_and_corrupted_bodies_agree_with_the_reference_parses() {
+        let body = br#"{"model":"gpt\u002d4o","stream":true,"messages":[{"role":"system","content":"Be \"brief\"."},{"role":"user","content":"caf\u00e9","name":"a"},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c","content":"ok"}],"temperature":0.5}"#;
+        let mut variants: Vec<Vec<u8>> = (0..=body.len()).map(|i| body[..i].to_vec()).collect();
+        for i in 0..body.len() {
+            for b in [b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'x', b'1', b' ', 0xff] {
+                let mut v = body.to_vec();
+                v[i] = b;
+                variants.push(v);
+            }
+        }
+        for v in &variants {
+            let text = String::from_utf8_lossy(v);
+            let raw = RawChatRequest::parse(v).and_then(|r| r.envelope());
+            assert_eq!(raw, crate::frontend::parse_chat_envelope(v), "{text}");
+            let request = ChatRequest::parse(v);
+            let tree = crate::frontend::parse_chat_tree(v);
+            assert_eq!(request.is_ok(), tree.is_ok(), "{text}");
+            if let (Err(a), Err(b)) = (&request, &tree) {
+                assert_eq!(a, b, "{text}");
+            }
+            if let Ok(request) = request {
+                let _ = request.messages();
+            }
         }
     }
 
