@@ -501,7 +501,9 @@ mod tests {
         let body = br#"{"model":"gpt\u002d4o","stream":true,"messages":[{"role":"system","content":"Be \"brief\"."},{"role":"user","content":"caf\u00e9","name":"a"},{"role":"assistant","content":null,"tool_calls":[{"id":"c","type":"function","function":{"name":"f","arguments":"{}"}}]},{"role":"tool","tool_call_id":"c","content":"ok"}],"temperature":0.5}"#;
         let mut variants: Vec<Vec<u8>> = (0..=body.len()).map(|i| body[..i].to_vec()).collect();
         for i in 0..body.len() {
-            for b in [b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'x', b'1', b' ', 0xff] {
+            for b in [
+                b'"', b'\\', b'{', b'}', b'[', b']', b',', b':', b'x', b'1', b' ', 0xff,
+            ] {
                 let mut v = body.to_vec();
                 v[i] = b;
                 variants.push(v);
