@@ -8,6 +8,7 @@
 use crate::chat_request::{ChatRequest, Message, Messages, PlainRole};
 use crate::error::GatewayError;
 use crate::ids;
+use crate::providers::json_out::{trees, write_items, write_list, write_members, write_tree, Item};
 use crate::providers::{
     ChunkSource, ChunkStamp, RequestContext, ResponseContext, StreamContext, StreamOut, TextField,
 };
@@ -32,30 +33,11 @@ fn encode_request(
     // The turns are written straight from the client's request, plain texts as the client wrote
     // them, rather than built as a JSON tree; the few other members are small trees.
     let mut out = Vec::with_capacity(req.size_hint() + 512);
-    out.extend_from_slice(b"{\"messages\":[");
-    for (i, turn) in turns.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        turn.write_json(&mut out)?;
-    }
-    out.push(b']');
-    for (key, value) in &rest {
-        out.push(b',');
-        write_json(&mut out, key)?;
-        out.push(b':');
-        write_json(&mut out, value)?;
-    }
+    out.extend_from_slice(b"{\"messages\":");
+    write_list(&mut out, &turns, |out, turn| turn.write_json(out))?;
+    write_members(&mut out, &rest)?;
     out.push(b'}');
     Ok(out)
-}
-
-fn write_json(
-    out: &mut Vec<u8>,
-    value: &(impl serde::Serialize + ?Sized),
-) -> Result<(), GatewayError> {
-    serde_json::to_writer(out, value)
-        .map_err(|e| GatewayError::new(500, format!("could not encode Anthropic request: {e}")))
 }
 
 /// Anthropic Messages response body -> OpenAI `chat.completion` object.
@@ -337,7 +319,7 @@ fn translate_messages<'m>(
                 PlainRole::Assistant => push_turn(
                     &mut turns,
                     "assistant",
-                    TurnContent::Blocks(vec![Block::Text(plain.content)]),
+                    TurnContent::Blocks(vec![Item::Text(plain.content)]),
                 ),
             },
             Message::Parsed(message) => {
@@ -372,13 +354,13 @@ fn translate_parsed_message<'m>(
             let blocks = assistant_blocks(msg, &param)?;
             // An assistant turn with nothing in it would be rejected upstream; it carries nothing.
             if !blocks.is_empty() {
-                push_turn(turns, "assistant", TurnContent::Blocks(json_blocks(blocks)));
+                push_turn(turns, "assistant", TurnContent::Blocks(trees(blocks)));
             }
         }
         Some("tool") => push_turn(
             turns,
             "user",
-            TurnContent::Blocks(vec![Block::Json(tool_result(msg, &param)?)]),
+            TurnContent::Blocks(vec![Item::Tree(tool_result(msg, &param)?)]),
         ),
         Some(other) => {
             return Err(bad_param(
@@ -408,14 +390,12 @@ enum TurnContent<'m> {
     Text(&'m RawValue),
     /// A string from a parsed message.
     Str(&'m str),
-    Blocks(Vec<Block<'m>>),
+    /// Content blocks; a plain text becomes a text block.
+    Blocks(Vec<Item<'m>>),
 }
 
-/// A content block: a text block around a plain message's content, or one built as a tree.
-enum Block<'m> {
-    Text(&'m RawValue),
-    Json(Value),
-}
+/// A text block up to its text.
+const TEXT_BLOCK_HEAD: &[u8] = b"{\"type\":\"text\",\"text\":";
 
 impl Turn<'_> {
     /// `{"role":...,"content":...}`; the role is one of two constants and plain texts are
@@ -426,32 +406,12 @@ impl Turn<'_> {
         out.extend_from_slice(b"\",\"content\":");
         match &self.content {
             TurnContent::Text(text) => out.extend_from_slice(text.get().as_bytes()),
-            TurnContent::Str(text) => write_json(out, text)?,
-            TurnContent::Blocks(blocks) => {
-                out.push(b'[');
-                for (i, block) in blocks.iter().enumerate() {
-                    if i > 0 {
-                        out.push(b',');
-                    }
-                    match block {
-                        Block::Text(text) => {
-                            out.extend_from_slice(b"{\"type\":\"text\",\"text\":");
-                            out.extend_from_slice(text.get().as_bytes());
-                            out.push(b'}');
-                        }
-                        Block::Json(value) => write_json(out, value)?,
-                    }
-                }
-                out.push(b']');
-            }
+            TurnContent::Str(text) => write_tree(out, text)?,
+            TurnContent::Blocks(blocks) => write_items(out, blocks, TEXT_BLOCK_HEAD)?,
         }
         out.push(b'}');
         Ok(())
     }
-}
-
-fn json_blocks<'m>(blocks: Vec<Value>) -> Vec<Block<'m>> {
-    blocks.into_iter().map(Block::Json).collect()
 }
 
 /// Appends a turn, merging it into the previous one when the roles match: Anthropic wants turns to
@@ -469,13 +429,13 @@ fn push_turn<'m>(turns: &mut Vec<Turn<'m>>, role: &'static str, content: TurnCon
 
 /// A turn's content as a list of blocks, for merging. Empty texts become no block, since
 /// Anthropic rejects empty text blocks.
-fn turn_blocks(content: TurnContent<'_>) -> Vec<Block<'_>> {
+fn turn_blocks(content: TurnContent<'_>) -> Vec<Item<'_>> {
     match content {
         TurnContent::Blocks(blocks) => blocks,
         TurnContent::Text(raw) if raw.get() == "\"\"" => Vec::new(),
-        TurnContent::Text(raw) => vec![Block::Text(raw)],
+        TurnContent::Text(raw) => vec![Item::Text(raw)],
         TurnContent::Str("") => Vec::new(),
-        TurnContent::Str(s) => vec![Block::Json(text_block(s))],
+        TurnContent::Str(s) => vec![Item::Tree(text_block(s))],
     }
 }
 
@@ -560,7 +520,7 @@ fn user_content<'a>(
 ) -> Result<TurnContent<'a>, GatewayError> {
     match msg.get("content") {
         Some(Value::String(s)) => Ok(TurnContent::Str(s)),
-        Some(Value::Array(parts)) => Ok(TurnContent::Blocks(json_blocks(content_blocks(
+        Some(Value::Array(parts)) => Ok(TurnContent::Blocks(trees(content_blocks(
             parts,
             &format!("{param}.content"),
         )?))),

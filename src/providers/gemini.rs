@@ -11,12 +11,12 @@ use std::collections::HashMap;
 use crate::chat_request::{ChatRequest, Message, Messages, PlainRole};
 use crate::error::GatewayError;
 use crate::ids::new_id;
+use crate::providers::json_out::{trees, write_items, write_list, write_members, Item};
 use crate::providers::{
     ChunkSource, ChunkStamp, RequestContext, ResponseContext, StreamContext, StreamOut, TextField,
 };
 use crate::sse::SseEvent;
 use base64::Engine as _;
-use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
 /// OpenAI chat request -> Gemini generateContent request body (JSON bytes).
@@ -43,75 +43,32 @@ fn encode_request(req: &ChatRequest, messages: &Messages) -> Result<Vec<u8>, Gat
     // The turns are written straight from the client's request, plain texts as the client
     // wrote them, rather than built as a JSON tree; the few other members are small trees.
     let mut out = Vec::with_capacity(req_size_hint + 512);
-    out.extend_from_slice(b"{\"contents\":[");
-    for (i, turn) in messages.contents.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
+    out.extend_from_slice(b"{\"contents\":");
+    write_list(&mut out, &messages.contents, |out, turn| {
         out.extend_from_slice(b"{\"role\":\"");
         out.extend_from_slice(turn.role.as_bytes());
         out.extend_from_slice(b"\",\"parts\":");
-        write_parts(&mut out, &turn.parts)?;
+        write_items(out, &turn.parts, TEXT_PART_HEAD)?;
         out.push(b'}');
-    }
-    out.push(b']');
+        Ok(())
+    })?;
     if !messages.system.is_empty() {
         out.extend_from_slice(b",\"systemInstruction\":{\"parts\":");
-        write_parts(&mut out, &messages.system)?;
+        write_items(&mut out, &messages.system, TEXT_PART_HEAD)?;
         out.push(b'}');
     }
-    for (key, value) in &rest {
-        out.push(b',');
-        write_json(&mut out, key)?;
-        out.push(b':');
-        write_json(&mut out, value)?;
-    }
+    write_members(&mut out, &rest)?;
     out.push(b'}');
     Ok(out)
 }
 
-/// `[part, ...]`; a plain text is already a JSON string literal.
-fn write_parts(out: &mut Vec<u8>, parts: &[Part]) -> Result<(), GatewayError> {
-    out.push(b'[');
-    for (i, part) in parts.iter().enumerate() {
-        if i > 0 {
-            out.push(b',');
-        }
-        match part {
-            Part::Text(text) => {
-                out.extend_from_slice(b"{\"text\":");
-                out.extend_from_slice(text.get().as_bytes());
-                out.push(b'}');
-            }
-            Part::Json(value) => write_json(out, value)?,
-        }
-    }
-    out.push(b']');
-    Ok(())
-}
+/// A text part up to its text.
+const TEXT_PART_HEAD: &[u8] = b"{\"text\":";
 
-fn write_json(
-    out: &mut Vec<u8>,
-    value: &(impl serde::Serialize + ?Sized),
-) -> Result<(), GatewayError> {
-    serde_json::to_writer(out, value)
-        .map_err(|e| GatewayError::new(500, format!("could not encode the Gemini request: {e}")))
-}
-
-/// One `contents` turn; `role` is `user` or `model`.
+/// One `contents` turn; `role` is `user` or `model`. A plain text becomes a text part.
 struct Turn<'m> {
     role: &'static str,
-    parts: Vec<Part<'m>>,
-}
-
-/// A part: `{"text": ...}` around a plain message's content, or one built as a tree.
-enum Part<'m> {
-    Text(&'m RawValue),
-    Json(Value),
-}
-
-fn json_parts<'m>(parts: Vec<Value>) -> Vec<Part<'m>> {
-    parts.into_iter().map(Part::Json).collect()
+    parts: Vec<Item<'m>>,
 }
 
 /// Gemini generateContent response body -> OpenAI `chat.completion` object.
@@ -146,7 +103,7 @@ pub fn chat_response(body: &[u8], ctx: &ResponseContext) -> Result<Value, Gatewa
 
 /// The translated conversation: `systemInstruction` parts and `contents` turns.
 struct Conversation<'m> {
-    system: Vec<Part<'m>>,
+    system: Vec<Item<'m>>,
     contents: Vec<Turn<'m>>,
     /// Gemini's functionResponse needs the function's name, but OpenAI tool messages only carry
     /// the call id: the name of every call seen so far.
@@ -175,7 +132,7 @@ fn translate_messages<'m>(messages: &'m Messages) -> Result<Conversation<'m>, Ga
             Message::Plain(plain) => {
                 let parts = match plain.is_empty() {
                     true => Vec::new(),
-                    false => vec![Part::Text(plain.content)],
+                    false => vec![Item::Text(plain.content)],
                 };
                 match plain.role {
                     PlainRole::System => out.system.extend(parts),
@@ -204,20 +161,20 @@ fn translate_parsed_message(
     match message.get("role").and_then(Value::as_str) {
         Some("system" | "developer") => {
             let parts = content_parts(content, &content_param, false)?;
-            out.system.extend(json_parts(parts));
+            out.system.extend(trees(parts));
         }
         Some("user") => {
             let parts = content_parts(content, &content_param, true)?;
-            push_turn(&mut out.contents, "user", json_parts(parts));
+            push_turn(&mut out.contents, "user", trees(parts));
         }
         Some("assistant") => {
             let mut parts = content_parts(content, &content_param, true)?;
             parts.extend(tool_call_parts(message, &param, &mut out.call_names)?);
-            push_turn(&mut out.contents, "model", json_parts(parts));
+            push_turn(&mut out.contents, "model", trees(parts));
         }
         Some("tool") => {
             let part = tool_result_part(message, &param, &out.call_names)?;
-            push_turn(&mut out.contents, "user", vec![Part::Json(part)]);
+            push_turn(&mut out.contents, "user", vec![Item::Tree(part)]);
         }
         Some(other) => {
             return Err(bad_param(
@@ -237,7 +194,7 @@ fn translate_parsed_message(
 
 /// Appends parts as a turn, merging into the previous turn when the role repeats: Gemini wants
 /// user and model turns to alternate, and tool results arrive as separate OpenAI messages.
-fn push_turn<'m>(contents: &mut Vec<Turn<'m>>, role: &'static str, parts: Vec<Part<'m>>) {
+fn push_turn<'m>(contents: &mut Vec<Turn<'m>>, role: &'static str, parts: Vec<Item<'m>>) {
     // A turn without parts is rejected by Gemini; an empty message carries nothing anyway.
     if parts.is_empty() {
         return;

@@ -3,6 +3,7 @@
 
 pub mod anthropic;
 pub mod gemini;
+pub mod json_out;
 pub mod openai;
 
 use serde::Deserialize;
