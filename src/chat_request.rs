@@ -77,9 +77,10 @@ impl PlainMessage<'_> {
 impl<'a> ChatRequest<'a> {
     /// Parses a client's request body; the errors are those of [`crate::frontend::parse_chat_tree`].
     pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
-        let parsed = std::str::from_utf8(body)
-            .ok()
-            .and_then(|text| serde_json::from_str::<RawChatRequest>(text).ok());
+        let parsed = std::str::from_utf8(body).ok().and_then(|text| {
+            let members = serde_json::from_str(text).ok()?;
+            Some(RawChatRequest { text, members })
+        });
         match parsed {
             Some(raw) => raw.into_request(),
             // Errors only: the tree parse words them as every other endpoint does.
@@ -123,20 +124,15 @@ impl<'a> ChatRequest<'a> {
         let Some(raw) = self.messages else {
             return Ok(Messages::Missing);
         };
-        match serde_json::from_str::<Vec<MessageSlot<'a>>>(raw.get()) {
-            Ok(slots) => slots
+        match serde_json::from_str::<Vec<RawMembers<'a>>>(raw.get()) {
+            Ok(messages) => messages
                 .into_iter()
-                .map(MessageSlot::into_message)
+                .map(into_message)
                 .collect::<Result<_, _>>()
                 .map(Messages::List),
             // Not a list of objects: every message takes the general path, which says what is
             // wrong with it.
-            Err(_) => Ok(match parse_tree(raw)? {
-                Value::Array(items) => {
-                    Messages::List(items.into_iter().map(Message::Parsed).collect())
-                }
-                other => Messages::NotAList(other),
-            }),
+            Err(_) => parsed_messages(raw),
         }
     }
 
@@ -144,17 +140,16 @@ impl<'a> ChatRequest<'a> {
     /// path against it.
     #[cfg(test)]
     pub fn messages_all_parsed(&self) -> Result<Messages<'a>, GatewayError> {
-        Ok(match self.messages()? {
-            Messages::List(_) => {
-                let raw = self.messages.map_or("[]", RawValue::get);
-                let items: Vec<Value> = serde_json::from_str(raw).map_err(|e| {
-                    GatewayError::bad_request(format!("The request body is not valid JSON: {e}"))
-                })?;
-                Messages::List(items.into_iter().map(Message::Parsed).collect())
-            }
-            other => other,
-        })
+        self.messages.map_or(Ok(Messages::Missing), parsed_messages)
     }
+}
+
+/// The `messages` member with every message parsed.
+fn parsed_messages<'a>(raw: &RawValue) -> Result<Messages<'a>, GatewayError> {
+    Ok(match parse_tree(raw)? {
+        Value::Array(items) => Messages::List(items.into_iter().map(Message::Parsed).collect()),
+        other => Messages::NotAList(other),
+    })
 }
 
 /// Raw JSON as a tree. The raw text is valid JSON, so only its depth can make this fail.
@@ -163,76 +158,61 @@ fn parse_tree(raw: &RawValue) -> Result<Value, GatewayError> {
         .map_err(|e| GatewayError::bad_request(format!("The request body is not valid JSON: {e}")))
 }
 
-/// One message object, read in one pass with every member kept as raw JSON.
-struct MessageSlot<'a> {
-    role: Option<&'a RawValue>,
-    content: Option<&'a RawValue>,
-    /// The other members, in order.
-    others: Vec<(Cow<'a, str>, &'a RawValue)>,
+/// Plain when the role is one of the four (written without escapes), the content is a string
+/// and there are no `tool_calls`. The translators read only `role`, `content` and `tool_calls`
+/// from these roles (`tool_call_id` only from `tool` messages), so every other member can be
+/// left behind.
+fn into_message(message: RawMembers<'_>) -> Result<Message<'_>, GatewayError> {
+    let role = match message.last("role").map(RawValue::get) {
+        Some(r#""system""# | r#""developer""#) => Some(PlainRole::System),
+        Some(r#""user""#) => Some(PlainRole::User),
+        Some(r#""assistant""#) => Some(PlainRole::Assistant),
+        _ => None,
+    };
+    let text = message.last("content").filter(|c| c.get().starts_with('"'));
+    let tool_calls = message.last("tool_calls").is_some();
+    if let (Some(role), Some(content), false) = (role, text, tool_calls) {
+        return Ok(Message::Plain(PlainMessage { role, content }));
+    }
+    let mut tree = Map::new();
+    // A repeated member replaces the earlier one, as in a tree.
+    for (key, raw) in message.0 {
+        tree.insert(key.into_owned(), parse_tree(raw)?);
+    }
+    Ok(Message::Parsed(Value::Object(tree)))
 }
 
-impl<'a> MessageSlot<'a> {
-    /// Plain when the role is one of the four (written without escapes), the content is a
-    /// string and there are no `tool_calls`. The translators read only `role`, `content` and
-    /// `tool_calls` from these roles (`tool_call_id` only from `tool` messages), so every other
-    /// member can be left behind.
-    fn into_message(self) -> Result<Message<'a>, GatewayError> {
-        let role = match self.role.map(RawValue::get) {
-            Some(r#""system""# | r#""developer""#) => Some(PlainRole::System),
-            Some(r#""user""#) => Some(PlainRole::User),
-            Some(r#""assistant""#) => Some(PlainRole::Assistant),
-            _ => None,
-        };
-        let text = self.content.filter(|c| c.get().starts_with('"'));
-        let tool_calls = self.others.iter().any(|(key, _)| key == "tool_calls");
-        if let (Some(role), Some(content), false) = (role, text, tool_calls) {
-            return Ok(Message::Plain(PlainMessage { role, content }));
-        }
-        let mut tree = Map::new();
-        let named = [("role", self.role), ("content", self.content)];
-        for (key, raw) in named
-            .into_iter()
-            .filter_map(|(k, raw)| Some((Cow::Borrowed(k), raw?)))
-        {
-            tree.insert(key.into_owned(), parse_tree(raw)?);
-        }
-        for (key, raw) in self.others {
-            tree.insert(key.into_owned(), parse_tree(raw)?);
-        }
-        Ok(Message::Parsed(Value::Object(tree)))
+/// An object's members in order, each as raw JSON: one pass, no trees.
+struct RawMembers<'a>(Vec<(Cow<'a, str>, &'a RawValue)>);
+
+impl<'a> RawMembers<'a> {
+    /// The member's value; the last one when it is repeated, as in a tree.
+    fn last(&self, key: &str) -> Option<&'a RawValue> {
+        self.0
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, raw)| *raw)
     }
 }
 
-impl<'de> Deserialize<'de> for MessageSlot<'de> {
+impl<'de> Deserialize<'de> for RawMembers<'de> {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct SlotVisitor;
-        impl<'de> Visitor<'de> for SlotVisitor {
-            type Value = MessageSlot<'de>;
+        struct MembersVisitor;
+        impl<'de> Visitor<'de> for MembersVisitor {
+            type Value = RawMembers<'de>;
             fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a message object")
+                f.write_str("a JSON object")
             }
             fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut slot = MessageSlot {
-                    role: None,
-                    content: None,
-                    others: Vec::new(),
-                };
-                // A repeated member replaces the earlier one, as in a tree.
+                let mut members = Vec::new();
                 while let Some(Key(key)) = map.next_key()? {
-                    match key.as_ref() {
-                        "role" => slot.role = Some(map.next_value()?),
-                        "content" => slot.content = Some(map.next_value()?),
-                        _ => {
-                            let value = map.next_value()?;
-                            slot.others.retain(|(k, _)| *k != key);
-                            slot.others.push((key, value));
-                        }
-                    }
+                    members.push((key, map.next_value()?));
                 }
-                Ok(slot)
+                Ok(RawMembers(members))
             }
         }
-        deserializer.deserialize_map(SlotVisitor)
+        deserializer.deserialize_map(MembersVisitor)
     }
 }
 
@@ -263,7 +243,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 /// without a second pass.
 pub struct RawChatRequest<'a> {
     text: &'a str,
-    members: Vec<(Cow<'a, str>, &'a RawValue)>,
+    members: RawMembers<'a>,
 }
 
 impl<'a> RawChatRequest<'a> {
@@ -271,7 +251,7 @@ impl<'a> RawChatRequest<'a> {
     /// [`crate::frontend::parse_chat_envelope`].
     pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
         let parsed = std::str::from_utf8(body).ok().and_then(|text| {
-            let members = serde_json::from_str::<RawChatRequest>(text).ok()?.members;
+            let members = serde_json::from_str(text).ok()?;
             Some(RawChatRequest { text, members })
         });
         parsed.ok_or_else(|| envelope_error(body))
@@ -281,7 +261,7 @@ impl<'a> RawChatRequest<'a> {
     pub fn envelope(&self) -> Result<crate::frontend::ChatEnvelope, GatewayError> {
         let mut model = None;
         let mut stream = None;
-        for (key, raw) in &self.members {
+        for (key, raw) in &self.members.0 {
             let slot = match key.as_ref() {
                 "model" => &mut model,
                 "stream" => &mut stream,
@@ -309,7 +289,7 @@ impl<'a> RawChatRequest<'a> {
             messages: None,
         };
         // A repeated member replaces the earlier one, as in a tree.
-        for (key, raw) in self.members {
+        for (key, raw) in self.members.0 {
             if key == "messages" {
                 request.messages = Some(raw);
             } else {
@@ -325,26 +305,6 @@ fn envelope_error(body: &[u8]) -> GatewayError {
     crate::frontend::parse_chat_envelope(body)
         .err()
         .unwrap_or_else(|| GatewayError::bad_request("The request body is not a valid request"))
-}
-
-impl<'de> Deserialize<'de> for RawChatRequest<'de> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        struct MembersVisitor;
-        impl<'de> Visitor<'de> for MembersVisitor {
-            type Value = RawChatRequest<'de>;
-            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
-                f.write_str("a JSON object")
-            }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<Self::Value, A::Error> {
-                let mut members = Vec::new();
-                while let Some(Key(key)) = map.next_key()? {
-                    members.push((key, map.next_value()?));
-                }
-                Ok(RawChatRequest { text: "", members })
-            }
-        }
-        deserializer.deserialize_map(MembersVisitor)
-    }
 }
 
 #[cfg(test)]
