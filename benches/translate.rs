@@ -271,17 +271,21 @@ fn passthrough(c: &mut Criterion) {
     group.finish();
 }
 
+/// A request read as `/v1/chat/completions` reads it: routed on its raw members, which are then
+/// read for translation.
+fn routed(body: &[u8]) -> ChatRequest<'_> {
+    let raw = RawChatRequest::parse(body).expect("valid request");
+    raw.envelope().expect("valid envelope");
+    raw.into_request().expect("valid request")
+}
+
 /// A client's body to the upstream's, from bytes to bytes. `parse_chat_tree` is the baseline: it
 /// is what parsing alone cost when requests were translated from a `serde_json::Value` tree.
 fn anthropic_requests(c: &mut Criterion) {
     let mut group = c.benchmark_group("anthropic_request");
     let body = chat_request_json(4 * 1024, true);
-    // As `/v1/chat/completions` does it: route on the raw members, then translate from them.
     let translate = |body: &[u8]| {
-        let raw = RawChatRequest::parse(body).expect("valid request");
-        raw.envelope().expect("valid envelope");
-        let request = raw.into_request().expect("valid request");
-        anthropic::chat_request(&request, &ANTHROPIC_REQ_CTX).expect("request translates")
+        anthropic::chat_request(&routed(body), &ANTHROPIC_REQ_CTX).expect("request translates")
     };
     translate(&body);
     group.throughput(Throughput::Bytes(body.len() as u64));
@@ -312,10 +316,7 @@ fn gemini_translation(c: &mut Criterion) {
     let mut group = c.benchmark_group("gemini");
     let body = chat_request_json(4 * 1024, true);
     let translate = |body: &[u8]| {
-        let raw = RawChatRequest::parse(body).expect("valid request");
-        raw.envelope().expect("valid envelope");
-        let request = raw.into_request().expect("valid request");
-        gemini::chat_request(&request, &GEMINI_REQ_CTX).expect("request translates")
+        gemini::chat_request(&routed(body), &GEMINI_REQ_CTX).expect("request translates")
     };
     translate(&body);
     group.throughput(Throughput::Bytes(body.len() as u64));

@@ -85,7 +85,7 @@ impl StreamTranslation {
 
     fn flush(&mut self, out: &mut Vec<u8>) {
         for item in self.items.drain(..) {
-            let terminal = !matches!(item, StreamOut::Chunk(_) | StreamOut::Text(_));
+            let terminal = item.is_terminal();
             self.sink.write(&item, out);
             if terminal {
                 self.ended = true;

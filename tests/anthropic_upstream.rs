@@ -310,11 +310,8 @@ async fn a_translated_answer_reaches_the_client_in_one_segment() {
     .await
     .unwrap()
     .into_iter()
-    .fold((Vec::new(), Vec::new()), |(mut s, mut a), (n, answer)| {
-        s.push(n);
-        a.push(String::from_utf8_lossy(&answer).into_owned());
-        (s, a)
-    });
+    .map(|(n, answer)| (n, String::from_utf8_lossy(&answer).into_owned()))
+    .unzip::<_, _, Vec<u32>, Vec<String>>();
     assert!(
         answer.iter().all(|a| a.starts_with("HTTP/1.1 200")
             && a.to_ascii_lowercase()

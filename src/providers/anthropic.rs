@@ -1004,20 +1004,21 @@ impl AnthropicChunkSource {
     /// false for anything else, which then takes the general path.
     fn text_delta(&mut self, event: &SseEvent, out: &mut Vec<StreamOut>) -> bool {
         #[derive(serde::Deserialize)]
-        struct Event {
-            delta: Delta,
+        struct Event<'a> {
+            #[serde(borrow)]
+            delta: Delta<'a>,
         }
         #[derive(serde::Deserialize)]
-        struct Delta {
+        struct Delta<'a> {
             #[serde(rename = "type")]
-            kind: String,
+            kind: &'a str,
             text: Option<String>,
             thinking: Option<String>,
         }
         let Ok(Event { delta }) = serde_json::from_str::<Event>(&event.data) else {
             return false;
         };
-        let (field, text) = match (delta.kind.as_str(), delta.text, delta.thinking) {
+        let (field, text) = match (delta.kind, delta.text, delta.thinking) {
             ("text_delta", Some(text), _) => (TextField::Content, text),
             ("thinking_delta", _, Some(text)) => (TextField::Reasoning, text),
             _ => return false,
@@ -1805,9 +1806,9 @@ mod tests {
                 .filter(|c| c["choices"][0]["delta"].get("role").is_some())
                 .count();
             assert_eq!(roles, 1, "{name}: one role chunk");
-            let terminals = outs.iter().filter(|o| o.chunk().is_none()).count();
+            let terminals = outs.iter().filter(|o| o.is_terminal()).count();
             assert_eq!(terminals, 1, "{name}: one terminal output");
-            assert!(outs.last().is_some_and(|o| o.chunk().is_none()), "{name}");
+            assert!(outs.last().is_some_and(|o| o.is_terminal()), "{name}");
         }
     }
 
@@ -2147,7 +2148,7 @@ mod tests {
                         source.on_event(&event(named, &data), &mut out);
                         source.on_event(&event(named, &data), &mut out);
                         source.on_end(&mut out);
-                        let terminal = out.iter().position(|o| o.chunk().is_none());
+                        let terminal = out.iter().position(|o| o.is_terminal());
                         assert_eq!(terminal, Some(out.len() - 1), "{name} {data}");
                         count += 1;
                     }

@@ -1910,9 +1910,9 @@ mod tests {
                 .count();
             assert_eq!(roles, 1, "{name}: one role chunk");
             assert!(finishes(&outs).len() <= 1, "{name}: one finish at most");
-            let terminals = outs.iter().filter(|o| o.chunk().is_none()).count();
+            let terminals = outs.iter().filter(|o| o.is_terminal()).count();
             assert_eq!(terminals, 1, "{name}: one terminal output");
-            assert!(outs.last().is_some_and(|o| o.chunk().is_none()), "{name}");
+            assert!(outs.last().is_some_and(|o| o.is_terminal()), "{name}");
             // The usage chunk, when asked for, is the last chunk of a finished stream.
             if include_usage && outs.last() == Some(&StreamOut::Done) {
                 let last = chunks.last().expect("a usage chunk");
@@ -2267,7 +2267,7 @@ mod tests {
                     source.on_event(&data_event(&data), &mut out);
                     source.on_event(&data_event(&data), &mut out);
                     source.on_end(&mut out);
-                    let terminal = out.iter().position(|o| o.chunk().is_none());
+                    let terminal = out.iter().position(|o| o.is_terminal());
                     assert_eq!(terminal, Some(out.len() - 1), "{data}");
                     count += 1;
                 }

@@ -118,7 +118,13 @@ pub enum StreamOut {
 }
 
 impl StreamOut {
+    /// `Error` or `Done`: nothing follows it.
+    pub fn is_terminal(&self) -> bool {
+        matches!(self, StreamOut::Error(_) | StreamOut::Done)
+    }
+
     /// The chunk object of a `Chunk` or a `Text`.
+    #[cfg(test)]
     pub fn chunk(&self) -> Option<std::borrow::Cow<'_, serde_json::Value>> {
         match self {
             StreamOut::Chunk(chunk) => Some(std::borrow::Cow::Borrowed(chunk)),
