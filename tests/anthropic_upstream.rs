@@ -252,26 +252,6 @@ async fn translation_errors_are_400_and_never_reach_upstream() {
     assert!(mock.requests().is_empty());
 }
 
-/// Data segments the peer has sent on `stream` so far (`tcpi_data_segs_in`, Linux 4.6+).
-fn data_segments_in(stream: &std::net::TcpStream) -> u32 {
-    use std::os::unix::io::AsRawFd;
-    // SAFETY: an all-zero tcp_info is a valid value, and getsockopt writes at most `len` bytes
-    // into it.
-    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
-    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
-    let rc = unsafe {
-        libc::getsockopt(
-            stream.as_raw_fd(),
-            libc::IPPROTO_TCP,
-            libc::TCP_INFO,
-            (&mut info as *mut libc::tcp_info).cast(),
-            &mut len,
-        )
-    };
-    assert_eq!(rc, 0, "getsockopt(TCP_INFO)");
-    info.tcpi_data_segs_in
-}
-
 /// A translated answer has no length, so Pingora writes its head, its body and the closing
 /// chunk separately; the gateway corks the client's socket so they leave as one segment
 /// (src/proxy/cork.rs). This counts the segments the client receives.

@@ -432,3 +432,95 @@ async fn unresolvable_upstream_is_not_ready_and_answers_503() {
     assert_eq!(status, 503, "{err}");
     assert_eq!(err["error"]["code"], "upstream_unavailable");
 }
+
+/// Reads one HTTP/1.1 request with a `Content-Length` body from `conn`; `None` at a clean EOF.
+async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut request = Vec::new();
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        if let Some(head_end) = request.windows(4).position(|w| w == b"\r\n\r\n") {
+            let head = String::from_utf8_lossy(&request[..head_end]).to_ascii_lowercase();
+            let length: usize = head
+                .lines()
+                .find_map(|l| l.strip_prefix("content-length:"))
+                .map_or(0, |v| v.trim().parse().unwrap());
+            if request.len() >= head_end + 4 + length {
+                return Some(request);
+            }
+        }
+        let n = conn.read(&mut buf).await.ok()?;
+        if n == 0 {
+            return None;
+        }
+        request.extend_from_slice(&buf[..n]);
+    }
+}
+
+/// Pingora writes a request's head and body with a send each; the gateway corks the upstream
+/// socket so both leave as one segment (src/proxy/cork.rs). A bare upstream counts the segments
+/// each proxied request arrives in.
+#[tokio::test]
+async fn a_proxied_request_reaches_the_upstream_in_one_segment() {
+    use std::sync::{Arc, Mutex};
+    use tokio::io::AsyncWriteExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let segments = Arc::new(Mutex::new(Vec::new()));
+    let seen = segments.clone();
+    // Runs until the test's runtime ends; health checks connect and leave, which ends their task.
+    tokio::spawn(async move {
+        while let Ok((mut conn, _)) = listener.accept().await {
+            let seen = seen.clone();
+            tokio::spawn(async move {
+                // A new connection has received no data; the next request waits for this answer.
+                let mut before = 0;
+                loop {
+                    if read_request(&mut conn).await.is_none() {
+                        return;
+                    }
+                    let after = data_segments_in(&conn);
+                    seen.lock().unwrap().push(after - before);
+                    before = after;
+                    let answer = r#"{"id":"c","object":"chat.completion","created":1,"model":"m","choices":[{"index":0,"message":{"role":"assistant","content":"ok"},"finish_reason":"stop"}]}"#;
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {}\r\n\r\n{answer}",
+                        answer.len()
+                    );
+                    if conn.write_all(response.as_bytes()).await.is_err() {
+                        return;
+                    }
+                }
+            });
+        }
+    });
+    let gw = GatewayProcess::start(&format!(
+        r#"
+providers:
+  bare: {{ kind: openai, auth: none, endpoints: ["http://127.0.0.1:{port}/v1"] }}
+models:
+  m: {{ provider: bare }}
+"#
+    ));
+    // A 4 KB body: a head and a body that fit one loopback segment together.
+    let text = "x".repeat(4000);
+    let client = client();
+    for _ in 0..5 {
+        let resp = client
+            .post(gw.url("/v1/chat/completions"))
+            .json(&json!({"model": "m", "messages": [{"role": "user", "content": text}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        assert_eq!(
+            resp.json::<Value>().await.unwrap()["choices"][0]["message"]["content"],
+            "ok"
+        );
+    }
+    assert_eq!(
+        *segments.lock().unwrap(),
+        [1; 5],
+        "segments per upstream request"
+    );
+}

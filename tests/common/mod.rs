@@ -151,3 +151,22 @@ pub fn header<'a>(headers: &'a reqwest::header::HeaderMap, name: &str) -> &'a st
         .and_then(|v| v.to_str().ok())
         .unwrap_or("")
 }
+
+/// Data segments the peer has sent on `stream` so far (`tcpi_data_segs_in`, Linux 4.6+).
+pub fn data_segments_in(stream: &impl std::os::unix::io::AsRawFd) -> u32 {
+    // SAFETY: an all-zero tcp_info is a valid value, and getsockopt writes at most `len` bytes
+    // into it.
+    let mut info: libc::tcp_info = unsafe { std::mem::zeroed() };
+    let mut len = std::mem::size_of::<libc::tcp_info>() as libc::socklen_t;
+    let rc = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::IPPROTO_TCP,
+            libc::TCP_INFO,
+            (&mut info as *mut libc::tcp_info).cast(),
+            &mut len,
+        )
+    };
+    assert_eq!(rc, 0, "getsockopt(TCP_INFO)");
+    info.tcpi_data_segs_in
+}
