@@ -222,9 +222,13 @@ TTFB_NGX=$(ttfb "http://127.0.0.1:$NGX/sse/v1/messages")
 TTFB_GW=$(ttfb "http://127.0.0.1:$GW/v1/chat/completions")
 # The same at c=1 on one keep-alive connection (no connection set-up in the number): wrk's p50 for
 # the whole answer, which the fake upstream sends at once.
-ka() { BODY_FILE="$WORK/anthropic-sse.json" wrk -t1 -c1 -d"$DURATION" --latency -s benches/wrk/post.lua "$1" 2>&1 | grep '^RESULT' || echo "RESULT rps=0 p50_us=0 p99_us=0 errors=-1 requests=0"; }
+ka() { BODY_FILE="$WORK/anthropic-sse.json" wrk -t1 -c1 -d"$DURATION" --latency -s benches/wrk/post.lua "$@" 2>&1 | grep '^RESULT' || echo "RESULT rps=0 p50_us=0 p99_us=0 errors=-1 requests=0"; }
 KA_NGX=$(ka "http://127.0.0.1:$NGX/sse/v1/messages")
 KA_GW=$(ka "http://127.0.0.1:$GW/v1/chat/completions")
+# And with a new connection per request, back to back: the server closes after each answer and
+# wrk reconnects, with no process start-up or idle time between requests (unlike curl above).
+NEWCONN_NGX=$(ka -H 'Connection: close' "http://127.0.0.1:$NGX/sse/v1/messages")
+NEWCONN_GW=$(ka -H 'Connection: close' "http://127.0.0.1:$GW/v1/chat/completions")
 
 # Many concurrent slow streams: one event every 100 ms for SLOW_SECONDS.
 python3 - "$WORK" "$SLOW_SECONDS" <<'PY'
@@ -264,8 +268,9 @@ echo "|---|---|"
 echo "| hedging, one slow instance (1 s) of three, c=16: p50 / p99 / req/s | off: $(field "$HEDGE_OFF" p50_us) µs / $(field "$HEDGE_OFF" p99_us) µs / $(field "$HEDGE_OFF" rps); on (after 50 ms): $(field "$HEDGE_ON" p50_us) µs / $(field "$HEDGE_ON" p99_us) µs / $(field "$HEDGE_ON" rps) |"
 echo "| start-up to ready | ${STARTUP_MS} ms |"
 echo "| idle RSS | $((IDLE_RSS_KB / 1024)) MB |"
-echo "| time to first byte at c=1, translated stream, new connection each (curl, median of 200) | dragoman ${TTFB_GW} ms, nginx ${TTFB_NGX} ms |"
+echo "| time to first byte at c=1, translated stream, a new curl process and connection each (median of 200; the gateway idles between) | dragoman ${TTFB_GW} ms, nginx ${TTFB_NGX} ms |"
 echo "| whole translated stream at c=1 on one keep-alive connection (wrk p50) | dragoman $(field "$KA_GW" p50_us) µs, nginx $(field "$KA_NGX" p50_us) µs |"
+echo "| whole translated stream at c=1, a new connection each, back to back (wrk p50, \`Connection: close\`) | dragoman $(field "$NEWCONN_GW" p50_us) µs, nginx $(field "$NEWCONN_NGX" p50_us) µs |"
 echo "| dragoman / bare Pingora, pass-through JSON req/s | ${DRAGOMAN_VS_BARE[*]} |"
 echo "| slow streams: target / open at mid-run / completed / errors | $SLOW_STREAMS / $OPEN / $(field "$SLOW" requests) / $(field "$SLOW" errors) |"
 echo "| slow streams: duration p50 / p99 (${SLOW_SECONDS} s of events each) | $(awk -v a="$(field "$SLOW" p50_us)" 'BEGIN{printf "%.1f s", a/1e6}') / $(awk -v a="$(field "$SLOW" p99_us)" 'BEGIN{printf "%.1f s", a/1e6}') |"
