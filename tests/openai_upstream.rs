@@ -433,6 +433,44 @@ async fn unresolvable_upstream_is_not_ready_and_answers_503() {
     assert_eq!(err["error"]["code"], "upstream_unavailable");
 }
 
+/// Credentials, account selectors and hop-by-hop fields never reach the upstream; other client
+/// headers do.
+#[tokio::test]
+async fn client_credentials_and_hop_by_hop_headers_stay_behind() {
+    let (mock, gw) = setup().await;
+    let stripped = [
+        ("authorization", "Bearer client-key"),
+        ("proxy-authorization", "Basic cHJveHk="),
+        ("x-api-key", "client-key"),
+        ("api-key", "client-key"),
+        ("x-goog-api-key", "client-key"),
+        ("cookie", "session=1"),
+        ("openai-organization", "org-client"),
+        ("openai-project", "proj-client"),
+        ("anthropic-version", "2023-06-01"),
+        ("accept-encoding", "gzip"),
+        ("keep-alive", "timeout=5"),
+        ("proxy-connection", "keep-alive"),
+        ("te", "trailers"),
+        ("trailer", "x-checksum"),
+    ];
+    let mut request = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("x-trace-id", "t-1")
+        .json(&json!({"model": "llama", "messages": [{"role": "user", "content": "hi"}]}));
+    for (name, value) in stripped {
+        request = request.header(name, value);
+    }
+    let resp = request.send().await.unwrap();
+    assert_eq!(resp.status(), 200);
+    let got = mock.last_request().unwrap();
+    for (name, _) in stripped {
+        let expected = (name == "authorization").then_some(format!("Bearer {KEY}"));
+        assert_eq!(got.header(name).map(str::to_owned), expected, "{name}");
+    }
+    assert_eq!(got.header("x-trace-id"), Some("t-1"));
+}
+
 /// Reads one HTTP/1.1 request with a `Content-Length` body from `conn`; `None` at a clean EOF.
 async fn read_request(conn: &mut tokio::net::TcpStream) -> Option<Vec<u8>> {
     use tokio::io::AsyncReadExt;

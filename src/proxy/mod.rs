@@ -10,6 +10,7 @@ pub mod client_watch;
 mod cork;
 pub mod ctx;
 pub mod dispatch;
+mod headers;
 pub mod ingress;
 pub mod respond;
 pub mod response;

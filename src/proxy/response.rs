@@ -15,7 +15,9 @@ use pingora_http::ResponseHeader;
 use serde_json::Value;
 
 /// Upstream headers never shown to clients.
-const STRIPPED_HEADERS: &[&str] = &["set-cookie", "alt-svc", "server"];
+fn is_stripped(name: &str) -> bool {
+    matches!(name, "set-cookie" | "alt-svc" | "server")
+}
 
 pub fn on_response_header(
     resp: &mut ResponseHeader,
@@ -24,9 +26,7 @@ pub fn on_response_header(
 ) -> Result<()> {
     let status = resp.status.as_u16();
     ctx.upstream_status = status;
-    for name in STRIPPED_HEADERS {
-        resp.remove_header(*name);
-    }
+    super::headers::strip(resp, is_stripped);
     resp.insert_header("x-dragoman-model", call.model.name.as_str())?;
     resp.insert_header("x-dragoman-provider", call.model.provider.name.as_str())?;
     resp.insert_header(super::dispatch::ATTEMPTS_HEADER, ctx.attempts.max(1))?;

@@ -1,6 +1,7 @@
 //! The upstream leg: choosing an instance, writing the provider's request, and deciding retries.
 
 use super::ctx::RequestCtx;
+use super::headers;
 use crate::balance::BalanceMode;
 use crate::breaker::{parse_retry_after, CircuitState, FailureKind};
 use crate::call::{encode_component, UpstreamCall};
@@ -19,28 +20,31 @@ use std::time::{Duration, Instant};
 /// Client headers that never reach an upstream: credentials (the gateway's key replaces them),
 /// account selectors, framing (the gateway sets its own), hop-by-hop fields, and
 /// `accept-encoding` (the response filters need plain bytes).
-const STRIPPED_HEADERS: &[&str] = &[
-    "authorization",
-    "proxy-authorization",
-    "x-api-key",
-    "api-key",
-    "x-goog-api-key",
-    "cookie",
-    "openai-organization",
-    "openai-project",
-    "anthropic-version",
-    "host",
-    "content-length",
-    "transfer-encoding",
-    "accept-encoding",
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "te",
-    "trailer",
-    "upgrade",
-    "expect",
-];
+fn is_stripped(name: &str) -> bool {
+    matches!(
+        name,
+        "authorization"
+            | "proxy-authorization"
+            | "x-api-key"
+            | "api-key"
+            | "x-goog-api-key"
+            | "cookie"
+            | "openai-organization"
+            | "openai-project"
+            | "anthropic-version"
+            | "host"
+            | "content-length"
+            | "transfer-encoding"
+            | "accept-encoding"
+            | "connection"
+            | "keep-alive"
+            | "proxy-connection"
+            | "te"
+            | "trailer"
+            | "upgrade"
+            | "expect"
+    )
+}
 
 /// Picks an instance for the next attempt: healthy (active checks), circuit not open (passive
 /// health), not failed for this request, and not already serving it in a hedged leg if another
@@ -183,9 +187,7 @@ pub fn write_request_header(
     endpoint: &EndpointUrl,
 ) -> Result<()> {
     let provider = &call.model.provider;
-    for name in STRIPPED_HEADERS {
-        req.remove_header(*name);
-    }
+    headers::strip(req, is_stripped);
     let mut path = String::with_capacity(endpoint.base_path.len() + call.path.len() + 64);
     path.push_str(&endpoint.base_path);
     path.push_str(&call.path);
