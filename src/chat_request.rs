@@ -77,11 +77,7 @@ impl PlainMessage<'_> {
 impl<'a> ChatRequest<'a> {
     /// Parses a client's request body; the errors are those of [`crate::frontend::parse_chat_tree`].
     pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
-        let parsed = std::str::from_utf8(body).ok().and_then(|text| {
-            let members = serde_json::from_str(text).ok()?;
-            Some(RawChatRequest { text, members })
-        });
-        match parsed {
+        match RawChatRequest::read(body) {
             Some(raw) => raw.into_request(),
             // Errors only: the tree parse words them as every other endpoint does.
             None => Err(crate::frontend::parse_chat_tree(body)
@@ -250,11 +246,15 @@ impl<'a> RawChatRequest<'a> {
     /// Parses a client's request body; the errors are those of
     /// [`crate::frontend::parse_chat_envelope`].
     pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
-        let parsed = std::str::from_utf8(body).ok().and_then(|text| {
-            let members = serde_json::from_str(text).ok()?;
-            Some(RawChatRequest { text, members })
-        });
-        parsed.ok_or_else(|| envelope_error(body))
+        Self::read(body).ok_or_else(|| envelope_error(body))
+    }
+
+    /// The one pass over the body; `None` when it is not a UTF-8 JSON object, whose error each
+    /// caller words as its own parse would.
+    fn read(body: &'a [u8]) -> Option<Self> {
+        let text = std::str::from_utf8(body).ok()?;
+        let members = serde_json::from_str(text).ok()?;
+        Some(RawChatRequest { text, members })
     }
 
     /// What routing reads: `model` (and where it is, for splicing) and `stream`.

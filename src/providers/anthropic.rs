@@ -923,10 +923,7 @@ impl AnthropicChunkSource {
         }
         self.stamp.id = Some(id.unwrap_or_else(|| ids::new_id("chatcmpl-")));
         self.stamp.model = model.unwrap_or_else(|| self.stamp.ctx.upstream_model.clone());
-        out.push(
-            self.stamp
-                .delta(json!({"role": "assistant", "content": ""}), None),
-        );
+        out.push(self.stamp.role());
     }
 
     /// Usage counts are cumulative in every event that carries them: set, never add.

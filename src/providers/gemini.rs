@@ -954,10 +954,7 @@ impl GeminiChunkSource {
             Some(model) if !model.is_empty() => model.to_string(),
             _ => self.stamp.ctx.upstream_model.clone(),
         };
-        out.push(
-            self.stamp
-                .delta(json!({"role": "assistant", "content": ""}), None),
-        );
+        out.push(self.stamp.role());
     }
 
     fn fail(&mut self, error: GatewayError, out: &mut Vec<StreamOut>) {

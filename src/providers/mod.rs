@@ -190,6 +190,14 @@ impl ChunkStamp {
         )
     }
 
+    /// The first chunk of every stream: the assistant role and empty content, as OpenAI sends.
+    pub fn role(&self) -> StreamOut {
+        self.delta(
+            serde_json::json!({"role": "assistant", "content": ""}),
+            None,
+        )
+    }
+
     /// A chunk with one choice carrying `delta` (and `finish_reason`).
     pub fn delta(&self, delta: serde_json::Value, finish_reason: Option<&str>) -> StreamOut {
         StreamOut::Chunk(delta_chunk(
