@@ -4,14 +4,16 @@
 //! Run with `cargo bench --bench translate` (add `-- --quick` for a fast pass).
 
 use criterion::{criterion_group, criterion_main, BatchSize, Criterion, Throughput};
-use dragoman::anthropic_api::AnthropicEventSink;
-use dragoman::chat_request::{ChatRequest, RawChatRequest};
-use dragoman::frontend::{parse_chat_envelope, parse_chat_tree, OpenAiEventSink};
+use dragoman::api::anthropic::AnthropicEventSink;
+use dragoman::api::openai::chat::{ChatRequest, RawChatRequest};
+use dragoman::api::openai::stream::OpenAiEventSink;
+use dragoman::api::{parse_chat_envelope, parse_chat_tree};
 use dragoman::providers::anthropic::{self, AnthropicChunkSource};
 use dragoman::providers::gemini::{self, GeminiChunkSource};
 use dragoman::providers::openai::splice_model;
-use dragoman::providers::{ChunkSource, RequestContext, ResponseContext, StreamContext, StreamOut};
-use dragoman::sse::{SseEvent, SseParser};
+use dragoman::providers::{RequestContext, ResponseContext};
+use dragoman::stream::chunk::{ChunkSource, StreamContext, StreamOut};
+use dragoman::stream::sse::{SseEvent, SseParser};
 use dragoman::stream::{ClientSink, StreamTranslation, MAX_EVENT_BYTES};
 use serde_json::{json, Value};
 use std::hint::black_box;

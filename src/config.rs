@@ -4,8 +4,8 @@
 //! One YAML file holds both Pingora's `ServerConf` keys (threads, pid_file, ...; Pingora reads those
 //! itself) and the gateway's own sections below.
 
-use crate::balance::BalanceMode;
 use crate::providers::{AuthPlacement, ProviderKind};
+use crate::upstream::balance::BalanceMode;
 use serde::{Deserialize, Deserializer};
 use std::collections::BTreeMap;
 use std::fmt;

@@ -1,20 +1,20 @@
 //! dragoman: an LLM API gateway on Pingora.
+//!
+//! Data flows one way: client bytes are read by [`api`] (what clients speak), planned into one
+//! upstream call by [`plan`], written in the provider's protocol by [`providers`] (what upstreams
+//! speak), sent to an instance chosen by [`upstream`] (balancing, breakers, retries), and the
+//! answer comes back the same way. [`proxy`] holds the thin Pingora hooks that drive it.
 pub mod admin;
-pub mod anthropic_api;
-pub mod balance;
-pub mod breaker;
-pub mod call;
-pub mod chat_request;
+pub mod api;
 pub mod config;
-pub mod discovery;
 pub mod error;
-pub mod frontend;
 pub mod ids;
 pub mod mock;
+pub mod plan;
 pub mod providers;
 pub mod proxy;
 pub mod registry;
-pub mod sse;
 pub mod stream;
 #[cfg(test)]
 mod test_support;
+pub mod upstream;

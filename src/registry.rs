@@ -2,14 +2,14 @@
 //! balancers. Held behind an `ArcSwap` so a reload can replace it while requests in flight keep
 //! the one they started with.
 
-use crate::balance::{BalanceMode, LoadTracker};
-use crate::breaker::{BreakerConfig, Breakers};
 use crate::config::{
     EndpointUrl, FallbackCondition, HealthCheckConfig, HedgeConfig, ProviderSettings, Secret,
     Settings,
 };
-use crate::discovery::EndpointDiscovery;
 use crate::providers::{AuthPlacement, ProviderKind};
+use crate::upstream::balance::{BalanceMode, LoadTracker};
+use crate::upstream::breaker::{BreakerConfig, Breakers};
+use crate::upstream::discovery::EndpointDiscovery;
 use bytes::Bytes;
 use pingora_load_balancing::selection::RoundRobin;
 use pingora_load_balancing::{Backends, LoadBalancer};

@@ -1,10 +1,10 @@
 //! Helpers shared by the translators' unit tests: input mutation for no-panic tests, running
 //! recorded streams split at arbitrary points, and checking the plain-message path.
 
-use crate::chat_request::{ChatRequest, Messages};
+use crate::api::openai::chat::{ChatRequest, Messages};
 use crate::error::GatewayError;
-use crate::providers::{ChunkSource, StreamOut};
-use crate::sse::SseParser;
+use crate::stream::chunk::{ChunkSource, StreamOut};
+use crate::stream::sse::SseParser;
 use serde_json::Value;
 
 /// Every variant of `value` with one node (at any depth) replaced by an odd value or removed.

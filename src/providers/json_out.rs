@@ -1,7 +1,7 @@
 //! Translated request bodies written straight into bytes.
 //!
 //! A translated body is a fixed shape: constant keys and roles, plain texts that are already JSON
-//! string literals (`crate::chat_request`), and a few small trees. Only the trees go through
+//! string literals (`crate::api::openai::chat`), and a few small trees. Only the trees go through
 //! serde_json; a derived serialisation escaped every key and role of every turn.
 
 use crate::error::GatewayError;

@@ -2,8 +2,8 @@
 //! passes through with only `model` rewritten, spliced into the client's bytes without re-serialising.
 
 use crate::error::{self, GatewayError};
-use crate::providers::{ChunkSource, StreamOut};
-use crate::sse::SseEvent;
+use crate::stream::chunk::{ChunkSource, StreamOut};
+use crate::stream::sse::SseEvent;
 use std::ops::Range;
 
 /// The client's body with the bytes at `model_span` (the JSON value of the top-level `model` field)

@@ -16,7 +16,7 @@
 //! costs latency, never a hang. Pulling it early only costs the saving.
 
 use super::ctx::RequestCtx;
-use crate::call::ResponseMode;
+use crate::plan::ResponseMode;
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use std::os::unix::io::RawFd;

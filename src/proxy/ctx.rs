@@ -1,9 +1,9 @@
 //! Per-request state, shared by the hooks of one request (and, for the upstream call, by the
 //! subrequest that carries it).
 
-use crate::balance::InflightGuard;
-use crate::call::UpstreamCall;
+use crate::plan::UpstreamCall;
 use crate::stream::{StreamTranslation, TerminalWatch};
+use crate::upstream::balance::InflightGuard;
 use bytes::BytesMut;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use std::sync::Arc;

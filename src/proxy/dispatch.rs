@@ -12,10 +12,10 @@
 
 use super::client_watch;
 use super::respond::{self, Answerer};
-use crate::call::UpstreamCall;
+use crate::api::ClientProtocol;
 use crate::config::FallbackCondition;
 use crate::error::GatewayError;
-use crate::frontend::ClientProtocol;
+use crate::plan::UpstreamCall;
 use crate::registry::Model;
 use futures::future::{select_all, FutureExt};
 use pingora_core::protocols::http::HttpTask;

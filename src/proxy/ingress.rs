@@ -9,9 +9,9 @@
 use super::ctx::RequestCtx;
 use super::dispatch;
 use super::respond;
-use crate::call::UpstreamCall;
+use crate::api::{self, ClientProtocol, Endpoint};
 use crate::error::GatewayError;
-use crate::frontend::{self, ClientProtocol, Endpoint};
+use crate::plan::UpstreamCall;
 use crate::registry::Registry;
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
@@ -38,7 +38,7 @@ pub async fn handle(
     ctx: &mut RequestCtx,
 ) -> Handled {
     let req = session.req_header();
-    let endpoint = match frontend::endpoint_for(&req.method, req.uri.path()) {
+    let endpoint = match api::endpoint_for(&req.method, req.uri.path()) {
         Ok(e) => e,
         Err(e) => {
             reject(session, &e, ClientProtocol::OpenAi).await;

@@ -1,7 +1,7 @@
 //! Answers written by the gateway itself: errors in the client's protocol, and local endpoints.
 
+use crate::api::ClientProtocol;
 use crate::error::GatewayError;
-use crate::frontend::ClientProtocol;
 use bytes::Bytes;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;

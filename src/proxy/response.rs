@@ -2,11 +2,13 @@
 //! already in the client's protocol (translated answers and streams, and every error).
 
 use super::ctx::{RequestCtx, ResponseHandling};
-use crate::anthropic_api::{self, AnthropicEventSink};
-use crate::call::{Operation, ResponseMode, UpstreamCall};
+use crate::api::anthropic::{self, AnthropicEventSink};
+use crate::api::openai::stream::OpenAiEventSink;
+use crate::api::{ClientProtocol, Endpoint};
 use crate::error::{self, GatewayError};
-use crate::frontend::{self, ClientProtocol, Endpoint, OpenAiEventSink};
-use crate::providers::{self, ChunkSource, ProviderKind, ResponseContext, StreamContext};
+use crate::plan::{Operation, ResponseMode, UpstreamCall};
+use crate::providers::{self, ProviderKind, ResponseContext};
+use crate::stream::chunk::{ChunkSource, StreamContext};
 use crate::stream::{self, ClientSink, StreamTranslation, TerminalWatch};
 use bytes::Bytes;
 use http::header;
@@ -189,8 +191,10 @@ fn finish(status: u16, upstream: &[u8], call: &UpstreamCall) -> Result<Bytes, Ga
         }
     };
     let out = match call.endpoint {
-        Endpoint::Complete => frontend::chat_to_complete(&completion, &call.model.name),
-        Endpoint::Messages => anthropic_api::response_from_openai(&completion, &call.model.name)?,
+        Endpoint::Complete => {
+            crate::api::openai::complete::chat_to_complete(&completion, &call.model.name)
+        }
+        Endpoint::Messages => anthropic::response_from_openai(&completion, &call.model.name)?,
         _ => completion,
     };
     // `to_vec` writes straight into the buffer; `to_string` goes through `fmt` and costs more.

@@ -2,11 +2,11 @@
 
 use super::ctx::RequestCtx;
 use super::headers;
-use crate::balance::BalanceMode;
-use crate::breaker::{parse_retry_after, CircuitState, FailureKind};
-use crate::call::{encode_component, UpstreamCall};
 use crate::config::EndpointUrl;
+use crate::plan::{encode_component, UpstreamCall};
 use crate::providers::{AuthPlacement, ProviderKind};
+use crate::upstream::balance::BalanceMode;
+use crate::upstream::breaker::{parse_retry_after, CircuitState, FailureKind};
 use bytes::Bytes;
 use http::header;
 use pingora_core::protocols::l4::socket::SocketAddr;

@@ -1,10 +1,13 @@
-//! The client-facing APIs: which endpoint a request is for, the few fields the gateway reads to
-//! route it, and the `/v1/complete` adapter.
+//! What clients speak: which endpoint a request is for, the fields read to route it, and each
+//! client protocol's own module (`openai`, `anthropic`).
+
+pub mod anthropic;
+pub mod openai;
 
 use crate::error::GatewayError;
 use serde::Deserialize;
 use serde_json::value::RawValue;
-use serde_json::{json, Value};
+use serde_json::Value;
 use std::ops::Range;
 
 /// A client endpoint that the gateway serves.
@@ -45,7 +48,7 @@ impl ClientProtocol {
     pub fn error_body(self, e: &GatewayError) -> bytes::Bytes {
         match self {
             ClientProtocol::OpenAi => e.to_openai_body(),
-            ClientProtocol::Anthropic => crate::anthropic_api::error_body(e),
+            ClientProtocol::Anthropic => crate::api::anthropic::error_body(e),
         }
     }
 }
@@ -148,101 +151,6 @@ pub fn parse_chat_tree(body: &[u8]) -> Result<Value, GatewayError> {
     Ok(value)
 }
 
-/// `/v1/complete` request -> (model name, OpenAI chat request).
-pub fn complete_to_chat(body: &[u8]) -> Result<(String, Value), GatewayError> {
-    #[derive(Deserialize)]
-    struct CompleteRequest {
-        text: Option<String>,
-        model_type: Option<String>,
-        max_tokens: Option<u32>,
-        temperature: Option<f64>,
-        #[serde(default)]
-        stream: bool,
-    }
-    let req: CompleteRequest = serde_json::from_slice(body).map_err(|e| {
-        GatewayError::bad_request(format!(
-            "The request body is not a valid complete request: {e}"
-        ))
-    })?;
-    let text = req.text.ok_or_else(|| {
-        GatewayError::bad_request("Missing required parameter: 'text'").with_param("text")
-    })?;
-    let model = req.model_type.filter(|m| !m.is_empty()).ok_or_else(|| {
-        GatewayError::bad_request("Missing required parameter: 'model_type'")
-            .with_param("model_type")
-    })?;
-    if req.stream {
-        return Err(GatewayError::bad_request(
-            "/v1/complete does not stream; use /v1/chat/completions",
-        )
-        .with_param("stream"));
-    }
-    let mut chat = json!({
-        "model": model,
-        "messages": [{"role": "user", "content": text}],
-    });
-    if let Some(max) = req.max_tokens {
-        chat["max_tokens"] = json!(max);
-    }
-    if let Some(t) = req.temperature {
-        chat["temperature"] = json!(t);
-    }
-    Ok((model, chat))
-}
-
-/// OpenAI `chat.completion` -> `/v1/complete` response.
-pub fn chat_to_complete(completion: &Value, model_name: &str) -> Value {
-    let text = completion
-        .pointer("/choices/0/message/content")
-        .and_then(Value::as_str)
-        .unwrap_or("");
-    json!({ "data": text, "model_used": model_name })
-}
-
-/// Writes the common stream form as OpenAI's SSE: `data: {chunk}` events, `data: [DONE]` at a
-/// normal end, and at a failure an error event with no `[DONE]`, so the stream never ends looking
-/// like a success.
-#[derive(Debug, Default)]
-pub struct OpenAiEventSink {
-    ended: bool,
-}
-
-impl OpenAiEventSink {
-    pub fn new() -> Self {
-        Self::default()
-    }
-
-    pub fn write(&mut self, item: &crate::providers::StreamOut, out: &mut Vec<u8>) {
-        use crate::providers::StreamOut;
-        if self.ended {
-            return;
-        }
-        match item {
-            StreamOut::Chunk(chunk) => {
-                out.extend_from_slice(b"data: ");
-                // Writing a Value into a Vec cannot fail.
-                let _ = serde_json::to_writer(&mut *out, chunk);
-                out.extend_from_slice(b"\n\n");
-            }
-            StreamOut::Text(text) => {
-                out.extend_from_slice(b"data: ");
-                text.write_json(out);
-                out.extend_from_slice(b"\n\n");
-            }
-            StreamOut::Done => {
-                self.ended = true;
-                out.extend_from_slice(b"data: [DONE]\n\n");
-            }
-            StreamOut::Error(e) => {
-                self.ended = true;
-                out.extend_from_slice(b"data: ");
-                out.extend_from_slice(&e.to_openai_body());
-                out.extend_from_slice(b"\n\n");
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -308,55 +216,5 @@ mod tests {
             endpoint_for(&Method::GET, "/admin").unwrap_err().status,
             404
         );
-    }
-
-    #[test]
-    fn openai_sink_frames_chunks_and_ends() {
-        use crate::providers::StreamOut;
-        let mut sink = OpenAiEventSink::new();
-        let mut out = Vec::new();
-        sink.write(&StreamOut::Chunk(json!({"id": "c"})), &mut out);
-        sink.write(&StreamOut::Done, &mut out);
-        sink.write(&StreamOut::Chunk(json!({"id": "late"})), &mut out);
-        assert_eq!(
-            String::from_utf8(out).unwrap(),
-            "data: {\"id\":\"c\"}\n\ndata: [DONE]\n\n"
-        );
-        let mut sink = OpenAiEventSink::new();
-        let mut out = Vec::new();
-        sink.write(
-            &StreamOut::Error(GatewayError::new(529, "Overloaded")),
-            &mut out,
-        );
-        sink.write(&StreamOut::Done, &mut out);
-        let text = String::from_utf8(out).unwrap();
-        assert!(text.starts_with("data: {\"error\":"), "{text}");
-        assert!(!text.contains("[DONE]"));
-    }
-
-    #[test]
-    fn complete_adapter() {
-        let (model, chat) =
-            complete_to_chat(br#"{"text":"hi","model_type":"m","max_tokens":5}"#).unwrap();
-        assert_eq!(model, "m");
-        assert_eq!(
-            chat,
-            json!({"model":"m","messages":[{"role":"user","content":"hi"}],"max_tokens":5})
-        );
-        assert_eq!(
-            complete_to_chat(br#"{"text":"hi"}"#).unwrap_err().status,
-            400
-        );
-        assert_eq!(
-            complete_to_chat(br#"{"model_type":"m"}"#)
-                .unwrap_err()
-                .status,
-            400
-        );
-        let out = chat_to_complete(
-            &json!({"choices":[{"message":{"role":"assistant","content":"yo"}}]}),
-            "m",
-        );
-        assert_eq!(out, json!({"data":"yo","model_used":"m"}));
     }
 }

@@ -8,14 +8,13 @@
 
 use std::collections::HashMap;
 
-use crate::chat_request::{ChatRequest, Message, Messages, PlainRole};
+use crate::api::openai::chat::{ChatRequest, Message, Messages, PlainRole};
 use crate::error::GatewayError;
 use crate::ids::new_id;
 use crate::providers::json_out::{trees, write_items, write_list, write_members, Item};
-use crate::providers::{
-    ChunkSource, ChunkStamp, RequestContext, ResponseContext, StreamContext, StreamOut, TextField,
-};
-use crate::sse::SseEvent;
+use crate::providers::{RequestContext, ResponseContext};
+use crate::stream::chunk::{ChunkSource, ChunkStamp, StreamContext, StreamOut, TextField};
+use crate::stream::sse::SseEvent;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
@@ -1125,14 +1124,16 @@ mod tests {
         ($name:literal, $from:literal, $to:literal) => {
             (
                 include_str!(concat!(
-                    "../../tests/fixtures/gemini/",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/gemini/",
                     $name,
                     ".",
                     $from,
                     ".json"
                 )),
                 parse(include_str!(concat!(
-                    "../../tests/fixtures/gemini/",
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/gemini/",
                     $name,
                     ".",
                     $to,
@@ -1698,8 +1699,17 @@ mod tests {
         ($sse:literal, $expected:literal, $include_usage:expr) => {
             (
                 $sse,
-                include_bytes!(concat!("../../tests/fixtures/gemini/", $sse)).as_slice(),
-                include_str!(concat!("../../tests/fixtures/gemini/", $expected)),
+                include_bytes!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/gemini/",
+                    $sse
+                ))
+                .as_slice(),
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/gemini/",
+                    $expected
+                )),
                 $include_usage,
             )
         };

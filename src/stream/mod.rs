@@ -2,11 +2,15 @@
 //! source, client sink), or passed through with a watch for the terminal event so that a cut
 //! stream never ends looking like a success.
 
-use crate::anthropic_api::AnthropicEventSink;
+pub mod chunk;
+pub mod sse;
+
+use crate::api::anthropic::AnthropicEventSink;
+use crate::api::openai::stream::OpenAiEventSink;
+use crate::api::ClientProtocol;
 use crate::error::GatewayError;
-use crate::frontend::{ClientProtocol, OpenAiEventSink};
-use crate::providers::{ChunkSource, StreamOut};
-use crate::sse::SseParser;
+use crate::stream::chunk::{ChunkSource, StreamOut};
+use crate::stream::sse::SseParser;
 
 /// Largest single upstream event accepted (tool arguments and images can be large).
 pub const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
@@ -30,7 +34,7 @@ pub struct StreamTranslation {
     parser: SseParser,
     source: Box<dyn ChunkSource>,
     sink: ClientSink,
-    events: Vec<crate::sse::SseEvent>,
+    events: Vec<crate::stream::sse::SseEvent>,
     items: Vec<StreamOut>,
     ended: bool,
 }
@@ -145,7 +149,7 @@ pub fn error_event(protocol: ClientProtocol, error: &GatewayError) -> Vec<u8> {
         }
         ClientProtocol::Anthropic => {
             out.extend_from_slice(b"event: error\ndata: ");
-            out.extend_from_slice(&crate::anthropic_api::error_body(error));
+            out.extend_from_slice(&crate::api::anthropic::error_body(error));
             out.extend_from_slice(b"\n\n");
         }
     }

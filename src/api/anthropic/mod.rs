@@ -10,7 +10,7 @@
 
 use crate::error::GatewayError;
 use crate::ids;
-use crate::providers::StreamOut;
+use crate::stream::chunk::StreamOut;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 

@@ -75,16 +75,14 @@ impl PlainMessage<'_> {
 }
 
 impl<'a> ChatRequest<'a> {
-    /// Parses a client's request body; the errors are those of [`crate::frontend::parse_chat_tree`].
+    /// Parses a client's request body; the errors are those of [`crate::api::parse_chat_tree`].
     pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
         match RawChatRequest::read(body) {
             Some(raw) => raw.into_request(),
             // Errors only: the tree parse words them as every other endpoint does.
-            None => Err(crate::frontend::parse_chat_tree(body)
-                .err()
-                .unwrap_or_else(|| {
-                    GatewayError::bad_request("The request body is not valid JSON")
-                })),
+            None => Err(crate::api::parse_chat_tree(body).err().unwrap_or_else(|| {
+                GatewayError::bad_request("The request body is not valid JSON")
+            })),
         }
     }
 
@@ -244,7 +242,7 @@ pub struct RawChatRequest<'a> {
 
 impl<'a> RawChatRequest<'a> {
     /// Parses a client's request body; the errors are those of
-    /// [`crate::frontend::parse_chat_envelope`].
+    /// [`crate::api::parse_chat_envelope`].
     pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
         Self::read(body).ok_or_else(|| envelope_error(body))
     }
@@ -258,7 +256,7 @@ impl<'a> RawChatRequest<'a> {
     }
 
     /// What routing reads: `model` (and where it is, for splicing) and `stream`.
-    pub fn envelope(&self) -> Result<crate::frontend::ChatEnvelope, GatewayError> {
+    pub fn envelope(&self) -> Result<crate::api::ChatEnvelope, GatewayError> {
         let mut model = None;
         let mut stream = None;
         for (key, raw) in &self.members.0 {
@@ -279,7 +277,7 @@ impl<'a> RawChatRequest<'a> {
             Some(raw) => serde_json::from_str::<Option<bool>>(raw.get())
                 .map_err(|_| envelope_error(self.text.as_bytes()))?,
         };
-        crate::frontend::envelope_of(self.text, model, stream)
+        crate::api::envelope_of(self.text, model, stream)
     }
 
     /// The request as the translators read it.
@@ -302,7 +300,7 @@ impl<'a> RawChatRequest<'a> {
 
 /// The envelope parse's error for a body the raw parse rejected.
 fn envelope_error(body: &[u8]) -> GatewayError {
-    crate::frontend::parse_chat_envelope(body)
+    crate::api::parse_chat_envelope(body)
         .err()
         .unwrap_or_else(|| GatewayError::bad_request("The request body is not a valid request"))
 }
@@ -418,7 +416,7 @@ mod tests {
             b"{\"messages\":[{\"role\":\"user\",\"content\":\"a\x01b\"}]}",
         ] {
             let typed = ChatRequest::parse(body).err().expect("rejected");
-            let tree = crate::frontend::parse_chat_tree(body).expect_err("rejected");
+            let tree = crate::api::parse_chat_tree(body).expect_err("rejected");
             assert_eq!(typed, tree, "body {}", String::from_utf8_lossy(body));
         }
     }
@@ -449,7 +447,7 @@ mod tests {
         ];
         for body in bodies {
             let raw = RawChatRequest::parse(body).and_then(|r| r.envelope());
-            let parsed = crate::frontend::parse_chat_envelope(body);
+            let parsed = crate::api::parse_chat_envelope(body);
             assert_eq!(raw, parsed, "{}", String::from_utf8_lossy(body));
         }
     }
@@ -472,9 +470,9 @@ mod tests {
         for v in &variants {
             let text = String::from_utf8_lossy(v);
             let raw = RawChatRequest::parse(v).and_then(|r| r.envelope());
-            assert_eq!(raw, crate::frontend::parse_chat_envelope(v), "{text}");
+            assert_eq!(raw, crate::api::parse_chat_envelope(v), "{text}");
             let request = ChatRequest::parse(v);
-            let tree = crate::frontend::parse_chat_tree(v);
+            let tree = crate::api::parse_chat_tree(v);
             assert_eq!(request.is_ok(), tree.is_ok(), "{text}");
             if let (Err(a), Err(b)) = (&request, &tree) {
                 assert_eq!(a, b, "{text}");

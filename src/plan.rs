@@ -1,10 +1,9 @@
 //! An upstream call: what the gateway sends for one client request (path, body) and how it must
 //! treat the answer. Built once from the client's body; every attempt re-sends the same bytes.
 
-use crate::anthropic_api;
-use crate::chat_request::{ChatRequest, RawChatRequest};
+use crate::api::openai::chat::{ChatRequest, RawChatRequest};
+use crate::api::{self, anthropic, ChatEnvelope, Endpoint};
 use crate::error::GatewayError;
-use crate::frontend::{self, ChatEnvelope, Endpoint};
 use crate::ids::unix_now;
 use crate::providers::{self, gemini, openai, AuthPlacement, ProviderKind, RequestContext};
 use crate::registry::{Model, Registry};
@@ -213,7 +212,7 @@ fn plan_complete(
     body: &Bytes,
     model: Option<&str>,
 ) -> Result<Planned, GatewayError> {
-    let (name, mut chat) = frontend::complete_to_chat(body)?;
+    let (name, mut chat) = crate::api::openai::complete::complete_to_chat(body)?;
     let model = lookup(registry, model.unwrap_or(&name))?;
     let body = if model.provider.kind.speaks_openai() {
         chat["model"] = model.upstream_model.as_str().into();
@@ -236,7 +235,7 @@ fn plan_messages(
     body: &Bytes,
     model: Option<&str>,
 ) -> Result<Planned, GatewayError> {
-    let envelope = frontend::parse_chat_envelope(body)?;
+    let envelope = api::parse_chat_envelope(body)?;
     let model = lookup(registry, model.unwrap_or(&envelope.model))?;
     if model.provider.kind == ProviderKind::Anthropic {
         let body = spliced(body, &envelope, &model);
@@ -247,7 +246,7 @@ fn plan_messages(
             envelope.stream,
         ));
     }
-    let mut chat = anthropic_api::request_to_openai(&frontend::parse_chat_tree(body)?)?;
+    let mut chat = anthropic::request_to_openai(&api::parse_chat_tree(body)?)?;
     let body = if model.provider.kind.speaks_openai() {
         chat["model"] = model.upstream_model.as_str().into();
         // OpenAI's own API rejects `top_k`, which Anthropic clients may send.
@@ -274,7 +273,7 @@ fn plan_count_tokens(
     body: &Bytes,
     model: Option<&str>,
 ) -> Result<Planned, GatewayError> {
-    let envelope = frontend::parse_chat_envelope(body)?;
+    let envelope = api::parse_chat_envelope(body)?;
     let model = lookup(registry, model.unwrap_or(&envelope.model))?;
     if model.provider.kind != ProviderKind::Anthropic {
         return Err(GatewayError::bad_request(format!(
@@ -298,7 +297,7 @@ fn plan_embeddings(
     body: &Bytes,
     model: Option<&str>,
 ) -> Result<Planned, GatewayError> {
-    let envelope = frontend::parse_chat_envelope(body)?;
+    let envelope = api::parse_chat_envelope(body)?;
     let model = lookup(registry, model.unwrap_or(&envelope.model))?;
     match model.provider.kind {
         ProviderKind::Openai | ProviderKind::AzureOpenai => {
@@ -310,7 +309,7 @@ fn plan_embeddings(
             Ok(Planned::passthrough(model, body, embed, false))
         }
         ProviderKind::Gemini => {
-            let request = frontend::parse_chat_tree(body)?;
+            let request = api::parse_chat_tree(body)?;
             let embed = gemini::embed_request(&request, &model.upstream_model)?;
             Ok(Planned {
                 model,

@@ -5,14 +5,13 @@
 //! `chat.completion.chunk` objects ([`AnthropicChunkSource`]). Every input is treated as untrusted: malformed
 //! client input is a 400 naming the offending field, a malformed upstream body is a 502.
 
-use crate::chat_request::{ChatRequest, Message, Messages, PlainRole};
+use crate::api::openai::chat::{ChatRequest, Message, Messages, PlainRole};
 use crate::error::GatewayError;
 use crate::ids;
 use crate::providers::json_out::{trees, write_items, write_list, write_members, write_tree, Item};
-use crate::providers::{
-    ChunkSource, ChunkStamp, RequestContext, ResponseContext, StreamContext, StreamOut, TextField,
-};
-use crate::sse::SseEvent;
+use crate::providers::{RequestContext, ResponseContext};
+use crate::stream::chunk::{ChunkSource, ChunkStamp, StreamContext, StreamOut, TextField};
+use crate::stream::sse::SseEvent;
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
 
@@ -1185,7 +1184,8 @@ mod tests {
     macro_rules! fixture {
         ($name:literal) => {
             serde_json::from_str::<Value>(include_str!(concat!(
-                "../../tests/fixtures/anthropic/",
+                env!("CARGO_MANIFEST_DIR"),
+                "/tests/fixtures/anthropic/",
                 $name
             )))
             .expect(concat!("fixture ", $name, " is valid JSON"))
@@ -1685,8 +1685,17 @@ mod tests {
         ($sse:literal, $expected:literal, $include_usage:expr) => {
             (
                 $sse,
-                include_bytes!(concat!("../../tests/fixtures/anthropic/", $sse)).as_slice(),
-                include_str!(concat!("../../tests/fixtures/anthropic/", $expected)),
+                include_bytes!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/anthropic/",
+                    $sse
+                ))
+                .as_slice(),
+                include_str!(concat!(
+                    env!("CARGO_MANIFEST_DIR"),
+                    "/tests/fixtures/anthropic/",
+                    $expected
+                )),
                 $include_usage,
             )
         };
@@ -1843,7 +1852,10 @@ mod tests {
 
     #[test]
     fn stream_every_stop_reason() {
-        let text = include_str!("../../tests/fixtures/anthropic/stream_text.sse");
+        let text = include_str!(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/anthropic/stream_text.sse"
+        ));
         let cases = [
             ("\"end_turn\"", json!("stop")),
             ("\"stop_sequence\"", json!("stop")),

@@ -1,0 +1,6 @@
+//! The upstream instances of every provider: discovery (DNS in the background), load-aware
+//! balancing, per-instance circuit breakers, and the classification of failed attempts.
+
+pub mod balance;
+pub mod breaker;
+pub mod discovery;
