@@ -9,7 +9,6 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod ids;
-pub mod mock;
 pub mod plan;
 pub mod providers;
 pub mod proxy;

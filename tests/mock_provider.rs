@@ -2,8 +2,8 @@
 
 use std::time::{Duration, Instant};
 
-use dragoman::mock::{Behaviour, MockOptions, MockProvider};
-use dragoman::providers::ProviderKind;
+use dragoman_mock::ProviderKind;
+use dragoman_mock::{Behaviour, MockOptions, MockProvider};
 use serde_json::{json, Value};
 
 fn client() -> reqwest::Client {

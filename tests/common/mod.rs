@@ -7,7 +7,7 @@ use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
-pub use dragoman::mock::{Behaviour, MockOptions, MockProvider, RecordedRequest};
+pub use dragoman_mock::{Behaviour, MockOptions, MockProvider, RecordedRequest};
 
 pub struct GatewayProcess {
     child: Child,

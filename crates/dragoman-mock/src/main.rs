@@ -6,8 +6,8 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use dragoman::mock::{MockOptions, MockProvider};
-use dragoman::providers::ProviderKind;
+use dragoman_mock::ProviderKind;
+use dragoman_mock::{MockOptions, MockProvider};
 
 const USAGE: &str = "\
 usage: dragoman-mock [--listen ADDR] [--key KEY] [--kind-keys KIND=KEY[,KIND=KEY...]] [--no-record]

@@ -29,7 +29,7 @@ use serde_json::{json, Value};
 use super::behaviour::Behaviour;
 use super::server::Keys;
 use super::RecordedRequest;
-use crate::providers::ProviderKind;
+use crate::ProviderKind;
 
 pub const CREATED: u64 = 1700000000;
 pub const CHAT_ID: &str = "chatcmpl-mock";

@@ -20,7 +20,7 @@ use tokio::task::JoinHandle;
 use super::behaviour::{self, Behaviour};
 use super::body::MockBody;
 use super::{control, MockOptions, RecordedRequest};
-use crate::providers::ProviderKind;
+use crate::ProviderKind;
 
 /// Locks a mutex, ignoring poisoning (nothing here can leave the data half-updated).
 pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {

@@ -1,4 +1,4 @@
-//! A mock LLM provider: a small HTTP/1.1 server that speaks each provider kind's protocol.
+//! dragoman-mock: a mock LLM provider: a small HTTP/1.1 server that speaks each provider kind's protocol.
 //!
 //! Integration tests start it in-process ([`MockProvider::start`]); benchmarks and the README demo
 //! run the `dragoman-mock` binary, which is controlled over HTTP (`/_mock/...`, see [`control`]).
@@ -30,7 +30,16 @@ use tokio::task::JoinHandle;
 
 pub use behaviour::Behaviour;
 
-use crate::providers::ProviderKind;
+/// The provider protocols the mock speaks (the gateway's provider kinds, as the mock tells them
+/// apart by path).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ProviderKind {
+    Openai,
+    AzureOpenai,
+    Anthropic,
+    Gemini,
+}
+
 use server::Shared;
 
 /// How to start a [`MockProvider`].
