@@ -802,7 +802,7 @@ impl GatewayConfig {
 fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings, ConfigError> {
     let key = format!("providers.{name}");
     let endpoints = if p.endpoints.is_empty() {
-        let Some(url) = p.kind.default_endpoint() else {
+        let Some(url) = p.kind.dialect().default_endpoint() else {
             return Err(ConfigError::new(
                 format!("{key}.endpoints"),
                 format!("required for kind {}", p.kind.as_str()),
@@ -843,7 +843,7 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         (None, None) => Secret::default(),
     };
     let auth = match &p.auth {
-        None => p.kind.default_auth(),
+        None => p.kind.dialect().default_auth(),
         Some(AuthConfig::Named(AuthNone::None)) => AuthPlacement::None,
         Some(AuthConfig::Header { header, prefix }) => {
             if http::HeaderName::from_bytes(header.as_bytes()).is_err() {
@@ -880,6 +880,12 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         return Err(ConfigError::new(
             format!("{key}.api_version"),
             "required for kind azure-openai (e.g. 2024-10-21)",
+        ));
+    }
+    if http::HeaderValue::from_str(&p.anthropic_version).is_err() {
+        return Err(ConfigError::new(
+            format!("{key}.anthropic_version"),
+            "not a valid header value",
         ));
     }
     let mut headers = Vec::new();

@@ -2,26 +2,14 @@
 //! treat the answer. Built once from the client's body; every attempt re-sends the same bytes.
 
 use crate::api::openai::chat::{ChatRequest, RawChatRequest};
-use crate::api::{self, anthropic, ChatEnvelope, Endpoint};
+use crate::api::{self, anthropic, ChatEnvelope, ClientProtocol, Endpoint};
 use crate::error::GatewayError;
 use crate::ids::unix_now;
-use crate::providers::{self, gemini, openai, AuthPlacement, ProviderKind, RequestContext};
+use crate::providers::{openai, AuthPlacement, RequestContext};
 use crate::registry::{Model, Registry};
 use bytes::Bytes;
-use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 use std::sync::Arc;
-
-/// Characters left as they are in a path segment or query value: RFC 3986 unreserved.
-const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
-    .remove(b'-')
-    .remove(b'.')
-    .remove(b'_')
-    .remove(b'~');
-
-pub fn encode_component(s: &str) -> String {
-    utf8_percent_encode(s, UNRESERVED).to_string()
-}
 
 /// How the upstream's answer reaches the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -119,7 +107,7 @@ impl UpstreamCall {
             _ => body,
         };
         Ok(UpstreamCall {
-            path: upstream_path(&model, operation, stream),
+            path: upstream_path(&model, operation, stream)?,
             registry: registry.clone(),
             model,
             endpoint,
@@ -183,7 +171,7 @@ fn plan_chat(
     let request = RawChatRequest::parse(body)?;
     let envelope = request.envelope()?;
     let model = lookup(registry, model.unwrap_or(&envelope.model))?;
-    if model.provider.kind.speaks_openai() {
+    if speaks(&model, ClientProtocol::OpenAi) {
         let body = spliced(body, &envelope, &model);
         return Ok(Planned::passthrough(
             model,
@@ -214,7 +202,7 @@ fn plan_complete(
 ) -> Result<Planned, GatewayError> {
     let (name, mut chat) = crate::api::openai::complete::complete_to_chat(body)?;
     let model = lookup(registry, model.unwrap_or(&name))?;
-    let body = if model.provider.kind.speaks_openai() {
+    let body = if speaks(&model, ClientProtocol::OpenAi) {
         chat["model"] = model.upstream_model.as_str().into();
         chat.to_string().into_bytes()
     } else {
@@ -237,7 +225,7 @@ fn plan_messages(
 ) -> Result<Planned, GatewayError> {
     let envelope = api::parse_chat_envelope(body)?;
     let model = lookup(registry, model.unwrap_or(&envelope.model))?;
-    if model.provider.kind == ProviderKind::Anthropic {
+    if speaks(&model, ClientProtocol::Anthropic) {
         let body = spliced(body, &envelope, &model);
         return Ok(Planned::passthrough(
             model,
@@ -247,7 +235,7 @@ fn plan_messages(
         ));
     }
     let mut chat = anthropic::request_to_openai(&api::parse_chat_tree(body)?)?;
-    let body = if model.provider.kind.speaks_openai() {
+    let body = if speaks(&model, ClientProtocol::OpenAi) {
         chat["model"] = model.upstream_model.as_str().into();
         // OpenAI's own API rejects `top_k`, which Anthropic clients may send.
         if let Some(obj) = chat.as_object_mut() {
@@ -275,7 +263,7 @@ fn plan_count_tokens(
 ) -> Result<Planned, GatewayError> {
     let envelope = api::parse_chat_envelope(body)?;
     let model = lookup(registry, model.unwrap_or(&envelope.model))?;
-    if model.provider.kind != ProviderKind::Anthropic {
+    if model.paths.count_tokens.is_none() || !speaks(&model, ClientProtocol::Anthropic) {
         return Err(GatewayError::bad_request(format!(
             "count_tokens is served for Anthropic models only; `{}` is served by a {} provider",
             model.name,
@@ -299,36 +287,43 @@ fn plan_embeddings(
 ) -> Result<Planned, GatewayError> {
     let envelope = api::parse_chat_envelope(body)?;
     let model = lookup(registry, model.unwrap_or(&envelope.model))?;
-    match model.provider.kind {
-        ProviderKind::Openai | ProviderKind::AzureOpenai => {
-            let body = spliced(body, &envelope, &model);
-            let embed = Operation::Embed {
-                batch: false,
-                base64: false,
-            };
-            Ok(Planned::passthrough(model, body, embed, false))
-        }
-        ProviderKind::Gemini => {
-            let request = api::parse_chat_tree(body)?;
-            let embed = gemini::embed_request(&request, &model.upstream_model)?;
-            Ok(Planned {
-                model,
-                operation: Operation::Embed {
-                    batch: embed.batch,
-                    base64: embed.base64,
-                },
-                stream: false,
-                include_usage: false,
-                body: embed.body,
-                mode: ResponseMode::Translate,
-            })
-        }
-        ProviderKind::Anthropic => Err(GatewayError::bad_request(format!(
-            "`{}` is served by Anthropic, which has no embeddings API",
-            model.name
+    if model.paths.embeddings.is_none() {
+        return Err(GatewayError::bad_request(format!(
+            "`{}` is served by a {} provider, which has no embeddings API",
+            model.name,
+            model.provider.kind.as_str()
         ))
-        .with_param("model")),
+        .with_param("model"));
     }
+    if speaks(&model, ClientProtocol::OpenAi) {
+        let body = spliced(body, &envelope, &model);
+        let embed = Operation::Embed {
+            batch: false,
+            base64: false,
+        };
+        return Ok(Planned::passthrough(model, body, embed, false));
+    }
+    let request = api::parse_chat_tree(body)?;
+    let embed = model
+        .provider
+        .dialect
+        .embeddings_request(&request, &model.upstream_model)?;
+    Ok(Planned {
+        model,
+        operation: Operation::Embed {
+            batch: embed.batch,
+            base64: embed.base64,
+        },
+        stream: false,
+        include_usage: false,
+        body: embed.body,
+        mode: ResponseMode::Translate,
+    })
+}
+
+/// Whether the model's provider speaks `protocol` as it is.
+fn speaks(model: &Model, protocol: ClientProtocol) -> bool {
+    model.provider.dialect.native_protocol() == Some(protocol)
 }
 
 /// An OpenAI chat request in the format of a provider that does not speak OpenAI's.
@@ -337,45 +332,32 @@ fn translate_chat(model: &Model, chat: &ChatRequest) -> Result<Vec<u8>, GatewayE
         upstream_model: &model.upstream_model,
         default_max_tokens: model.default_max_tokens,
     };
-    match model.provider.kind {
-        ProviderKind::Anthropic => providers::anthropic::chat_request(chat, &ctx),
-        ProviderKind::Gemini => providers::gemini::chat_request(chat, &ctx),
-        // The planners send OpenAI-speaking providers the request itself.
-        ProviderKind::Openai | ProviderKind::AzureOpenai => Err(GatewayError::new(
-            500,
-            "an OpenAI request needs no translation",
-        )),
-    }
+    model.provider.dialect.chat_request(chat, &ctx)
 }
 
 /// The path for an operation, after the endpoint's base path.
-fn upstream_path(model: &Model, operation: Operation, stream: bool) -> String {
-    let provider = &model.provider;
-    let id = encode_component(&model.upstream_model);
-    let azure = |what: &str| {
-        format!(
-            "/openai/deployments/{id}/{what}?api-version={}",
-            encode_component(provider.api_version.as_deref().unwrap_or_default()),
-        )
+fn upstream_path(
+    model: &Model,
+    operation: Operation,
+    stream: bool,
+) -> Result<String, GatewayError> {
+    let paths = &model.paths;
+    let path = match operation {
+        Operation::Chat if stream => paths.chat_stream.as_ref().unwrap_or(&paths.chat),
+        Operation::Chat => &paths.chat,
+        Operation::CountTokens => paths.count_tokens.as_ref().ok_or_else(no_path)?,
+        Operation::Embed { batch: true, .. } => paths
+            .embeddings_batch
+            .as_ref()
+            .or(paths.embeddings.as_ref())
+            .ok_or_else(no_path)?,
+        Operation::Embed { batch: false, .. } => paths.embeddings.as_ref().ok_or_else(no_path)?,
     };
-    match (provider.kind, operation) {
-        (ProviderKind::Openai, Operation::Embed { .. }) => "/embeddings".into(),
-        (ProviderKind::Openai, _) => "/chat/completions".into(),
-        (ProviderKind::AzureOpenai, Operation::Embed { .. }) => azure("embeddings"),
-        (ProviderKind::AzureOpenai, _) => azure("chat/completions"),
-        (ProviderKind::Anthropic, Operation::CountTokens) => "/v1/messages/count_tokens".into(),
-        (ProviderKind::Anthropic, _) => "/v1/messages".into(),
-        (ProviderKind::Gemini, Operation::Embed { batch: true, .. }) => {
-            format!("/v1beta/models/{id}:batchEmbedContents")
-        }
-        (ProviderKind::Gemini, Operation::Embed { batch: false, .. }) => {
-            format!("/v1beta/models/{id}:embedContent")
-        }
-        (ProviderKind::Gemini, _) if stream => {
-            format!("/v1beta/models/{id}:streamGenerateContent?alt=sse")
-        }
-        (ProviderKind::Gemini, _) => format!("/v1beta/models/{id}:generateContent"),
-    }
+    Ok(path.clone())
+}
+
+fn no_path() -> GatewayError {
+    GatewayError::new(500, "the provider has no path for this operation")
 }
 
 /// Inserts `"field": value` as the first member of the body's top-level object, without
@@ -415,11 +397,5 @@ mod tests {
             br#" {"api_key":"k\"1","a":1}"#
         );
         assert_eq!(insert_field(b"{ }", "k", "v"), br#"{"k":"v" }"#);
-    }
-
-    #[test]
-    fn components_are_encoded() {
-        assert_eq!(encode_component("gpt-4o_mini.v1~x"), "gpt-4o_mini.v1~x");
-        assert_eq!(encode_component("a/b?c&d=e f"), "a%2Fb%3Fc%26d%3De%20f");
     }
 }

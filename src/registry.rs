@@ -6,7 +6,7 @@ use crate::config::{
     EndpointUrl, FallbackCondition, HealthCheckConfig, HedgeConfig, ProviderSettings, Secret,
     Settings,
 };
-use crate::providers::{AuthPlacement, ProviderKind};
+use crate::providers::{AuthPlacement, Dialect, ProviderKind, UpstreamPaths};
 use crate::upstream::balance::{BalanceMode, LoadTracker};
 use crate::upstream::breaker::{BreakerConfig, Breakers};
 use crate::upstream::discovery::EndpointDiscovery;
@@ -23,10 +23,11 @@ pub const DNS_REFRESH: Duration = Duration::from_secs(60);
 pub struct Provider {
     pub name: String,
     pub kind: ProviderKind,
+    /// What the provider speaks: paths, translators, version headers.
+    pub dialect: &'static dyn Dialect,
     pub credential: Secret,
     pub auth: AuthPlacement,
-    pub api_version: Option<String>,
-    pub anthropic_version: String,
+    /// Sent upstream on every request: the dialect's version headers, then the configured ones.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub upstreams: Arc<LoadBalancer<RoundRobin>>,
     /// Distinct endpoints.
@@ -47,6 +48,8 @@ pub struct Model {
     /// `upstream_model` encoded as a JSON string, ready to splice into a body.
     pub upstream_model_json: Bytes,
     pub provider: Arc<Provider>,
+    /// The upstream paths of this model's operations.
+    pub paths: UpstreamPaths,
     pub default_max_tokens: u32,
     pub timeout: Duration,
     pub connect_timeout: Duration,
@@ -69,15 +72,17 @@ pub struct Registry {
 impl Registry {
     /// Builds the registry. Load balancers start empty; [`Registry::resolve_all`] fills them.
     pub fn build(settings: &Settings) -> Registry {
-        let providers: Vec<Arc<Provider>> = settings
+        let providers: Vec<(Arc<Provider>, &ProviderSettings)> = settings
             .providers
             .iter()
-            .map(|p| Arc::new(build_provider(p)))
+            .map(|p| (Arc::new(build_provider(p)), p))
             .collect();
         let mut models = HashMap::new();
         let mut listed = Vec::new();
         for m in &settings.models {
-            let Some(provider) = providers.iter().find(|p| p.name == m.provider) else {
+            let Some((provider, provider_settings)) =
+                providers.iter().find(|(p, _)| p.name == m.provider)
+            else {
                 continue; // validation guarantees the provider exists
             };
             let upstream_model_json =
@@ -95,6 +100,7 @@ impl Registry {
                     upstream_model: m.upstream_model.clone(),
                     upstream_model_json,
                     provider: provider.clone(),
+                    paths: provider.dialect.paths(&m.upstream_model, provider_settings),
                     default_max_tokens: m.default_max_tokens,
                     timeout: m.timeout,
                     connect_timeout: m.connect_timeout,
@@ -109,7 +115,7 @@ impl Registry {
         Registry {
             models,
             model_list: Bytes::from(model_list),
-            providers,
+            providers: providers.into_iter().map(|(p, _)| p).collect(),
             max_request_bytes: settings.max_request_bytes,
             max_response_bytes: settings.max_response_bytes,
         }
@@ -150,14 +156,16 @@ fn build_provider(p: &ProviderSettings) -> Provider {
         probe_timeout: o.cooldown.map_or(defaults.probe_timeout, |d| d.0),
         ..defaults
     };
+    let dialect = p.kind.dialect();
+    let mut headers = dialect.fixed_headers(p);
+    headers.extend(p.headers.iter().cloned());
     Provider {
         name: p.name.clone(),
         kind: p.kind,
+        dialect,
         credential: p.credential.clone(),
         auth: p.auth.clone(),
-        api_version: p.api_version.clone(),
-        anthropic_version: p.anthropic_version.clone(),
-        headers: p.headers.clone(),
+        headers,
         upstreams: Arc::new(lb),
         endpoint_count,
         max_attempts: p.max_attempts,

@@ -1,10 +1,111 @@
 //! OpenAI and OpenAI-compatible upstreams (and Azure OpenAI, which shares the bodies): the request
 //! passes through with only `model` rewritten, spliced into the client's bytes without re-serialising.
 
+use super::{AuthPlacement, Dialect, ResponseContext, UpstreamPaths};
+use crate::api::ClientProtocol;
+use crate::config::ProviderSettings;
 use crate::error::{self, GatewayError};
-use crate::stream::chunk::{ChunkSource, StreamOut};
+use crate::stream::chunk::{ChunkSource, StreamContext, StreamOut};
 use crate::stream::sse::SseEvent;
+use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
+use serde_json::Value;
 use std::ops::Range;
+
+/// OpenAI and every OpenAI-compatible server (vLLM, Ollama, Groq, Mistral, DeepSeek...).
+pub struct OpenAi;
+
+/// Azure OpenAI: OpenAI's bodies, the deployment and `api-version` in the path, an `api-key`
+/// header.
+pub struct AzureOpenAi;
+
+impl Dialect for OpenAi {
+    fn default_endpoint(&self) -> Option<&'static str> {
+        Some("https://api.openai.com/v1")
+    }
+
+    fn default_auth(&self) -> AuthPlacement {
+        AuthPlacement::Header {
+            name: "authorization".into(),
+            prefix: "Bearer ".into(),
+        }
+    }
+
+    fn native_protocol(&self) -> Option<ClientProtocol> {
+        Some(ClientProtocol::OpenAi)
+    }
+
+    fn paths(&self, _upstream_model: &str, _settings: &ProviderSettings) -> UpstreamPaths {
+        UpstreamPaths {
+            chat: "/chat/completions".into(),
+            embeddings: Some("/embeddings".into()),
+            ..UpstreamPaths::default()
+        }
+    }
+
+    fn chat_response(&self, body: &[u8], _ctx: &ResponseContext) -> Result<Value, GatewayError> {
+        parse_completion(body)
+    }
+
+    fn chunk_source(&self, _ctx: StreamContext) -> Box<dyn ChunkSource> {
+        Box::new(OpenAiChunkSource::new())
+    }
+}
+
+impl Dialect for AzureOpenAi {
+    fn default_endpoint(&self) -> Option<&'static str> {
+        // Every Azure resource has its own host.
+        None
+    }
+
+    fn default_auth(&self) -> AuthPlacement {
+        AuthPlacement::Header {
+            name: "api-key".into(),
+            prefix: String::new(),
+        }
+    }
+
+    fn native_protocol(&self) -> Option<ClientProtocol> {
+        Some(ClientProtocol::OpenAi)
+    }
+
+    fn paths(&self, upstream_model: &str, settings: &ProviderSettings) -> UpstreamPaths {
+        let deployment = encode_component(upstream_model);
+        let version = encode_component(settings.api_version.as_deref().unwrap_or_default());
+        let path =
+            |what: &str| format!("/openai/deployments/{deployment}/{what}?api-version={version}");
+        UpstreamPaths {
+            chat: path("chat/completions"),
+            embeddings: Some(path("embeddings")),
+            ..UpstreamPaths::default()
+        }
+    }
+
+    fn chat_response(&self, body: &[u8], _ctx: &ResponseContext) -> Result<Value, GatewayError> {
+        parse_completion(body)
+    }
+
+    fn chunk_source(&self, _ctx: StreamContext) -> Box<dyn ChunkSource> {
+        Box::new(OpenAiChunkSource::new())
+    }
+}
+
+/// A `chat.completion` read as a tree, for clients of another protocol.
+fn parse_completion(body: &[u8]) -> Result<Value, GatewayError> {
+    serde_json::from_slice::<Value>(body)
+        .map_err(|e| GatewayError::bad_upstream(format!("invalid JSON from upstream: {e}")))
+}
+
+/// Characters left as they are in a path segment or query value: RFC 3986 unreserved.
+const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
+    .remove(b'-')
+    .remove(b'.')
+    .remove(b'_')
+    .remove(b'~');
+
+/// `s` percent-encoded for a URL path segment or query value.
+pub fn encode_component(s: &str) -> String {
+    utf8_percent_encode(s, UNRESERVED).to_string()
+}
 
 /// The client's body with the bytes at `model_span` (the JSON value of the top-level `model` field)
 /// replaced by `model_json` (an encoded JSON string). Everything else, unknown fields included,
@@ -104,6 +205,12 @@ mod tests {
         assert!(
             matches!(&out[1], StreamOut::Error(e) if e.code.as_deref() == Some("stream_truncated"))
         );
+    }
+
+    #[test]
+    fn components_are_encoded() {
+        assert_eq!(encode_component("gpt-4o_mini.v1~x"), "gpt-4o_mini.v1~x");
+        assert_eq!(encode_component("a/b?c&d=e f"), "a%2Fb%3Fc%26d%3De%20f");
     }
 
     #[test]

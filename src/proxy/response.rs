@@ -7,14 +7,13 @@ use crate::api::openai::stream::OpenAiEventSink;
 use crate::api::{ClientProtocol, Endpoint};
 use crate::error::{self, GatewayError};
 use crate::plan::{Operation, ResponseMode, UpstreamCall};
-use crate::providers::{self, ProviderKind, ResponseContext};
+use crate::providers::ResponseContext;
 use crate::stream::chunk::{ChunkSource, StreamContext};
 use crate::stream::{self, ClientSink, StreamTranslation, TerminalWatch};
 use bytes::Bytes;
 use http::header;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
-use serde_json::Value;
 
 /// Upstream headers never shown to clients.
 fn is_stripped(name: &str) -> bool {
@@ -68,18 +67,11 @@ pub fn on_response_header(
 }
 
 fn source(call: &UpstreamCall) -> Box<dyn ChunkSource> {
-    let ctx = StreamContext {
+    call.model.provider.dialect.chunk_source(StreamContext {
         upstream_model: call.model.upstream_model.clone(),
         created: call.created,
         include_usage: call.include_usage,
-    };
-    match call.model.provider.kind {
-        ProviderKind::Anthropic => Box::new(providers::anthropic::AnthropicChunkSource::new(ctx)),
-        ProviderKind::Gemini => Box::new(providers::gemini::GeminiChunkSource::new(ctx)),
-        ProviderKind::Openai | ProviderKind::AzureOpenai => {
-            Box::new(providers::openai::OpenAiChunkSource::new())
-        }
-    }
+    })
 }
 
 fn sink(call: &UpstreamCall) -> ClientSink {
@@ -173,23 +165,16 @@ fn finish(status: u16, upstream: &[u8], call: &UpstreamCall) -> Result<Bytes, Ga
         let e = error::from_upstream(status, upstream, provider.credential.expose());
         return Ok(protocol.error_body(&e));
     }
+    let dialect = provider.dialect;
     if let Operation::Embed { base64, .. } = call.operation {
-        let out = providers::gemini::embed_response(upstream, &call.model.name, base64)?;
+        let out = dialect.embeddings_response(upstream, &call.model.name, base64)?;
         return Ok(Bytes::from(out.to_string()));
     }
     let ctx = ResponseContext {
         upstream_model: &call.model.upstream_model,
         created: call.created,
     };
-    let completion = match provider.kind {
-        ProviderKind::Anthropic => providers::anthropic::chat_response(upstream, &ctx)?,
-        ProviderKind::Gemini => providers::gemini::chat_response(upstream, &ctx)?,
-        ProviderKind::Openai | ProviderKind::AzureOpenai => {
-            serde_json::from_slice::<Value>(upstream).map_err(|e| {
-                GatewayError::bad_upstream(format!("invalid JSON from upstream: {e}"))
-            })?
-        }
-    };
+    let completion = dialect.chat_response(upstream, &ctx)?;
     let out = match call.endpoint {
         Endpoint::Complete => {
             crate::api::openai::complete::chat_to_complete(&completion, &call.model.name)

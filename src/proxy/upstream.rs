@@ -3,8 +3,9 @@
 use super::ctx::RequestCtx;
 use super::headers;
 use crate::config::EndpointUrl;
-use crate::plan::{encode_component, UpstreamCall};
-use crate::providers::{AuthPlacement, ProviderKind};
+use crate::plan::UpstreamCall;
+use crate::providers::openai::encode_component;
+use crate::providers::AuthPlacement;
 use crate::upstream::balance::BalanceMode;
 use crate::upstream::breaker::{parse_retry_after, CircuitState, FailureKind};
 use bytes::Bytes;
@@ -216,9 +217,6 @@ pub fn write_request_header(
                 )?;
         value.set_sensitive(true);
         req.insert_header(name.clone(), value)?;
-    }
-    if provider.kind == ProviderKind::Anthropic {
-        req.insert_header("anthropic-version", provider.anthropic_version.as_str())?;
     }
     for (name, value) in &provider.headers {
         req.insert_header(name.clone(), value.clone())?;

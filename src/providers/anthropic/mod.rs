@@ -6,14 +6,68 @@
 //! client input is a 400 naming the offending field, a malformed upstream body is a 502.
 
 use crate::api::openai::chat::{ChatRequest, Message, Messages, PlainRole};
+use crate::api::ClientProtocol;
+use crate::config::ProviderSettings;
 use crate::error::GatewayError;
 use crate::ids;
 use crate::providers::json_out::{trees, write_items, write_list, write_members, write_tree, Item};
-use crate::providers::{RequestContext, ResponseContext};
+use crate::providers::{AuthPlacement, Dialect, RequestContext, ResponseContext, UpstreamPaths};
 use crate::stream::chunk::{ChunkSource, ChunkStamp, StreamContext, StreamOut, TextField};
 use crate::stream::sse::SseEvent;
+use http::{HeaderName, HeaderValue};
 use serde_json::value::RawValue;
 use serde_json::{json, Map, Value};
+
+/// Anthropic's Messages API.
+pub struct Anthropic;
+
+impl Dialect for Anthropic {
+    fn default_endpoint(&self) -> Option<&'static str> {
+        Some("https://api.anthropic.com")
+    }
+
+    fn default_auth(&self) -> AuthPlacement {
+        AuthPlacement::Header {
+            name: "x-api-key".into(),
+            prefix: String::new(),
+        }
+    }
+
+    fn fixed_headers(&self, settings: &ProviderSettings) -> Vec<(HeaderName, HeaderValue)> {
+        // Validated as a header value when the configuration was loaded.
+        HeaderValue::try_from(settings.anthropic_version.as_str())
+            .map(|version| vec![(HeaderName::from_static("anthropic-version"), version)])
+            .unwrap_or_default()
+    }
+
+    fn native_protocol(&self) -> Option<ClientProtocol> {
+        Some(ClientProtocol::Anthropic)
+    }
+
+    fn paths(&self, _upstream_model: &str, _settings: &ProviderSettings) -> UpstreamPaths {
+        UpstreamPaths {
+            chat: "/v1/messages".into(),
+            count_tokens: Some("/v1/messages/count_tokens".into()),
+            ..UpstreamPaths::default()
+        }
+    }
+
+    fn chat_request(
+        &self,
+        chat: &ChatRequest,
+        ctx: &RequestContext,
+    ) -> Result<Vec<u8>, GatewayError> {
+        chat_request(chat, ctx)
+    }
+
+    fn chat_response(&self, body: &[u8], ctx: &ResponseContext) -> Result<Value, GatewayError> {
+        chat_response(body, ctx)
+    }
+
+    fn chunk_source(&self, ctx: StreamContext) -> Box<dyn ChunkSource> {
+        Box::new(AnthropicChunkSource::new(ctx))
+    }
+}
 
 /// Used when the route's configured default is 0, because Anthropic rejects `max_tokens: 0`.
 const FALLBACK_MAX_TOKENS: u32 = 4096;

@@ -9,17 +9,87 @@
 use std::collections::HashMap;
 
 use crate::api::openai::chat::{ChatRequest, Message, Messages, PlainRole};
+use crate::api::ClientProtocol;
+use crate::config::ProviderSettings;
 use crate::error::GatewayError;
 use crate::ids::new_id;
 use crate::providers::json_out::{trees, write_items, write_list, write_members, Item};
-use crate::providers::{RequestContext, ResponseContext};
+use crate::providers::openai::encode_component;
+use crate::providers::{
+    AuthPlacement, Dialect, EmbeddingsRequest, RequestContext, ResponseContext, UpstreamPaths,
+};
 use crate::stream::chunk::{ChunkSource, ChunkStamp, StreamContext, StreamOut, TextField};
 use crate::stream::sse::SseEvent;
 use base64::Engine as _;
 use serde_json::{json, Map, Value};
 
-/// OpenAI chat request -> Gemini generateContent request body (JSON bytes).
+/// Gemini's generateContent API (AI Studio, v1beta).
+pub struct Gemini;
+
+impl Dialect for Gemini {
+    fn default_endpoint(&self) -> Option<&'static str> {
+        Some("https://generativelanguage.googleapis.com")
+    }
+
+    fn default_auth(&self) -> AuthPlacement {
+        // The header, not `?key=`: query strings end up in access logs.
+        AuthPlacement::Header {
+            name: "x-goog-api-key".into(),
+            prefix: String::new(),
+        }
+    }
+
+    fn native_protocol(&self) -> Option<ClientProtocol> {
+        None
+    }
+
+    fn paths(&self, upstream_model: &str, _settings: &ProviderSettings) -> UpstreamPaths {
+        let id = encode_component(upstream_model);
+        UpstreamPaths {
+            chat: format!("/v1beta/models/{id}:generateContent"),
+            chat_stream: Some(format!("/v1beta/models/{id}:streamGenerateContent?alt=sse")),
+            embeddings: Some(format!("/v1beta/models/{id}:embedContent")),
+            embeddings_batch: Some(format!("/v1beta/models/{id}:batchEmbedContents")),
+            count_tokens: None,
+        }
+    }
+
+    fn chat_request(
+        &self,
+        chat: &ChatRequest,
+        ctx: &RequestContext,
+    ) -> Result<Vec<u8>, GatewayError> {
+        chat_request(chat, ctx)
+    }
+
+    fn chat_response(&self, body: &[u8], ctx: &ResponseContext) -> Result<Value, GatewayError> {
+        chat_response(body, ctx)
+    }
+
+    fn chunk_source(&self, ctx: StreamContext) -> Box<dyn ChunkSource> {
+        Box::new(GeminiChunkSource::new(ctx))
+    }
+
+    fn embeddings_request(
+        &self,
+        request: &Value,
+        upstream_model: &str,
+    ) -> Result<EmbeddingsRequest, GatewayError> {
+        embed_request(request, upstream_model)
+    }
+
+    fn embeddings_response(
+        &self,
+        body: &[u8],
+        model: &str,
+        base64: bool,
+    ) -> Result<Value, GatewayError> {
+        embed_response(body, model, base64)
+    }
+}
+
 /// The model goes in the URL path, not the body (the proxy builds the path).
+/// OpenAI chat request -> Gemini generateContent request body (JSON bytes).
 pub fn chat_request(req: &ChatRequest, _ctx: &RequestContext) -> Result<Vec<u8>, GatewayError> {
     encode_request(req, &req.messages()?)
 }
@@ -788,17 +858,8 @@ fn usage(meta: Option<&Value>) -> Value {
     })
 }
 
-/// A Gemini embeddings call planned from an OpenAI embeddings request.
-pub struct EmbedPlan {
-    pub body: Vec<u8>,
-    /// Several inputs: `batchEmbedContents` instead of `embedContent`.
-    pub batch: bool,
-    /// The client asked for `encoding_format: "base64"`.
-    pub base64: bool,
-}
-
 /// OpenAI `/v1/embeddings` request -> Gemini `embedContent` (one input) or `batchEmbedContents`.
-pub fn embed_request(req: &Value, upstream_model: &str) -> Result<EmbedPlan, GatewayError> {
+pub fn embed_request(req: &Value, upstream_model: &str) -> Result<EmbeddingsRequest, GatewayError> {
     let inputs: Vec<&str> = match req.get("input") {
         Some(Value::String(s)) => vec![s.as_str()],
         Some(Value::Array(items)) if !items.is_empty() => items
@@ -852,7 +913,7 @@ pub fn embed_request(req: &Value, upstream_model: &str) -> Result<EmbedPlan, Gat
     } else {
         content(inputs[0])
     };
-    Ok(EmbedPlan {
+    Ok(EmbeddingsRequest {
         body: body.to_string().into_bytes(),
         batch,
         base64,
