@@ -278,7 +278,7 @@ fn passthrough(c: &mut Criterion) {
 fn routed(body: &[u8]) -> ChatRequest<'_> {
     let raw = RawChatRequest::parse(body).expect("valid request");
     raw.envelope().expect("valid envelope");
-    raw.into_request().expect("valid request")
+    raw.to_request().expect("valid request")
 }
 
 /// A client's body to the upstream's, from bytes to bytes. `parse_chat_tree` is the baseline: it

@@ -1,14 +1,12 @@
 //! An upstream call: what the gateway sends for one client request (path, body) and how it must
 //! treat the answer. Built once from the client's body; every attempt re-sends the same bytes.
 
-use crate::api::openai::chat::{ChatRequest, RawChatRequest};
-use crate::api::{self, anthropic, ChatEnvelope, ClientProtocol, Endpoint};
+use crate::api::{ClientProtocol, ClientRequest, Endpoint};
 use crate::error::GatewayError;
 use crate::ids::unix_now;
 use crate::providers::{openai, AuthPlacement, RequestContext};
 use crate::registry::{Model, Registry};
 use bytes::Bytes;
-use serde_json::Value;
 use std::sync::Arc;
 
 /// How the upstream's answer reaches the client.
@@ -53,52 +51,53 @@ pub struct UpstreamCall {
     pub instances_in_use: std::sync::Mutex<Vec<pingora_core::protocols::l4::socket::SocketAddr>>,
 }
 
-/// The parts of a plan that depend on the endpoint.
+/// The parts of a plan that depend on the endpoint and the provider.
 struct Planned {
-    model: Arc<Model>,
     operation: Operation,
-    stream: bool,
     include_usage: bool,
     body: Vec<u8>,
     mode: ResponseMode,
 }
 
 impl UpstreamCall {
-    /// Plans the call for a client request to `endpoint` with `body`.
+    /// Plans the call for a client's request, to the model it named.
     pub fn plan(
         registry: &Arc<Registry>,
-        endpoint: Endpoint,
-        body: &Bytes,
+        request: &ClientRequest,
     ) -> Result<UpstreamCall, GatewayError> {
-        Self::plan_for(registry, endpoint, body, None)
+        Self::plan_for(registry, request, None)
     }
 
     /// Plans the same client request for another model (`model` overrides the one the client
     /// named), as fallbacks need.
     pub fn plan_for(
         registry: &Arc<Registry>,
-        endpoint: Endpoint,
-        body: &Bytes,
+        request: &ClientRequest,
         model: Option<&str>,
     ) -> Result<UpstreamCall, GatewayError> {
-        let planned = match endpoint {
-            Endpoint::ChatCompletions => plan_chat(registry, body, model)?,
-            Endpoint::Complete => plan_complete(registry, body, model)?,
-            Endpoint::Messages => plan_messages(registry, body, model)?,
-            Endpoint::CountTokens => plan_count_tokens(registry, body, model)?,
-            Endpoint::Embeddings => plan_embeddings(registry, body, model)?,
+        let name = model.unwrap_or(&request.envelope.model);
+        let model = registry
+            .models
+            .get(name)
+            .cloned()
+            .ok_or_else(|| GatewayError::model_not_found(name))?;
+        let planned = match request.endpoint {
+            Endpoint::ChatCompletions | Endpoint::Complete | Endpoint::Messages => {
+                plan_chat(request, &model)?
+            }
+            Endpoint::CountTokens => plan_count_tokens(request, &model)?,
+            Endpoint::Embeddings => plan_embeddings(request, &model)?,
             Endpoint::Models => {
                 return Err(GatewayError::new(500, "models are listed, not proxied"));
             }
         };
         let Planned {
-            model,
             operation,
-            stream,
             include_usage,
             body,
             mode,
         } = planned;
+        let stream = request.envelope.stream;
         let provider = &model.provider;
         let body = match &provider.auth {
             AuthPlacement::Body { field } => {
@@ -110,7 +109,7 @@ impl UpstreamCall {
             path: upstream_path(&model, operation, stream)?,
             registry: registry.clone(),
             model,
-            endpoint,
+            endpoint: request.endpoint,
             operation,
             stream,
             include_usage,
@@ -123,34 +122,20 @@ impl UpstreamCall {
 }
 
 impl Planned {
-    /// A call whose body and answer pass through (the upstream speaks the client's protocol).
-    fn passthrough(model: Arc<Model>, body: Vec<u8>, operation: Operation, stream: bool) -> Self {
+    /// A call whose body and answer pass through (the upstream speaks the client's protocol):
+    /// the client's bytes with the upstream model id spliced in.
+    fn passthrough(request: &ClientRequest, model: &Model, operation: Operation) -> Self {
         Planned {
-            model,
             operation,
-            stream,
             include_usage: false,
-            body,
+            body: openai::splice_model(
+                request.body,
+                request.envelope.model_span.clone(),
+                &model.upstream_model_json,
+            ),
             mode: ResponseMode::PassThrough,
         }
     }
-}
-
-fn lookup(registry: &Registry, name: &str) -> Result<Arc<Model>, GatewayError> {
-    registry
-        .models
-        .get(name)
-        .cloned()
-        .ok_or_else(|| GatewayError::model_not_found(name))
-}
-
-/// The client's body with the upstream model id spliced in.
-fn spliced(body: &[u8], envelope: &ChatEnvelope, model: &Model) -> Vec<u8> {
-    openai::splice_model(
-        body,
-        envelope.model_span.clone(),
-        &model.upstream_model_json,
-    )
 }
 
 fn stream_mode(stream: bool) -> ResponseMode {
@@ -161,109 +146,52 @@ fn stream_mode(stream: bool) -> ResponseMode {
     }
 }
 
-fn plan_chat(
-    registry: &Registry,
-    body: &Bytes,
-    model: Option<&str>,
-) -> Result<Planned, GatewayError> {
-    // One pass over the body serves both: the envelope to route, and the raw members a
-    // translated request is read from.
-    let request = RawChatRequest::parse(body)?;
-    let envelope = request.envelope()?;
-    let model = lookup(registry, model.unwrap_or(&envelope.model))?;
-    if speaks(&model, ClientProtocol::OpenAi) {
-        let body = spliced(body, &envelope, &model);
-        return Ok(Planned::passthrough(
-            model,
-            body,
-            Operation::Chat,
-            envelope.stream,
-        ));
+/// Chat in any client protocol (OpenAI's chat completions, Anthropic's Messages, `/v1/complete`)
+/// for any provider.
+fn plan_chat(request: &ClientRequest, model: &Model) -> Result<Planned, GatewayError> {
+    let client = request.endpoint.protocol();
+    let native = model.provider.dialect.native_protocol();
+    // `/v1/complete` has its own shape: it passes through nowhere.
+    if native == Some(client) && request.endpoint != Endpoint::Complete {
+        return Ok(Planned::passthrough(request, model, Operation::Chat));
     }
-    let chat = request.into_request()?;
-    Ok(Planned {
-        body: translate_chat(&model, &chat)?,
-        include_usage: chat
-            .get("stream_options")
-            .and_then(|options| options.get("include_usage"))
-            .and_then(Value::as_bool)
-            .unwrap_or(false),
-        model,
-        operation: Operation::Chat,
-        stream: envelope.stream,
-        mode: stream_mode(envelope.stream),
-    })
-}
-
-fn plan_complete(
-    registry: &Registry,
-    body: &Bytes,
-    model: Option<&str>,
-) -> Result<Planned, GatewayError> {
-    let (name, mut chat) = crate::api::openai::complete::complete_to_chat(body)?;
-    let model = lookup(registry, model.unwrap_or(&name))?;
-    let body = if speaks(&model, ClientProtocol::OpenAi) {
-        chat["model"] = model.upstream_model.as_str().into();
-        chat.to_string().into_bytes()
-    } else {
-        ChatRequest::with_tree(&chat, |chat| translate_chat(&model, chat))?
-    };
-    Ok(Planned {
-        model,
-        operation: Operation::Chat,
-        stream: false,
-        include_usage: false,
-        body,
-        mode: ResponseMode::Translate,
-    })
-}
-
-fn plan_messages(
-    registry: &Registry,
-    body: &Bytes,
-    model: Option<&str>,
-) -> Result<Planned, GatewayError> {
-    let envelope = api::parse_chat_envelope(body)?;
-    let model = lookup(registry, model.unwrap_or(&envelope.model))?;
-    if speaks(&model, ClientProtocol::Anthropic) {
-        let body = spliced(body, &envelope, &model);
-        return Ok(Planned::passthrough(
-            model,
-            body,
-            Operation::Chat,
-            envelope.stream,
-        ));
-    }
-    let mut chat = anthropic::request_to_openai(&api::parse_chat_tree(body)?)?;
-    let body = if speaks(&model, ClientProtocol::OpenAi) {
-        chat["model"] = model.upstream_model.as_str().into();
-        // OpenAI's own API rejects `top_k`, which Anthropic clients may send.
-        if let Some(obj) = chat.as_object_mut() {
-            obj.remove("top_k");
+    // The Anthropic stream reports usage in `message_delta`: always ask for it.
+    let mut include_usage = request.endpoint == Endpoint::Messages;
+    let body = if native == Some(ClientProtocol::OpenAi) {
+        // An adapted request (Messages, complete) for an upstream that speaks OpenAI.
+        let mut chat = request.openai_chat_tree()?;
+        if let Some(fields) = chat.as_object_mut() {
+            fields.insert("model".into(), model.upstream_model.as_str().into());
+            // OpenAI's own API rejects `top_k`, which Anthropic clients may send.
+            fields.remove("top_k");
         }
-        chat.to_string().into_bytes()
+        serde_json::to_vec(&chat)
+            .map_err(|e| GatewayError::new(500, format!("could not encode the request: {e}")))?
     } else {
-        ChatRequest::with_tree(&chat, |chat| translate_chat(&model, chat))?
+        let chat = request.openai_chat()?;
+        if request.endpoint == Endpoint::ChatCompletions {
+            include_usage = chat
+                .get("stream_options")
+                .and_then(|options| options.get("include_usage"))
+                .and_then(serde_json::Value::as_bool)
+                .unwrap_or(false);
+        }
+        let ctx = RequestContext {
+            upstream_model: &model.upstream_model,
+            default_max_tokens: model.default_max_tokens,
+        };
+        model.provider.dialect.chat_request(&chat, &ctx)?
     };
     Ok(Planned {
-        model,
         operation: Operation::Chat,
-        stream: envelope.stream,
-        // The Anthropic stream reports usage in `message_delta`.
-        include_usage: true,
+        include_usage,
         body,
-        mode: stream_mode(envelope.stream),
+        mode: stream_mode(request.envelope.stream),
     })
 }
 
-fn plan_count_tokens(
-    registry: &Registry,
-    body: &Bytes,
-    model: Option<&str>,
-) -> Result<Planned, GatewayError> {
-    let envelope = api::parse_chat_envelope(body)?;
-    let model = lookup(registry, model.unwrap_or(&envelope.model))?;
-    if model.paths.count_tokens.is_none() || !speaks(&model, ClientProtocol::Anthropic) {
+fn plan_count_tokens(request: &ClientRequest, model: &Model) -> Result<Planned, GatewayError> {
+    if model.paths.count_tokens.is_none() || !speaks(model, ClientProtocol::Anthropic) {
         return Err(GatewayError::bad_request(format!(
             "count_tokens is served for Anthropic models only; `{}` is served by a {} provider",
             model.name,
@@ -271,22 +199,10 @@ fn plan_count_tokens(
         ))
         .with_param("model"));
     }
-    let body = spliced(body, &envelope, &model);
-    Ok(Planned::passthrough(
-        model,
-        body,
-        Operation::CountTokens,
-        false,
-    ))
+    Ok(Planned::passthrough(request, model, Operation::CountTokens))
 }
 
-fn plan_embeddings(
-    registry: &Registry,
-    body: &Bytes,
-    model: Option<&str>,
-) -> Result<Planned, GatewayError> {
-    let envelope = api::parse_chat_envelope(body)?;
-    let model = lookup(registry, model.unwrap_or(&envelope.model))?;
+fn plan_embeddings(request: &ClientRequest, model: &Model) -> Result<Planned, GatewayError> {
     if model.paths.embeddings.is_none() {
         return Err(GatewayError::bad_request(format!(
             "`{}` is served by a {} provider, which has no embeddings API",
@@ -295,26 +211,22 @@ fn plan_embeddings(
         ))
         .with_param("model"));
     }
-    if speaks(&model, ClientProtocol::OpenAi) {
-        let body = spliced(body, &envelope, &model);
-        let embed = Operation::Embed {
-            batch: false,
-            base64: false,
-        };
-        return Ok(Planned::passthrough(model, body, embed, false));
+    let embed = Operation::Embed {
+        batch: false,
+        base64: false,
+    };
+    if speaks(model, ClientProtocol::OpenAi) {
+        return Ok(Planned::passthrough(request, model, embed));
     }
-    let request = api::parse_chat_tree(body)?;
     let embed = model
         .provider
         .dialect
-        .embeddings_request(&request, &model.upstream_model)?;
+        .embeddings_request(&request.tree()?, &model.upstream_model)?;
     Ok(Planned {
-        model,
         operation: Operation::Embed {
             batch: embed.batch,
             base64: embed.base64,
         },
-        stream: false,
         include_usage: false,
         body: embed.body,
         mode: ResponseMode::Translate,
@@ -324,15 +236,6 @@ fn plan_embeddings(
 /// Whether the model's provider speaks `protocol` as it is.
 fn speaks(model: &Model, protocol: ClientProtocol) -> bool {
     model.provider.dialect.native_protocol() == Some(protocol)
-}
-
-/// An OpenAI chat request in the format of a provider that does not speak OpenAI's.
-fn translate_chat(model: &Model, chat: &ChatRequest) -> Result<Vec<u8>, GatewayError> {
-    let ctx = RequestContext {
-        upstream_model: &model.upstream_model,
-        default_max_tokens: model.default_max_tokens,
-    };
-    model.provider.dialect.chat_request(chat, &ctx)
 }
 
 /// The path for an operation, after the endpoint's base path.

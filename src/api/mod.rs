@@ -5,6 +5,7 @@ pub mod anthropic;
 pub mod openai;
 
 use crate::error::GatewayError;
+use openai::chat::{ChatRequest, RawChatRequest};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
@@ -78,6 +79,79 @@ pub fn endpoint_for(method: &http::Method, path: &str) -> Result<Endpoint, Gatew
         .with_kind("invalid_request_error"));
     }
     Ok(endpoint)
+}
+
+/// A client's request, read once from its body: what the planner needs to route it and, for
+/// each model that may serve it (the first and every fallback), to write the upstream body.
+pub struct ClientRequest<'a> {
+    pub endpoint: Endpoint,
+    /// The body as the client sent it, for upstreams that speak the client's protocol.
+    pub body: &'a [u8],
+    /// `model`, where it is in the body, and `stream`.
+    pub envelope: ChatEnvelope,
+    form: RequestForm<'a>,
+}
+
+enum RequestForm<'a> {
+    /// A JSON object's top-level members, each kept raw (chat, messages, embeddings).
+    Members(RawChatRequest<'a>),
+    /// `/v1/complete`, already adapted into an OpenAI chat request.
+    Chat(Value),
+}
+
+impl<'a> ClientRequest<'a> {
+    /// Reads a request for `endpoint` (not [`Endpoint::Models`], which has no body).
+    pub fn read(endpoint: Endpoint, body: &'a [u8]) -> Result<Self, GatewayError> {
+        let (envelope, form) = match endpoint {
+            Endpoint::Complete => {
+                let (model, chat) = openai::complete::complete_to_chat(body)?;
+                let envelope = ChatEnvelope {
+                    model,
+                    model_span: 0..0,
+                    stream: false,
+                };
+                (envelope, RequestForm::Chat(chat))
+            }
+            _ => {
+                let members = RawChatRequest::parse(body)?;
+                (members.envelope()?, RequestForm::Members(members))
+            }
+        };
+        Ok(ClientRequest {
+            endpoint,
+            body,
+            envelope,
+            form,
+        })
+    }
+
+    /// The request as an OpenAI chat request, as the translators read it.
+    pub fn openai_chat(&self) -> Result<ChatRequest<'a>, GatewayError> {
+        match (&self.form, self.endpoint) {
+            (RequestForm::Members(members), Endpoint::ChatCompletions) => members.to_request(),
+            _ => ChatRequest::from_tree(self.openai_chat_tree()?),
+        }
+    }
+
+    /// The request as an OpenAI chat request tree, for adapted requests (Anthropic's Messages,
+    /// `/v1/complete`).
+    pub fn openai_chat_tree(&self) -> Result<Value, GatewayError> {
+        match &self.form {
+            RequestForm::Chat(chat) => Ok(chat.clone()),
+            RequestForm::Members(members) if self.endpoint == Endpoint::Messages => {
+                anthropic::request_to_openai(&members.to_tree()?)
+            }
+            RequestForm::Members(members) => members.to_tree(),
+        }
+    }
+
+    /// The whole request as a tree.
+    pub fn tree(&self) -> Result<Value, GatewayError> {
+        match &self.form {
+            RequestForm::Chat(chat) => Ok(chat.clone()),
+            RequestForm::Members(members) => members.to_tree(),
+        }
+    }
 }
 
 /// What the gateway reads of an OpenAI chat request before routing it.

@@ -9,7 +9,7 @@
 use super::ctx::RequestCtx;
 use super::dispatch;
 use super::respond;
-use crate::api::{self, ClientProtocol, Endpoint};
+use crate::api::{self, ClientProtocol, ClientRequest, Endpoint};
 use crate::error::GatewayError;
 use crate::plan::UpstreamCall;
 use crate::registry::Registry;
@@ -62,7 +62,14 @@ pub async fn handle(
             return Handled::Answered;
         }
     };
-    let call = match UpstreamCall::plan(&registry, endpoint, &body) {
+    let request = match ClientRequest::read(endpoint, &body) {
+        Ok(r) => r,
+        Err(e) => {
+            reject(session, &e, protocol).await;
+            return Handled::Answered;
+        }
+    };
+    let call = match UpstreamCall::plan(&registry, &request) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             reject(session, &e, protocol).await;
@@ -75,7 +82,7 @@ pub async fn handle(
         ctx.is_upstream_leg = true;
         return Handled::ProxyHere;
     }
-    let replan = |model: &str| UpstreamCall::plan_for(&registry, endpoint, &body, Some(model));
+    let replan = |model: &str| UpstreamCall::plan_for(&registry, &request, Some(model));
     dispatch::run(session, call, &replan).await;
     Handled::Answered
 }

@@ -23,8 +23,16 @@ use std::fmt;
 pub struct ChatRequest<'a> {
     /// Every top-level member except `messages`.
     fields: Map<String, Value>,
-    /// `messages` as it is in the body; `None` when absent.
-    messages: Option<&'a RawValue>,
+    /// `messages`; `None` when absent.
+    messages: Option<MessagesMember<'a>>,
+}
+
+/// Where a request's `messages` come from.
+enum MessagesMember<'a> {
+    /// As it is in the client's body.
+    Raw(&'a RawValue),
+    /// Built by an adapter (Anthropic's Messages API, `/v1/complete`) as a tree.
+    Tree(Value),
 }
 
 /// The `messages` member.
@@ -78,7 +86,7 @@ impl<'a> ChatRequest<'a> {
     /// Parses a client's request body; the errors are those of [`crate::api::parse_chat_tree`].
     pub fn parse(body: &'a [u8]) -> Result<Self, GatewayError> {
         match RawChatRequest::read(body) {
-            Some(raw) => raw.into_request(),
+            Some(raw) => raw.to_request(),
             // Errors only: the tree parse words them as every other endpoint does.
             None => Err(crate::api::parse_chat_tree(body).err().unwrap_or_else(|| {
                 GatewayError::bad_request("The request body is not valid JSON")
@@ -86,21 +94,34 @@ impl<'a> ChatRequest<'a> {
         }
     }
 
-    /// Runs `f` on a request that was built as a tree (from Anthropic's Messages API or
-    /// `/v1/complete`) rather than received.
+    /// A request built as a tree (from Anthropic's Messages API or `/v1/complete`) rather than
+    /// received: its messages all take the translators' general path.
+    pub fn from_tree(tree: Value) -> Result<ChatRequest<'static>, GatewayError> {
+        let Value::Object(mut fields) = tree else {
+            return Err(GatewayError::bad_request(
+                "The request body must be a JSON object",
+            ));
+        };
+        let messages = fields.remove("messages").map(MessagesMember::Tree);
+        Ok(ChatRequest { fields, messages })
+    }
+
+    /// Runs `f` on the request a tree stands for, for tests that write requests as trees.
     pub fn with_tree<T>(
         tree: &Value,
         f: impl FnOnce(&ChatRequest<'_>) -> Result<T, GatewayError>,
     ) -> Result<T, GatewayError> {
-        let body = serde_json::to_vec(tree).map_err(|e| {
-            GatewayError::new(500, format!("could not encode the chat request: {e}"))
-        })?;
-        f(&ChatRequest::parse(&body)?)
+        f(&ChatRequest::from_tree(tree.clone())?)
     }
 
     /// About how many bytes the request takes: the messages, most of it.
     pub fn size_hint(&self) -> usize {
-        self.messages.map_or(0, |raw| raw.get().len())
+        match &self.messages {
+            Some(MessagesMember::Raw(raw)) => raw.get().len(),
+            // Built by an adapter: no bytes to measure; a typical small request.
+            Some(MessagesMember::Tree(_)) => 1024,
+            None => 0,
+        }
     }
 
     /// A top-level member other than `messages`.
@@ -115,8 +136,10 @@ impl<'a> ChatRequest<'a> {
 
     /// The messages, plain ones kept raw. Fails only on nesting too deep for a tree.
     pub fn messages(&self) -> Result<Messages<'a>, GatewayError> {
-        let Some(raw) = self.messages else {
-            return Ok(Messages::Missing);
+        let raw = match &self.messages {
+            None => return Ok(Messages::Missing),
+            Some(MessagesMember::Tree(tree)) => return Ok(tree_messages(tree.clone())),
+            Some(MessagesMember::Raw(raw)) => *raw,
         };
         match serde_json::from_str::<Vec<RawMembers<'a>>>(raw.get()) {
             Ok(messages) => messages
@@ -134,16 +157,24 @@ impl<'a> ChatRequest<'a> {
     /// path against it.
     #[cfg(test)]
     pub fn messages_all_parsed(&self) -> Result<Messages<'a>, GatewayError> {
-        self.messages.map_or(Ok(Messages::Missing), parsed_messages)
+        match &self.messages {
+            None => Ok(Messages::Missing),
+            Some(MessagesMember::Tree(tree)) => Ok(tree_messages(tree.clone())),
+            Some(MessagesMember::Raw(raw)) => parsed_messages(raw),
+        }
     }
 }
 
 /// The `messages` member with every message parsed.
 fn parsed_messages<'a>(raw: &RawValue) -> Result<Messages<'a>, GatewayError> {
-    Ok(match parse_tree(raw)? {
+    Ok(tree_messages(parse_tree(raw)?))
+}
+
+fn tree_messages<'a>(messages: Value) -> Messages<'a> {
+    match messages {
         Value::Array(items) => Messages::List(items.into_iter().map(Message::Parsed).collect()),
         other => Messages::NotAList(other),
-    })
+    }
 }
 
 /// Raw JSON as a tree. The raw text is valid JSON, so only its depth can make this fail.
@@ -233,7 +264,7 @@ impl<'de> Deserialize<'de> for Key<'de> {
 }
 
 /// A chat request's top-level members, each as raw JSON: one pass over the body, enough to route
-/// it ([`Self::envelope`]) and, when it must be translated, to read it ([`Self::into_request`])
+/// it ([`Self::envelope`]) and, when it must be translated, to read it ([`Self::to_request`])
 /// without a second pass.
 pub struct RawChatRequest<'a> {
     text: &'a str,
@@ -281,20 +312,32 @@ impl<'a> RawChatRequest<'a> {
     }
 
     /// The request as the translators read it.
-    pub fn into_request(self) -> Result<ChatRequest<'a>, GatewayError> {
+    pub fn to_request(&self) -> Result<ChatRequest<'a>, GatewayError> {
         let mut request = ChatRequest {
             fields: Map::new(),
             messages: None,
         };
         // A repeated member replaces the earlier one, as in a tree.
-        for (key, raw) in self.members.0 {
+        for (key, raw) in &self.members.0 {
             if key == "messages" {
-                request.messages = Some(raw);
+                request.messages = Some(MessagesMember::Raw(raw));
             } else {
-                request.fields.insert(key.into_owned(), parse_tree(raw)?);
+                request
+                    .fields
+                    .insert(key.clone().into_owned(), parse_tree(raw)?);
             }
         }
         Ok(request)
+    }
+
+    /// The whole request as a tree, for adapters that rewrite it.
+    pub fn to_tree(&self) -> Result<Value, GatewayError> {
+        let mut tree = Map::new();
+        // A repeated member replaces the earlier one, as in a tree.
+        for (key, raw) in &self.members.0 {
+            tree.insert(key.clone().into_owned(), parse_tree(raw)?);
+        }
+        Ok(Value::Object(tree))
     }
 }
 
