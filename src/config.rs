@@ -408,7 +408,7 @@ fn parse_duration(text: &str) -> Option<Duration> {
 pub struct ProviderSettings {
     pub name: String,
     pub kind: ProviderKind,
-    pub endpoints: Vec<EndpointUrl>,
+    pub endpoints: Vec<InstanceUrl>,
     pub credential: Secret,
     pub auth: AuthPlacement,
     pub api_version: Option<String>,
@@ -427,7 +427,7 @@ pub struct ProviderSettings {
 
 /// An endpoint's base URL, split into the parts a connection needs.
 #[derive(Debug, Clone, PartialEq, Eq)]
-pub struct EndpointUrl {
+pub struct InstanceUrl {
     pub tls: bool,
     pub host: String,
     pub port: u16,
@@ -436,7 +436,7 @@ pub struct EndpointUrl {
     pub weight: usize,
 }
 
-impl EndpointUrl {
+impl InstanceUrl {
     pub fn parse(url: &str, weight: usize) -> Result<Self, String> {
         let (tls, rest) = if let Some(rest) = url.strip_prefix("https://") {
             (true, rest)
@@ -477,7 +477,7 @@ impl EndpointUrl {
         if weight == 0 {
             return Err("weight must be at least 1".into());
         }
-        Ok(EndpointUrl {
+        Ok(InstanceUrl {
             tls,
             host,
             port,
@@ -819,7 +819,7 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         .iter()
         .enumerate()
         .map(|(i, e)| {
-            EndpointUrl::parse(&e.url, e.weight)
+            InstanceUrl::parse(&e.url, e.weight)
                 .map_err(|m| ConfigError::new(format!("{key}.endpoints[{i}]"), m))
         })
         .collect::<Result<Vec<_>, _>>()?;
@@ -1186,13 +1186,13 @@ models:
         assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
         assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
         assert_eq!(parse_duration("fast"), None);
-        let u = EndpointUrl::parse("http://[::1]:9000/v1/", 1).unwrap();
+        let u = InstanceUrl::parse("http://[::1]:9000/v1/", 1).unwrap();
         assert_eq!(
             (u.host.as_str(), u.port, u.base_path.as_str()),
             ("::1", 9000, "/v1")
         );
         assert_eq!(u.authority(), "[::1]:9000");
-        assert!(EndpointUrl::parse("https://user@host/", 1).is_err());
-        assert!(EndpointUrl::parse("https://host/v1?x=1", 1).is_err());
+        assert!(InstanceUrl::parse("https://user@host/", 1).is_err());
+        assert!(InstanceUrl::parse("https://host/v1?x=1", 1).is_err());
     }
 }

@@ -1,7 +1,7 @@
 //! An upstream call: what the gateway sends for one client request (path, body) and how it must
 //! treat the answer. Built once from the client's body; every attempt re-sends the same bytes.
 
-use crate::api::{ClientProtocol, ClientRequest, Endpoint};
+use crate::api::{ClientEndpoint, ClientProtocol, ClientRequest};
 use crate::error::GatewayError;
 use crate::ids::unix_now;
 use crate::providers::{openai, AuthPlacement, RequestContext};
@@ -15,9 +15,9 @@ pub enum ResponseMode {
     /// Bytes pass through untouched: the upstream already speaks the client's protocol.
     PassThrough,
     /// Buffered and translated when complete.
-    Translate,
+    TranslateWhole,
     /// A stream, translated event by event.
-    Stream,
+    TranslateStream,
 }
 
 /// What the upstream is asked to do.
@@ -32,11 +32,11 @@ pub enum Operation {
     },
 }
 
-pub struct UpstreamCall {
+pub struct PlannedCall {
     /// Keeps the configuration the request started with alive until it ends.
     pub registry: Arc<Registry>,
     pub model: Arc<Model>,
-    pub endpoint: Endpoint,
+    pub endpoint: ClientEndpoint,
     pub operation: Operation,
     pub stream: bool,
     /// The client asked for a usage chunk at the end of an OpenAI stream.
@@ -52,19 +52,19 @@ pub struct UpstreamCall {
 }
 
 /// The parts of a plan that depend on the endpoint and the provider.
-struct Planned {
+struct UpstreamBody {
     operation: Operation,
     include_usage: bool,
     body: Vec<u8>,
     mode: ResponseMode,
 }
 
-impl UpstreamCall {
+impl PlannedCall {
     /// Plans the call for a client's request, to the model it named.
     pub fn plan(
         registry: &Arc<Registry>,
         request: &ClientRequest,
-    ) -> Result<UpstreamCall, GatewayError> {
+    ) -> Result<PlannedCall, GatewayError> {
         Self::plan_for(registry, request, None)
     }
 
@@ -74,7 +74,7 @@ impl UpstreamCall {
         registry: &Arc<Registry>,
         request: &ClientRequest,
         model: Option<&str>,
-    ) -> Result<UpstreamCall, GatewayError> {
+    ) -> Result<PlannedCall, GatewayError> {
         let name = model.unwrap_or(&request.envelope.model);
         let model = registry
             .models
@@ -82,16 +82,16 @@ impl UpstreamCall {
             .cloned()
             .ok_or_else(|| GatewayError::model_not_found(name))?;
         let planned = match request.endpoint {
-            Endpoint::ChatCompletions | Endpoint::Complete | Endpoint::Messages => {
-                plan_chat(request, &model)?
-            }
-            Endpoint::CountTokens => plan_count_tokens(request, &model)?,
-            Endpoint::Embeddings => plan_embeddings(request, &model)?,
-            Endpoint::Models => {
+            ClientEndpoint::ChatCompletions
+            | ClientEndpoint::Complete
+            | ClientEndpoint::Messages => plan_chat(request, &model)?,
+            ClientEndpoint::CountTokens => plan_count_tokens(request, &model)?,
+            ClientEndpoint::Embeddings => plan_embeddings(request, &model)?,
+            ClientEndpoint::Models => {
                 return Err(GatewayError::new(500, "models are listed, not proxied"));
             }
         };
-        let Planned {
+        let UpstreamBody {
             operation,
             include_usage,
             body,
@@ -105,7 +105,7 @@ impl UpstreamCall {
             }
             _ => body,
         };
-        Ok(UpstreamCall {
+        Ok(PlannedCall {
             path: upstream_path(&model, operation, stream)?,
             registry: registry.clone(),
             model,
@@ -121,11 +121,11 @@ impl UpstreamCall {
     }
 }
 
-impl Planned {
+impl UpstreamBody {
     /// A call whose body and answer pass through (the upstream speaks the client's protocol):
     /// the client's bytes with the upstream model id spliced in.
     fn passthrough(request: &ClientRequest, model: &Model, operation: Operation) -> Self {
-        Planned {
+        UpstreamBody {
             operation,
             include_usage: false,
             body: openai::splice_model(
@@ -140,23 +140,23 @@ impl Planned {
 
 fn stream_mode(stream: bool) -> ResponseMode {
     if stream {
-        ResponseMode::Stream
+        ResponseMode::TranslateStream
     } else {
-        ResponseMode::Translate
+        ResponseMode::TranslateWhole
     }
 }
 
 /// Chat in any client protocol (OpenAI's chat completions, Anthropic's Messages, `/v1/complete`)
 /// for any provider.
-fn plan_chat(request: &ClientRequest, model: &Model) -> Result<Planned, GatewayError> {
+fn plan_chat(request: &ClientRequest, model: &Model) -> Result<UpstreamBody, GatewayError> {
     let client = request.endpoint.protocol();
     let native = model.provider.dialect.native_protocol();
     // `/v1/complete` has its own shape: it passes through nowhere.
-    if native == Some(client) && request.endpoint != Endpoint::Complete {
-        return Ok(Planned::passthrough(request, model, Operation::Chat));
+    if native == Some(client) && request.endpoint != ClientEndpoint::Complete {
+        return Ok(UpstreamBody::passthrough(request, model, Operation::Chat));
     }
     // The Anthropic stream reports usage in `message_delta`: always ask for it.
-    let mut include_usage = request.endpoint == Endpoint::Messages;
+    let mut include_usage = request.endpoint == ClientEndpoint::Messages;
     let body = if native == Some(ClientProtocol::OpenAi) {
         // An adapted request (Messages, complete) for an upstream that speaks OpenAI.
         let mut chat = request.openai_chat_tree()?;
@@ -169,7 +169,7 @@ fn plan_chat(request: &ClientRequest, model: &Model) -> Result<Planned, GatewayE
             .map_err(|e| GatewayError::new(500, format!("could not encode the request: {e}")))?
     } else {
         let chat = request.openai_chat()?;
-        if request.endpoint == Endpoint::ChatCompletions {
+        if request.endpoint == ClientEndpoint::ChatCompletions {
             include_usage = chat
                 .get("stream_options")
                 .and_then(|options| options.get("include_usage"))
@@ -182,7 +182,7 @@ fn plan_chat(request: &ClientRequest, model: &Model) -> Result<Planned, GatewayE
         };
         model.provider.dialect.chat_request(&chat, &ctx)?
     };
-    Ok(Planned {
+    Ok(UpstreamBody {
         operation: Operation::Chat,
         include_usage,
         body,
@@ -190,7 +190,7 @@ fn plan_chat(request: &ClientRequest, model: &Model) -> Result<Planned, GatewayE
     })
 }
 
-fn plan_count_tokens(request: &ClientRequest, model: &Model) -> Result<Planned, GatewayError> {
+fn plan_count_tokens(request: &ClientRequest, model: &Model) -> Result<UpstreamBody, GatewayError> {
     if model.paths.count_tokens.is_none() || !speaks(model, ClientProtocol::Anthropic) {
         return Err(GatewayError::bad_request(format!(
             "count_tokens is served for Anthropic models only; `{}` is served by a {} provider",
@@ -199,10 +199,14 @@ fn plan_count_tokens(request: &ClientRequest, model: &Model) -> Result<Planned, 
         ))
         .with_param("model"));
     }
-    Ok(Planned::passthrough(request, model, Operation::CountTokens))
+    Ok(UpstreamBody::passthrough(
+        request,
+        model,
+        Operation::CountTokens,
+    ))
 }
 
-fn plan_embeddings(request: &ClientRequest, model: &Model) -> Result<Planned, GatewayError> {
+fn plan_embeddings(request: &ClientRequest, model: &Model) -> Result<UpstreamBody, GatewayError> {
     if model.paths.embeddings.is_none() {
         return Err(GatewayError::bad_request(format!(
             "`{}` is served by a {} provider, which has no embeddings API",
@@ -216,20 +220,20 @@ fn plan_embeddings(request: &ClientRequest, model: &Model) -> Result<Planned, Ga
         base64: false,
     };
     if speaks(model, ClientProtocol::OpenAi) {
-        return Ok(Planned::passthrough(request, model, embed));
+        return Ok(UpstreamBody::passthrough(request, model, embed));
     }
     let embed = model
         .provider
         .dialect
         .embeddings_request(&request.tree()?, &model.upstream_model)?;
-    Ok(Planned {
+    Ok(UpstreamBody {
         operation: Operation::Embed {
             batch: embed.batch,
             base64: embed.base64,
         },
         include_usage: false,
         body: embed.body,
-        mode: ResponseMode::Translate,
+        mode: ResponseMode::TranslateWhole,
     })
 }
 

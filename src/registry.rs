@@ -3,7 +3,7 @@
 //! the one they started with.
 
 use crate::config::{
-    EndpointUrl, FallbackCondition, HealthCheckConfig, HedgeConfig, ProviderSettings, Secret,
+    FallbackCondition, HealthCheckConfig, HedgeConfig, InstanceUrl, ProviderSettings, Secret,
     Settings,
 };
 use crate::providers::{AuthPlacement, Dialect, ProviderKind, UpstreamPaths};
@@ -132,7 +132,7 @@ impl Registry {
 }
 
 fn build_provider(p: &ProviderSettings) -> Provider {
-    let endpoints: Vec<Arc<EndpointUrl>> = p.endpoints.iter().cloned().map(Arc::new).collect();
+    let endpoints: Vec<Arc<InstanceUrl>> = p.endpoints.iter().cloned().map(Arc::new).collect();
     let endpoint_count = endpoints.len();
     let first_host = endpoints.first().map(|e| (e.host.clone(), e.tls));
     let backends = Backends::new(Box::new(EndpointDiscovery::new(endpoints)));

@@ -13,7 +13,7 @@ use std::ops::Range;
 
 /// A client endpoint that the gateway serves.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Endpoint {
+pub enum ClientEndpoint {
     /// `POST /v1/chat/completions`
     ChatCompletions,
     /// `POST /v1/complete`: `{"text", "model_type"}` -> `{"data", "model_used"}`
@@ -35,10 +35,10 @@ pub enum ClientProtocol {
     Anthropic,
 }
 
-impl Endpoint {
+impl ClientEndpoint {
     pub fn protocol(self) -> ClientProtocol {
         match self {
-            Endpoint::Messages | Endpoint::CountTokens => ClientProtocol::Anthropic,
+            ClientEndpoint::Messages | ClientEndpoint::CountTokens => ClientProtocol::Anthropic,
             _ => ClientProtocol::OpenAi,
         }
     }
@@ -55,17 +55,17 @@ impl ClientProtocol {
 }
 
 /// Matches method and path (query ignored; `/v1` prefix optional, as OpenAI SDKs allow).
-pub fn endpoint_for(method: &http::Method, path: &str) -> Result<Endpoint, GatewayError> {
+pub fn endpoint_for(method: &http::Method, path: &str) -> Result<ClientEndpoint, GatewayError> {
     let path = path.split('?').next().unwrap_or("");
     let path = path.strip_suffix('/').unwrap_or(path);
     let path = path.strip_prefix("/v1").unwrap_or(path);
     let (endpoint, allowed) = match path {
-        "/chat/completions" => (Endpoint::ChatCompletions, http::Method::POST),
-        "/complete" => (Endpoint::Complete, http::Method::POST),
-        "/models" => (Endpoint::Models, http::Method::GET),
-        "/embeddings" => (Endpoint::Embeddings, http::Method::POST),
-        "/messages" => (Endpoint::Messages, http::Method::POST),
-        "/messages/count_tokens" => (Endpoint::CountTokens, http::Method::POST),
+        "/chat/completions" => (ClientEndpoint::ChatCompletions, http::Method::POST),
+        "/complete" => (ClientEndpoint::Complete, http::Method::POST),
+        "/models" => (ClientEndpoint::Models, http::Method::GET),
+        "/embeddings" => (ClientEndpoint::Embeddings, http::Method::POST),
+        "/messages" => (ClientEndpoint::Messages, http::Method::POST),
+        "/messages/count_tokens" => (ClientEndpoint::CountTokens, http::Method::POST),
         _ => {
             return Err(GatewayError::new(404, format!("Unknown endpoint: {path}"))
                 .with_code("unknown_url"))
@@ -84,7 +84,7 @@ pub fn endpoint_for(method: &http::Method, path: &str) -> Result<Endpoint, Gatew
 /// A client's request, read once from its body: what the planner needs to route it and, for
 /// each model that may serve it (the first and every fallback), to write the upstream body.
 pub struct ClientRequest<'a> {
-    pub endpoint: Endpoint,
+    pub endpoint: ClientEndpoint,
     /// The body as the client sent it, for upstreams that speak the client's protocol.
     pub body: &'a [u8],
     /// `model`, where it is in the body, and `stream`.
@@ -100,10 +100,10 @@ enum RequestForm<'a> {
 }
 
 impl<'a> ClientRequest<'a> {
-    /// Reads a request for `endpoint` (not [`Endpoint::Models`], which has no body).
-    pub fn read(endpoint: Endpoint, body: &'a [u8]) -> Result<Self, GatewayError> {
+    /// Reads a request for `endpoint` (not [`ClientEndpoint::Models`], which has no body).
+    pub fn read(endpoint: ClientEndpoint, body: &'a [u8]) -> Result<Self, GatewayError> {
         let (envelope, form) = match endpoint {
-            Endpoint::Complete => {
+            ClientEndpoint::Complete => {
                 let (model, chat) = openai::complete::complete_to_chat(body)?;
                 let envelope = ChatEnvelope {
                     model,
@@ -128,7 +128,9 @@ impl<'a> ClientRequest<'a> {
     /// The request as an OpenAI chat request, as the translators read it.
     pub fn openai_chat(&self) -> Result<ChatRequest<'a>, GatewayError> {
         match (&self.form, self.endpoint) {
-            (RequestForm::Members(members), Endpoint::ChatCompletions) => members.to_request(),
+            (RequestForm::Members(members), ClientEndpoint::ChatCompletions) => {
+                members.to_request()
+            }
             _ => ChatRequest::from_tree(self.openai_chat_tree()?),
         }
     }
@@ -138,7 +140,7 @@ impl<'a> ClientRequest<'a> {
     pub fn openai_chat_tree(&self) -> Result<Value, GatewayError> {
         match &self.form {
             RequestForm::Chat(chat) => Ok(chat.clone()),
-            RequestForm::Members(members) if self.endpoint == Endpoint::Messages => {
+            RequestForm::Members(members) if self.endpoint == ClientEndpoint::Messages => {
                 anthropic::request_to_openai(&members.to_tree()?)
             }
             RequestForm::Members(members) => members.to_tree(),
@@ -266,19 +268,19 @@ mod tests {
         use http::Method;
         assert_eq!(
             endpoint_for(&Method::POST, "/v1/chat/completions?x=1").unwrap(),
-            Endpoint::ChatCompletions
+            ClientEndpoint::ChatCompletions
         );
         assert_eq!(
             endpoint_for(&Method::POST, "/chat/completions").unwrap(),
-            Endpoint::ChatCompletions
+            ClientEndpoint::ChatCompletions
         );
         assert_eq!(
             endpoint_for(&Method::GET, "/v1/models").unwrap(),
-            Endpoint::Models
+            ClientEndpoint::Models
         );
         assert_eq!(
             endpoint_for(&Method::POST, "/v1/complete").unwrap(),
-            Endpoint::Complete
+            ClientEndpoint::Complete
         );
         assert_eq!(
             endpoint_for(&Method::GET, "/v1/chat/completions")

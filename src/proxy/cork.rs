@@ -52,7 +52,7 @@ pub fn coalesce_unsized_response(session: &Session, resp: &ResponseHeader, ctx: 
     let written_whole = ctx
         .call
         .as_ref()
-        .is_some_and(|c| c.response_mode == ResponseMode::Translate);
+        .is_some_and(|c| c.response_mode == ResponseMode::TranslateWhole);
     if written_whole {
         ctx.corked_client = Some(client.id());
     } else {

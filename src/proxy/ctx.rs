@@ -1,7 +1,7 @@
 //! Per-request state, shared by the hooks of one request (and, for the upstream call, by the
 //! subrequest that carries it).
 
-use crate::plan::UpstreamCall;
+use crate::plan::PlannedCall;
 use crate::stream::{StreamTranslation, TerminalWatch};
 use crate::upstream::balance::InflightGuard;
 use bytes::BytesMut;
@@ -13,7 +13,7 @@ use std::time::Instant;
 pub struct RequestCtx {
     /// The planned upstream call; set in the client's session after routing, and in the
     /// subrequest that sends it.
-    pub call: Option<Arc<UpstreamCall>>,
+    pub call: Option<Arc<PlannedCall>>,
     /// Whether this session is the subrequest that talks to the upstream.
     pub is_upstream_leg: bool,
     pub started: Option<Instant>,
@@ -46,9 +46,9 @@ pub enum ResponseHandling {
     /// A stream sent on untouched, watched for its terminal event.
     WatchStream(TerminalWatch),
     /// Collected whole, then translated (translated answers, every error).
-    Buffer,
+    BufferWhole,
     /// A stream translated event by event.
-    Translate(Box<StreamTranslation>),
+    TranslateStream(Box<StreamTranslation>),
 }
 
 impl RequestCtx {

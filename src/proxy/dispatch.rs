@@ -11,11 +11,11 @@
 //! Cancelling a leg drops its task, which drops its upstream connection.
 
 use super::client_watch;
-use super::respond::{self, Answerer};
+use super::local_response::{self, ServedBy};
 use crate::api::ClientProtocol;
 use crate::config::FallbackCondition;
 use crate::error::GatewayError;
-use crate::plan::UpstreamCall;
+use crate::plan::PlannedCall;
 use crate::registry::Model;
 use futures::future::{select_all, FutureExt};
 use pingora_core::protocols::http::HttpTask;
@@ -30,7 +30,7 @@ pub const ATTEMPTS_HEADER: &str = "x-dragoman-attempts";
 
 /// One running subrequest.
 struct Leg {
-    call: Arc<UpstreamCall>,
+    call: Arc<PlannedCall>,
     rx: mpsc::Receiver<HttpTask>,
     /// Held so the subrequest keeps its input open; dropping it is a cancellation signal.
     _tx: mpsc::Sender<HttpTask>,
@@ -38,7 +38,7 @@ struct Leg {
 }
 
 impl Leg {
-    fn spawn(session: &Session, call: Arc<UpstreamCall>) -> Option<Leg> {
+    fn spawn(session: &Session, call: Arc<PlannedCall>) -> Option<Leg> {
         let spawner = session.subrequest_spawner.as_ref()?;
         let ctx = SubrequestCtx::builder()
             .body_mode(BodyMode::NoBody)
@@ -65,8 +65,8 @@ impl Drop for Leg {
 /// request for another model.
 pub async fn run(
     session: &mut Session,
-    call: Arc<UpstreamCall>,
-    replan: &(dyn Fn(&str) -> Result<UpstreamCall, GatewayError> + Send + Sync),
+    call: Arc<PlannedCall>,
+    replan: &(dyn Fn(&str) -> Result<PlannedCall, GatewayError> + Send + Sync),
 ) {
     let protocol = call.endpoint.protocol();
     let model = call.model.clone();
@@ -86,7 +86,7 @@ pub async fn run(
 
     let Some(first) = Leg::spawn(session, call.clone()) else {
         let e = GatewayError::new(500, "Internal gateway error").with_code("internal_error");
-        return respond::write_error(session, &e, protocol, None).await;
+        return local_response::write_error(session, &e, protocol, None).await;
     };
     let mut legs = vec![first];
     let mut attempts: u64 = 0;
@@ -105,7 +105,7 @@ pub async fn run(
                 None => {
                     let e = GatewayError::new(502, "No upstream answered")
                         .with_code("upstream_unreachable");
-                    return respond::write_error(session, &e, protocol, None).await;
+                    return local_response::write_error(session, &e, protocol, None).await;
                 }
             }
         }
@@ -293,18 +293,18 @@ async fn timed_out(session: &mut Session, model: &Model, protocol: ClientProtoco
         ),
     )
     .with_code("upstream_timeout");
-    let answerer = Answerer {
+    let served_by = ServedBy {
         model: &model.name,
         provider: &model.provider.name,
         attempts: 0,
     };
-    respond::write_error(session, &e, protocol, Some(answerer)).await;
+    local_response::write_error(session, &e, protocol, Some(served_by)).await;
 }
 
 /// Plans and starts the next fallback model that can be planned.
 fn next_fallback<'a>(
     fallbacks: &mut impl Iterator<Item = &'a String>,
-    replan: &(dyn Fn(&str) -> Result<UpstreamCall, GatewayError> + Send + Sync),
+    replan: &(dyn Fn(&str) -> Result<PlannedCall, GatewayError> + Send + Sync),
     session: &Session,
 ) -> Option<Leg> {
     for name in fallbacks {

@@ -8,10 +8,10 @@
 
 use super::ctx::RequestCtx;
 use super::dispatch;
-use super::respond;
-use crate::api::{self, ClientProtocol, ClientRequest, Endpoint};
+use super::local_response;
+use crate::api::{self, ClientEndpoint, ClientProtocol, ClientRequest};
 use crate::error::GatewayError;
-use crate::plan::UpstreamCall;
+use crate::plan::PlannedCall;
 use crate::registry::Registry;
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
@@ -46,9 +46,9 @@ pub async fn handle(
         }
     };
     let protocol = endpoint.protocol();
-    if endpoint == Endpoint::Models {
+    if endpoint == ClientEndpoint::Models {
         let body = registry.model_list.clone();
-        if let Err(e) = respond::write_json(session, 200, body, None).await {
+        if let Err(e) = local_response::write_json(session, 200, body, None).await {
             log::debug!("could not send model list: {e}");
         }
         return Handled::Answered;
@@ -69,7 +69,7 @@ pub async fn handle(
             return Handled::Answered;
         }
     };
-    let call = match UpstreamCall::plan(&registry, &request) {
+    let call = match PlannedCall::plan(&registry, &request) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             reject(session, &e, protocol).await;
@@ -82,7 +82,7 @@ pub async fn handle(
         ctx.is_upstream_leg = true;
         return Handled::ProxyHere;
     }
-    let replan = |model: &str| UpstreamCall::plan_for(&registry, &request, Some(model));
+    let replan = |model: &str| PlannedCall::plan_for(&registry, &request, Some(model));
     dispatch::run(session, call, &replan).await;
     Handled::Answered
 }
@@ -92,7 +92,7 @@ async fn reject(session: &mut Session, error: &GatewayError, protocol: ClientPro
     if !session.is_body_done() {
         session.set_keepalive(None);
     }
-    respond::write_error(session, error, protocol, None).await;
+    local_response::write_error(session, error, protocol, None).await;
 }
 
 /// Reads the whole request body, refusing more than `limit` bytes.
@@ -147,11 +147,11 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gateway
 }
 
 /// In the subrequest: the call its parent planned.
-pub fn call_of_subrequest(session: &Session) -> Option<Arc<UpstreamCall>> {
+pub fn call_of_subrequest(session: &Session) -> Option<Arc<PlannedCall>> {
     session
         .subrequest_ctx
         .as_ref()?
         .user_ctx()?
-        .downcast_ref::<Arc<UpstreamCall>>()
+        .downcast_ref::<Arc<PlannedCall>>()
         .cloned()
 }

@@ -12,21 +12,21 @@ pub mod ctx;
 pub mod dispatch;
 mod headers;
 pub mod ingress;
-pub mod respond;
-pub mod response;
+pub mod local_response;
 pub mod upstream;
+pub mod upstream_response;
 
-use crate::config::EndpointUrl;
+use crate::config::InstanceUrl;
 use crate::registry::Registry;
 use arc_swap::ArcSwap;
 use async_trait::async_trait;
 use bytes::Bytes;
 use ctx::RequestCtx;
+use local_response::ServedBy;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::{RequestHeader, ResponseHeader};
 use pingora_proxy::{FailToProxy, ProxyHttp, Session};
-use respond::Answerer;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -93,7 +93,7 @@ impl ProxyHttp for Gateway {
         let endpoint = ctx
             .backend
             .as_ref()
-            .and_then(|b| b.ext.get::<Arc<EndpointUrl>>())
+            .and_then(|b| b.ext.get::<Arc<InstanceUrl>>())
             .ok_or_else(|| {
                 Error::explain(ErrorType::InternalError, "attempt without an instance")
             })?;
@@ -164,7 +164,7 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         let call = ctx.call.clone().ok_or_else(no_call)?;
         upstream::on_response_status(&call, ctx, resp)?;
-        response::on_response_header(resp, &call, ctx)?;
+        upstream_response::on_response_header(resp, &call, ctx)?;
         cork::coalesce_unsized_response(session, resp, ctx);
         Ok(())
     }
@@ -177,7 +177,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         let call = ctx.call.clone().ok_or_else(no_call)?;
-        response::on_response_body(body, end_of_stream, &call, ctx)?;
+        upstream_response::on_response_body(body, end_of_stream, &call, ctx)?;
         Ok(None)
     }
 
@@ -194,25 +194,30 @@ impl ProxyHttp for Gateway {
             };
         };
         let provider = &call.model.provider.name;
-        let error = respond::error_for_proxy_failure(e, provider);
+        let error = local_response::error_for_proxy_failure(e, provider);
         let status = error.as_ref().map_or(0, |e| e.status);
         match error {
             Some(error) if session.response_written().is_some() => {
                 // Too late for a status: end the stream with an error event instead.
-                if let Some(bytes) = response::on_failure_after_start(&call, ctx, error) {
+                if let Some(bytes) = upstream_response::on_failure_after_start(&call, ctx, error) {
                     if let Err(e) = session.write_response_body(Some(bytes), true).await {
                         log::debug!("could not send the terminal error event: {e}");
                     }
                 }
             }
             Some(error) => {
-                let answerer = Answerer {
+                let served_by = ServedBy {
                     model: &call.model.name,
                     provider,
                     attempts: ctx.attempts,
                 };
-                respond::write_error(session, &error, call.endpoint.protocol(), Some(answerer))
-                    .await;
+                local_response::write_error(
+                    session,
+                    &error,
+                    call.endpoint.protocol(),
+                    Some(served_by),
+                )
+                .await;
             }
             None => {}
         }

@@ -2,8 +2,8 @@
 
 use super::ctx::RequestCtx;
 use super::headers;
-use crate::config::EndpointUrl;
-use crate::plan::UpstreamCall;
+use crate::config::InstanceUrl;
+use crate::plan::PlannedCall;
 use crate::providers::openai::encode_component;
 use crate::providers::AuthPlacement;
 use crate::upstream::balance::BalanceMode;
@@ -50,7 +50,7 @@ fn is_stripped(name: &str) -> bool {
 /// Picks an instance for the next attempt: healthy (active checks), circuit not open (passive
 /// health), not failed for this request, and not already serving it in a hedged leg if another
 /// is free. Attempts after the first wait an exponential backoff with jitter.
-pub async fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
+pub async fn select_peer(call: &PlannedCall, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let model = &call.model;
     let provider = &model.provider;
     if ctx.attempts > 0 {
@@ -69,7 +69,7 @@ pub async fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Bo
     })?;
     let endpoint = backend
         .ext
-        .get::<Arc<EndpointUrl>>()
+        .get::<Arc<InstanceUrl>>()
         .cloned()
         .ok_or_else(|| Error::explain(ErrorType::InternalError, "backend without endpoint"))?;
     let Some(addr) = inet(&backend.addr) else {
@@ -120,7 +120,7 @@ fn eligible(
 
 /// Pingora's weighted round robin over eligible instances whose circuit lets the attempt in.
 /// Instances already serving this request (hedges) are avoided while others remain.
-fn round_robin_pick(call: &UpstreamCall, ctx: &RequestCtx, now: Instant) -> Option<Backend> {
+fn round_robin_pick(call: &PlannedCall, ctx: &RequestCtx, now: Instant) -> Option<Backend> {
     let provider = &call.model.provider;
     let in_use = lock(&call.instances_in_use).clone();
     let pick = |avoid: Option<&[SocketAddr]>| {
@@ -134,7 +134,7 @@ fn round_robin_pick(call: &UpstreamCall, ctx: &RequestCtx, now: Instant) -> Opti
 
 /// The least loaded eligible instance (`least_inflight`, `ewma`).
 fn load_aware_pick(
-    call: &UpstreamCall,
+    call: &PlannedCall,
     ctx: &RequestCtx,
     mode: BalanceMode,
     now: Instant,
@@ -184,8 +184,8 @@ fn backoff(base: Duration, attempt: u32) -> Duration {
 /// Rewrites the client's request header into the provider's.
 pub fn write_request_header(
     req: &mut RequestHeader,
-    call: &UpstreamCall,
-    endpoint: &EndpointUrl,
+    call: &PlannedCall,
+    endpoint: &InstanceUrl,
 ) -> Result<()> {
     let provider = &call.model.provider;
     headers::strip(req, is_stripped);
@@ -226,7 +226,7 @@ pub fn write_request_header(
 
 /// The body Pingora sends upstream: the planned bytes at the end of the (empty) client body,
 /// on every attempt.
-pub fn fill_body(call: &UpstreamCall, body: &mut Option<Bytes>, end_of_stream: bool) {
+pub fn fill_body(call: &PlannedCall, body: &mut Option<Bytes>, end_of_stream: bool) {
     *body = Some(if end_of_stream {
         call.body.clone()
     } else {
@@ -235,14 +235,14 @@ pub fn fill_body(call: &UpstreamCall, body: &mut Option<Bytes>, end_of_stream: b
 }
 
 /// Whether another attempt may follow this one.
-fn may_retry(call: &UpstreamCall, ctx: &RequestCtx) -> bool {
+fn may_retry(call: &PlannedCall, ctx: &RequestCtx) -> bool {
     let provider = &call.model.provider;
     ctx.attempts < provider.max_attempts && provider.endpoint_count > ctx.failed_backends.len()
 }
 
 /// Marks the current attempt's instance failed, for this request and its circuit breaker.
 pub fn record_failure(
-    call: &UpstreamCall,
+    call: &PlannedCall,
     ctx: &mut RequestCtx,
     kind: FailureKind,
     retry_after: Option<Duration>,
@@ -258,7 +258,7 @@ pub fn record_failure(
     }
 }
 
-pub fn record_success(call: &UpstreamCall, ctx: &RequestCtx) {
+pub fn record_success(call: &PlannedCall, ctx: &RequestCtx) {
     if let Some(addr) = ctx.backend.as_ref().and_then(|b| inet(&b.addr)) {
         let now = Instant::now();
         let provider = &call.model.provider;
@@ -282,7 +282,7 @@ fn failure_kind(e: &Error) -> FailureKind {
 
 /// A failed connection: retry on another instance while attempts remain.
 pub fn on_connect_failure(
-    call: &UpstreamCall,
+    call: &PlannedCall,
     ctx: &mut RequestCtx,
     mut e: Box<Error>,
 ) -> Box<Error> {
@@ -295,7 +295,7 @@ pub fn on_connect_failure(
 /// (nothing was processed); a timeout or reset before the response started is retried on another
 /// instance; nothing is retried once the response started.
 pub fn on_proxy_error(
-    call: &UpstreamCall,
+    call: &PlannedCall,
     ctx: &mut RequestCtx,
     response_started: bool,
     client_reused: bool,
@@ -324,7 +324,7 @@ pub fn on_proxy_error(
 /// An upstream answer's status: 5xx and 429 are retried on another instance while attempts
 /// remain (an `Err` here aborts the attempt before any byte reaches the client).
 pub fn on_response_status(
-    call: &UpstreamCall,
+    call: &PlannedCall,
     ctx: &mut RequestCtx,
     resp: &pingora_http::ResponseHeader,
 ) -> Result<()> {

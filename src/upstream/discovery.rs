@@ -1,7 +1,7 @@
 //! Upstream instances for the load balancer: each endpoint's host name resolved to addresses by
 //! Pingora's background service, never on the request path.
 
-use crate::config::EndpointUrl;
+use crate::config::InstanceUrl;
 use async_trait::async_trait;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_error::{Error, ErrorType, Result};
@@ -13,11 +13,11 @@ use std::sync::Arc;
 /// Resolves a provider's endpoints. Each resolved address becomes a [`Backend`] carrying its
 /// endpoint (scheme, Host, base path) in `ext`.
 pub struct EndpointDiscovery {
-    endpoints: Vec<Arc<EndpointUrl>>,
+    endpoints: Vec<Arc<InstanceUrl>>,
 }
 
 impl EndpointDiscovery {
-    pub fn new(endpoints: Vec<Arc<EndpointUrl>>) -> Self {
+    pub fn new(endpoints: Vec<Arc<InstanceUrl>>) -> Self {
         EndpointDiscovery { endpoints }
     }
 }

@@ -8,7 +8,7 @@ use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 /// Who answered, for the `x-dragoman-*` headers.
-pub struct Answerer<'a> {
+pub struct ServedBy<'a> {
     pub model: &'a str,
     pub provider: &'a str,
     /// Upstream attempts made (0: not said).
@@ -19,12 +19,12 @@ pub async fn write_json(
     session: &mut Session,
     status: u16,
     body: Bytes,
-    answerer: Option<Answerer<'_>>,
+    served_by: Option<ServedBy<'_>>,
 ) -> pingora_error::Result<()> {
     let mut resp = ResponseHeader::build(status, Some(4))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
-    if let Some(a) = answerer {
+    if let Some(a) = served_by {
         resp.insert_header("x-dragoman-model", a.model)?;
         resp.insert_header("x-dragoman-provider", a.provider)?;
         if a.attempts > 0 {
@@ -40,12 +40,12 @@ pub async fn write_error(
     session: &mut Session,
     error: &GatewayError,
     protocol: ClientProtocol,
-    answerer: Option<Answerer<'_>>,
+    served_by: Option<ServedBy<'_>>,
 ) {
     if session.response_written().is_some() {
         return;
     }
-    if let Err(e) = write_json(session, error.status, protocol.error_body(error), answerer).await {
+    if let Err(e) = write_json(session, error.status, protocol.error_body(error), served_by).await {
         log::debug!("could not send error response: {e}");
     }
 }

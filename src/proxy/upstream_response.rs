@@ -4,9 +4,9 @@
 use super::ctx::{RequestCtx, ResponseHandling};
 use crate::api::anthropic::{self, AnthropicEventSink};
 use crate::api::openai::stream::OpenAiEventSink;
-use crate::api::{ClientProtocol, Endpoint};
+use crate::api::{ClientEndpoint, ClientProtocol};
 use crate::error::{self, GatewayError};
-use crate::plan::{Operation, ResponseMode, UpstreamCall};
+use crate::plan::{Operation, PlannedCall, ResponseMode};
 use crate::providers::ResponseContext;
 use crate::stream::chunk::{ChunkSource, StreamContext};
 use crate::stream::{self, ClientSink, StreamTranslation, TerminalWatch};
@@ -22,7 +22,7 @@ fn is_stripped(name: &str) -> bool {
 
 pub fn on_response_header(
     resp: &mut ResponseHeader,
-    call: &UpstreamCall,
+    call: &PlannedCall,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
     let status = resp.status.as_u16();
@@ -33,29 +33,28 @@ pub fn on_response_header(
     resp.insert_header(super::dispatch::ATTEMPTS_HEADER, ctx.attempts.max(1))?;
     let protocol = call.endpoint.protocol();
     ctx.response = if status >= 400 {
-        ResponseHandling::Buffer
+        ResponseHandling::BufferWhole
     } else {
         match call.response_mode {
             ResponseMode::PassThrough if call.stream => {
                 ResponseHandling::WatchStream(TerminalWatch::new(protocol))
             }
             ResponseMode::PassThrough => ResponseHandling::PassThrough,
-            ResponseMode::Translate => ResponseHandling::Buffer,
-            ResponseMode::Stream => ResponseHandling::Translate(Box::new(StreamTranslation::new(
-                source(call),
-                sink(call),
-            ))),
+            ResponseMode::TranslateWhole => ResponseHandling::BufferWhole,
+            ResponseMode::TranslateStream => ResponseHandling::TranslateStream(Box::new(
+                StreamTranslation::new(source(call), sink(call)),
+            )),
         }
     };
     ctx.response_buffer.clear();
     match &ctx.response {
-        ResponseHandling::Buffer => {
+        ResponseHandling::BufferWhole => {
             // The translated body has another length; Pingora switches to chunked framing.
             resp.remove_header(&header::CONTENT_LENGTH);
             resp.remove_header(&header::CONTENT_ENCODING);
             resp.insert_header(header::CONTENT_TYPE, "application/json")?;
         }
-        ResponseHandling::Translate(_) => {
+        ResponseHandling::TranslateStream(_) => {
             resp.remove_header(&header::CONTENT_LENGTH);
             resp.remove_header(&header::CONTENT_ENCODING);
             resp.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
@@ -66,7 +65,7 @@ pub fn on_response_header(
     Ok(())
 }
 
-fn source(call: &UpstreamCall) -> Box<dyn ChunkSource> {
+fn source(call: &PlannedCall) -> Box<dyn ChunkSource> {
     call.model.provider.dialect.chunk_source(StreamContext {
         upstream_model: call.model.upstream_model.clone(),
         created: call.created,
@@ -74,7 +73,7 @@ fn source(call: &UpstreamCall) -> Box<dyn ChunkSource> {
     })
 }
 
-fn sink(call: &UpstreamCall) -> ClientSink {
+fn sink(call: &PlannedCall) -> ClientSink {
     match call.endpoint.protocol() {
         ClientProtocol::OpenAi => ClientSink::OpenAi(OpenAiEventSink::new()),
         ClientProtocol::Anthropic => ClientSink::Anthropic(Box::new(AnthropicEventSink::new(
@@ -87,7 +86,7 @@ fn sink(call: &UpstreamCall) -> ClientSink {
 pub fn on_response_body(
     body: &mut Option<Bytes>,
     end_of_stream: bool,
-    call: &UpstreamCall,
+    call: &PlannedCall,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
     match &mut ctx.response {
@@ -105,7 +104,7 @@ pub fn on_response_body(
             }
             Ok(())
         }
-        ResponseHandling::Translate(translation) => {
+        ResponseHandling::TranslateStream(translation) => {
             let mut out = Vec::new();
             if let Some(b) = body.as_ref() {
                 translation.feed(b, &mut out);
@@ -116,14 +115,14 @@ pub fn on_response_body(
             *body = Some(Bytes::from(out));
             Ok(())
         }
-        ResponseHandling::Buffer => buffer_and_translate(body, end_of_stream, call, ctx),
+        ResponseHandling::BufferWhole => buffer_and_translate(body, end_of_stream, call, ctx),
     }
 }
 
 fn buffer_and_translate(
     body: &mut Option<Bytes>,
     end_of_stream: bool,
-    call: &UpstreamCall,
+    call: &PlannedCall,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
     if let Some(chunk) = body.take() {
@@ -158,7 +157,7 @@ fn buffer_and_translate(
 }
 
 /// The client's body for a complete upstream body.
-fn finish(status: u16, upstream: &[u8], call: &UpstreamCall) -> Result<Bytes, GatewayError> {
+fn finish(status: u16, upstream: &[u8], call: &PlannedCall) -> Result<Bytes, GatewayError> {
     let provider = &call.model.provider;
     let protocol = call.endpoint.protocol();
     if status >= 400 {
@@ -176,10 +175,10 @@ fn finish(status: u16, upstream: &[u8], call: &UpstreamCall) -> Result<Bytes, Ga
     };
     let completion = dialect.chat_response(upstream, &ctx)?;
     let out = match call.endpoint {
-        Endpoint::Complete => {
+        ClientEndpoint::Complete => {
             crate::api::openai::complete::chat_to_complete(&completion, &call.model.name)
         }
-        Endpoint::Messages => anthropic::response_from_openai(&completion, &call.model.name)?,
+        ClientEndpoint::Messages => anthropic::response_from_openai(&completion, &call.model.name)?,
         _ => completion,
     };
     // `to_vec` writes straight into the buffer; `to_string` goes through `fmt` and costs more.
@@ -191,17 +190,17 @@ fn finish(status: u16, upstream: &[u8], call: &UpstreamCall) -> Result<Bytes, Ga
 /// The upstream failed after the response started: end a stream with a terminal error event in
 /// the client's protocol. Returns the bytes to send, if any.
 pub fn on_failure_after_start(
-    call: &UpstreamCall,
+    call: &PlannedCall,
     ctx: &mut RequestCtx,
     error: GatewayError,
 ) -> Option<Bytes> {
     let mut out = Vec::new();
     match &mut ctx.response {
-        ResponseHandling::Translate(t) => t.fail(error, &mut out),
+        ResponseHandling::TranslateStream(t) => t.fail(error, &mut out),
         ResponseHandling::WatchStream(_) => {
             out = stream::error_event(call.endpoint.protocol(), &error);
         }
-        ResponseHandling::PassThrough | ResponseHandling::Buffer => return None,
+        ResponseHandling::PassThrough | ResponseHandling::BufferWhole => return None,
     }
     ctx.response = ResponseHandling::PassThrough;
     Some(Bytes::from(out))
