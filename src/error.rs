@@ -4,6 +4,49 @@
 use bytes::Bytes;
 use serde_json::{json, Value};
 
+/// The gateway's own error codes (OpenAI's `error.code`), one per way a request can fail here.
+/// Upstream errors keep the upstream's own code. A small fixed set: fit for a metric label.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorCode {
+    /// No route for the method and path.
+    UnknownUrl,
+    /// The request names a model that is not configured.
+    ModelNotFound,
+    /// The body is over `max_request_bytes`.
+    RequestTooLarge,
+    /// No instance may take the request (all down or circuits open).
+    UpstreamUnavailable,
+    /// The upstream could not be reached (refused, TLS failure).
+    UpstreamUnreachable,
+    /// The upstream did not connect or answer in time.
+    UpstreamTimeout,
+    /// The upstream failed mid-response.
+    UpstreamError,
+    /// The upstream answered something that is not the protocol it promised.
+    BadUpstreamResponse,
+    /// A stream ended before its final event.
+    StreamTruncated,
+    /// The gateway's own failure.
+    InternalError,
+}
+
+impl ErrorCode {
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            ErrorCode::UnknownUrl => "unknown_url",
+            ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::RequestTooLarge => "request_too_large",
+            ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::UpstreamUnreachable => "upstream_unreachable",
+            ErrorCode::UpstreamTimeout => "upstream_timeout",
+            ErrorCode::UpstreamError => "upstream_error",
+            ErrorCode::BadUpstreamResponse => "bad_upstream_response",
+            ErrorCode::StreamTruncated => "stream_truncated",
+            ErrorCode::InternalError => "internal_error",
+        }
+    }
+}
+
 /// A failure that ends a request, with the status the client gets.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct GatewayError {
@@ -36,9 +79,15 @@ impl GatewayError {
         self
     }
 
-    pub fn with_code(mut self, code: impl Into<String>) -> Self {
-        self.code = Some(code.into());
+    /// One of the gateway's own codes.
+    pub fn with_code(mut self, code: ErrorCode) -> Self {
+        self.code = Some(code.as_str().to_owned());
         self
+    }
+
+    /// Whether the error carries the gateway's code `code`.
+    pub fn has_code(&self, code: ErrorCode) -> bool {
+        self.code.as_deref() == Some(code.as_str())
     }
 
     pub fn with_kind(mut self, kind: impl Into<String>) -> Self {
@@ -52,12 +101,12 @@ impl GatewayError {
             format!("The model `{model}` does not exist or is not configured on this gateway"),
         )
         .with_param("model")
-        .with_code("model_not_found")
+        .with_code(ErrorCode::ModelNotFound)
     }
 
     /// The upstream answered something that is not the protocol it promised.
     pub fn bad_upstream(message: impl Into<String>) -> Self {
-        Self::new(502, message).with_code("bad_upstream_response")
+        Self::new(502, message).with_code(ErrorCode::BadUpstreamResponse)
     }
 
     /// OpenAI's `error.type` for this error.

@@ -68,7 +68,7 @@ pub fn endpoint_for(method: &http::Method, path: &str) -> Result<ClientEndpoint,
         "/messages/count_tokens" => (ClientEndpoint::CountTokens, http::Method::POST),
         _ => {
             return Err(GatewayError::new(404, format!("Unknown endpoint: {path}"))
-                .with_code("unknown_url"))
+                .with_code(crate::error::ErrorCode::UnknownUrl))
         }
     };
     if *method != allowed {

@@ -164,7 +164,7 @@ impl ChunkSource for OpenAiChunkSource {
             self.ended = true;
             out.push(StreamOut::Error(
                 GatewayError::new(502, "upstream stream ended before its final event")
-                    .with_code("stream_truncated"),
+                    .with_code(crate::error::ErrorCode::StreamTruncated),
             ));
         }
     }

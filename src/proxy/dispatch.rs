@@ -85,7 +85,8 @@ pub async fn run(
     tokio::pin!(client_gone);
 
     let Some(first) = Leg::spawn(session, call.clone()) else {
-        let e = GatewayError::new(500, "Internal gateway error").with_code("internal_error");
+        let e = GatewayError::new(500, "Internal gateway error")
+            .with_code(crate::error::ErrorCode::InternalError);
         return local_response::write_error(session, &e, protocol, None).await;
     };
     let mut legs = vec![first];
@@ -104,7 +105,7 @@ pub async fn run(
                 Some(answer) => break answer,
                 None => {
                     let e = GatewayError::new(502, "No upstream answered")
-                        .with_code("upstream_unreachable");
+                        .with_code(crate::error::ErrorCode::UpstreamUnreachable);
                     return local_response::write_error(session, &e, protocol, None).await;
                 }
             }
@@ -292,7 +293,7 @@ async fn timed_out(session: &mut Session, model: &Model, protocol: ClientProtoco
             model.name, model.timeout
         ),
     )
-    .with_code("upstream_timeout");
+    .with_code(crate::error::ErrorCode::UpstreamTimeout);
     let served_by = ServedBy {
         model: &model.name,
         provider: &model.provider.name,

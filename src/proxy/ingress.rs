@@ -102,7 +102,7 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gateway
             413,
             format!("Request body exceeds the gateway's limit of {limit} bytes"),
         )
-        .with_code("request_too_large")
+        .with_code(crate::error::ErrorCode::RequestTooLarge)
     };
     let declared = session
         .req_header()

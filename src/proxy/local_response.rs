@@ -63,7 +63,7 @@ pub fn error_for_proxy_failure(e: &Error, provider: &str) -> Option<GatewayError
             let error = GatewayError::new(*code, message);
             // The gateway's own 503: no instance may take the request.
             if *code == 503 {
-                error.with_code("upstream_unavailable")
+                error.with_code(crate::error::ErrorCode::UpstreamUnavailable)
             } else {
                 error
             }
@@ -72,22 +72,23 @@ pub fn error_for_proxy_failure(e: &Error, provider: &str) -> Option<GatewayError
             504,
             format!("Timed out connecting to provider `{provider}`"),
         )
-        .with_code("upstream_timeout"),
+        .with_code(crate::error::ErrorCode::UpstreamTimeout),
         ReadTimedout | WriteTimedout => {
             GatewayError::new(504, format!("Provider `{provider}` did not answer in time"))
-                .with_code("upstream_timeout")
+                .with_code(crate::error::ErrorCode::UpstreamTimeout)
         }
         _ if *e.esource() == ErrorSource::Downstream => return None,
         ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
         | BindError | TLSHandshakeFailure | InvalidCert | TLSWantX509Lookup => {
             GatewayError::new(502, format!("Could not connect to provider `{provider}`"))
-                .with_code("upstream_unreachable")
+                .with_code(crate::error::ErrorCode::UpstreamUnreachable)
         }
         _ if *e.esource() == ErrorSource::Upstream => {
             GatewayError::new(502, format!("Provider `{provider}` failed mid-response"))
-                .with_code("upstream_error")
+                .with_code(crate::error::ErrorCode::UpstreamError)
         }
-        _ => GatewayError::new(500, "Internal gateway error").with_code("internal_error"),
+        _ => GatewayError::new(500, "Internal gateway error")
+            .with_code(crate::error::ErrorCode::InternalError),
     };
     Some(error)
 }

@@ -97,7 +97,7 @@ pub fn on_response_body(
             }
             if end_of_stream && !watch.ended_properly() {
                 let e = GatewayError::new(502, "upstream stream ended before its final event")
-                    .with_code("stream_truncated");
+                    .with_code(crate::error::ErrorCode::StreamTruncated);
                 let mut out = body.take().map(|b| b.to_vec()).unwrap_or_default();
                 out.extend_from_slice(&stream::error_event(call.endpoint.protocol(), &e));
                 *body = Some(Bytes::from(out));

@@ -1216,7 +1216,7 @@ impl ChunkSource for AnthropicChunkSource {
             return;
         }
         let error = GatewayError::new(502, "upstream stream ended before its final event")
-            .with_code("stream_truncated");
+            .with_code(crate::error::ErrorCode::StreamTruncated);
         self.fail(error, out);
     }
 }
@@ -2077,7 +2077,7 @@ mod tests {
             out,
             vec![StreamOut::Error(
                 GatewayError::new(502, "upstream stream ended before its final event")
-                    .with_code("stream_truncated")
+                    .with_code(crate::error::ErrorCode::StreamTruncated)
             )]
         );
         let mut source = AnthropicChunkSource::new(stream_ctx(false));

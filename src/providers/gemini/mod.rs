@@ -1150,7 +1150,7 @@ impl ChunkSource for GeminiChunkSource {
         }
         if !self.finish_sent {
             let error = GatewayError::new(502, "upstream stream ended before its final event")
-                .with_code("stream_truncated");
+                .with_code(crate::error::ErrorCode::StreamTruncated);
             return self.fail(error, out);
         }
         if self.stamp.ctx.include_usage {
@@ -2227,7 +2227,7 @@ mod tests {
     fn truncated_stream_is_an_error_once_and_a_finished_one_is_not() {
         let truncated = StreamOut::Error(
             GatewayError::new(502, "upstream stream ended before its final event")
-                .with_code("stream_truncated"),
+                .with_code(crate::error::ErrorCode::StreamTruncated),
         );
         let mut source = GeminiChunkSource::new(stream_ctx(true));
         let mut out = Vec::new();
