@@ -203,7 +203,7 @@ mod tests {
         src.on_event(&ev(r#"{"id":"c"}"#), &mut out);
         src.on_end(&mut out);
         assert!(
-            matches!(&out[1], StreamOut::Error(e) if e.code.as_deref() == Some("stream_truncated"))
+            matches!(&out[1], StreamOut::Error(e) if e.has_code(crate::error::ErrorCode::StreamTruncated))
         );
     }
 
