@@ -223,16 +223,8 @@ async fn upstream_errors_keep_status_and_message_in_any_shape() {
     let (mock, gw) = setup().await;
     let url = gw.url("/v1/chat/completions");
     let req = json!({"model": "llama", "messages": [{"role": "user", "content": "x"}]});
+    // The 429 last: it sets the model aside on the instance for a second (no Retry-After).
     let cases = vec![
-        (
-            Behaviour::Json {
-                status: 429,
-                body: json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
-            },
-            429,
-            "Rate limit reached for requests",
-            Some("rate_limit_exceeded"),
-        ),
         (
             Behaviour::Json {
                 status: 422,
@@ -261,6 +253,15 @@ async fn upstream_errors_keep_status_and_message_in_any_shape() {
             401,
             "Incorrect API key provided",
             Some("invalid_api_key"),
+        ),
+        (
+            Behaviour::Json {
+                status: 429,
+                body: json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
+            },
+            429,
+            "Rate limit reached for requests",
+            Some("rate_limit_exceeded"),
         ),
     ];
     for (behaviour, want, message, code) in cases {

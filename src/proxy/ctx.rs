@@ -2,6 +2,7 @@
 //! subrequest that carries it).
 
 use crate::balance::InflightGuard;
+use crate::breaker::ProbeGuard;
 use crate::call::UpstreamCall;
 use crate::stream::{StreamTranslation, TerminalWatch};
 use bytes::BytesMut;
@@ -23,6 +24,10 @@ pub struct RequestCtx {
     pub backend: Option<pingora_load_balancing::Backend>,
     /// Counts the current attempt as in flight on its instance.
     pub inflight: Option<InflightGuard>,
+    /// The probe slot of the current attempt's instance, when its circuit is half-open. Settled
+    /// when the outcome is reported; dropped unsettled (the attempt was abandoned: client gone,
+    /// hedge lost, deadline passed, no peer after all), it frees the slot for the next request.
+    pub probe: Option<ProbeGuard>,
     /// When the current attempt's instance was chosen, for time to first byte.
     pub attempt_started: Option<Instant>,
     pub attempts: u32,
