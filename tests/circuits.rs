@@ -1,6 +1,7 @@
 //! Circuit scope and probes, end to end: a 429 sets one model aside on an instance for its
 //! `Retry-After` without closing the instance to the provider's other models; an abandoned
-//! half-open probe frees its slot at once.
+//! half-open probe frees its slot at once. And Azure's streams reach OpenAI clients as one
+//! consistent chunk stream.
 mod common;
 use common::*;
 use serde_json::{json, Value};
@@ -201,4 +202,139 @@ async fn an_abandoned_probe_frees_the_circuit_for_the_next_request() {
         let (status, _) = chat(&gw, model).await;
         assert_eq!(status, 200, "{model}");
     }
+}
+
+/// The events of an SSE fixture, each with its blank line.
+fn fixture_events(name: &str) -> Vec<String> {
+    let path = format!("{}/tests/fixtures/azure/{name}", env!("CARGO_MANIFEST_DIR"));
+    let text = std::fs::read_to_string(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
+    text.split("\n\n")
+        .filter(|e| !e.trim().is_empty())
+        .map(|e| format!("{e}\n\n"))
+        .collect()
+}
+
+/// Streams `events` from an Azure deployment to an OpenAI client; returns the `data:` payloads
+/// the client got, `[DONE]` included.
+async fn azure_stream_to_openai_client(events: Vec<String>) -> Vec<String> {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  az: {{ kind: azure-openai, endpoints: [\"{}\"], api_key: k, api_version: \"2024-10-21\" }}\nmodels:\n  m: {{ provider: az, model: my-deployment }}\n",
+        mock.url()
+    ));
+    mock.push(Behaviour::Sse {
+        events,
+        interval: Duration::ZERO,
+        hold_after: None,
+    });
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(
+            &json!({"model": "m", "stream": true, "stream_options": {"include_usage": true},
+                      "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = tokio::time::timeout(Duration::from_secs(20), resp.text())
+        .await
+        .expect("stream never ended")
+        .unwrap();
+    text.lines()
+        .filter_map(|l| l.strip_prefix("data: "))
+        .map(str::to_owned)
+        .collect()
+}
+
+/// Checks that `data` is one consistent chunk stream: every chunk has the same non-empty id and
+/// at least one choice, except a usage-only chunk (no choices, a usage object, the same id); it
+/// ends with `[DONE]`. Returns the chunks.
+fn consistent_chunks(data: &[String]) -> Vec<Value> {
+    assert_eq!(data.last().map(String::as_str), Some("[DONE]"), "{data:#?}");
+    let chunks: Vec<Value> = data[..data.len() - 1]
+        .iter()
+        .map(|d| serde_json::from_str(d).unwrap_or_else(|e| panic!("{e}: {d}")))
+        .collect();
+    assert!(!chunks.is_empty());
+    let id = chunks[0]["id"].as_str().unwrap_or_default().to_owned();
+    assert!(!id.is_empty(), "first chunk without an id: {}", chunks[0]);
+    for chunk in &chunks {
+        assert_eq!(
+            chunk["id"],
+            id.as_str(),
+            "another id in the stream: {chunk}"
+        );
+        let choices = chunk["choices"].as_array().expect("choices");
+        if choices.is_empty() {
+            assert!(
+                chunk["usage"].is_object(),
+                "a chunk without choices: {chunk}"
+            );
+        }
+    }
+    chunks
+}
+
+fn content(chunks: &[Value]) -> String {
+    chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect()
+}
+
+#[tokio::test]
+async fn azure_stream_reaches_an_openai_client_as_one_chunk_stream() {
+    let data = azure_stream_to_openai_client(fixture_events("stream_text.sse")).await;
+    let chunks = consistent_chunks(&data);
+    assert_eq!(
+        content(&chunks),
+        "A private endpoint keeps traffic off the internet."
+    );
+    // Every real chunk arrives, the usage-only one intact.
+    assert_eq!(chunks.len(), 6);
+    let usage = chunks.last().unwrap();
+    assert_eq!(usage["choices"], json!([]));
+    assert_eq!(usage["usage"]["total_tokens"], 23);
+    assert_eq!(usage["model"], "gpt-4o-2024-08-06");
+}
+
+#[tokio::test]
+async fn azure_async_filter_annotations_do_not_reach_an_openai_client() {
+    // Cut into pieces that end anywhere, not at event boundaries.
+    let text: String = fixture_events("stream_async_filter.sse").concat();
+    let pieces: Vec<String> = text
+        .as_bytes()
+        .chunks(37)
+        .map(|c| String::from_utf8(c.to_vec()).unwrap())
+        .collect();
+    let data = azure_stream_to_openai_client(pieces).await;
+    let chunks = consistent_chunks(&data);
+    assert_eq!(content(&chunks), "Color is light we see.");
+    assert_eq!(chunks.len(), 6);
+    assert_eq!(chunks[5]["choices"][0]["finish_reason"], "stop");
+
+    // A filter verdict is no annotation: it reaches the client, under the stream's id.
+    let data =
+        azure_stream_to_openai_client(fixture_events("stream_async_filter_blocked.sse")).await;
+    let chunks = consistent_chunks(&data);
+    assert_eq!(content(&chunks), "Here are the lyrics");
+    let last = chunks.last().unwrap();
+    assert_eq!(last["choices"][0]["finish_reason"], "content_filter");
+    assert_eq!(last["model"], "gpt-35-turbo");
+    assert_eq!(last["object"], "chat.completion.chunk");
+}
+
+#[tokio::test]
+async fn a_cut_azure_stream_still_ends_with_an_error_event() {
+    let mut events = fixture_events("stream_text.sse");
+    events.truncate(3);
+    let data = azure_stream_to_openai_client(events).await;
+    let last: Value = serde_json::from_str(data.last().expect("some data")).unwrap();
+    assert_eq!(last["error"]["code"], "stream_truncated", "{data:#?}");
+    assert!(!data.iter().any(|d| d == "[DONE]"));
+    // The prompt filter chunk is gone, the real ones arrived.
+    assert_eq!(data.len(), 3, "{data:#?}");
+    let first: Value = serde_json::from_str(&data[0]).unwrap();
+    assert_eq!(first["id"], "chatcmpl-AZ1x2y3z4w5v6u7t8s9r0q");
 }

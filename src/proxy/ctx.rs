@@ -4,7 +4,7 @@
 use crate::balance::InflightGuard;
 use crate::breaker::ProbeGuard;
 use crate::call::UpstreamCall;
-use crate::stream::{StreamTranslation, TerminalWatch};
+use crate::stream::{AzureChunkFilter, StreamTranslation, TerminalWatch};
 use bytes::BytesMut;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use std::sync::Arc;
@@ -50,6 +50,8 @@ pub enum ResponseHandling {
     PassThrough,
     /// A stream sent on untouched, watched for its terminal event.
     WatchStream(TerminalWatch),
+    /// An Azure OpenAI stream sent on event by event, without Azure's annotation chunks.
+    FilterAzureStream(Box<AzureChunkFilter>),
     /// Collected whole, then translated (translated answers, every error).
     Buffer,
     /// A stream translated event by event.

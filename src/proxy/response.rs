@@ -7,7 +7,7 @@ use crate::call::{Operation, ResponseMode, UpstreamCall};
 use crate::error::{self, GatewayError};
 use crate::frontend::{self, ClientProtocol, Endpoint, OpenAiEventSink};
 use crate::providers::{self, ChunkSource, ProviderKind, ResponseContext, StreamContext};
-use crate::stream::{self, ClientSink, StreamTranslation, TerminalWatch};
+use crate::stream::{self, AzureChunkFilter, ClientSink, StreamTranslation, TerminalWatch};
 use bytes::Bytes;
 use http::header;
 use pingora_error::{Error, ErrorType, Result};
@@ -35,6 +35,15 @@ pub fn on_response_header(
         ResponseHandling::Buffer
     } else {
         match call.response_mode {
+            // Azure annotates its streams with chunks an OpenAI client must not see. Every other
+            // stream in the client's protocol goes on as untouched bytes.
+            ResponseMode::PassThrough
+                if call.stream
+                    && call.model.provider.kind == ProviderKind::AzureOpenai
+                    && protocol == ClientProtocol::OpenAi =>
+            {
+                ResponseHandling::FilterAzureStream(Box::new(AzureChunkFilter::new()))
+            }
             ResponseMode::PassThrough if call.stream => {
                 ResponseHandling::WatchStream(TerminalWatch::new(protocol))
             }
@@ -59,6 +68,10 @@ pub fn on_response_header(
             resp.remove_header(&header::CONTENT_ENCODING);
             resp.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
             resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
+        }
+        ResponseHandling::FilterAzureStream(_) => {
+            // Dropped events change the length.
+            resp.remove_header(&header::CONTENT_LENGTH);
         }
         ResponseHandling::PassThrough | ResponseHandling::WatchStream(_) => {}
     }
@@ -107,6 +120,27 @@ pub fn on_response_body(
                     .with_code("stream_truncated");
                 let mut out = body.take().map(|b| b.to_vec()).unwrap_or_default();
                 out.extend_from_slice(&stream::error_event(call.endpoint.protocol(), &e));
+                *body = Some(Bytes::from(out));
+            }
+            Ok(())
+        }
+        ResponseHandling::FilterAzureStream(filter) => {
+            let protocol = call.endpoint.protocol();
+            if let Some(b) = body.as_ref() {
+                match filter.filter(b) {
+                    Ok(out) => *body = Some(out),
+                    // The stream ends here for the client; the filter lets nothing more through.
+                    Err(e) => {
+                        *body = Some(Bytes::from(stream::error_event(protocol, &e)));
+                        return Ok(());
+                    }
+                }
+            }
+            if end_of_stream && !filter.ended_properly() && !filter.has_failed() {
+                let e = GatewayError::new(502, "upstream stream ended before its final event")
+                    .with_code("stream_truncated");
+                let mut out = body.take().map(|b| b.to_vec()).unwrap_or_default();
+                out.extend_from_slice(&stream::error_event(protocol, &e));
                 *body = Some(Bytes::from(out));
             }
             Ok(())
@@ -209,7 +243,7 @@ pub fn on_failure_after_start(
     let mut out = Vec::new();
     match &mut ctx.response {
         ResponseHandling::Translate(t) => t.fail(error, &mut out),
-        ResponseHandling::WatchStream(_) => {
+        ResponseHandling::WatchStream(_) | ResponseHandling::FilterAzureStream(_) => {
             out = stream::error_event(call.endpoint.protocol(), &error);
         }
         ResponseHandling::PassThrough | ResponseHandling::Buffer => return None,
