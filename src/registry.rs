@@ -153,7 +153,10 @@ fn build_provider(p: &ProviderSettings) -> Provider {
         min_requests: o.min_requests.unwrap_or(defaults.min_requests),
         window: o.window.map_or(defaults.window, |d| d.0),
         cooldown: o.cooldown.map_or(defaults.cooldown, |d| d.0),
-        probe_timeout: o.cooldown.map_or(defaults.probe_timeout, |d| d.0),
+        // A backstop only (abandoned probes free their slot at once): never below a cooldown.
+        probe_timeout: o
+            .cooldown
+            .map_or(defaults.probe_timeout, |d| d.0.max(defaults.probe_timeout)),
         ..defaults
     };
     let dialect = p.kind.dialect();

@@ -226,15 +226,6 @@ async fn upstream_errors_keep_status_and_message_in_any_shape() {
     let cases = vec![
         (
             Behaviour::Json {
-                status: 429,
-                body: json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
-            },
-            429,
-            "Rate limit reached for requests",
-            Some("rate_limit_exceeded"),
-        ),
-        (
-            Behaviour::Json {
                 status: 422,
                 body: json!({"detail": "max_tokens must be positive"}),
             },
@@ -261,6 +252,15 @@ async fn upstream_errors_keep_status_and_message_in_any_shape() {
             401,
             "Incorrect API key provided",
             Some("invalid_api_key"),
+        ),
+        (
+            Behaviour::Json {
+                status: 429,
+                body: json!({"error": {"message": "Rate limit reached for requests", "type": "requests", "param": null, "code": "rate_limit_exceeded"}}),
+            },
+            429,
+            "Rate limit reached for requests",
+            Some("rate_limit_exceeded"),
         ),
     ];
     for (behaviour, want, message, code) in cases {

@@ -187,13 +187,14 @@ async fn retry_after_opens_the_circuit_and_400_is_never_retried() {
     b.set_default(Behaviour::Reply);
     a.clear_requests();
     b.clear_requests();
-    // Both circuits are open for Retry-After (2 s), longer than the 500 ms cooldown.
+    // The model is set aside on both instances for Retry-After (2 s), longer than the 500 ms
+    // cooldown (their circuits stay closed: a 429 is no instance failure).
     let started = Instant::now();
     let (status, _, err) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
     assert_eq!(status, 503, "{err}");
     assert_eq!(posts(&a) + posts(&b), 0);
     assert!(started.elapsed() < Duration::from_secs(2));
-    // Poll until the circuits let a probe through again.
+    // Poll until the set-asides end.
     let reopened_after = loop {
         let (status, _, _) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
         if status == 200 {

@@ -16,6 +16,7 @@ use crate::api::ClientProtocol;
 use crate::config::ProviderSettings;
 use crate::error::GatewayError;
 use crate::stream::chunk::{ChunkSource, StreamContext};
+use crate::stream::NativeStreamFilter;
 use serde::Deserialize;
 use serde_json::Value;
 
@@ -91,6 +92,12 @@ pub trait Dialect: Send + Sync {
 
     /// This kind's whole chat answer as an OpenAI `chat.completion`.
     fn chat_response(&self, body: &[u8], ctx: &ResponseContext) -> Result<Value, GatewayError>;
+
+    /// A filter for this kind's streams when they pass through to a client of its native
+    /// protocol, for kinds that add events such a client must not see.
+    fn native_stream_filter(&self) -> Option<Box<dyn NativeStreamFilter>> {
+        None
+    }
 
     /// Reads this kind's chat stream as the common chunk form.
     fn chunk_source(&self, ctx: StreamContext) -> Box<dyn ChunkSource>;

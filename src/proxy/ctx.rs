@@ -2,8 +2,9 @@
 //! subrequest that carries it).
 
 use crate::plan::PlannedCall;
-use crate::stream::{StreamTranslation, TerminalWatch};
+use crate::stream::{NativeStreamFilter, StreamTranslation, TerminalWatch};
 use crate::upstream::balance::InflightGuard;
+use crate::upstream::breaker::ProbeGuard;
 use bytes::BytesMut;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use std::sync::Arc;
@@ -23,6 +24,10 @@ pub struct RequestCtx {
     pub backend: Option<pingora_load_balancing::Backend>,
     /// Counts the current attempt as in flight on its instance.
     pub inflight: Option<InflightGuard>,
+    /// The probe slot of the current attempt's instance, when its circuit is half-open. Settled
+    /// when the outcome is reported; dropped unsettled (the attempt was abandoned: client gone,
+    /// hedge lost, deadline passed, no peer after all), it frees the slot for the next request.
+    pub probe: Option<ProbeGuard>,
     /// When the current attempt's instance was chosen, for time to first byte.
     pub attempt_started: Option<Instant>,
     pub attempts: u32,
@@ -45,6 +50,8 @@ pub enum ResponseHandling {
     PassThrough,
     /// A stream sent on untouched, watched for its terminal event.
     WatchStream(TerminalWatch),
+    /// An Azure OpenAI stream sent on event by event, without Azure's annotation chunks.
+    FilterStream(Box<dyn NativeStreamFilter>),
     /// Collected whole, then translated (translated answers, every error).
     BufferWhole,
     /// A stream translated event by event.

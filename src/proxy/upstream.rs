@@ -7,7 +7,9 @@ use crate::plan::PlannedCall;
 use crate::providers::openai::encode_component;
 use crate::providers::AuthPlacement;
 use crate::upstream::balance::BalanceMode;
-use crate::upstream::breaker::{parse_retry_after, CircuitState, FailureKind};
+use crate::upstream::breaker::{
+    parse_retry_after, Admission, CircuitState, FailureKind, ProbeGuard,
+};
 use bytes::Bytes;
 use http::header;
 use pingora_core::protocols::l4::socket::SocketAddr;
@@ -48,16 +50,27 @@ fn is_stripped(name: &str) -> bool {
 }
 
 /// Picks an instance for the next attempt: healthy (active checks), circuit not open (passive
-/// health), not failed for this request, and not already serving it in a hedged leg if another
-/// is free. Attempts after the first wait an exponential backoff with jitter.
+/// health), the call's model not set aside there after a 429, not failed for this request, and
+/// not already serving it in a hedged leg if another is free. Attempts after the first wait an
+/// exponential backoff with jitter.
+///
+/// A half-open instance's probe slot, once claimed, is held in `ctx.probe` for the attempt: an
+/// early return here, or the attempt's end without a reported outcome, drops it and frees the slot.
 pub async fn select_peer(call: &PlannedCall, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let model = &call.model;
     let provider = &model.provider;
+    // The previous attempt is over; had its probe's outcome been reported, the guard is gone.
+    ctx.probe = None;
     if ctx.attempts > 0 {
         tokio::time::sleep(backoff(provider.retry_backoff, ctx.attempts)).await;
     }
     let now = Instant::now();
-    let backend = match provider.balance {
+    // One deadline for the request, over all its attempts.
+    let remaining = (ctx.started.unwrap_or(now) + model.timeout).saturating_duration_since(now);
+    if remaining.is_zero() {
+        return Error::e_explain(ErrorType::ReadTimedout, "no time left for another attempt");
+    }
+    let (backend, probe) = match provider.balance {
         BalanceMode::RoundRobin => round_robin_pick(call, ctx, now),
         mode => load_aware_pick(call, ctx, mode, now),
     }
@@ -83,11 +96,6 @@ pub async fn select_peer(call: &PlannedCall, ctx: &mut RequestCtx) -> Result<Box
     } else {
         String::new()
     };
-    // One deadline for the request, over all its attempts.
-    let remaining = (ctx.started.unwrap_or(now) + model.timeout).saturating_duration_since(now);
-    if remaining.is_zero() {
-        return Error::e_explain(ErrorType::ReadTimedout, "no time left for another attempt");
-    }
     let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
     let options = &mut peer.options;
     options.connection_timeout = Some(model.connect_timeout.min(remaining));
@@ -105,8 +113,12 @@ pub async fn select_peer(call: &PlannedCall, ctx: &mut RequestCtx) -> Result<Box
     ctx.attempt_started = Some(now);
     ctx.attempts += 1;
     ctx.backend = Some(backend);
+    ctx.probe = probe;
     Ok(Box::new(peer))
 }
+
+/// An instance chosen for an attempt, with its probe slot when its circuit is half-open.
+type Pick = (Backend, Option<ProbeGuard>);
 
 /// Whether `b` may take this attempt, circuit aside.
 fn eligible(
@@ -120,16 +132,29 @@ fn eligible(
 
 /// Pingora's weighted round robin over eligible instances whose circuit lets the attempt in.
 /// Instances already serving this request (hedges) are avoided while others remain.
-fn round_robin_pick(call: &PlannedCall, ctx: &RequestCtx, now: Instant) -> Option<Backend> {
+fn round_robin_pick(call: &PlannedCall, ctx: &RequestCtx, now: Instant) -> Option<Pick> {
     let provider = &call.model.provider;
+    let model = call.model.upstream_model.as_str();
     let in_use = lock(&call.instances_in_use).clone();
+    // Only the accepted instance's admission can be a probe: selection stops there.
+    let probe = std::cell::Cell::new(None);
     let pick = |avoid: Option<&[SocketAddr]>| {
         provider.upstreams.select_with(b"", 256, |b, healthy| {
             eligible(b, healthy, &ctx.failed_backends, avoid)
-                && inet(&b.addr).is_some_and(|a| provider.breakers.try_acquire(a, now))
+                && inet(&b.addr).is_some_and(|a| {
+                    match provider.breakers.try_acquire(a, model, now) {
+                        Admission::Refused => false,
+                        Admission::Admitted => true,
+                        Admission::Probe(guard) => {
+                            probe.set(Some(guard));
+                            true
+                        }
+                    }
+                })
         })
     };
-    pick(Some(&in_use)).or_else(|| pick(None))
+    let backend = pick(Some(&in_use)).or_else(|| pick(None))?;
+    Some((backend, probe.into_inner()))
 }
 
 /// The least loaded eligible instance (`least_inflight`, `ewma`).
@@ -138,8 +163,9 @@ fn load_aware_pick(
     ctx: &RequestCtx,
     mode: BalanceMode,
     now: Instant,
-) -> Option<Backend> {
+) -> Option<Pick> {
     let provider = &call.model.provider;
+    let model = call.model.upstream_model.as_str();
     let backends = provider.upstreams.backends();
     let all = backends.get_backend();
     let in_use = lock(&call.instances_in_use).clone();
@@ -151,10 +177,16 @@ fn load_aware_pick(
             .filter(|(a, _)| provider.breakers.state(*a, now) != CircuitState::Open)
             .collect();
         while let Some(best) = provider.load.choose(mode, &candidates) {
-            if provider.breakers.try_acquire(best, now) {
-                return all.iter().find(|b| inet(&b.addr) == Some(best)).cloned();
-            }
-            candidates.retain(|(a, _)| *a != best);
+            let probe = match provider.breakers.try_acquire(best, model, now) {
+                Admission::Refused => {
+                    candidates.retain(|(a, _)| *a != best);
+                    continue;
+                }
+                Admission::Admitted => None,
+                Admission::Probe(guard) => Some(guard),
+            };
+            let backend = all.iter().find(|b| inet(&b.addr) == Some(best)).cloned()?;
+            return Some((backend, probe));
         }
     }
     None
@@ -256,9 +288,30 @@ pub fn record_failure(
         }
         ctx.failed_backends.push(b.addr);
     }
+    if let Some(probe) = ctx.probe.take() {
+        probe.settle();
+    }
 }
 
-pub fn record_success(call: &PlannedCall, ctx: &RequestCtx) {
+/// A 429: the call's model is set aside on the attempt's instance (which this request does not
+/// try again); the instance's circuit is left alone.
+fn record_rate_limit(call: &PlannedCall, ctx: &mut RequestCtx, retry_after: Option<Duration>) {
+    if let Some(b) = ctx.backend.take() {
+        if let Some(addr) = inet(&b.addr) {
+            call.model.provider.breakers.on_rate_limited(
+                addr,
+                &call.model.upstream_model,
+                retry_after,
+                Instant::now(),
+            );
+        }
+        ctx.failed_backends.push(b.addr);
+    }
+    // Says nothing of the instance: a probe that got it frees the slot for the next request.
+    ctx.probe = None;
+}
+
+pub fn record_success(call: &PlannedCall, ctx: &mut RequestCtx) {
     if let Some(addr) = ctx.backend.as_ref().and_then(|b| inet(&b.addr)) {
         let now = Instant::now();
         let provider = &call.model.provider;
@@ -268,6 +321,9 @@ pub fn record_success(call: &PlannedCall, ctx: &RequestCtx) {
                 .load
                 .observe_latency(addr, now.saturating_duration_since(started));
         }
+    }
+    if let Some(probe) = ctx.probe.take() {
+        probe.settle();
     }
 }
 
@@ -322,27 +378,28 @@ pub fn on_proxy_error(
 }
 
 /// An upstream answer's status: 5xx and 429 are retried on another instance while attempts
-/// remain (an `Err` here aborts the attempt before any byte reaches the client).
+/// remain (an `Err` here aborts the attempt before any byte reaches the client). A 5xx counts
+/// against the instance's circuit; a 429 sets the call's model aside on that instance.
 pub fn on_response_status(
     call: &PlannedCall,
     ctx: &mut RequestCtx,
     resp: &pingora_http::ResponseHeader,
 ) -> Result<()> {
     let status = resp.status.as_u16();
-    let kind = match status {
-        429 => FailureKind::Status429,
-        500..=599 => FailureKind::Status5xx,
-        _ => {
-            record_success(call, ctx);
-            return Ok(());
-        }
-    };
+    if status != 429 && !(500..=599).contains(&status) {
+        record_success(call, ctx);
+        return Ok(());
+    }
     let retry_after = resp
         .headers
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, crate::ids::unix_now()));
-    record_failure(call, ctx, kind, retry_after);
+    if status == 429 {
+        record_rate_limit(call, ctx, retry_after);
+    } else {
+        record_failure(call, ctx, FailureKind::Status5xx, retry_after);
+    }
     if !may_retry(call, ctx) {
         return Ok(());
     }

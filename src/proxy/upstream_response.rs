@@ -36,8 +36,13 @@ pub fn on_response_header(
         ResponseHandling::BufferWhole
     } else {
         match call.response_mode {
+            // Some kinds (Azure) annotate their streams with events a client must not see. Every
+            // other stream in the client's protocol goes on as untouched bytes.
             ResponseMode::PassThrough if call.stream => {
-                ResponseHandling::WatchStream(TerminalWatch::new(protocol))
+                match call.model.provider.dialect.native_stream_filter() {
+                    Some(filter) => ResponseHandling::FilterStream(filter),
+                    None => ResponseHandling::WatchStream(TerminalWatch::new(protocol)),
+                }
             }
             ResponseMode::PassThrough => ResponseHandling::PassThrough,
             ResponseMode::TranslateWhole => ResponseHandling::BufferWhole,
@@ -59,6 +64,10 @@ pub fn on_response_header(
             resp.remove_header(&header::CONTENT_ENCODING);
             resp.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
             resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
+        }
+        ResponseHandling::FilterStream(_) => {
+            // Dropped events change the length.
+            resp.remove_header(&header::CONTENT_LENGTH);
         }
         ResponseHandling::PassThrough | ResponseHandling::WatchStream(_) => {}
     }
@@ -100,6 +109,27 @@ pub fn on_response_body(
                     .with_code(crate::error::ErrorCode::StreamTruncated);
                 let mut out = body.take().map(|b| b.to_vec()).unwrap_or_default();
                 out.extend_from_slice(&stream::error_event(call.endpoint.protocol(), &e));
+                *body = Some(Bytes::from(out));
+            }
+            Ok(())
+        }
+        ResponseHandling::FilterStream(filter) => {
+            let protocol = call.endpoint.protocol();
+            if let Some(b) = body.as_ref() {
+                match filter.filter(b) {
+                    Ok(out) => *body = Some(out),
+                    // The stream ends here for the client; the filter lets nothing more through.
+                    Err(e) => {
+                        *body = Some(Bytes::from(stream::error_event(protocol, &e)));
+                        return Ok(());
+                    }
+                }
+            }
+            if end_of_stream && !filter.ended_properly() && !filter.has_failed() {
+                let e = GatewayError::new(502, "upstream stream ended before its final event")
+                    .with_code(crate::error::ErrorCode::StreamTruncated);
+                let mut out = body.take().map(|b| b.to_vec()).unwrap_or_default();
+                out.extend_from_slice(&stream::error_event(protocol, &e));
                 *body = Some(Bytes::from(out));
             }
             Ok(())
@@ -197,7 +227,7 @@ pub fn on_failure_after_start(
     let mut out = Vec::new();
     match &mut ctx.response {
         ResponseHandling::TranslateStream(t) => t.fail(error, &mut out),
-        ResponseHandling::WatchStream(_) => {
+        ResponseHandling::WatchStream(_) | ResponseHandling::FilterStream(_) => {
             out = stream::error_event(call.endpoint.protocol(), &error);
         }
         ResponseHandling::PassThrough | ResponseHandling::BufferWhole => return None,

@@ -1,6 +1,7 @@
 //! Streams on their way to the client: translated event by event (upstream parser, provider
 //! source, client sink), or passed through with a watch for the terminal event so that a cut
-//! stream never ends looking like a success.
+//! stream never ends looking like a success. Azure's OpenAI streams pass through an event filter
+//! that drops its annotation chunks ([`AzureChunkFilter`]).
 
 pub mod chunk;
 pub mod sse;
@@ -11,6 +12,7 @@ use crate::api::ClientProtocol;
 use crate::error::GatewayError;
 use crate::stream::chunk::{ChunkSource, StreamOut};
 use crate::stream::sse::SseParser;
+use bytes::Bytes;
 
 /// Largest single upstream event accepted (tool arguments and images can be large).
 pub const MAX_EVENT_BYTES: usize = 8 * 1024 * 1024;
@@ -138,6 +140,19 @@ impl TerminalWatch {
             .windows(self.marker.len())
             .any(|w| w == self.marker)
     }
+}
+
+/// A filter over a stream already in the client's protocol, for provider kinds whose streams
+/// carry events a client must not see (a provider's dialect supplies it). Events it keeps go on
+/// byte for byte.
+pub trait NativeStreamFilter: Send + Sync {
+    /// Upstream bytes -> the bytes the client gets for them (possibly none, until an event
+    /// completes). `Err` when the stream cannot go on; nothing passes after that.
+    fn filter(&mut self, input: &Bytes) -> Result<Bytes, GatewayError>;
+    /// Whether the stream's last event was its terminal one.
+    fn ended_properly(&self) -> bool;
+    /// Whether `filter` failed.
+    fn has_failed(&self) -> bool;
 }
 
 /// A terminal error event in the client's protocol, for streams that are passed through.

@@ -1,9 +1,23 @@
-//! Per-instance circuit breaker (passive health checks).
+//! Per-instance circuit breaker (passive health checks), and per-model rate
+//! limits.
 //!
 //! Every attempt against an upstream instance reports its outcome here; the
 //! breaker decides whether the instance may receive traffic. State machine per
 //! instance: Closed -> Open -> HalfOpen -> Closed (probe succeeded) or Open
-//! (probe failed).
+//! (probe failed). Only what says the instance is broken counts: connect
+//! failures, timeouts, 5xx.
+//!
+//! A 429 says something else: this key has used up this model's quota. It
+//! leaves the circuit alone and sets the (instance, upstream model) pair aside
+//! for the upstream's `Retry-After` (capped by `max_cooldown`); the provider's
+//! other models keep the instance. A 429 without `Retry-After` sets nothing
+//! aside: the request that got it tries another instance, and nothing says how
+//! long the quota lasts (a guess would turn the next requests into 503s).
+//!
+//! In HalfOpen a single probe is let through. Its admission is a
+//! [`ProbeGuard`]: dropped without an outcome reported (the client left, a
+//! hedge lost, the deadline passed, selection gave up), it frees the slot for
+//! the next request at once. `probe_timeout` is only a backstop.
 //!
 //! Time is passed in (`now`) so tests are deterministic. Callers on different
 //! threads may pass slightly out-of-order instants; all elapsed-time math
@@ -27,23 +41,33 @@ pub struct BreakerConfig {
     pub window: Duration,
     /// How long an opened circuit stays open (minimum).
     pub cooldown: Duration,
-    /// Upper bound for an upstream-supplied Retry-After.
+    /// Upper bound for an upstream-supplied Retry-After (an opened circuit's
+    /// length, and how long a 429 sets a model aside).
     pub max_cooldown: Duration,
-    /// After this long an unreported probe stops blocking new probes.
+    /// Backstop: after this long a probe whose guard was neither settled nor
+    /// dropped (which should not happen) stops blocking new probes.
     pub probe_timeout: Duration,
 }
 
+/// The default `probe_timeout`, and its floor: longer than a probe that is
+/// still legitimately waiting for its answer.
+pub const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Most (model, instance) pairs set aside at once on one instance. Models come
+/// from the configuration, so this is never reached in practice; it only keeps
+/// the list bounded whatever happens.
+const MAX_SET_ASIDE: usize = 256;
+
 impl Default for BreakerConfig {
     fn default() -> Self {
-        let cooldown = Duration::from_secs(30);
         BreakerConfig {
             consecutive_failures: 5,
             failure_rate: 0.5,
             min_requests: 10,
             window: Duration::from_secs(30),
-            cooldown,
+            cooldown: Duration::from_secs(30),
             max_cooldown: Duration::from_secs(300),
-            probe_timeout: cooldown,
+            probe_timeout: PROBE_TIMEOUT,
         }
     }
 }
@@ -152,9 +176,10 @@ enum Phase {
         since: Instant,
         length: Duration,
     },
-    /// `probe` is when the single probe slot was claimed, if it is out.
+    /// `probe` is the single probe slot while it is out: when it was claimed,
+    /// and the claim's token (so only its own guard can free it).
     HalfOpen {
-        probe: Option<Instant>,
+        probe: Option<(Instant, u64)>,
     },
 }
 
@@ -163,6 +188,27 @@ struct Inner {
     phase: Phase,
     consecutive: u32,
     window: Window,
+    /// Token of the last probe claimed.
+    probes: u64,
+}
+
+/// An upstream model set aside on one instance after a 429.
+#[derive(Debug)]
+struct SetAside {
+    model: Box<str>,
+    since: Instant,
+    length: Duration,
+}
+
+impl SetAside {
+    fn expired(&self, now: Instant) -> bool {
+        now.saturating_duration_since(self.since) >= self.length
+    }
+
+    fn remaining(&self, now: Instant) -> Duration {
+        self.length
+            .saturating_sub(now.saturating_duration_since(self.since))
+    }
 }
 
 #[derive(Debug)]
@@ -172,6 +218,10 @@ struct InstanceBreaker {
     /// extra request through at the moment of transition.
     tripped: AtomicBool,
     inner: Mutex<Inner>,
+    /// True while `set_aside` may hold an entry (written under its lock), so
+    /// that an instance without rate limits is checked without locking.
+    any_set_aside: AtomicBool,
+    set_aside: Mutex<Vec<SetAside>>,
     failures: [AtomicU64; 4],
 }
 
@@ -183,7 +233,10 @@ impl InstanceBreaker {
                 phase: Phase::Closed,
                 consecutive: 0,
                 window: Window::default(),
+                probes: 0,
             }),
+            any_set_aside: AtomicBool::new(false),
+            set_aside: Mutex::new(Vec::new()),
             failures: Default::default(),
         }
     }
@@ -192,6 +245,37 @@ impl InstanceBreaker {
         // The critical sections cannot leave `Inner` half-updated in a way
         // that matters, so a poisoned lock is still usable.
         self.inner.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    fn lock_set_aside(&self) -> MutexGuard<'_, Vec<SetAside>> {
+        self.set_aside.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// How much longer `model` is set aside on this instance, if it is.
+    fn set_aside_for(&self, model: &str, now: Instant) -> Option<Duration> {
+        if !self.any_set_aside.load(Ordering::Acquire) {
+            return None;
+        }
+        let mut list = self.lock_set_aside();
+        list.retain(|s| !s.expired(now));
+        self.any_set_aside
+            .store(!list.is_empty(), Ordering::Release);
+        list.iter()
+            .find(|s| &*s.model == model)
+            .map(|s| s.remaining(now))
+    }
+
+    /// Frees the probe slot if probe `token` still holds it.
+    fn release_probe(&self, token: u64) {
+        let mut inner = self.lock();
+        if let Phase::HalfOpen {
+            probe: Some((_, held)),
+        } = inner.phase
+        {
+            if held == token {
+                inner.phase = Phase::HalfOpen { probe: None };
+            }
+        }
     }
 }
 
@@ -210,9 +294,11 @@ impl Inner {
                 }
             }
             Phase::HalfOpen { probe } => {
-                // A probe whose outcome never arrives must not wedge the
-                // instance forever.
-                if probe.is_some_and(|at| now.saturating_duration_since(at) >= cfg.probe_timeout) {
+                // Backstop: a probe whose outcome never arrives and whose
+                // guard was never dropped must not wedge the instance forever.
+                if probe
+                    .is_some_and(|(at, _)| now.saturating_duration_since(at) >= cfg.probe_timeout)
+                {
                     self.phase = Phase::HalfOpen { probe: None };
                 }
                 CircuitState::HalfOpen
@@ -236,6 +322,53 @@ impl Inner {
 fn open_length(cfg: &BreakerConfig, retry_after: Option<Duration>) -> Duration {
     let asked = retry_after.unwrap_or(Duration::ZERO).min(cfg.max_cooldown);
     cfg.cooldown.max(asked)
+}
+
+/// What [`Breakers::try_acquire`] granted.
+#[must_use]
+#[derive(Debug)]
+pub enum Admission {
+    /// No attempt may go there now: circuit open, the probe is out, or the
+    /// model is set aside on this instance after a 429.
+    Refused,
+    /// Closed circuit: nothing was claimed, nothing needs settling.
+    Admitted,
+    /// HalfOpen: this attempt is the single probe. Keep the guard for the
+    /// attempt's lifetime; dropping it unsettled frees the slot.
+    Probe(ProbeGuard),
+}
+
+impl Admission {
+    pub fn is_admitted(&self) -> bool {
+        !matches!(self, Admission::Refused)
+    }
+}
+
+/// The claim on an instance's probe slot. Dropped before its outcome was
+/// reported, the probe counts as abandoned and the slot is free for the next
+/// request; [`ProbeGuard::settle`] says the outcome went to `on_success` or
+/// `on_failure`, which decide the circuit themselves.
+#[must_use]
+#[derive(Debug)]
+pub struct ProbeGuard {
+    /// `None` once settled.
+    breaker: Option<Arc<InstanceBreaker>>,
+    token: u64,
+}
+
+impl ProbeGuard {
+    /// The probe's outcome has been reported: nothing to release.
+    pub fn settle(mut self) {
+        self.breaker = None;
+    }
+}
+
+impl Drop for ProbeGuard {
+    fn drop(&mut self) {
+        if let Some(b) = self.breaker.take() {
+            b.release_probe(self.token);
+        }
+    }
 }
 
 /// Circuit breakers for all upstream instances, shared by all worker threads.
@@ -269,32 +402,45 @@ impl Breakers {
         )
     }
 
-    /// May an attempt go to `addr` now? In HalfOpen, `true` claims the single
-    /// probe slot; its outcome must be reported (or `on_abandoned` called).
-    pub fn try_acquire(&self, addr: SocketAddr, now: Instant) -> bool {
+    /// May an attempt for upstream model `model` go to `addr` now? In
+    /// HalfOpen an admission claims the single probe slot, returned as a
+    /// [`ProbeGuard`] that must live as long as the attempt.
+    pub fn try_acquire(&self, addr: SocketAddr, model: &str, now: Instant) -> Admission {
         let Some(b) = self.get(addr) else {
-            return true;
+            return Admission::Admitted;
         };
+        if b.set_aside_for(model, now).is_some() {
+            return Admission::Refused;
+        }
         if !b.tripped.load(Ordering::Acquire) {
-            return true;
+            return Admission::Admitted;
         }
         let mut inner = b.lock();
         match inner.refresh(&self.config, now) {
-            CircuitState::Closed => true,
-            CircuitState::Open => false,
+            CircuitState::Closed => Admission::Admitted,
+            CircuitState::Open => Admission::Refused,
             CircuitState::HalfOpen => match inner.phase {
                 Phase::HalfOpen { probe: None } => {
-                    inner.phase = Phase::HalfOpen { probe: Some(now) };
-                    true
+                    inner.probes = inner.probes.wrapping_add(1);
+                    let token = inner.probes;
+                    inner.phase = Phase::HalfOpen {
+                        probe: Some((now, token)),
+                    };
+                    drop(inner);
+                    Admission::Probe(ProbeGuard {
+                        breaker: Some(b),
+                        token,
+                    })
                 }
-                _ => false,
+                _ => Admission::Refused,
             },
         }
     }
 
-    /// Read-only check (no probe claimed), for choosing among candidates.
-    /// HalfOpen is reported even while the probe is out; `try_acquire` is
-    /// the authority on whether a request may actually go.
+    /// Read-only check of the circuit (no probe claimed, models aside), for
+    /// choosing among candidates. HalfOpen is reported even while the probe
+    /// is out; `try_acquire` is the authority on whether a request may
+    /// actually go.
     pub fn state(&self, addr: SocketAddr, now: Instant) -> CircuitState {
         let Some(b) = self.get(addr) else {
             return CircuitState::Closed;
@@ -306,8 +452,14 @@ impl Breakers {
         inner.refresh(&self.config, now)
     }
 
+    /// How much longer `model` is set aside on `addr` after a 429, if it is.
+    pub fn set_aside(&self, addr: SocketAddr, model: &str, now: Instant) -> Option<Duration> {
+        self.get(addr)?.set_aside_for(model, now)
+    }
+
     /// Reports a successful attempt. In HalfOpen any success is taken as the
-    /// probe's (the API carries no probe token) and closes the circuit.
+    /// probe's (evidence that the instance works, whoever brought it) and
+    /// closes the circuit.
     pub fn on_success(&self, addr: SocketAddr, now: Instant) {
         // Unknown instances have no failures to forget.
         let Some(b) = self.get(addr) else {
@@ -329,8 +481,12 @@ impl Breakers {
         }
     }
 
-    /// Reports a failed attempt. `retry_after` is the upstream's Retry-After,
-    /// if any; for a 429 it opens the circuit immediately.
+    /// Reports an attempt that says the instance is broken (connect failure,
+    /// timeout, 5xx). `retry_after` is the upstream's Retry-After, if any: a
+    /// circuit this failure opens stays open at least that long (capped).
+    ///
+    /// A `Status429` is only counted here: a rate limit is no sign of a broken
+    /// instance, and goes to [`Breakers::on_rate_limited`].
     pub fn on_failure(
         &self,
         addr: SocketAddr,
@@ -341,9 +497,11 @@ impl Breakers {
         let cfg = &self.config;
         let b = self.get_or_create(addr);
         b.failures[kind.index()].fetch_add(1, Ordering::Relaxed);
+        if kind == FailureKind::Status429 {
+            return;
+        }
         // "Retry after 0 s" is no request to back off.
         let retry_after = retry_after.filter(|d| !d.is_zero());
-        let rate_limited = kind == FailureKind::Status429 && retry_after.is_some();
 
         let mut inner = b.lock();
         match inner.refresh(cfg, now) {
@@ -354,39 +512,69 @@ impl Breakers {
                 let rate_tripped = total > 0
                     && total >= u64::from(cfg.min_requests)
                     && failed as f64 / total as f64 > cfg.failure_rate;
-                if rate_limited || inner.consecutive >= cfg.consecutive_failures || rate_tripped {
+                if inner.consecutive >= cfg.consecutive_failures || rate_tripped {
                     inner.open(now, open_length(cfg, retry_after));
                     b.tripped.store(true, Ordering::Release);
                 }
             }
-            CircuitState::Open => {
-                // Late failures from requests already in flight do not
-                // extend the cooldown, but a fresh, longer rate-limit does.
-                if let (true, Phase::Open { since, length }) = (rate_limited, inner.phase) {
-                    let remaining = length.saturating_sub(now.saturating_duration_since(since));
-                    let wanted = open_length(cfg, retry_after);
-                    if wanted > remaining {
-                        inner.open(now, wanted);
-                    }
-                }
-            }
+            // Late failures from requests already in flight do not extend the
+            // cooldown.
+            CircuitState::Open => {}
             CircuitState::HalfOpen => {
                 inner.open(now, open_length(cfg, retry_after));
             }
         }
     }
 
-    /// Release a claimed probe whose outcome will never come (cancelled
-    /// request). Only call it for attempts that were admitted by
-    /// `try_acquire`; in HalfOpen it cannot tell a probe from a stale request.
-    pub fn on_abandoned(&self, addr: SocketAddr) {
-        let Some(b) = self.get(addr) else {
+    /// Reports a 429 for upstream model `model` on `addr`: that pair is set
+    /// aside for `retry_after` (capped by `max_cooldown`; zero sets nothing
+    /// aside, and so does no `Retry-After`). The circuit,
+    /// and so the instance's other models, are left alone. A later 429 can
+    /// lengthen a set-aside, never shorten it.
+    pub fn on_rate_limited(
+        &self,
+        addr: SocketAddr,
+        model: &str,
+        retry_after: Option<Duration>,
+        now: Instant,
+    ) {
+        let b = self.get_or_create(addr);
+        b.failures[FailureKind::Status429.index()].fetch_add(1, Ordering::Relaxed);
+        let Some(length) = retry_after.map(|d| d.min(self.config.max_cooldown)) else {
             return;
         };
-        let mut inner = b.lock();
-        if let Phase::HalfOpen { probe: Some(_) } = inner.phase {
-            inner.phase = Phase::HalfOpen { probe: None };
+        if length.is_zero() {
+            return;
         }
+        let mut list = b.lock_set_aside();
+        list.retain(|s| !s.expired(now));
+        match list.iter_mut().find(|s| &*s.model == model) {
+            Some(s) => {
+                if length > s.remaining(now) {
+                    s.since = now;
+                    s.length = length;
+                }
+            }
+            None => {
+                if list.len() >= MAX_SET_ASIDE {
+                    // Make room by dropping the one that would end first.
+                    if let Some(first) = list
+                        .iter()
+                        .enumerate()
+                        .min_by_key(|(_, s)| s.remaining(now))
+                        .map(|(i, _)| i)
+                    {
+                        list.swap_remove(first);
+                    }
+                }
+                list.push(SetAside {
+                    model: model.into(),
+                    since: now,
+                    length,
+                });
+            }
+        }
+        b.any_set_aside.store(true, Ordering::Release);
     }
 
     /// Failure counts by kind since start, for metrics. Every kind is present
@@ -513,12 +701,29 @@ mod tests {
     use std::sync::Barrier;
     use std::thread;
 
+    /// The upstream model most tests use.
+    const M: &str = "gpt-x";
+
     fn addr(port: u16) -> SocketAddr {
         SocketAddr::from(([10, 0, 0, 1], port))
     }
 
     fn secs(n: u64) -> Duration {
         Duration::from_secs(n)
+    }
+
+    /// Whether an attempt for `M` would be let in (a probe claimed here is
+    /// released again at once).
+    fn admits(b: &Breakers, a: SocketAddr, now: Instant) -> bool {
+        b.try_acquire(a, M, now).is_admitted()
+    }
+
+    /// Claims the probe slot and keeps it.
+    fn probe(b: &Breakers, a: SocketAddr, now: Instant) -> ProbeGuard {
+        match b.try_acquire(a, M, now) {
+            Admission::Probe(guard) => guard,
+            other => panic!("expected a probe, got {other:?}"),
+        }
     }
 
     /// Trips `a` open at `t0` with default config (5 consecutive failures).
@@ -534,15 +739,25 @@ mod tests {
         let b = Breakers::new(BreakerConfig::default());
         let a = addr(1);
         let t0 = Instant::now();
-        assert!(b.try_acquire(a, t0));
+        assert!(admits(&b, a, t0));
         for _ in 0..4 {
             b.on_failure(a, FailureKind::Timeout, None, t0);
         }
         assert_eq!(b.state(a, t0), CircuitState::Closed);
-        assert!(b.try_acquire(a, t0));
+        assert!(admits(&b, a, t0));
         b.on_failure(a, FailureKind::Status5xx, None, t0);
         assert_eq!(b.state(a, t0), CircuitState::Open);
-        assert!(!b.try_acquire(a, t0));
+        assert!(!admits(&b, a, t0));
+    }
+
+    #[test]
+    fn closed_admission_claims_nothing() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        assert!(matches!(b.try_acquire(a, M, t0), Admission::Admitted));
+        b.on_failure(a, FailureKind::Connect, None, t0);
+        assert!(matches!(b.try_acquire(a, M, t0), Admission::Admitted));
     }
 
     #[test]
@@ -632,14 +847,56 @@ mod tests {
     }
 
     #[test]
-    fn rate_limit_with_retry_after_opens_for_that_long() {
+    fn server_error_retry_after_lengthens_the_opened_circuit() {
+        let b = Breakers::new(BreakerConfig {
+            consecutive_failures: 1,
+            ..BreakerConfig::default()
+        });
+        let a = addr(1);
+        let t0 = Instant::now();
+        b.on_failure(a, FailureKind::Status5xx, Some(secs(120)), t0);
+        assert_eq!(b.state(a, t0 + secs(119)), CircuitState::Open);
+        assert_eq!(b.state(a, t0 + secs(120)), CircuitState::HalfOpen);
+        // Capped by max_cooldown, and never shorter than cooldown.
+        let c = addr(2);
+        b.on_failure(c, FailureKind::Status5xx, Some(secs(3600)), t0);
+        assert_eq!(b.state(c, t0 + secs(299)), CircuitState::Open);
+        assert_eq!(b.state(c, t0 + secs(300)), CircuitState::HalfOpen);
+        let d = addr(3);
+        b.on_failure(d, FailureKind::Status5xx, Some(secs(5)), t0);
+        assert_eq!(b.state(d, t0 + secs(29)), CircuitState::Open);
+        assert_eq!(b.state(d, t0 + secs(30)), CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn rate_limit_sets_only_that_model_aside() {
         let b = Breakers::new(BreakerConfig::default());
         let a = addr(1);
         let t0 = Instant::now();
-        b.on_failure(a, FailureKind::Status429, Some(secs(120)), t0);
-        assert_eq!(b.state(a, t0), CircuitState::Open);
-        assert!(!b.try_acquire(a, t0 + secs(119)));
-        assert_eq!(b.state(a, t0 + secs(120)), CircuitState::HalfOpen);
+        b.on_rate_limited(a, "x", Some(secs(30)), t0);
+        assert!(!b.try_acquire(a, "x", t0).is_admitted());
+        assert_eq!(b.set_aside(a, "x", t0 + secs(10)), Some(secs(20)));
+        // The instance's circuit and its other models are untouched.
+        assert_eq!(b.state(a, t0), CircuitState::Closed);
+        assert!(matches!(b.try_acquire(a, "y", t0), Admission::Admitted));
+        assert_eq!(b.set_aside(a, "y", t0), None);
+        // And the model is not set aside on other instances.
+        assert!(b.try_acquire(addr(2), "x", t0).is_admitted());
+    }
+
+    #[test]
+    fn rate_limit_lasts_exactly_its_retry_after() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        // Shorter than the 30 s cooldown: one second means one second.
+        b.on_rate_limited(a, M, Some(secs(1)), t0);
+        assert!(!admits(&b, a, t0 + Duration::from_millis(999)));
+        assert!(matches!(
+            b.try_acquire(a, M, t0 + secs(1)),
+            Admission::Admitted
+        ));
+        assert_eq!(b.set_aside(a, M, t0 + secs(1)), None);
     }
 
     #[test]
@@ -647,47 +904,88 @@ mod tests {
         let b = Breakers::new(BreakerConfig::default());
         let a = addr(1);
         let t0 = Instant::now();
-        b.on_failure(a, FailureKind::Status429, Some(secs(3600)), t0);
-        assert_eq!(b.state(a, t0 + secs(299)), CircuitState::Open);
-        assert_eq!(b.state(a, t0 + secs(300)), CircuitState::HalfOpen);
+        b.on_rate_limited(a, M, Some(Duration::from_secs(u64::MAX)), t0);
+        assert!(!admits(&b, a, t0 + secs(299)));
+        assert!(admits(&b, a, t0 + secs(300)));
     }
 
     #[test]
-    fn short_retry_after_still_waits_cooldown() {
+    fn rate_limit_without_retry_after_sets_nothing_aside() {
         let b = Breakers::new(BreakerConfig::default());
         let a = addr(1);
         let t0 = Instant::now();
-        b.on_failure(a, FailureKind::Status429, Some(secs(5)), t0);
-        assert_eq!(b.state(a, t0 + secs(29)), CircuitState::Open);
-        assert_eq!(b.state(a, t0 + secs(30)), CircuitState::HalfOpen);
+        b.on_rate_limited(a, M, None, t0);
+        assert_eq!(b.set_aside(a, M, t0), None);
+        assert!(admits(&b, a, t0));
+        // "Retry after 0 s" asks for no pause at all.
+        b.on_rate_limited(a, M, Some(Duration::ZERO), t0);
+        assert!(admits(&b, a, t0));
     }
 
     #[test]
-    fn rate_limit_without_retry_after_counts_normally() {
-        let b = Breakers::new(BreakerConfig::default());
+    fn rate_limits_never_trip_the_circuit() {
+        let b = Breakers::new(BreakerConfig {
+            consecutive_failures: 1,
+            min_requests: 1,
+            ..BreakerConfig::default()
+        });
         let a = addr(1);
         let t0 = Instant::now();
-        for _ in 0..4 {
-            b.on_failure(a, FailureKind::Status429, None, t0);
+        for _ in 0..20 {
+            b.on_rate_limited(a, M, None, t0);
+            b.on_failure(a, FailureKind::Status429, Some(secs(60)), t0);
         }
         assert_eq!(b.state(a, t0), CircuitState::Closed);
-        b.on_failure(a, FailureKind::Status429, Some(Duration::ZERO), t0);
-        assert_eq!(b.state(a, t0), CircuitState::Open);
-        assert_eq!(b.state(a, t0 + secs(30)), CircuitState::HalfOpen);
+        assert_eq!(b.failures(a)[&FailureKind::Status429], 40);
     }
 
     #[test]
-    fn longer_rate_limit_extends_open_circuit() {
+    fn later_rate_limit_lengthens_never_shortens() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        b.on_rate_limited(a, M, Some(secs(10)), t0);
+        // A late, shorter answer from a request already in flight.
+        b.on_rate_limited(a, M, Some(secs(1)), t0 + secs(1));
+        assert!(!admits(&b, a, t0 + secs(9)));
+        // A longer one.
+        b.on_rate_limited(a, M, Some(secs(60)), t0 + secs(5));
+        assert!(!admits(&b, a, t0 + secs(64)));
+        assert!(admits(&b, a, t0 + secs(65)));
+    }
+
+    #[test]
+    fn set_aside_list_is_bounded() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        for i in 0..(MAX_SET_ASIDE as u64 + 50) {
+            b.on_rate_limited(a, &format!("m{i}"), Some(secs(100 + i)), t0);
+        }
+        let inner = b.get(a).expect("instance");
+        assert_eq!(inner.lock_set_aside().len(), MAX_SET_ASIDE);
+        // The ones that would have ended first made room.
+        assert_eq!(b.set_aside(a, "m0", t0), None);
+        assert!(b
+            .set_aside(a, &format!("m{}", MAX_SET_ASIDE + 49), t0)
+            .is_some());
+        // Expired entries are pruned, and the lock-free check is off again.
+        assert!(admits(&b, a, t0 + secs(1000)));
+        assert!(inner.lock_set_aside().is_empty());
+        assert!(!inner.any_set_aside.load(Ordering::Acquire));
+    }
+
+    #[test]
+    fn set_aside_model_claims_no_probe() {
         let b = Breakers::new(BreakerConfig::default());
         let a = addr(1);
         let t0 = Instant::now();
         trip(&b, a, t0);
-        // A late plain failure does not extend the cooldown...
-        b.on_failure(a, FailureKind::Connect, None, t0 + secs(20));
-        // ...but an explicit longer Retry-After does.
-        b.on_failure(a, FailureKind::Status429, Some(secs(60)), t0 + secs(10));
-        assert_eq!(b.state(a, t0 + secs(69)), CircuitState::Open);
-        assert_eq!(b.state(a, t0 + secs(70)), CircuitState::HalfOpen);
+        let t1 = t0 + secs(30);
+        b.on_rate_limited(a, "x", Some(secs(60)), t0);
+        assert!(!b.try_acquire(a, "x", t1).is_admitted());
+        // The slot is still free for another model.
+        let _probe = probe(&b, a, t1);
     }
 
     #[test]
@@ -696,20 +994,21 @@ mod tests {
         let a = addr(1);
         let t0 = Instant::now();
         trip(&b, a, t0);
-        assert!(!b.try_acquire(a, t0 + secs(29)));
+        assert!(!admits(&b, a, t0 + secs(29)));
         // A stale success while open does not close it.
         b.on_success(a, t0 + secs(29));
         assert_eq!(b.state(a, t0 + secs(29)), CircuitState::Open);
 
         let t1 = t0 + secs(30);
         assert_eq!(b.state(a, t1), CircuitState::HalfOpen);
-        assert!(b.try_acquire(a, t1), "probe admitted");
-        assert!(!b.try_acquire(a, t1), "second caller refused");
+        let guard = probe(&b, a, t1);
+        assert!(!admits(&b, a, t1), "second caller refused");
         assert_eq!(b.state(a, t1), CircuitState::HalfOpen);
         b.on_success(a, t1);
+        guard.settle();
         assert_eq!(b.state(a, t1), CircuitState::Closed);
-        assert!(b.try_acquire(a, t1));
-        assert!(b.try_acquire(a, t1));
+        assert!(matches!(b.try_acquire(a, M, t1), Admission::Admitted));
+        assert!(matches!(b.try_acquire(a, M, t1), Admission::Admitted));
         // Counters were reset: 4 failures do not reopen.
         for _ in 0..4 {
             b.on_failure(a, FailureKind::Connect, None, t1);
@@ -724,38 +1023,93 @@ mod tests {
         let t0 = Instant::now();
         trip(&b, a, t0);
         let t1 = t0 + secs(30);
-        assert!(b.try_acquire(a, t1));
+        let guard = probe(&b, a, t1);
         b.on_failure(a, FailureKind::Timeout, None, t1);
+        guard.settle();
         assert_eq!(b.state(a, t1), CircuitState::Open);
-        assert!(!b.try_acquire(a, t1 + secs(29)));
-        assert!(b.try_acquire(a, t1 + secs(30)));
+        assert!(!admits(&b, a, t1 + secs(29)));
+        assert!(admits(&b, a, t1 + secs(30)));
     }
 
     #[test]
-    fn probe_rate_limit_reopens_for_retry_after() {
+    fn probe_rate_limited_frees_the_slot_for_other_models() {
         let b = Breakers::new(BreakerConfig::default());
         let a = addr(1);
         let t0 = Instant::now();
         trip(&b, a, t0);
         let t1 = t0 + secs(30);
-        assert!(b.try_acquire(a, t1));
-        b.on_failure(a, FailureKind::Status429, Some(secs(90)), t1);
-        assert!(!b.try_acquire(a, t1 + secs(89)));
-        assert!(b.try_acquire(a, t1 + secs(90)));
+        let guard = probe(&b, a, t1);
+        // The probe's answer is a 429: it says nothing of the instance.
+        b.on_rate_limited(a, M, Some(secs(90)), t1);
+        drop(guard);
+        assert_eq!(b.state(a, t1), CircuitState::HalfOpen);
+        assert!(!admits(&b, a, t1));
+        assert!(matches!(b.try_acquire(a, "other", t1), Admission::Probe(_)));
     }
 
     #[test]
-    fn abandoned_probe_frees_the_slot() {
+    fn dropped_probe_guard_frees_the_slot() {
         let b = Breakers::new(BreakerConfig::default());
         let a = addr(1);
         let t0 = Instant::now();
         trip(&b, a, t0);
         let t1 = t0 + secs(30);
-        assert!(b.try_acquire(a, t1));
-        assert!(!b.try_acquire(a, t1));
-        b.on_abandoned(a);
-        assert!(b.try_acquire(a, t1));
-        assert!(!b.try_acquire(a, t1));
+        let guard = probe(&b, a, t1);
+        assert!(!admits(&b, a, t1));
+        drop(guard);
+        let again = probe(&b, a, t1);
+        assert!(!admits(&b, a, t1), "and claimed again");
+        drop(again);
+        assert_eq!(b.state(a, t1), CircuitState::HalfOpen);
+    }
+
+    #[test]
+    fn settled_probe_guard_releases_nothing() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        trip(&b, a, t0);
+        let t1 = t0 + secs(30);
+        // Settled without an outcome reaching the breaker, the slot stays
+        // taken: settle only disarms the guard.
+        probe(&b, a, t1).settle();
+        assert!(!admits(&b, a, t1));
+    }
+
+    #[test]
+    fn a_stale_guard_cannot_free_a_newer_probe() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        trip(&b, a, t0);
+        let t1 = t0 + secs(30);
+        let old = probe(&b, a, t1);
+        // The backstop frees the slot and someone else claims it...
+        let t2 = t1 + PROBE_TIMEOUT;
+        let new = probe(&b, a, t2);
+        // ...then the first probe's guard goes: the newer probe keeps its slot.
+        drop(old);
+        assert!(!admits(&b, a, t2));
+        drop(new);
+        assert!(admits(&b, a, t2));
+    }
+
+    #[test]
+    fn dropped_guard_after_the_outcome_is_harmless() {
+        let b = Breakers::new(BreakerConfig::default());
+        let a = addr(1);
+        let t0 = Instant::now();
+        trip(&b, a, t0);
+        let t1 = t0 + secs(30);
+        let guard = probe(&b, a, t1);
+        b.on_failure(a, FailureKind::Connect, None, t1);
+        drop(guard);
+        assert_eq!(b.state(a, t1), CircuitState::Open);
+        let t2 = t1 + secs(30);
+        let guard = probe(&b, a, t2);
+        b.on_success(a, t2);
+        drop(guard);
+        assert_eq!(b.state(a, t2), CircuitState::Closed);
     }
 
     #[test]
@@ -765,21 +1119,10 @@ mod tests {
         let t0 = Instant::now();
         trip(&b, a, t0);
         let t1 = t0 + secs(30);
-        assert!(b.try_acquire(a, t1));
-        assert!(!b.try_acquire(a, t1 + secs(29)));
-        assert!(b.try_acquire(a, t1 + secs(30)), "slot freed by timeout");
-        assert!(!b.try_acquire(a, t1 + secs(30)), "and claimed again");
-    }
-
-    #[test]
-    fn abandon_outside_half_open_is_harmless() {
-        let b = Breakers::new(BreakerConfig::default());
-        let a = addr(1);
-        let t0 = Instant::now();
-        b.on_abandoned(a);
-        trip(&b, a, t0);
-        b.on_abandoned(a);
-        assert_eq!(b.state(a, t0), CircuitState::Open);
+        let _lost = probe(&b, a, t1);
+        assert!(!admits(&b, a, t1 + PROBE_TIMEOUT - secs(1)));
+        let _backstop = probe(&b, a, t1 + PROBE_TIMEOUT);
+        assert!(!admits(&b, a, t1 + PROBE_TIMEOUT), "and claimed again");
     }
 
     #[test]
@@ -789,8 +1132,8 @@ mod tests {
         let t0 = Instant::now();
         trip(&b, a, t0);
         assert_eq!(b.state(c, t0), CircuitState::Closed);
-        assert!(b.try_acquire(c, t0));
-        assert!(!b.try_acquire(a, t0));
+        assert!(admits(&b, c, t0));
+        assert!(!admits(&b, a, t0));
         assert_eq!(b.failures(c)[&FailureKind::Connect], 0);
     }
 
@@ -802,12 +1145,13 @@ mod tests {
         b.on_failure(a, FailureKind::Connect, None, t0);
         b.on_failure(a, FailureKind::Timeout, None, t0);
         b.on_failure(a, FailureKind::Timeout, None, t0);
-        b.on_failure(a, FailureKind::Status429, Some(secs(60)), t0);
+        b.on_rate_limited(a, M, Some(secs(60)), t0);
+        trip(&b, a, t0);
         // Counted even while open.
         b.on_failure(a, FailureKind::Status5xx, None, t0);
         let f = b.failures(a);
         assert_eq!(f.len(), 4);
-        assert_eq!(f[&FailureKind::Connect], 1);
+        assert_eq!(f[&FailureKind::Connect], 6);
         assert_eq!(f[&FailureKind::Timeout], 2);
         assert_eq!(f[&FailureKind::Status5xx], 1);
         assert_eq!(f[&FailureKind::Status429], 1);
@@ -827,16 +1171,18 @@ mod tests {
                 let (b, barrier) = (Arc::clone(&b), Arc::clone(&barrier));
                 thread::spawn(move || {
                     barrier.wait();
-                    b.try_acquire(a, t1)
+                    // Guards are returned, not dropped, so none frees the slot.
+                    b.try_acquire(a, M, t1)
                 })
             })
             .collect();
-        let admitted = handles
-            .into_iter()
-            .map(|h| h.join().unwrap())
-            .filter(|&ok| ok)
+        let admissions: Vec<Admission> = handles.into_iter().map(|h| h.join().unwrap()).collect();
+        let probes = admissions
+            .iter()
+            .filter(|a| matches!(a, Admission::Probe(_)))
             .count();
-        assert_eq!(admitted, 1);
+        assert_eq!(probes, 1);
+        assert_eq!(admissions.iter().filter(|a| a.is_admitted()).count(), 1);
     }
 
     #[test]
@@ -856,12 +1202,15 @@ mod tests {
                         // across threads.
                         let now = t0 + Duration::from_millis(i * 50 + t * 7);
                         let _ = b.state(a, now);
-                        if b.try_acquire(a, now) {
+                        let model = if t % 2 == 0 { M } else { "other" };
+                        let admission = b.try_acquire(a, model, now);
+                        if admission.is_admitted() {
                             match (i + t) % 4 {
                                 0 => b.on_success(a, now),
-                                1 => b.on_abandoned(a),
+                                // Abandoned: the guard (if any) drops below.
+                                1 => {}
                                 2 => {
-                                    b.on_failure(a, FailureKind::Status429, Some(secs(1)), now);
+                                    b.on_rate_limited(a, model, Some(secs(1)), now);
                                     failed += 1;
                                 }
                                 _ => {
@@ -870,6 +1219,7 @@ mod tests {
                                 }
                             }
                         }
+                        drop(admission);
                     }
                     failed
                 })
@@ -880,16 +1230,22 @@ mod tests {
         assert_eq!(counted, expected);
 
         // Still a working state machine afterwards, whatever state the race
-        // left it in: a 429 opens it from any state.
+        // left it in: failures open it from any state.
         let end = t0 + Duration::from_millis(iters * 50) + b.config.max_cooldown;
-        b.on_failure(a, FailureKind::Status429, Some(secs(1)), end);
-        assert_eq!(b.state(a, end), CircuitState::Open);
+        for _ in 0..5 {
+            b.on_failure(a, FailureKind::Connect, None, end);
+        }
         let end = end + b.config.cooldown;
+        // Whether it reopened from HalfOpen or tripped from Closed, it is out
+        // for a cooldown, then lets exactly one probe through.
+        assert!(!admits(&b, a, end - Duration::from_millis(1)));
         assert_eq!(b.state(a, end), CircuitState::HalfOpen);
-        assert!(b.try_acquire(a, end));
-        assert!(!b.try_acquire(a, end));
+        let guard = probe(&b, a, end);
+        assert!(!admits(&b, a, end));
         b.on_success(a, end);
+        guard.settle();
         assert_eq!(b.state(a, end), CircuitState::Closed);
+        assert!(admits(&b, a, end));
     }
 
     #[test]
@@ -900,7 +1256,10 @@ mod tests {
         trip(&b, a, t0);
         let earlier = t0 - secs(50);
         assert_eq!(b.state(a, earlier), CircuitState::Open);
-        b.on_failure(a, FailureKind::Status429, Some(secs(10)), earlier);
+        b.on_failure(a, FailureKind::Status5xx, Some(secs(10)), earlier);
+        b.on_rate_limited(a, M, Some(secs(10)), t0);
+        assert!(!admits(&b, a, earlier));
+        b.on_rate_limited(a, M, Some(secs(20)), earlier);
         b.on_success(a, earlier);
         assert_eq!(b.state(a, t0 + secs(30)), CircuitState::HalfOpen);
     }
