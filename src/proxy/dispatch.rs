@@ -148,12 +148,11 @@ pub async fn run(
                     }
                     other => other,
                 };
-                let model = &answer.leg.call.model;
-                match condition {
-                    Some(c) if model.fallback_on.contains(&c) && !model.fallbacks.is_empty() => {
-                        last_failure = Some(answer);
-                    }
-                    _ => break answer,
+                // The client's model decides for the whole chain, whichever model answered.
+                if falls_back(condition, &model.fallback_on, !model.fallbacks.is_empty()) {
+                    last_failure = Some(answer);
+                } else {
+                    break answer;
                 }
             }
             Event::Hedge => {
@@ -341,6 +340,17 @@ fn failure_condition(status: u16) -> Option<FallbackCondition> {
     }
 }
 
+/// Whether a failed answer moves the request on to the next fallback: its condition is one the
+/// client's model falls back on, and that model has fallbacks. The client's model's `fallbacks`
+/// and `fallback_on` govern the whole chain; a fallback model's own play no part.
+fn falls_back(
+    condition: Option<FallbackCondition>,
+    fallback_on: &[FallbackCondition],
+    has_fallbacks: bool,
+) -> bool {
+    has_fallbacks && condition.is_some_and(|c| fallback_on.contains(&c))
+}
+
 /// Writes tasks to the client; false when the client is gone.
 async fn write(session: &mut Session, tasks: Vec<HttpTask>) -> bool {
     match session.write_response_tasks(tasks).await {
@@ -349,5 +359,37 @@ async fn write(session: &mut Session, tasks: Vec<HttpTask>) -> bool {
             log::debug!("client went away: {e}");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use FallbackCondition::*;
+
+    #[test]
+    fn statuses_are_classified_once() {
+        assert_eq!(failure_condition(429), Some(RateLimited));
+        assert_eq!(failure_condition(504), Some(Timeout));
+        assert_eq!(failure_condition(408), Some(Timeout));
+        for status in [500, 502, 503, 529] {
+            assert_eq!(failure_condition(status), Some(ServerError), "{status}");
+        }
+        assert_eq!(failure_condition(400), Some(ContextLength));
+        assert_eq!(failure_condition(413), Some(ContextLength));
+        for status in [200, 201, 401, 403, 404, 422] {
+            assert_eq!(failure_condition(status), None, "{status}");
+        }
+    }
+
+    #[test]
+    fn only_listed_failures_fall_back_and_only_with_fallbacks() {
+        let on = [ServerError, Timeout];
+        assert!(falls_back(Some(ServerError), &on, true));
+        assert!(falls_back(Some(Timeout), &on, true));
+        assert!(!falls_back(Some(RateLimited), &on, true));
+        assert!(!falls_back(None, &on, true));
+        assert!(!falls_back(Some(ServerError), &on, false));
+        assert!(!falls_back(Some(ServerError), &[], true));
     }
 }
