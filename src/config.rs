@@ -323,7 +323,8 @@ pub struct ModelConfig {
     /// Conditions that send a request to the fallbacks (default: all of them).
     #[serde(default)]
     pub fallback_on: Option<Vec<FallbackCondition>>,
-    /// Hedged requests: `{after: 2s, max: 1}`.
+    /// Hedged requests: `{after: 2s, max: 1}`. Only streamed requests are hedged: a whole
+    /// answer's first byte comes when all of it is generated.
     #[serde(default)]
     pub hedge: Option<HedgeConfig>,
 }
@@ -352,7 +353,7 @@ pub const ALL_FALLBACK_CONDITIONS: [FallbackCondition; 4] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HedgeConfig {
-    /// Send a second request when no first byte came after this long.
+    /// Send a second request when no first byte came after this long (streamed requests only).
     pub after: HumanDuration,
     /// How many extra requests at most.
     #[serde(default = "one_hedge")]

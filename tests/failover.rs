@@ -3,6 +3,7 @@
 mod common;
 use common::*;
 use serde_json::json;
+use std::time::Duration;
 
 fn chat() -> serde_json::Value {
     json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
@@ -81,4 +82,29 @@ async fn the_clients_fallback_on_governs_the_chain_not_the_fallbacks_own() {
     assert_eq!(status, 500, "{answer}");
     assert_eq!(header(&headers, "x-dragoman-model"), "b");
     assert_eq!((posts(&a), posts(&b), posts(&c)), (1, 1, 0));
+}
+
+#[tokio::test]
+async fn a_non_streamed_request_is_not_hedged() {
+    let (x, y) = (
+        MockProvider::start().await.unwrap(),
+        MockProvider::start().await.unwrap(),
+    );
+    for m in [&x, &y] {
+        m.set_default(Behaviour::delay(
+            Duration::from_millis(800),
+            Behaviour::Reply,
+        ));
+    }
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n{}models:\n  m: {{ provider: p, hedge: {{ after: 200ms, max: 1 }} }}\n",
+        provider("p", &[&x, &y]),
+    ));
+    let (status, _, answer) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(
+        posts(&x) + posts(&y),
+        1,
+        "a non-streamed request was hedged"
+    );
 }

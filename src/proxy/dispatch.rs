@@ -3,8 +3,10 @@
 //!
 //! - Before the first byte, a failed leg may be replaced by the next fallback model, planned afresh
 //!   for its provider (`fallbacks`, `fallback_on`).
-//! - `hedge`: if no first byte came after the delay, a second leg is started on another instance
-//!   (or the first fallback); the first answer wins and the others are cancelled.
+//! - `hedge` (streamed requests only): if no first byte came after the delay, a second leg is
+//!   started on another instance (or the first fallback); the first answer wins and the others are
+//!   cancelled. A non-streamed answer's first byte comes when all of it is generated, so its wait
+//!   says nothing about a stalled upstream: those requests are not hedged.
 //! - The model's `timeout` bounds the whole response (non-streaming) or the first byte (streaming).
 //! - A client that goes away cancels every leg at once.
 //!
@@ -13,7 +15,7 @@
 use super::client_watch;
 use super::respond::{self, Answerer};
 use crate::call::UpstreamCall;
-use crate::config::FallbackCondition;
+use crate::config::{FallbackCondition, HedgeConfig};
 use crate::error::GatewayError;
 use crate::frontend::ClientProtocol;
 use crate::registry::Model;
@@ -72,8 +74,9 @@ pub async fn run(
     let model = call.model.clone();
     let deadline = Instant::now() + model.timeout;
     let mut fallbacks = model.fallbacks.iter();
-    let mut hedges_left = model.hedge.map_or(0, |h| h.max);
-    let mut hedge_at = model.hedge.map(|h| Instant::now() + h.after.0);
+    let hedge = hedge_for(model.hedge, call.stream);
+    let mut hedges_left = hedge.map_or(0, |h| h.max);
+    let mut hedge_at = hedge.map(|h| Instant::now() + h.after.0);
     let client_socket = client_watch::duplicate_client_socket(session);
     let client_gone = async move {
         match client_socket {
@@ -157,7 +160,7 @@ pub async fn run(
             }
             Event::Hedge => {
                 hedges_left -= 1;
-                hedge_at = model.hedge.map(|h| Instant::now() + h.after.0);
+                hedge_at = hedge.map(|h| Instant::now() + h.after.0);
                 // Another instance of the same model, or else the next fallback, which the
                 // hedge then uses up (a later failure moves on to the one after it).
                 let hedge = if model.provider.endpoint_count > 1 {
@@ -351,6 +354,13 @@ fn falls_back(
     has_fallbacks && condition.is_some_and(|c| fallback_on.contains(&c))
 }
 
+/// The hedging that applies to a request: a model's `hedge` for streamed requests, whose time to
+/// first byte is the time to first token, and none for the others, whose first byte comes only
+/// once the whole answer is generated (hedging them would double every long generation).
+fn hedge_for(hedge: Option<HedgeConfig>, stream: bool) -> Option<HedgeConfig> {
+    hedge.filter(|_| stream)
+}
+
 /// Writes tasks to the client; false when the client is gone.
 async fn write(session: &mut Session, tasks: Vec<HttpTask>) -> bool {
     match session.write_response_tasks(tasks).await {
@@ -380,6 +390,17 @@ mod tests {
         for status in [200, 201, 401, 403, 404, 422] {
             assert_eq!(failure_condition(status), None, "{status}");
         }
+    }
+
+    #[test]
+    fn only_streams_are_hedged() {
+        let hedge = HedgeConfig {
+            after: crate::config::HumanDuration(std::time::Duration::from_millis(200)),
+            max: 2,
+        };
+        assert_eq!(hedge_for(Some(hedge), true), Some(hedge));
+        assert_eq!(hedge_for(Some(hedge), false), None);
+        assert_eq!(hedge_for(None, true), None);
     }
 
     #[test]
