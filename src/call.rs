@@ -12,6 +12,7 @@ use bytes::Bytes;
 use percent_encoding::{utf8_percent_encode, AsciiSet, NON_ALPHANUMERIC};
 use serde_json::Value;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 /// Characters left as they are in a path segment or query value: RFC 3986 unreserved.
 const UNRESERVED: &AsciiSet = &NON_ALPHANUMERIC
@@ -64,6 +65,29 @@ pub struct UpstreamCall {
     pub created: u64,
     /// Instances already serving this call, which a hedged leg avoids.
     pub instances_in_use: std::sync::Mutex<Vec<pingora_core::protocols::l4::socket::SocketAddr>>,
+    /// What the client's request may spend upstream, shared by all the calls planned for it
+    /// (fallbacks get the first call's: see [`UpstreamCall::sharing_budget`]).
+    pub budget: Arc<RequestBudget>,
+}
+
+/// What one client request may spend upstream, shared by every leg (hedges, fallbacks) and every
+/// attempt made for it: its deadline, set by the client's model's `total_timeout`.
+#[derive(Debug)]
+pub struct RequestBudget {
+    /// When the whole request runs out of time.
+    pub deadline: Instant,
+}
+
+impl RequestBudget {
+    pub fn new(total_timeout: Duration, now: Instant) -> RequestBudget {
+        RequestBudget {
+            // A timeout too large to add is no deadline at all: a century stands in for it.
+            deadline: now
+                .checked_add(total_timeout)
+                .or_else(|| now.checked_add(Duration::from_secs(100 * 365 * 86_400)))
+                .unwrap_or(now),
+        }
+    }
 }
 
 /// The parts of a plan that depend on the endpoint.
@@ -122,7 +146,6 @@ impl UpstreamCall {
         Ok(UpstreamCall {
             path: upstream_path(&model, operation, stream),
             registry: registry.clone(),
-            model,
             endpoint,
             operation,
             stream,
@@ -131,7 +154,16 @@ impl UpstreamCall {
             response_mode: mode,
             created: unix_now(),
             instances_in_use: Default::default(),
+            budget: Arc::new(RequestBudget::new(model.total_timeout, Instant::now())),
+            model,
         })
+    }
+
+    /// This call, spending `budget` (the client's request's) instead of its own: fallbacks are
+    /// planned as calls of their own, but the request's limits span the whole chain.
+    pub fn sharing_budget(mut self, budget: Arc<RequestBudget>) -> UpstreamCall {
+        self.budget = budget;
+        self
     }
 }
 

@@ -48,7 +48,10 @@ pub struct Model {
     pub upstream_model_json: Bytes,
     pub provider: Arc<Provider>,
     pub default_max_tokens: u32,
+    /// Bounds one leg served by this model, from the leg's start, across its retries.
     pub timeout: Duration,
+    /// Bounds a whole request to this model, its fallbacks included.
+    pub total_timeout: Duration,
     pub connect_timeout: Duration,
     pub stream_idle_timeout: Duration,
     /// Fallback model names, in order.
@@ -97,6 +100,7 @@ impl Registry {
                     provider: provider.clone(),
                     default_max_tokens: m.default_max_tokens,
                     timeout: m.timeout,
+                    total_timeout: m.total_timeout,
                     connect_timeout: m.connect_timeout,
                     stream_idle_timeout: m.stream_idle_timeout,
                     fallbacks: m.fallbacks.clone(),

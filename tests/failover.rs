@@ -3,7 +3,7 @@
 mod common;
 use common::*;
 use serde_json::json;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn chat() -> serde_json::Value {
     json!({"model": "m", "messages": [{"role": "user", "content": "hi"}]})
@@ -107,4 +107,114 @@ async fn a_non_streamed_request_is_not_hedged() {
         1,
         "a non-streamed request was hedged"
     );
+}
+
+#[tokio::test]
+async fn a_timeout_falls_back_under_the_fallbacks_own_deadline() {
+    let (slow, b) = (
+        MockProvider::start().await.unwrap(),
+        MockProvider::start().await.unwrap(),
+    );
+    slow.set_default(Behaviour::delay(Duration::from_secs(10), Behaviour::Reply));
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n{}{}models:\n  m: {{ provider: pa, timeout: 300ms, fallbacks: [b], fallback_on: [timeout] }}\n  b: {{ provider: pb, timeout: 5s }}\n",
+        provider("pa", &[&slow]),
+        provider("pb", &[&b]),
+    ));
+    let started = Instant::now();
+    let (status, headers, answer) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+    let took = started.elapsed();
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(header(&headers, "x-dragoman-model"), "b");
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "mock reply to: hi"
+    );
+    assert!(
+        took >= Duration::from_millis(300) && took < Duration::from_secs(3),
+        "took {took:?}"
+    );
+    assert_eq!((posts(&slow), posts(&b)), (1, 1));
+    assert!(
+        slow.wait_connection_closed(Duration::from_secs(3)).await,
+        "the timed out upstream request was not cancelled"
+    );
+}
+
+#[tokio::test]
+async fn a_timeout_without_timeout_in_fallback_on_is_a_504() {
+    let (slow, b) = (
+        MockProvider::start().await.unwrap(),
+        MockProvider::start().await.unwrap(),
+    );
+    slow.set_default(Behaviour::delay(Duration::from_secs(10), Behaviour::Reply));
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n{}{}models:\n  m: {{ provider: pa, timeout: 300ms, fallbacks: [b], fallback_on: [server_error] }}\n  b: {{ provider: pb }}\n",
+        provider("pa", &[&slow]),
+        provider("pb", &[&b]),
+    ));
+    let started = Instant::now();
+    let (status, headers, err) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{err}");
+    assert_eq!(err["error"]["code"], "upstream_timeout");
+    assert_eq!(header(&headers, "x-dragoman-model"), "m");
+    assert!(took < Duration::from_secs(3), "took {took:?}");
+    assert_eq!((posts(&slow), posts(&b)), (1, 0));
+}
+
+#[tokio::test]
+async fn a_whole_answer_still_arriving_at_the_deadline_falls_back() {
+    let (slow, b) = (
+        MockProvider::start().await.unwrap(),
+        MockProvider::start().await.unwrap(),
+    );
+    // The status and the first bytes come at once; the rest never does.
+    slow.set_default(Behaviour::Sse {
+        events: vec!["{\"id\":\"partial".into(), "\"}".into()],
+        interval: Duration::ZERO,
+        hold_after: Some(1),
+    });
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n{}{}models:\n  m: {{ provider: pa, timeout: 300ms, fallbacks: [b], fallback_on: [timeout] }}\n  b: {{ provider: pb }}\n",
+        provider("pa", &[&slow]),
+        provider("pb", &[&b]),
+    ));
+    let (status, headers, answer) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+    assert_eq!(status, 200, "{answer}");
+    assert_eq!(header(&headers, "x-dragoman-model"), "b");
+    // Nothing of the first answer reached the client: the body is b's whole JSON.
+    assert_eq!(
+        answer["choices"][0]["message"]["content"],
+        "mock reply to: hi"
+    );
+    assert_eq!((posts(&slow), posts(&b)), (1, 1));
+    slow.release();
+}
+
+#[tokio::test]
+async fn total_timeout_bounds_the_whole_chain() {
+    let (a, b) = (
+        MockProvider::start().await.unwrap(),
+        MockProvider::start().await.unwrap(),
+    );
+    for m in [&a, &b] {
+        m.set_default(Behaviour::delay(Duration::from_secs(10), Behaviour::Reply));
+    }
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n{}{}models:\n  m: {{ provider: pa, timeout: 300ms, total_timeout: 800ms, fallbacks: [b] }}\n  b: {{ provider: pb, timeout: 5s }}\n",
+        provider("pa", &[&a]),
+        provider("pb", &[&b]),
+    ));
+    let started = Instant::now();
+    let (status, _, err) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+    let took = started.elapsed();
+    assert_eq!(status, 504, "{err}");
+    assert_eq!(err["error"]["code"], "upstream_timeout");
+    assert!(
+        took >= Duration::from_millis(800) && took < Duration::from_millis(2000),
+        "took {took:?}"
+    );
+    assert_eq!((posts(&a), posts(&b)), (1, 1));
+    assert!(b.wait_connection_closed(Duration::from_secs(3)).await);
 }

@@ -56,6 +56,15 @@ pub async fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Bo
         tokio::time::sleep(backoff(provider.retry_backoff, ctx.attempts)).await;
     }
     let now = Instant::now();
+    let remaining = time_left(
+        ctx.started.unwrap_or(now),
+        model.timeout,
+        call.budget.deadline,
+        now,
+    );
+    if remaining.is_zero() {
+        return Error::e_explain(ErrorType::ReadTimedout, "no time left for another attempt");
+    }
     let backend = match provider.balance {
         BalanceMode::RoundRobin => round_robin_pick(call, ctx, now),
         mode => load_aware_pick(call, ctx, mode, now),
@@ -82,11 +91,6 @@ pub async fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Bo
     } else {
         String::new()
     };
-    // One deadline for the request, over all its attempts.
-    let remaining = (ctx.started.unwrap_or(now) + model.timeout).saturating_duration_since(now);
-    if remaining.is_zero() {
-        return Error::e_explain(ErrorType::ReadTimedout, "no time left for another attempt");
-    }
     let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
     let options = &mut peer.options;
     options.connection_timeout = Some(model.connect_timeout.min(remaining));
@@ -105,6 +109,21 @@ pub async fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Bo
     ctx.attempts += 1;
     ctx.backend = Some(backend);
     Ok(Box::new(peer))
+}
+
+/// What is left for the next attempt: until the leg's own deadline, `started` plus its model's
+/// `timeout` (each leg of the dispatcher is a subrequest with a context of its own, so `started`
+/// is when that leg began), or the request's total deadline, whichever comes first.
+fn time_left(
+    started: Instant,
+    timeout: Duration,
+    total_deadline: Instant,
+    now: Instant,
+) -> Duration {
+    let leg_deadline = started.checked_add(timeout).unwrap_or(total_deadline);
+    leg_deadline
+        .min(total_deadline)
+        .saturating_duration_since(now)
 }
 
 /// Whether `b` may take this attempt, circuit aside.
@@ -354,4 +373,29 @@ pub fn on_response_status(
     );
     e.set_retry(true);
     Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_attempt_gets_what_is_left_of_its_leg_within_the_total() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // The leg's own timeout, counted from the leg's start.
+        assert_eq!(time_left(t0, s(10), t0 + s(100), t0 + s(4)), s(6));
+        // A fallback leg started later gets its own full timeout.
+        assert_eq!(time_left(t0 + s(10), s(10), t0 + s(100), t0 + s(10)), s(10));
+        // The request's total cuts it short.
+        assert_eq!(time_left(t0, s(10), t0 + s(5), t0 + s(1)), s(4));
+        // Nothing left: zero, never an underflow.
+        assert_eq!(
+            time_left(t0, s(10), t0 + s(100), t0 + s(11)),
+            Duration::ZERO
+        );
+        assert_eq!(time_left(t0, s(10), t0 + s(5), t0 + s(6)), Duration::ZERO);
+        // A timeout too large to add leaves the total in charge.
+        assert_eq!(time_left(t0, Duration::MAX, t0 + s(5), t0), s(5));
+    }
 }
