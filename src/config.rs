@@ -17,6 +17,8 @@ use std::time::Duration;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 /// Anthropic requires `max_tokens`; this is sent when the client gives none.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+/// Upstream calls one client request may cause, over its attempts, hedges and fallbacks.
+pub const DEFAULT_MAX_UPSTREAM_CALLS: u32 = 8;
 
 /// A configuration error, naming the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -318,6 +320,10 @@ pub struct ModelConfig {
     /// `timeout` plus each fallback's).
     #[serde(default)]
     pub total_timeout: Option<HumanDuration>,
+    /// The most upstream calls one request to this model may cause: every attempt of every leg
+    /// (retries, hedges, fallbacks) counts.
+    #[serde(default)]
+    pub max_upstream_calls: Option<u32>,
     #[serde(default)]
     pub connect_timeout: Option<HumanDuration>,
     #[serde(default)]
@@ -518,6 +524,8 @@ pub struct ModelSettings {
     pub timeout: Duration,
     /// Bounds the whole chain (this model, then its fallbacks).
     pub total_timeout: Duration,
+    /// Upstream calls a request to this model may cause, its fallbacks' included.
+    pub max_upstream_calls: u32,
     pub connect_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub fallbacks: Vec<String>,
@@ -683,6 +691,7 @@ impl Settings {
                         default_max_tokens: None,
                         timeout: None,
                         total_timeout: None,
+                        max_upstream_calls: None,
                         connect_timeout: None,
                         stream_idle_timeout: None,
                         fallbacks: vec![],
@@ -765,6 +774,12 @@ impl GatewayConfig {
                     ));
                 }
             }
+            if m.max_upstream_calls == Some(0) {
+                return Err(ConfigError::new(
+                    format!("{key}.max_upstream_calls"),
+                    "must be greater than 0",
+                ));
+            }
             if let Some(h) = m.hedge {
                 if h.after.0.is_zero() || h.max == 0 {
                     return Err(ConfigError::new(
@@ -789,6 +804,7 @@ impl GatewayConfig {
                 timeout: positive(m.timeout, "timeout")?.unwrap_or(provider.timeout),
                 // Set below, once every model's `timeout` is known.
                 total_timeout: Duration::ZERO,
+                max_upstream_calls: m.max_upstream_calls.unwrap_or(DEFAULT_MAX_UPSTREAM_CALLS),
                 connect_timeout: positive(m.connect_timeout, "connect_timeout")?
                     .unwrap_or(provider.connect_timeout),
                 stream_idle_timeout: positive(m.stream_idle_timeout, "stream_idle_timeout")?
@@ -1190,6 +1206,23 @@ models:
 
         let e = err("providers:\n  p: { kind: openai, api_key: k }\nmodels:\n  m: { provider: p, total_timeout: 0s }\n");
         assert_eq!(e.key, "models.m.total_timeout");
+    }
+
+    #[test]
+    fn max_upstream_calls_has_a_default_and_must_be_positive() {
+        let yaml = "providers:\n  p: { kind: openai, api_key: k }\nmodels:\n  \
+                    m: { provider: p }\n  n: { provider: p, max_upstream_calls: 3 }\n";
+        let s = Settings::from_yaml(yaml, &env).unwrap();
+        let cap = |name: &str| {
+            s.models
+                .iter()
+                .find(|m| m.name == name)
+                .map(|m| m.max_upstream_calls)
+        };
+        assert_eq!(cap("m"), Some(DEFAULT_MAX_UPSTREAM_CALLS));
+        assert_eq!(cap("n"), Some(3));
+        let e = err("providers:\n  p: { kind: openai, api_key: k }\nmodels:\n  m: { provider: p, max_upstream_calls: 0 }\n");
+        assert_eq!(e.key, "models.m.max_upstream_calls");
     }
 
     #[test]

@@ -218,3 +218,37 @@ async fn total_timeout_bounds_the_whole_chain() {
     assert_eq!((posts(&a), posts(&b)), (1, 1));
     assert!(b.wait_connection_closed(Duration::from_secs(3)).await);
 }
+
+#[tokio::test]
+async fn upstream_calls_stop_at_max_upstream_calls() {
+    let mocks: Vec<MockProvider> = futures::future::join_all((0..5).map(|_| MockProvider::start()))
+        .await
+        .into_iter()
+        .map(|m| m.unwrap())
+        .collect();
+    let [a1, a2, b1, b2, c] = &mocks[..] else {
+        unreachable!()
+    };
+    for (m, who) in [(a1, "a1"), (a2, "a2"), (b1, "b1"), (b2, "b2")] {
+        m.set_default(failing(500, who));
+    }
+    // Without the cap: two attempts on a, two on b, then c answers (5 calls).
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n{}{}{}models:\n  m: {{ provider: pa, fallbacks: [b, c], max_upstream_calls: 3 }}\n  b: {{ provider: pb }}\n  c: {{ provider: pc }}\n",
+        provider("pa", &[a1, a2]),
+        provider("pb", &[b1, b2]),
+        provider("pc", &[c]),
+    ));
+    let (status, headers, err) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+    let calls: Vec<usize> = mocks.iter().map(posts).collect();
+    assert_eq!(calls.iter().sum::<usize>(), 3, "{calls:?}");
+    assert_eq!(calls[0] + calls[1], 2, "{calls:?}");
+    assert_eq!(calls[2] + calls[3], 1, "{calls:?}");
+    assert_eq!(calls[4], 0, "{calls:?}");
+    // The last failure: b's 500.
+    assert_eq!(status, 500, "{err}");
+    assert_eq!(header(&headers, "x-dragoman-model"), "b");
+    let message = err["error"]["message"].as_str().unwrap_or_default();
+    assert!(message == "b1 failed" || message == "b2 failed", "{err}");
+    assert_eq!(header(&headers, "x-dragoman-attempts"), "3");
+}

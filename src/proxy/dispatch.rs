@@ -36,7 +36,7 @@ use std::time::Duration;
 use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-/// Response header naming how many upstream attempts a request took.
+/// Response header naming how many upstream attempts a request took, over all its legs.
 pub const ATTEMPTS_HEADER: &str = "x-dragoman-attempts";
 
 /// One running subrequest.
@@ -115,7 +115,6 @@ pub async fn run(
         return respond::write_error(session, &e, protocol, None).await;
     };
     let mut legs = vec![first];
-    let mut attempts: u32 = 0;
     // The last failure that was not delivered, kept for when nothing better comes.
     let mut last_failure: Option<Failure> = None;
 
@@ -123,7 +122,7 @@ pub async fn run(
         // Phase 1: wait for an answer worth delivering.
         let mut answer = loop {
             if legs.is_empty() {
-                if may_start_leg(Instant::now(), total_deadline) {
+                if may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
                     if let Some(leg) = next_fallback(&mut fallbacks, replan, session, &budget) {
                         legs.push(leg);
                         continue;
@@ -132,7 +131,7 @@ pub async fn run(
                 match last_failure.take() {
                     Some(Failure::Answer(answer)) => break answer,
                     Some(Failure::Leg(failure)) => {
-                        return failure.write(session, protocol, attempts).await;
+                        return failure.write(session, protocol, budget.calls_made()).await;
                     }
                     None => {
                         let e = GatewayError::new(502, "No upstream answered")
@@ -163,7 +162,6 @@ pub async fn run(
             };
             let (failure, condition) = match event {
                 Event::Task(index, Some(HttpTask::Header(header, ended))) => {
-                    attempts = attempts.saturating_add(attempts_of(&header));
                     let status = header.status.as_u16();
                     let mut answer = Answer {
                         leg: legs.swap_remove(index),
@@ -204,7 +202,7 @@ pub async fn run(
                 Event::Hedge => {
                     hedges_left -= 1;
                     hedge_at = hedge.map(|h| Instant::now() + h.after.0);
-                    if !may_start_leg(Instant::now(), total_deadline) {
+                    if !may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
                         continue;
                     }
                     // Another instance of the same model, or else the next fallback, which the
@@ -237,7 +235,7 @@ pub async fn run(
                     Failure::Answer(answer) => break answer,
                     Failure::Leg(failure) => {
                         drop(legs);
-                        return failure.write(session, protocol, attempts).await;
+                        return failure.write(session, protocol, budget.calls_made()).await;
                     }
                 },
                 Next::Keep => last_failure = Some(failure),
@@ -249,7 +247,7 @@ pub async fn run(
 
         // Phase 2: deliver the answer. Streams go out as they come.
         if answer.leg.call.stream {
-            set_attempts(&mut answer.tasks, attempts);
+            set_attempts(&mut answer.tasks, budget.calls_made());
             if !write(session, std::mem::take(&mut answer.tasks)).await {
                 return;
             }
@@ -271,7 +269,7 @@ pub async fn run(
         // one that runs out of time or breaks off can still fall back, or become a clean error.
         let failure = match answer.complete(&chain, &mut client_gone).await {
             Completion::Whole => {
-                set_attempts(&mut answer.tasks, attempts);
+                set_attempts(&mut answer.tasks, budget.calls_made());
                 write(session, answer.tasks).await;
                 return;
             }
@@ -280,7 +278,7 @@ pub async fn run(
         };
         drop(answer);
         match after_failure(Some(failure.condition), &chain.fallback_on, false) {
-            Next::Deliver => return failure.write(session, protocol, attempts).await,
+            Next::Deliver => return failure.write(session, protocol, budget.calls_made()).await,
             Next::Keep => last_failure = Some(Failure::Leg(failure)),
         }
     }
@@ -454,16 +452,8 @@ fn next_fallback<'a>(
     None
 }
 
-fn attempts_of(header: &pingora_http::ResponseHeader) -> u32 {
-    header
-        .headers
-        .get(ATTEMPTS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
-}
-
-/// Puts the request's attempts, over all its legs, in the answer's header.
+/// Puts the request's attempts, over all its legs (hedges that lost and legs that timed out
+/// included), in the answer's header.
 fn set_attempts(tasks: &mut [HttpTask], attempts: u32) {
     if let Some(HttpTask::Header(header, _)) = tasks.first_mut() {
         let _ = header.insert_header(ATTEMPTS_HEADER, attempts.max(1).to_string());
@@ -547,9 +537,11 @@ fn leg_deadline(start: Instant, timeout: Duration, total: Instant) -> LegDeadlin
     }
 }
 
-/// Whether another leg (a fallback or a hedge) may start: the request has time left.
-fn may_start_leg(now: Instant, total_deadline: Instant) -> bool {
-    now < total_deadline
+/// Whether another leg (a fallback or a hedge) may start: the request has time left
+/// (`total_timeout`) and an upstream call left (`max_upstream_calls`). When not, the last failure
+/// is the answer.
+fn may_start_leg(now: Instant, total_deadline: Instant, calls_left: u32) -> bool {
+    now < total_deadline && calls_left > 0
 }
 
 /// The hedging that applies to a request: a model's `hedge` for streamed requests, whose time to
@@ -635,11 +627,13 @@ mod tests {
     }
 
     #[test]
-    fn legs_start_only_while_time_is_left() {
+    fn legs_start_only_while_time_and_calls_are_left() {
         let t0 = Instant::now();
-        assert!(may_start_leg(t0, t0 + Duration::from_millis(1)));
-        assert!(!may_start_leg(t0, t0));
-        assert!(!may_start_leg(t0 + Duration::from_secs(1), t0));
+        let later = t0 + Duration::from_millis(1);
+        assert!(may_start_leg(t0, later, 1));
+        assert!(!may_start_leg(t0, t0, 1));
+        assert!(!may_start_leg(later, t0, 1));
+        assert!(!may_start_leg(t0, later, 0), "the call budget is spent");
     }
 
     #[test]

@@ -48,7 +48,9 @@ fn is_stripped(name: &str) -> bool {
 
 /// Picks an instance for the next attempt: healthy (active checks), circuit not open (passive
 /// health), not failed for this request, and not already serving it in a hedged leg if another
-/// is free. Attempts after the first wait an exponential backoff with jitter.
+/// is free. Attempts after the first wait an exponential backoff with jitter. Every attempt takes
+/// one upstream call from the request's budget (`max_upstream_calls`, over all its legs), given
+/// back if no instance could be picked.
 pub async fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Box<HttpPeer>> {
     let model = &call.model;
     let provider = &model.provider;
@@ -65,6 +67,56 @@ pub async fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Bo
     if remaining.is_zero() {
         return Error::e_explain(ErrorType::ReadTimedout, "no time left for another attempt");
     }
+    if !call.budget.take_call() {
+        // Only a hedged leg racing another for the last call gets here: legs start and retries
+        // are decided only while calls are left.
+        return Error::e_explain(
+            ErrorType::HTTPStatus(503),
+            format!(
+                "The request made the {} upstream calls it may (max_upstream_calls)",
+                call.budget.max_calls
+            ),
+        );
+    }
+    let (backend, endpoint, addr) = match pick(call, ctx, now) {
+        Ok(picked) => picked,
+        Err(e) => {
+            call.budget.return_call();
+            return Err(e);
+        }
+    };
+    let sni = if endpoint.tls {
+        endpoint.host.clone()
+    } else {
+        String::new()
+    };
+    let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
+    let options = &mut peer.options;
+    options.connection_timeout = Some(model.connect_timeout.min(remaining));
+    options.total_connection_timeout = Some(model.connect_timeout.saturating_mul(2).min(remaining));
+    // Streams: the longest gap between chunks. Whole answers: what is left of the deadline.
+    options.read_timeout = Some(if call.stream {
+        model.stream_idle_timeout
+    } else {
+        remaining
+    });
+    options.write_timeout = Some(Duration::from_secs(60));
+    options.idle_timeout = Some(Duration::from_secs(90));
+    lock(&call.instances_in_use).push(backend.addr.clone());
+    ctx.inflight = Some(provider.load.start(addr));
+    ctx.attempt_started = Some(now);
+    ctx.attempts += 1;
+    ctx.backend = Some(backend);
+    Ok(Box::new(peer))
+}
+
+/// The instance for an attempt, with its endpoint and address.
+fn pick(
+    call: &UpstreamCall,
+    ctx: &RequestCtx,
+    now: Instant,
+) -> Result<(Backend, Arc<EndpointUrl>, std::net::SocketAddr)> {
+    let provider = &call.model.provider;
     let backend = match provider.balance {
         BalanceMode::RoundRobin => round_robin_pick(call, ctx, now),
         mode => load_aware_pick(call, ctx, mode, now),
@@ -86,29 +138,7 @@ pub async fn select_peer(call: &UpstreamCall, ctx: &mut RequestCtx) -> Result<Bo
             "unix socket upstreams are not supported",
         );
     };
-    let sni = if endpoint.tls {
-        endpoint.host.clone()
-    } else {
-        String::new()
-    };
-    let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
-    let options = &mut peer.options;
-    options.connection_timeout = Some(model.connect_timeout.min(remaining));
-    options.total_connection_timeout = Some((model.connect_timeout * 2).min(remaining));
-    // Streams: the longest gap between chunks. Whole answers: what is left of the deadline.
-    options.read_timeout = Some(if call.stream {
-        model.stream_idle_timeout
-    } else {
-        remaining
-    });
-    options.write_timeout = Some(Duration::from_secs(60));
-    options.idle_timeout = Some(Duration::from_secs(90));
-    lock(&call.instances_in_use).push(backend.addr.clone());
-    ctx.inflight = Some(provider.load.start(addr));
-    ctx.attempt_started = Some(now);
-    ctx.attempts += 1;
-    ctx.backend = Some(backend);
-    Ok(Box::new(peer))
+    Ok((backend, endpoint, addr))
 }
 
 /// What is left for the next attempt: until the leg's own deadline, `started` plus its model's
@@ -258,7 +288,26 @@ pub fn fill_body(call: &UpstreamCall, body: &mut Option<Bytes>, end_of_stream: b
 /// Whether another attempt may follow this one.
 fn may_retry(call: &UpstreamCall, ctx: &RequestCtx) -> bool {
     let provider = &call.model.provider;
-    ctx.attempts < provider.max_attempts && provider.endpoint_count > ctx.failed_backends.len()
+    retry_allowed(
+        ctx.attempts,
+        provider.max_attempts,
+        provider.endpoint_count,
+        ctx.failed_backends.len(),
+        call.budget.calls_left(),
+    )
+}
+
+/// Another attempt needs attempts left for the provider (`max_attempts`), an instance that has not
+/// failed this request, and an upstream call left in the request's budget (`max_upstream_calls`,
+/// shared by all its legs). When one is missing, the last failure is the answer.
+fn retry_allowed(
+    attempts: u32,
+    max_attempts: u32,
+    instances: usize,
+    failed_instances: usize,
+    calls_left: u32,
+) -> bool {
+    attempts < max_attempts && instances > failed_instances && calls_left > 0
 }
 
 /// Marks the current attempt's instance failed, for this request and its circuit breaker.
@@ -378,6 +427,14 @@ pub fn on_response_status(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn retries_stop_at_max_attempts_failed_instances_or_the_call_budget() {
+        assert!(retry_allowed(1, 3, 2, 1, 5));
+        assert!(!retry_allowed(3, 3, 5, 1, 5), "max_attempts reached");
+        assert!(!retry_allowed(1, 3, 2, 2, 5), "every instance failed");
+        assert!(!retry_allowed(1, 3, 2, 1, 0), "no upstream call left");
+    }
 
     #[test]
     fn an_attempt_gets_what_is_left_of_its_leg_within_the_total() {
