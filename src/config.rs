@@ -17,6 +17,8 @@ use std::time::Duration;
 pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 /// Anthropic requires `max_tokens`; this is sent when the client gives none.
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
+/// Upstream calls one client request may cause, over its attempts, hedges and fallbacks.
+pub const DEFAULT_MAX_UPSTREAM_CALLS: u32 = 8;
 
 /// A configuration error, naming the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -310,9 +312,18 @@ pub struct ModelConfig {
     /// `max_tokens` sent to providers that require one when the client gave none.
     #[serde(default)]
     pub default_max_tokens: Option<u32>,
-    /// Overrides the provider's `timeout` for this model.
+    /// Overrides the provider's `timeout` for this model: the bound on one leg of a request served
+    /// by this model, from the leg's start, across its retries.
     #[serde(default)]
     pub timeout: Option<HumanDuration>,
+    /// The bound on a whole request to this model, its fallbacks included (default: this model's
+    /// `timeout` plus each fallback's).
+    #[serde(default)]
+    pub total_timeout: Option<HumanDuration>,
+    /// The most upstream calls one request to this model may cause: every attempt of every leg
+    /// (retries, hedges, fallbacks) counts.
+    #[serde(default)]
+    pub max_upstream_calls: Option<u32>,
     #[serde(default)]
     pub connect_timeout: Option<HumanDuration>,
     #[serde(default)]
@@ -323,7 +334,8 @@ pub struct ModelConfig {
     /// Conditions that send a request to the fallbacks (default: all of them).
     #[serde(default)]
     pub fallback_on: Option<Vec<FallbackCondition>>,
-    /// Hedged requests: `{after: 2s, max: 1}`.
+    /// Hedged requests: `{after: 2s, max: 1}`. Only streamed requests are hedged: a whole
+    /// answer's first byte comes when all of it is generated.
     #[serde(default)]
     pub hedge: Option<HedgeConfig>,
 }
@@ -336,7 +348,7 @@ pub enum FallbackCondition {
     RateLimited,
     /// The upstream answered 5xx (529 included), or could not be reached.
     ServerError,
-    /// No answer within the model's timeout.
+    /// No answer within the model's timeout (the gateway's deadline, or an upstream's 504/408).
     Timeout,
     /// The prompt does not fit the model's context window.
     ContextLength,
@@ -352,7 +364,7 @@ pub const ALL_FALLBACK_CONDITIONS: [FallbackCondition; 4] = [
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct HedgeConfig {
-    /// Send a second request when no first byte came after this long.
+    /// Send a second request when no first byte came after this long (streamed requests only).
     pub after: HumanDuration,
     /// How many extra requests at most.
     #[serde(default = "one_hedge")]
@@ -510,6 +522,10 @@ pub struct ModelSettings {
     pub upstream_model: String,
     pub default_max_tokens: u32,
     pub timeout: Duration,
+    /// Bounds the whole chain (this model, then its fallbacks).
+    pub total_timeout: Duration,
+    /// Upstream calls a request to this model may cause, its fallbacks' included.
+    pub max_upstream_calls: u32,
     pub connect_timeout: Duration,
     pub stream_idle_timeout: Duration,
     pub fallbacks: Vec<String>,
@@ -674,6 +690,8 @@ impl Settings {
                         model: None,
                         default_max_tokens: None,
                         timeout: None,
+                        total_timeout: None,
+                        max_upstream_calls: None,
                         connect_timeout: None,
                         stream_idle_timeout: None,
                         fallbacks: vec![],
@@ -717,6 +735,7 @@ impl GatewayConfig {
             providers.push(validate_provider(name, p)?);
         }
         let mut models = Vec::new();
+        let mut total_timeouts = Vec::new();
         for (name, m) in &self.models {
             let key = format!("models.{name}");
             let Some(provider) = providers.iter().find(|p| p.name == m.provider) else {
@@ -755,6 +774,12 @@ impl GatewayConfig {
                     ));
                 }
             }
+            if m.max_upstream_calls == Some(0) {
+                return Err(ConfigError::new(
+                    format!("{key}.max_upstream_calls"),
+                    "must be greater than 0",
+                ));
+            }
             if let Some(h) = m.hedge {
                 if h.after.0.is_zero() || h.max == 0 {
                     return Err(ConfigError::new(
@@ -770,12 +795,16 @@ impl GatewayConfig {
                 )),
                 _ => Ok(d.map(|d| d.0)),
             };
+            total_timeouts.push(positive(m.total_timeout, "total_timeout")?);
             models.push(ModelSettings {
                 name: name.clone(),
                 provider: m.provider.clone(),
                 upstream_model,
                 default_max_tokens: m.default_max_tokens.unwrap_or(DEFAULT_MAX_TOKENS),
                 timeout: positive(m.timeout, "timeout")?.unwrap_or(provider.timeout),
+                // Set below, once every model's `timeout` is known.
+                total_timeout: Duration::ZERO,
+                max_upstream_calls: m.max_upstream_calls.unwrap_or(DEFAULT_MAX_UPSTREAM_CALLS),
                 connect_timeout: positive(m.connect_timeout, "connect_timeout")?
                     .unwrap_or(provider.connect_timeout),
                 stream_idle_timeout: positive(m.stream_idle_timeout, "stream_idle_timeout")?
@@ -788,6 +817,14 @@ impl GatewayConfig {
                 hedge: m.hedge,
             });
         }
+        let timeouts: BTreeMap<String, Duration> =
+            models.iter().map(|m| (m.name.clone(), m.timeout)).collect();
+        for (m, configured) in models.iter_mut().zip(total_timeouts) {
+            m.total_timeout = configured.unwrap_or_else(|| {
+                let fallbacks = m.fallbacks.iter().filter_map(|f| timeouts.get(f).copied());
+                default_total_timeout(m.timeout, fallbacks)
+            });
+        }
         Ok(Settings {
             listen: self.listen.0,
             admin_listen: self.admin_listen,
@@ -797,6 +834,12 @@ impl GatewayConfig {
             models,
         })
     }
+}
+
+/// A chain's default `total_timeout`: the model's own `timeout`, then each fallback's, one after
+/// the other.
+fn default_total_timeout(own: Duration, fallbacks: impl Iterator<Item = Duration>) -> Duration {
+    fallbacks.fold(own, Duration::saturating_add)
 }
 
 fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings, ConfigError> {
@@ -1143,6 +1186,49 @@ models:
 
         let e = err("lisen: 127.0.0.1:1\n");
         assert!(e.message.contains("lisen"), "{e}");
+    }
+
+    #[test]
+    fn total_timeout_defaults_to_the_chains_timeouts_and_must_be_positive() {
+        let yaml = "providers:\n  p: { kind: openai, api_key: k, timeout: 10s }\nmodels:\n  \
+                    m: { provider: p, timeout: 2s, fallbacks: [f, g] }\n  \
+                    f: { provider: p, timeout: 3s }\n  g: { provider: p }\n  \
+                    t: { provider: p, total_timeout: 1m, fallbacks: [f] }\n";
+        let s = Settings::from_yaml(yaml, &env).unwrap();
+        let total = |name: &str| {
+            s.models
+                .iter()
+                .find(|m| m.name == name)
+                .map(|m| m.total_timeout)
+        };
+        assert_eq!(total("m"), Some(Duration::from_secs(2 + 3 + 10)));
+        assert_eq!(total("f"), Some(Duration::from_secs(3)));
+        assert_eq!(total("g"), Some(Duration::from_secs(10)));
+        assert_eq!(total("t"), Some(Duration::from_secs(60)));
+        assert_eq!(
+            default_total_timeout(Duration::MAX, [Duration::from_secs(1)].into_iter()),
+            Duration::MAX
+        );
+
+        let e = err("providers:\n  p: { kind: openai, api_key: k }\nmodels:\n  m: { provider: p, total_timeout: 0s }\n");
+        assert_eq!(e.key, "models.m.total_timeout");
+    }
+
+    #[test]
+    fn max_upstream_calls_has_a_default_and_must_be_positive() {
+        let yaml = "providers:\n  p: { kind: openai, api_key: k }\nmodels:\n  \
+                    m: { provider: p }\n  n: { provider: p, max_upstream_calls: 3 }\n";
+        let s = Settings::from_yaml(yaml, &env).unwrap();
+        let cap = |name: &str| {
+            s.models
+                .iter()
+                .find(|m| m.name == name)
+                .map(|m| m.max_upstream_calls)
+        };
+        assert_eq!(cap("m"), Some(DEFAULT_MAX_UPSTREAM_CALLS));
+        assert_eq!(cap("n"), Some(3));
+        let e = err("providers:\n  p: { kind: openai, api_key: k }\nmodels:\n  m: { provider: p, max_upstream_calls: 0 }\n");
+        assert_eq!(e.key, "models.m.max_upstream_calls");
     }
 
     #[test]

@@ -6,8 +6,10 @@ use crate::error::GatewayError;
 use crate::ids::unix_now;
 use crate::providers::{openai, AuthPlacement, RequestContext};
 use crate::registry::{Model, Registry};
+use crate::upstream::budget::RequestBudget;
 use bytes::Bytes;
 use std::sync::Arc;
+use std::time::Instant;
 
 /// How the upstream's answer reaches the client.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -49,6 +51,9 @@ pub struct PlannedCall {
     pub created: u64,
     /// Instances already serving this call, which a hedged leg avoids.
     pub instances_in_use: std::sync::Mutex<Vec<pingora_core::protocols::l4::socket::SocketAddr>>,
+    /// What the client's request may spend upstream, shared by all the calls planned for it
+    /// (fallbacks get the first call's: see [`PlannedCall::sharing_budget`]).
+    pub budget: Arc<RequestBudget>,
 }
 
 /// The parts of a plan that depend on the endpoint and the provider.
@@ -108,6 +113,11 @@ impl PlannedCall {
         Ok(PlannedCall {
             path: upstream_path(&model, operation, stream)?,
             registry: registry.clone(),
+            budget: Arc::new(RequestBudget::new(
+                model.total_timeout,
+                model.max_upstream_calls,
+                Instant::now(),
+            )),
             model,
             endpoint: request.endpoint,
             operation,
@@ -118,6 +128,13 @@ impl PlannedCall {
             created: unix_now(),
             instances_in_use: Default::default(),
         })
+    }
+
+    /// This call, spending `budget` (the client's request's) instead of its own: fallbacks are
+    /// planned as calls of their own, but the request's limits span the whole chain.
+    pub fn sharing_budget(mut self, budget: Arc<RequestBudget>) -> PlannedCall {
+        self.budget = budget;
+        self
     }
 }
 

@@ -51,7 +51,12 @@ pub struct Model {
     /// The upstream paths of this model's operations.
     pub paths: UpstreamPaths,
     pub default_max_tokens: u32,
+    /// Bounds one leg served by this model, from the leg's start, across its retries.
     pub timeout: Duration,
+    /// Bounds a whole request to this model, its fallbacks included.
+    pub total_timeout: Duration,
+    /// Upstream calls a request to this model may cause, its fallbacks' included.
+    pub max_upstream_calls: u32,
     pub connect_timeout: Duration,
     pub stream_idle_timeout: Duration,
     /// Fallback model names, in order.
@@ -103,6 +108,8 @@ impl Registry {
                     paths: provider.dialect.paths(&m.upstream_model, provider_settings),
                     default_max_tokens: m.default_max_tokens,
                     timeout: m.timeout,
+                    total_timeout: m.total_timeout,
+                    max_upstream_calls: m.max_upstream_calls,
                     connect_timeout: m.connect_timeout,
                     stream_idle_timeout: m.stream_idle_timeout,
                     fallbacks: m.fallbacks.clone(),

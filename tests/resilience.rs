@@ -24,6 +24,21 @@ fn endpoints(mocks: &[&MockProvider]) -> String {
         .join(", ")
 }
 
+/// POSTs a streamed chat request for `m` and returns (status, headers, the whole event stream).
+async fn post_stream(url: &str) -> (u16, reqwest::header::HeaderMap, String) {
+    let resp = client()
+        .post(url)
+        .json(
+            &json!({"model": "m", "stream": true, "messages": [{"role": "user", "content": "hi"}]}),
+        )
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let headers = resp.headers().clone();
+    (status, headers, resp.text().await.expect("stream"))
+}
+
 /// Polls `cond` every 20 ms for at most `limit`.
 async fn eventually(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let end = Instant::now() + limit;
@@ -329,10 +344,12 @@ async fn hedged_request_wins_on_the_fast_instance_and_cancels_the_slow_one() {
         "providers:\n  s: {{ kind: openai, auth: none, health_check: {{ enabled: false }}, endpoints: [\"{}/v1\"] }}\n  f: {{ kind: openai, auth: none, endpoints: [\"{}/v1\"] }}\nmodels:\n  m: {{ provider: s, hedge: {{ after: 300ms, max: 1 }}, fallbacks: [backup] }}\n  backup: {{ provider: f }}\n",
         slow.url(), fast.url()
     ));
+    // Hedging applies to streams, whose first byte is the first token.
     let started = Instant::now();
-    let (status, headers, answer) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+    let (status, headers, answer) = post_stream(&gw.url("/v1/chat/completions")).await;
     let took = started.elapsed();
     assert_eq!(status, 200, "{answer}");
+    assert!(answer.ends_with("data: [DONE]\n\n"), "{answer}");
     assert_eq!(header(&headers, "x-dragoman-model"), "backup");
     assert!(
         took >= Duration::from_millis(400) && took < Duration::from_millis(1500),
@@ -362,8 +379,9 @@ async fn hedge_goes_to_another_instance_of_the_same_provider() {
     ));
     for _ in 0..4 {
         let started = Instant::now();
-        let (status, _, _) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+        let (status, _, answer) = post_stream(&gw.url("/v1/chat/completions")).await;
         assert_eq!(status, 200);
+        assert!(answer.ends_with("data: [DONE]\n\n"), "{answer}");
         assert!(
             started.elapsed() < Duration::from_secs(2),
             "took {:?}",

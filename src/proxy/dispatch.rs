@@ -1,31 +1,43 @@
 //! The coordinator of one client request: runs the planned upstream call as a Pingora subrequest
 //! (a "leg"), and decides what reaches the client.
 //!
-//! - Before the first byte, a failed leg may be replaced by the next fallback model, planned afresh
-//!   for its provider (`fallbacks`, `fallback_on`).
-//! - `hedge`: if no first byte came after the delay, a second leg is started on another instance
-//!   (or the first fallback); the first answer wins and the others are cancelled.
-//! - The model's `timeout` bounds the whole response (non-streaming) or the first byte (streaming).
+//! - The client's model governs the whole chain: its `fallbacks`, in order, and its `fallback_on`.
+//!   Until anything reached the client, a failed leg is replaced by the next fallback model,
+//!   planned afresh for its provider.
+//! - Deadlines: each leg is bounded by its own model's `timeout`, counted from the leg's start
+//!   (the first byte of a stream, the whole of any other answer), and the request by the client's
+//!   model's `total_timeout`, counted from when it was planned. A leg that runs out of time is
+//!   cancelled and counts as a `timeout` failure, like an upstream's 504: the next fallback then
+//!   gets its own full `timeout`, within what is left of the total.
+//! - `hedge` (streamed requests only): if no first byte came after the delay, a second leg is
+//!   started on another instance (or the next fallback); the first answer wins and the others are
+//!   cancelled. A non-streamed answer's first byte comes when all of it is generated, so its wait
+//!   says nothing about a stalled upstream: those requests are not hedged.
 //! - A client that goes away cancels every leg at once.
 //!
-//! Cancelling a leg drops its task, which drops its upstream connection.
+//! Cancelling a leg drops its task, which drops its upstream connection. The decisions themselves
+//! (`failure_condition`, `after_failure`, `leg_deadline`, ...) are pure functions, tested below.
 
 use super::client_watch;
 use super::local_response::{self, ServedBy};
 use crate::api::ClientProtocol;
-use crate::config::FallbackCondition;
+use crate::config::{FallbackCondition, HedgeConfig};
 use crate::error::GatewayError;
 use crate::plan::PlannedCall;
 use crate::registry::Model;
+use crate::upstream::budget::RequestBudget;
 use futures::future::{select_all, FutureExt};
 use pingora_core::protocols::http::HttpTask;
+use pingora_error::{Error, ErrorType};
 use pingora_proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora_proxy::Session;
+use std::future::Future;
 use std::sync::Arc;
-use tokio::sync::mpsc;
+use std::time::Duration;
+use tokio::sync::{mpsc, oneshot};
 use tokio::time::Instant;
 
-/// Response header naming how many upstream attempts a request took.
+/// Response header naming how many upstream attempts a request took, over all its legs.
 pub const ATTEMPTS_HEADER: &str = "x-dragoman-attempts";
 
 /// One running subrequest.
@@ -34,12 +46,22 @@ struct Leg {
     rx: mpsc::Receiver<HttpTask>,
     /// Held so the subrequest keeps its input open; dropping it is a cancellation signal.
     _tx: mpsc::Sender<HttpTask>,
+    /// The error the leg failed with, which Pingora sends before the leg's output closes.
+    error: oneshot::Receiver<Box<Error>>,
+    deadline: LegDeadline,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Leg {
     fn spawn(session: &Session, call: Arc<PlannedCall>) -> Option<Leg> {
         let spawner = session.subrequest_spawner.as_ref()?;
+        // The subrequest gets a context of its own, whose `started` (now) the upstream hooks
+        // count the same `timeout` from.
+        let deadline = leg_deadline(
+            Instant::now(),
+            call.model.timeout,
+            Instant::from_std(call.budget.deadline),
+        );
         let ctx = SubrequestCtx::builder()
             .body_mode(BodyMode::NoBody)
             .user_ctx(Box::new(call.clone()))
@@ -50,6 +72,8 @@ impl Leg {
             call,
             rx: handle.rx,
             _tx: handle.tx,
+            error: handle.subreq_proxy_error,
+            deadline,
             task,
         })
     }
@@ -69,11 +93,14 @@ pub async fn run(
     replan: &(dyn Fn(&str) -> Result<PlannedCall, GatewayError> + Send + Sync),
 ) {
     let protocol = call.endpoint.protocol();
-    let model = call.model.clone();
-    let deadline = Instant::now() + model.timeout;
-    let mut fallbacks = model.fallbacks.iter();
-    let mut hedges_left = model.hedge.map_or(0, |h| h.max);
-    let mut hedge_at = model.hedge.map(|h| Instant::now() + h.after.0);
+    // The client's model: its settings govern the whole chain, whichever model answers.
+    let chain = call.model.clone();
+    let budget = call.budget.clone();
+    let total_deadline = Instant::from_std(budget.deadline);
+    let mut fallbacks = chain.fallbacks.iter();
+    let hedge = hedge_for(chain.hedge, call.stream);
+    let mut hedges_left = hedge.map_or(0, |h| h.max);
+    let mut hedge_at = hedge.map(|h| Instant::now() + h.after.0);
     let client_socket = client_watch::duplicate_client_socket(session);
     let client_gone = async move {
         match client_socket {
@@ -90,152 +117,180 @@ pub async fn run(
         return local_response::write_error(session, &e, protocol, None).await;
     };
     let mut legs = vec![first];
-    let mut attempts: u64 = 0;
-    // The last answer that was not delivered, kept for when nothing better comes.
-    let mut last_failure: Option<Answer> = None;
+    // The last failure that was not delivered, kept for when nothing better comes.
+    let mut last_failure: Option<Failure> = None;
 
-    // Phase 1: wait for a first answer worth delivering.
-    let mut answer = loop {
-        if legs.is_empty() {
-            if let Some(leg) = next_fallback(&mut fallbacks, replan, session) {
-                legs.push(leg);
-                continue;
-            }
-            match last_failure.take() {
-                Some(answer) => break answer,
-                None => {
-                    let e = GatewayError::new(502, "No upstream answered")
-                        .with_code(crate::error::ErrorCode::UpstreamUnreachable);
-                    return local_response::write_error(session, &e, protocol, None).await;
-                }
-            }
-        }
-        let hedge_timer = async {
-            match hedge_at {
-                Some(at) if hedges_left > 0 => tokio::time::sleep_until(at).await,
-                _ => std::future::pending().await,
-            }
-        };
-        let event = tokio::select! {
-            // `legs` is not empty here, which select_all requires.
-            (task, index, _) = select_all(legs.iter_mut().map(|l| Box::pin(l.rx.recv()))) => {
-                Event::Task(index, task)
-            }
-            () = hedge_timer => Event::Hedge,
-            () = tokio::time::sleep_until(deadline) => Event::Deadline,
-            () = &mut client_gone => Event::ClientGone,
-        };
-        match event {
-            Event::Task(index, task) => {
-                let leg = legs.swap_remove(index);
-                // A leg that ended without a header has nothing to say; others may.
-                let Some(HttpTask::Header(header, ended)) = task else {
-                    continue;
-                };
-                attempts += attempts_of(&header);
-                let condition = failure_condition(header.status.as_u16());
-                let mut answer = Answer {
-                    leg,
-                    tasks: vec![HttpTask::Header(header, ended)],
-                    ended,
-                };
-                let condition = match condition {
-                    Some(FallbackCondition::ContextLength) => {
-                        // Only the body tells a context window error from other 400s.
-                        answer.read_to_end().await;
-                        answer
-                            .mentions_context_length()
-                            .then_some(FallbackCondition::ContextLength)
-                    }
-                    other => other,
-                };
-                let model = &answer.leg.call.model;
-                match condition {
-                    Some(c) if model.fallback_on.contains(&c) && !model.fallbacks.is_empty() => {
-                        last_failure = Some(answer);
-                    }
-                    _ => break answer,
-                }
-            }
-            Event::Hedge => {
-                hedges_left -= 1;
-                hedge_at = model.hedge.map(|h| Instant::now() + h.after.0);
-                // Another instance of the same model, or else the next fallback, which the
-                // hedge then uses up (a later failure moves on to the one after it).
-                let hedge = if model.provider.endpoint_count > 1 {
-                    Leg::spawn(session, call.clone())
-                } else {
-                    next_fallback(&mut fallbacks, replan, session)
-                };
-                if let Some(leg) = hedge {
-                    log::debug!("hedging {} after no first byte", model.name);
-                    legs.push(leg);
-                }
-            }
-            Event::Deadline => {
-                legs.clear();
-                if model.fallback_on.contains(&FallbackCondition::Timeout) {
-                    if let Some(leg) = next_fallback(&mut fallbacks, replan, session) {
+    loop {
+        // Phase 1: wait for an answer worth delivering.
+        let mut answer = loop {
+            if legs.is_empty() {
+                if may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
+                    if let Some(leg) = next_fallback(&mut fallbacks, replan, session, &budget) {
                         legs.push(leg);
                         continue;
                     }
                 }
-                return timed_out(session, &model, protocol).await;
-            }
-            Event::ClientGone => {
-                log::debug!(
-                    "client went away; upstream calls for {} cancelled",
-                    model.name
-                );
-                return;
-            }
-        }
-    };
-    drop(legs); // hedges that lost
-    drop(last_failure);
-
-    // Phase 2: deliver the winner's answer. Streams go out as they come; other answers are held
-    // until complete, so that the whole-response timeout can still answer 504.
-    if let Some(HttpTask::Header(header, _)) = answer.tasks.first_mut() {
-        let _ = header.insert_header(ATTEMPTS_HEADER, attempts.max(1).to_string());
-    }
-    let streaming = answer.leg.call.stream;
-    if streaming && !write(session, std::mem::take(&mut answer.tasks)).await {
-        return;
-    }
-    while !answer.ended {
-        let whole_response_deadline = async {
-            if streaming {
-                std::future::pending().await
-            } else {
-                tokio::time::sleep_until(deadline).await
-            }
-        };
-        tokio::select! {
-            task = answer.leg.rx.recv() => {
-                let Some(task) = task else { break };
-                answer.ended = task.is_end() || matches!(task, HttpTask::Failed(_));
-                if streaming {
-                    if !write(session, vec![task]).await {
-                        return;
+                match last_failure.take() {
+                    Some(Failure::Answer(answer)) => break answer,
+                    Some(Failure::Leg(failure)) => {
+                        return failure.write(session, protocol, budget.calls_made()).await;
                     }
-                } else {
-                    answer.tasks.push(task);
+                    None => {
+                        let e = GatewayError::new(502, "No upstream answered")
+                            .with_code(crate::error::ErrorCode::UpstreamUnreachable);
+                        return local_response::write_error(session, &e, protocol, None).await;
+                    }
                 }
             }
-            () = whole_response_deadline => {
-                drop(answer);
-                return timed_out(session, &model, protocol).await;
+            let hedge_timer = async {
+                match hedge_at {
+                    Some(at) if hedges_left > 0 => tokio::time::sleep_until(at).await,
+                    _ => std::future::pending().await,
+                }
+            };
+            let deadline = legs
+                .iter()
+                .map(|l| l.deadline.at)
+                .min()
+                .unwrap_or(total_deadline);
+            let event = tokio::select! {
+                // `legs` is not empty here, which select_all requires.
+                (task, index, _) = select_all(legs.iter_mut().map(|l| Box::pin(l.rx.recv()))) => {
+                    Event::Task(index, task)
+                }
+                () = hedge_timer => Event::Hedge,
+                () = tokio::time::sleep_until(deadline) => Event::Deadline,
+                () = &mut client_gone => Event::ClientGone,
+            };
+            let (failure, condition) = match event {
+                Event::Task(index, Some(HttpTask::Header(header, ended))) => {
+                    let status = header.status.as_u16();
+                    let mut answer = Answer {
+                        leg: legs.swap_remove(index),
+                        tasks: vec![HttpTask::Header(header, ended)],
+                        ended,
+                    };
+                    match failure_condition(status) {
+                        Some(FallbackCondition::ContextLength) => {
+                            // Only the body tells a context window error from other 400s.
+                            match answer.complete(&chain, &mut client_gone).await {
+                                Completion::Whole => {
+                                    let condition = answer
+                                        .mentions_context_length()
+                                        .then_some(FallbackCondition::ContextLength);
+                                    (Failure::Answer(answer), condition)
+                                }
+                                Completion::Failed(failure) => {
+                                    let condition = Some(failure.condition);
+                                    (Failure::Leg(failure), condition)
+                                }
+                                Completion::ClientGone => return client_left(&chain),
+                            }
+                        }
+                        condition => (Failure::Answer(answer), condition),
+                    }
+                }
+                Event::Task(index, task) => {
+                    // The leg ended without an answer.
+                    let mut leg = legs.swap_remove(index);
+                    let error = match task {
+                        Some(HttpTask::Failed(e)) => Some(e),
+                        _ => leg.error.try_recv().ok(),
+                    };
+                    let failure = LegFailure::broke_off(&leg, error);
+                    let condition = Some(failure.condition);
+                    (Failure::Leg(failure), condition)
+                }
+                Event::Hedge => {
+                    hedges_left -= 1;
+                    hedge_at = hedge.map(|h| Instant::now() + h.after.0);
+                    if !may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
+                        continue;
+                    }
+                    // Another instance of the same model, or else the next fallback, which the
+                    // hedge then uses up (a later failure moves on to the one after it).
+                    let hedge = if chain.provider.endpoint_count > 1 {
+                        Leg::spawn(session, call.clone())
+                    } else {
+                        next_fallback(&mut fallbacks, replan, session, &budget)
+                    };
+                    if let Some(leg) = hedge {
+                        log::debug!("hedging {} after no first byte", chain.name);
+                        legs.push(leg);
+                    }
+                    continue;
+                }
+                Event::Deadline => {
+                    // Legs out of time are cancelled; the latest stands for them.
+                    let now = Instant::now();
+                    let (expired, running): (Vec<Leg>, Vec<Leg>) =
+                        legs.drain(..).partition(|l| l.deadline.at <= now);
+                    legs = running;
+                    let Some(leg) = expired.last() else { continue };
+                    let failure = LegFailure::timed_out(leg, &chain);
+                    (Failure::Leg(failure), Some(FallbackCondition::Timeout))
+                }
+                Event::ClientGone => return client_left(&chain),
+            };
+            match after_failure(condition, &chain.fallback_on, !legs.is_empty()) {
+                Next::Deliver => match failure {
+                    Failure::Answer(answer) => break answer,
+                    Failure::Leg(failure) => {
+                        drop(legs);
+                        return failure.write(session, protocol, budget.calls_made()).await;
+                    }
+                },
+                Next::Keep => last_failure = Some(failure),
             }
-            () = &mut client_gone => {
-                log::debug!("client went away; upstream call for {} cancelled", model.name);
+        };
+        // Hedges that lost, and failures that the answer made moot.
+        legs.clear();
+        drop(last_failure.take());
+
+        // Phase 2: deliver the answer. Streams go out as they come.
+        if answer.leg.call.stream {
+            set_attempts(&mut answer.tasks, budget.calls_made());
+            if !write(session, std::mem::take(&mut answer.tasks)).await {
                 return;
             }
+            while !answer.ended {
+                tokio::select! {
+                    task = answer.leg.rx.recv() => {
+                        let Some(task) = task else { break };
+                        answer.ended = task.is_end();
+                        if !write(session, vec![task]).await {
+                            return;
+                        }
+                    }
+                    () = &mut client_gone => return client_left(&chain),
+                }
+            }
+            return;
+        }
+        // Other answers are held until complete: until then nothing has reached the client, so
+        // one that runs out of time or breaks off can still fall back, or become a clean error.
+        let failure = match answer.complete(&chain, &mut client_gone).await {
+            Completion::Whole => {
+                set_attempts(&mut answer.tasks, budget.calls_made());
+                write(session, answer.tasks).await;
+                return;
+            }
+            Completion::ClientGone => return client_left(&chain),
+            Completion::Failed(failure) => failure,
+        };
+        drop(answer);
+        match after_failure(Some(failure.condition), &chain.fallback_on, false) {
+            Next::Deliver => return failure.write(session, protocol, budget.calls_made()).await,
+            Next::Keep => last_failure = Some(Failure::Leg(failure)),
         }
     }
-    if !answer.tasks.is_empty() {
-        write(session, answer.tasks).await;
-    }
+}
+
+fn client_left(chain: &Model) {
+    log::debug!(
+        "client went away; upstream calls for {} cancelled",
+        chain.name
+    );
 }
 
 /// What woke the dispatcher up.
@@ -253,17 +308,43 @@ struct Answer {
     ended: bool,
 }
 
+/// How reading the rest of an answer went.
+enum Completion {
+    Whole,
+    Failed(LegFailure),
+    ClientGone,
+}
+
 impl Answer {
-    async fn read_to_end(&mut self) {
+    /// Reads the rest of the answer, within the leg's deadline.
+    async fn complete(
+        &mut self,
+        chain: &Model,
+        mut client_gone: impl Future<Output = ()> + Unpin,
+    ) -> Completion {
         while !self.ended {
-            match self.leg.rx.recv().await {
-                Some(task) => {
-                    self.ended = task.is_end() || matches!(task, HttpTask::Failed(_));
-                    self.tasks.push(task);
+            tokio::select! {
+                task = self.leg.rx.recv() => match task {
+                    Some(HttpTask::Failed(e)) => {
+                        return Completion::Failed(LegFailure::broke_off(&self.leg, Some(e)));
+                    }
+                    Some(task) => {
+                        self.ended = task.is_end();
+                        self.tasks.push(task);
+                    }
+                    // Closed without an end: the leg failed if Pingora says so.
+                    None => match self.leg.error.try_recv() {
+                        Ok(e) => return Completion::Failed(LegFailure::broke_off(&self.leg, Some(e))),
+                        Err(_) => self.ended = true,
+                    },
+                },
+                () = tokio::time::sleep_until(self.leg.deadline.at) => {
+                    return Completion::Failed(LegFailure::timed_out(&self.leg, chain));
                 }
-                None => self.ended = true,
+                () = &mut client_gone => return Completion::ClientGone,
             }
         }
+        Completion::Whole
     }
 
     fn mentions_context_length(&self) -> bool {
@@ -285,34 +366,88 @@ impl Answer {
     }
 }
 
-async fn timed_out(session: &mut Session, model: &Model, protocol: ClientProtocol) {
-    let e = GatewayError::new(
-        504,
-        format!(
-            "Model `{}` did not answer within {:?}",
-            model.name, model.timeout
-        ),
-    )
-    .with_code(crate::error::ErrorCode::UpstreamTimeout);
-    let served_by = ServedBy {
-        model: &model.name,
-        provider: &model.provider.name,
-        attempts: 0,
-    };
-    local_response::write_error(session, &e, protocol, Some(served_by)).await;
+/// What the client gets if nothing better comes.
+enum Failure {
+    /// An upstream's answer (an error status), delivered as it is.
+    Answer(Answer),
+    /// A leg that gave no whole answer, answered for by the gateway.
+    Leg(LegFailure),
 }
 
-/// Plans and starts the next fallback model that can be planned.
+/// A leg that ran out of time or broke off before its answer was whole.
+struct LegFailure {
+    condition: FallbackCondition,
+    error: GatewayError,
+    /// The leg's model, for the `x-dragoman-*` headers.
+    model: Arc<Model>,
+}
+
+impl LegFailure {
+    fn timed_out(leg: &Leg, chain: &Model) -> LegFailure {
+        let model = leg.call.model.clone();
+        let message = if !leg.deadline.total {
+            format!(
+                "Model `{}` did not answer within {:?}",
+                model.name, model.timeout
+            )
+        } else if chain.fallbacks.is_empty() {
+            format!(
+                "Model `{}` did not answer within {:?}",
+                chain.name, chain.total_timeout
+            )
+        } else {
+            format!(
+                "Model `{}` and its fallbacks did not answer within {:?}",
+                chain.name, chain.total_timeout
+            )
+        };
+        LegFailure {
+            condition: FallbackCondition::Timeout,
+            error: GatewayError::new(504, message)
+                .with_code(crate::error::ErrorCode::UpstreamTimeout),
+            model,
+        }
+    }
+
+    fn broke_off(leg: &Leg, error: Option<Box<Error>>) -> LegFailure {
+        let model = leg.call.model.clone();
+        let provider = &model.provider.name;
+        let condition = broken_leg_condition(error.as_ref().map(|e| e.etype()));
+        let error = error
+            .and_then(|e| local_response::error_for_proxy_failure(&e, provider))
+            .unwrap_or_else(|| {
+                GatewayError::new(502, format!("Provider `{provider}` gave no whole answer"))
+                    .with_code(crate::error::ErrorCode::UpstreamError)
+            });
+        LegFailure {
+            condition,
+            error,
+            model,
+        }
+    }
+
+    async fn write(self, session: &mut Session, protocol: ClientProtocol, attempts: u32) {
+        let served_by = ServedBy {
+            model: &self.model.name,
+            provider: &self.model.provider.name,
+            attempts,
+        };
+        local_response::write_error(session, &self.error, protocol, Some(served_by)).await;
+    }
+}
+
+/// Plans and starts the next fallback model that can be planned, spending the request's budget.
 fn next_fallback<'a>(
     fallbacks: &mut impl Iterator<Item = &'a String>,
     replan: &(dyn Fn(&str) -> Result<PlannedCall, GatewayError> + Send + Sync),
     session: &Session,
+    budget: &Arc<RequestBudget>,
 ) -> Option<Leg> {
     for name in fallbacks {
         match replan(name) {
             Ok(call) => {
                 log::info!("falling back to model {name}");
-                return Leg::spawn(session, Arc::new(call));
+                return Leg::spawn(session, Arc::new(call.sharing_budget(budget.clone())));
             }
             Err(e) => log::warn!("fallback model {name} cannot serve this request: {e}"),
         }
@@ -320,13 +455,12 @@ fn next_fallback<'a>(
     None
 }
 
-fn attempts_of(header: &pingora_http::ResponseHeader) -> u64 {
-    header
-        .headers
-        .get(ATTEMPTS_HEADER)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(1)
+/// Puts the request's attempts, over all its legs (hedges that lost and legs that timed out
+/// included), in the answer's header.
+fn set_attempts(tasks: &mut [HttpTask], attempts: u32) {
+    if let Some(HttpTask::Header(header, _)) = tasks.first_mut() {
+        let _ = header.insert_header(ATTEMPTS_HEADER, attempts.max(1).to_string());
+    }
 }
 
 /// The one classification of failed answers for fallbacks (README, "Failures"): 429 is rate
@@ -342,6 +476,84 @@ fn failure_condition(status: u16) -> Option<FallbackCondition> {
     }
 }
 
+/// A leg that broke off without a whole answer: a timeout if its error says so, else a server
+/// error (the upstream failed, went away, or could not be reached).
+fn broken_leg_condition(error: Option<&ErrorType>) -> FallbackCondition {
+    match error {
+        Some(
+            ErrorType::ConnectTimedout
+            | ErrorType::ReadTimedout
+            | ErrorType::WriteTimedout
+            | ErrorType::TLSHandshakeTimedout,
+        ) => FallbackCondition::Timeout,
+        _ => FallbackCondition::ServerError,
+    }
+}
+
+/// What the dispatcher does with a leg's answer or failure.
+#[derive(Debug, PartialEq, Eq)]
+enum Next {
+    /// Deliver it: nothing better can come.
+    Deliver,
+    /// Keep it as the last failure, and wait for the legs still running or, when none is, start
+    /// the next fallback (delivering it if there is none, or no budget for one).
+    Keep,
+}
+
+/// The decision for an answer classified as `condition` (`None`: a success, or an error that is
+/// the client's to see). A failure is kept while other legs (hedges) may still succeed, and when
+/// the client's model falls back on it; `fallback_on` is the client's model's, which governs the
+/// whole chain (a fallback model's own `fallbacks` and `fallback_on` play no part).
+fn after_failure(
+    condition: Option<FallbackCondition>,
+    fallback_on: &[FallbackCondition],
+    others_running: bool,
+) -> Next {
+    match condition {
+        None => Next::Deliver,
+        Some(_) if others_running => Next::Keep,
+        Some(c) if fallback_on.contains(&c) => Next::Keep,
+        Some(_) => Next::Deliver,
+    }
+}
+
+/// When a leg runs out of time.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct LegDeadline {
+    at: Instant,
+    /// The request's total deadline came before the leg's own.
+    total: bool,
+}
+
+/// A leg started at `start` has its model's `timeout` from then, within the request's total
+/// deadline.
+fn leg_deadline(start: Instant, timeout: Duration, total: Instant) -> LegDeadline {
+    match start.checked_add(timeout) {
+        Some(own) if own < total => LegDeadline {
+            at: own,
+            total: false,
+        },
+        _ => LegDeadline {
+            at: total,
+            total: true,
+        },
+    }
+}
+
+/// Whether another leg (a fallback or a hedge) may start: the request has time left
+/// (`total_timeout`) and an upstream call left (`max_upstream_calls`). When not, the last failure
+/// is the answer.
+fn may_start_leg(now: Instant, total_deadline: Instant, calls_left: u32) -> bool {
+    now < total_deadline && calls_left > 0
+}
+
+/// The hedging that applies to a request: a model's `hedge` for streamed requests, whose time to
+/// first byte is the time to first token, and none for the others, whose first byte comes only
+/// once the whole answer is generated (hedging them would double every long generation).
+fn hedge_for(hedge: Option<HedgeConfig>, stream: bool) -> Option<HedgeConfig> {
+    hedge.filter(|_| stream)
+}
+
 /// Writes tasks to the client; false when the client is gone.
 async fn write(session: &mut Session, tasks: Vec<HttpTask>) -> bool {
     match session.write_response_tasks(tasks).await {
@@ -350,5 +562,91 @@ async fn write(session: &mut Session, tasks: Vec<HttpTask>) -> bool {
             log::debug!("client went away: {e}");
             false
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use FallbackCondition::*;
+
+    #[test]
+    fn statuses_are_classified_once() {
+        assert_eq!(failure_condition(429), Some(RateLimited));
+        assert_eq!(failure_condition(504), Some(Timeout));
+        assert_eq!(failure_condition(408), Some(Timeout));
+        for status in [500, 502, 503, 529] {
+            assert_eq!(failure_condition(status), Some(ServerError), "{status}");
+        }
+        assert_eq!(failure_condition(400), Some(ContextLength));
+        assert_eq!(failure_condition(413), Some(ContextLength));
+        for status in [200, 201, 401, 403, 404, 422] {
+            assert_eq!(failure_condition(status), None, "{status}");
+        }
+    }
+
+    #[test]
+    fn broken_legs_are_timeouts_or_server_errors() {
+        for timeout in [
+            ErrorType::ReadTimedout,
+            ErrorType::ConnectTimedout,
+            ErrorType::WriteTimedout,
+        ] {
+            assert_eq!(broken_leg_condition(Some(&timeout)), Timeout);
+        }
+        assert_eq!(
+            broken_leg_condition(Some(&ErrorType::ConnectionClosed)),
+            ServerError
+        );
+        assert_eq!(broken_leg_condition(None), ServerError);
+    }
+
+    #[test]
+    fn failures_are_kept_for_the_chain_or_delivered() {
+        let on = [ServerError, Timeout];
+        // Successes and the client's own errors are delivered, whatever else runs.
+        assert_eq!(after_failure(None, &on, false), Next::Deliver);
+        assert_eq!(after_failure(None, &on, true), Next::Deliver);
+        // Listed failures move on to the next fallback (or are delivered when none is left).
+        assert_eq!(after_failure(Some(ServerError), &on, false), Next::Keep);
+        assert_eq!(after_failure(Some(Timeout), &on, false), Next::Keep);
+        // Others are delivered, unless a hedge still runs that may do better.
+        assert_eq!(after_failure(Some(RateLimited), &on, false), Next::Deliver);
+        assert_eq!(after_failure(Some(Timeout), &[], false), Next::Deliver);
+        assert_eq!(after_failure(Some(RateLimited), &on, true), Next::Keep);
+    }
+
+    #[test]
+    fn a_leg_has_its_own_timeout_within_the_total() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        let own = leg_deadline(t0, s(10), t0 + s(30));
+        assert_eq!((own.at, own.total), (t0 + s(10), false));
+        // A fallback started at 25 s has 5 s left, not its full 10 s.
+        let cut = leg_deadline(t0 + s(25), s(10), t0 + s(30));
+        assert_eq!((cut.at, cut.total), (t0 + s(30), true));
+        let huge = leg_deadline(t0, Duration::MAX, t0 + s(30));
+        assert_eq!((huge.at, huge.total), (t0 + s(30), true));
+    }
+
+    #[test]
+    fn legs_start_only_while_time_and_calls_are_left() {
+        let t0 = Instant::now();
+        let later = t0 + Duration::from_millis(1);
+        assert!(may_start_leg(t0, later, 1));
+        assert!(!may_start_leg(t0, t0, 1));
+        assert!(!may_start_leg(later, t0, 1));
+        assert!(!may_start_leg(t0, later, 0), "the call budget is spent");
+    }
+
+    #[test]
+    fn only_streams_are_hedged() {
+        let hedge = HedgeConfig {
+            after: crate::config::HumanDuration(Duration::from_millis(200)),
+            max: 2,
+        };
+        assert_eq!(hedge_for(Some(hedge), true), Some(hedge));
+        assert_eq!(hedge_for(Some(hedge), false), None);
+        assert_eq!(hedge_for(None, true), None);
     }
 }

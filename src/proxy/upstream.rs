@@ -52,7 +52,8 @@ fn is_stripped(name: &str) -> bool {
 /// Picks an instance for the next attempt: healthy (active checks), circuit not open (passive
 /// health), the call's model not set aside there after a 429, not failed for this request, and
 /// not already serving it in a hedged leg if another is free. Attempts after the first wait an
-/// exponential backoff with jitter.
+/// exponential backoff with jitter. Every attempt takes one upstream call from the request's
+/// budget (`max_upstream_calls`, over all its legs), given back if no instance could be picked.
 ///
 /// A half-open instance's probe slot, once claimed, is held in `ctx.probe` for the attempt: an
 /// early return here, or the attempt's end without a reported outcome, drops it and frees the slot.
@@ -65,41 +66,42 @@ pub async fn select_peer(call: &PlannedCall, ctx: &mut RequestCtx) -> Result<Box
         tokio::time::sleep(backoff(provider.retry_backoff, ctx.attempts)).await;
     }
     let now = Instant::now();
-    // One deadline for the request, over all its attempts.
-    let remaining = (ctx.started.unwrap_or(now) + model.timeout).saturating_duration_since(now);
+    let remaining = time_left(
+        ctx.started.unwrap_or(now),
+        model.timeout,
+        call.budget.deadline,
+        now,
+    );
     if remaining.is_zero() {
         return Error::e_explain(ErrorType::ReadTimedout, "no time left for another attempt");
     }
-    let (backend, probe) = match provider.balance {
-        BalanceMode::RoundRobin => round_robin_pick(call, ctx, now),
-        mode => load_aware_pick(call, ctx, mode, now),
-    }
-    .ok_or_else(|| {
-        Error::explain(
-            ErrorType::HTTPStatus(503),
-            format!("No instance of provider `{}` is available", provider.name),
-        )
-    })?;
-    let endpoint = backend
-        .ext
-        .get::<Arc<InstanceUrl>>()
-        .cloned()
-        .ok_or_else(|| Error::explain(ErrorType::InternalError, "backend without endpoint"))?;
-    let Some(addr) = inet(&backend.addr) else {
+    if !call.budget.take_call() {
+        // Only a hedged leg racing another for the last call gets here: legs start and retries
+        // are decided only while calls are left.
         return Error::e_explain(
-            ErrorType::InternalError,
-            "unix socket upstreams are not supported",
+            ErrorType::HTTPStatus(503),
+            format!(
+                "The request made the {} upstream calls it may (max_upstream_calls)",
+                call.budget.max_calls
+            ),
         );
+    }
+    let (backend, instance, addr, probe) = match pick(call, ctx, now) {
+        Ok(picked) => picked,
+        Err(e) => {
+            call.budget.return_call();
+            return Err(e);
+        }
     };
-    let sni = if endpoint.tls {
-        endpoint.host.clone()
+    let sni = if instance.tls {
+        instance.host.clone()
     } else {
         String::new()
     };
-    let mut peer = HttpPeer::new(addr, endpoint.tls, sni);
+    let mut peer = HttpPeer::new(addr, instance.tls, sni);
     let options = &mut peer.options;
     options.connection_timeout = Some(model.connect_timeout.min(remaining));
-    options.total_connection_timeout = Some((model.connect_timeout * 2).min(remaining));
+    options.total_connection_timeout = Some(model.connect_timeout.saturating_mul(2).min(remaining));
     // Streams: the longest gap between chunks. Whole answers: what is left of the deadline.
     options.read_timeout = Some(if call.stream {
         model.stream_idle_timeout
@@ -115,6 +117,58 @@ pub async fn select_peer(call: &PlannedCall, ctx: &mut RequestCtx) -> Result<Box
     ctx.backend = Some(backend);
     ctx.probe = probe;
     Ok(Box::new(peer))
+}
+
+/// The instance for an attempt, with its URL, its address, and its probe slot when its circuit
+/// is half-open.
+fn pick(
+    call: &PlannedCall,
+    ctx: &RequestCtx,
+    now: Instant,
+) -> Result<(
+    Backend,
+    Arc<InstanceUrl>,
+    std::net::SocketAddr,
+    Option<ProbeGuard>,
+)> {
+    let provider = &call.model.provider;
+    let (backend, probe) = match provider.balance {
+        BalanceMode::RoundRobin => round_robin_pick(call, ctx, now),
+        mode => load_aware_pick(call, ctx, mode, now),
+    }
+    .ok_or_else(|| {
+        Error::explain(
+            ErrorType::HTTPStatus(503),
+            format!("No instance of provider `{}` is available", provider.name),
+        )
+    })?;
+    let instance = backend
+        .ext
+        .get::<Arc<InstanceUrl>>()
+        .cloned()
+        .ok_or_else(|| Error::explain(ErrorType::InternalError, "backend without its URL"))?;
+    let Some(addr) = inet(&backend.addr) else {
+        return Error::e_explain(
+            ErrorType::InternalError,
+            "unix socket upstreams are not supported",
+        );
+    };
+    Ok((backend, instance, addr, probe))
+}
+
+/// What is left for the next attempt: until the leg's own deadline, `started` plus its model's
+/// `timeout` (each leg of the dispatcher is a subrequest with a context of its own, so `started`
+/// is when that leg began), or the request's total deadline, whichever comes first.
+fn time_left(
+    started: Instant,
+    timeout: Duration,
+    total_deadline: Instant,
+    now: Instant,
+) -> Duration {
+    let leg_deadline = started.checked_add(timeout).unwrap_or(total_deadline);
+    leg_deadline
+        .min(total_deadline)
+        .saturating_duration_since(now)
 }
 
 /// An instance chosen for an attempt, with its probe slot when its circuit is half-open.
@@ -269,7 +323,26 @@ pub fn fill_body(call: &PlannedCall, body: &mut Option<Bytes>, end_of_stream: bo
 /// Whether another attempt may follow this one.
 fn may_retry(call: &PlannedCall, ctx: &RequestCtx) -> bool {
     let provider = &call.model.provider;
-    ctx.attempts < provider.max_attempts && provider.endpoint_count > ctx.failed_backends.len()
+    retry_allowed(
+        ctx.attempts,
+        provider.max_attempts,
+        provider.endpoint_count,
+        ctx.failed_backends.len(),
+        call.budget.calls_left(),
+    )
+}
+
+/// Another attempt needs attempts left for the provider (`max_attempts`), an instance that has not
+/// failed this request, and an upstream call left in the request's budget (`max_upstream_calls`,
+/// shared by all its legs). When one is missing, the last failure is the answer.
+fn retry_allowed(
+    attempts: u32,
+    max_attempts: u32,
+    instances: usize,
+    failed_instances: usize,
+    calls_left: u32,
+) -> bool {
+    attempts < max_attempts && instances > failed_instances && calls_left > 0
 }
 
 /// Marks the current attempt's instance failed, for this request and its circuit breaker.
@@ -409,4 +482,37 @@ pub fn on_response_status(
     );
     e.set_retry(true);
     Err(e)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn retries_stop_at_max_attempts_failed_instances_or_the_call_budget() {
+        assert!(retry_allowed(1, 3, 2, 1, 5));
+        assert!(!retry_allowed(3, 3, 5, 1, 5), "max_attempts reached");
+        assert!(!retry_allowed(1, 3, 2, 2, 5), "every instance failed");
+        assert!(!retry_allowed(1, 3, 2, 1, 0), "no upstream call left");
+    }
+
+    #[test]
+    fn an_attempt_gets_what_is_left_of_its_leg_within_the_total() {
+        let t0 = Instant::now();
+        let s = Duration::from_secs;
+        // The leg's own timeout, counted from the leg's start.
+        assert_eq!(time_left(t0, s(10), t0 + s(100), t0 + s(4)), s(6));
+        // A fallback leg started later gets its own full timeout.
+        assert_eq!(time_left(t0 + s(10), s(10), t0 + s(100), t0 + s(10)), s(10));
+        // The request's total cuts it short.
+        assert_eq!(time_left(t0, s(10), t0 + s(5), t0 + s(1)), s(4));
+        // Nothing left: zero, never an underflow.
+        assert_eq!(
+            time_left(t0, s(10), t0 + s(100), t0 + s(11)),
+            Duration::ZERO
+        );
+        assert_eq!(time_left(t0, s(10), t0 + s(5), t0 + s(6)), Duration::ZERO);
+        // A timeout too large to add leaves the total in charge.
+        assert_eq!(time_left(t0, Duration::MAX, t0 + s(5), t0), s(5));
+    }
 }

@@ -3,4 +3,5 @@
 
 pub mod balance;
 pub mod breaker;
+pub mod budget;
 pub mod discovery;
