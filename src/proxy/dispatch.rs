@@ -21,21 +21,21 @@
 use super::client_watch;
 use super::local_response::{self, ServedBy};
 use crate::api::ClientProtocol;
-use crate::config::{FallbackCondition, HedgeConfig};
+use crate::config::FallbackCondition;
 use crate::error::GatewayError;
 use crate::plan::PlannedCall;
 use crate::registry::Model;
-use crate::upstream::budget::RequestBudget;
+use crate::upstream::budget::{self, RequestBudget};
+use crate::upstream::retry;
 use futures::future::{select_all, FutureExt};
 use pingora_core::protocols::http::HttpTask;
-use pingora_error::{Error, ErrorType};
+use pingora_error::Error;
 use pingora_proxy::subrequest::{BodyMode, Ctx as SubrequestCtx};
 use pingora_proxy::Session;
 use std::future::Future;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::Instant;
 use tokio::sync::{mpsc, oneshot};
-use tokio::time::Instant;
 
 /// Response header naming how many upstream attempts a request took, over all its legs.
 pub const ATTEMPTS_HEADER: &str = "x-dragoman-attempts";
@@ -48,7 +48,7 @@ struct Leg {
     _tx: mpsc::Sender<HttpTask>,
     /// The error the leg failed with, which Pingora sends before the leg's output closes.
     error: oneshot::Receiver<Box<Error>>,
-    deadline: LegDeadline,
+    deadline: budget::LegDeadline,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -57,11 +57,8 @@ impl Leg {
         let spawner = session.subrequest_spawner.as_ref()?;
         // The subrequest gets a context of its own, whose `started` (now) the upstream hooks
         // count the same `timeout` from.
-        let deadline = leg_deadline(
-            Instant::now(),
-            call.model.timeout,
-            Instant::from_std(call.budget.deadline),
-        );
+        let deadline =
+            budget::leg_deadline(Instant::now(), call.model.timeout, call.budget.deadline);
         let ctx = SubrequestCtx::builder()
             .body_mode(BodyMode::NoBody)
             .user_ctx(Box::new(call.clone()))
@@ -96,9 +93,9 @@ pub async fn run(
     // The client's model: its settings govern the whole chain, whichever model answers.
     let chain = call.model.clone();
     let budget = call.budget.clone();
-    let total_deadline = Instant::from_std(budget.deadline);
+    let total_deadline = budget.deadline;
     let mut fallbacks = chain.fallbacks.iter();
-    let hedge = hedge_for(chain.hedge, call.stream);
+    let hedge = retry::hedge_for(chain.hedge, call.stream);
     let mut hedges_left = hedge.map_or(0, |h| h.max);
     let mut hedge_at = hedge.map(|h| Instant::now() + h.after.0);
     let client_socket = client_watch::duplicate_client_socket(session);
@@ -124,7 +121,7 @@ pub async fn run(
         // Phase 1: wait for an answer worth delivering.
         let mut answer = loop {
             if legs.is_empty() {
-                if may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
+                if budget::may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
                     if let Some(leg) = next_fallback(&mut fallbacks, replan, session, &budget) {
                         legs.push(leg);
                         continue;
@@ -144,7 +141,9 @@ pub async fn run(
             }
             let hedge_timer = async {
                 match hedge_at {
-                    Some(at) if hedges_left > 0 => tokio::time::sleep_until(at).await,
+                    Some(at) if hedges_left > 0 => {
+                        tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await
+                    }
                     _ => std::future::pending().await,
                 }
             };
@@ -159,7 +158,7 @@ pub async fn run(
                     Event::Task(index, task)
                 }
                 () = hedge_timer => Event::Hedge,
-                () = tokio::time::sleep_until(deadline) => Event::Deadline,
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => Event::Deadline,
                 () = &mut client_gone => Event::ClientGone,
             };
             let (failure, condition) = match event {
@@ -170,7 +169,7 @@ pub async fn run(
                         tasks: vec![HttpTask::Header(header, ended)],
                         ended,
                     };
-                    match failure_condition(status) {
+                    match retry::failure_condition(status) {
                         Some(FallbackCondition::ContextLength) => {
                             // Only the body tells a context window error from other 400s.
                             match answer.complete(&chain, &mut client_gone).await {
@@ -204,7 +203,7 @@ pub async fn run(
                 Event::Hedge => {
                     hedges_left -= 1;
                     hedge_at = hedge.map(|h| Instant::now() + h.after.0);
-                    if !may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
+                    if !budget::may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
                         continue;
                     }
                     // Another instance of the same model, or else the next fallback, which the
@@ -232,15 +231,15 @@ pub async fn run(
                 }
                 Event::ClientGone => return client_left(&chain),
             };
-            match after_failure(condition, &chain.fallback_on, !legs.is_empty()) {
-                Next::Deliver => match failure {
+            match retry::after_failure(condition, &chain.fallback_on, !legs.is_empty()) {
+                retry::Next::Deliver => match failure {
                     Failure::Answer(answer) => break answer,
                     Failure::Leg(failure) => {
                         drop(legs);
                         return failure.write(session, protocol, budget.calls_made()).await;
                     }
                 },
-                Next::Keep => last_failure = Some(failure),
+                retry::Next::Keep => last_failure = Some(failure),
             }
         };
         // Hedges that lost, and failures that the answer made moot.
@@ -279,9 +278,11 @@ pub async fn run(
             Completion::Failed(failure) => failure,
         };
         drop(answer);
-        match after_failure(Some(failure.condition), &chain.fallback_on, false) {
-            Next::Deliver => return failure.write(session, protocol, budget.calls_made()).await,
-            Next::Keep => last_failure = Some(Failure::Leg(failure)),
+        match retry::after_failure(Some(failure.condition), &chain.fallback_on, false) {
+            retry::Next::Deliver => {
+                return failure.write(session, protocol, budget.calls_made()).await
+            }
+            retry::Next::Keep => last_failure = Some(Failure::Leg(failure)),
         }
     }
 }
@@ -338,7 +339,7 @@ impl Answer {
                         Err(_) => self.ended = true,
                     },
                 },
-                () = tokio::time::sleep_until(self.leg.deadline.at) => {
+                () = tokio::time::sleep_until(tokio::time::Instant::from_std(self.leg.deadline.at)) => {
                     return Completion::Failed(LegFailure::timed_out(&self.leg, chain));
                 }
                 () = &mut client_gone => return Completion::ClientGone,
@@ -348,19 +349,8 @@ impl Answer {
     }
 
     fn mentions_context_length(&self) -> bool {
-        const MARKERS: &[&str] = &[
-            "context_length_exceeded",
-            "maximum context length",
-            "context window",
-            "prompt is too long",
-            "too many tokens",
-            "exceeds the maximum number of tokens",
-        ];
         self.tasks.iter().any(|t| match t {
-            HttpTask::Body(Some(b), _) => {
-                let text = String::from_utf8_lossy(b).to_ascii_lowercase();
-                MARKERS.iter().any(|m| text.contains(m))
-            }
+            HttpTask::Body(Some(b), _) => retry::mentions_context_length(b),
             _ => false,
         })
     }
@@ -412,7 +402,7 @@ impl LegFailure {
     fn broke_off(leg: &Leg, error: Option<Box<Error>>) -> LegFailure {
         let model = leg.call.model.clone();
         let provider = &model.provider.name;
-        let condition = broken_leg_condition(error.as_ref().map(|e| e.etype()));
+        let condition = retry::broken_leg_condition(error.as_ref().map(|e| e.etype()));
         let error = error
             .and_then(|e| local_response::error_for_proxy_failure(&e, provider))
             .unwrap_or_else(|| {
@@ -463,97 +453,6 @@ fn set_attempts(tasks: &mut [HttpTask], attempts: u32) {
     }
 }
 
-/// The one classification of failed answers for fallbacks (README, "Failures"): 429 is rate
-/// limited, 504/408 a timeout, other 5xx (529 and the gateway's own 502/503 included) a server
-/// error, and a 400/413 may be a context window error. Everything else is delivered as it is.
-fn failure_condition(status: u16) -> Option<FallbackCondition> {
-    match status {
-        429 => Some(FallbackCondition::RateLimited),
-        504 | 408 => Some(FallbackCondition::Timeout),
-        500..=599 => Some(FallbackCondition::ServerError),
-        400 | 413 => Some(FallbackCondition::ContextLength),
-        _ => None,
-    }
-}
-
-/// A leg that broke off without a whole answer: a timeout if its error says so, else a server
-/// error (the upstream failed, went away, or could not be reached).
-fn broken_leg_condition(error: Option<&ErrorType>) -> FallbackCondition {
-    match error {
-        Some(
-            ErrorType::ConnectTimedout
-            | ErrorType::ReadTimedout
-            | ErrorType::WriteTimedout
-            | ErrorType::TLSHandshakeTimedout,
-        ) => FallbackCondition::Timeout,
-        _ => FallbackCondition::ServerError,
-    }
-}
-
-/// What the dispatcher does with a leg's answer or failure.
-#[derive(Debug, PartialEq, Eq)]
-enum Next {
-    /// Deliver it: nothing better can come.
-    Deliver,
-    /// Keep it as the last failure, and wait for the legs still running or, when none is, start
-    /// the next fallback (delivering it if there is none, or no budget for one).
-    Keep,
-}
-
-/// The decision for an answer classified as `condition` (`None`: a success, or an error that is
-/// the client's to see). A failure is kept while other legs (hedges) may still succeed, and when
-/// the client's model falls back on it; `fallback_on` is the client's model's, which governs the
-/// whole chain (a fallback model's own `fallbacks` and `fallback_on` play no part).
-fn after_failure(
-    condition: Option<FallbackCondition>,
-    fallback_on: &[FallbackCondition],
-    others_running: bool,
-) -> Next {
-    match condition {
-        None => Next::Deliver,
-        Some(_) if others_running => Next::Keep,
-        Some(c) if fallback_on.contains(&c) => Next::Keep,
-        Some(_) => Next::Deliver,
-    }
-}
-
-/// When a leg runs out of time.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct LegDeadline {
-    at: Instant,
-    /// The request's total deadline came before the leg's own.
-    total: bool,
-}
-
-/// A leg started at `start` has its model's `timeout` from then, within the request's total
-/// deadline.
-fn leg_deadline(start: Instant, timeout: Duration, total: Instant) -> LegDeadline {
-    match start.checked_add(timeout) {
-        Some(own) if own < total => LegDeadline {
-            at: own,
-            total: false,
-        },
-        _ => LegDeadline {
-            at: total,
-            total: true,
-        },
-    }
-}
-
-/// Whether another leg (a fallback or a hedge) may start: the request has time left
-/// (`total_timeout`) and an upstream call left (`max_upstream_calls`). When not, the last failure
-/// is the answer.
-fn may_start_leg(now: Instant, total_deadline: Instant, calls_left: u32) -> bool {
-    now < total_deadline && calls_left > 0
-}
-
-/// The hedging that applies to a request: a model's `hedge` for streamed requests, whose time to
-/// first byte is the time to first token, and none for the others, whose first byte comes only
-/// once the whole answer is generated (hedging them would double every long generation).
-fn hedge_for(hedge: Option<HedgeConfig>, stream: bool) -> Option<HedgeConfig> {
-    hedge.filter(|_| stream)
-}
-
 /// Writes tasks to the client; false when the client is gone.
 async fn write(session: &mut Session, tasks: Vec<HttpTask>) -> bool {
     match session.write_response_tasks(tasks).await {
@@ -562,91 +461,5 @@ async fn write(session: &mut Session, tasks: Vec<HttpTask>) -> bool {
             log::debug!("client went away: {e}");
             false
         }
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-    use FallbackCondition::*;
-
-    #[test]
-    fn statuses_are_classified_once() {
-        assert_eq!(failure_condition(429), Some(RateLimited));
-        assert_eq!(failure_condition(504), Some(Timeout));
-        assert_eq!(failure_condition(408), Some(Timeout));
-        for status in [500, 502, 503, 529] {
-            assert_eq!(failure_condition(status), Some(ServerError), "{status}");
-        }
-        assert_eq!(failure_condition(400), Some(ContextLength));
-        assert_eq!(failure_condition(413), Some(ContextLength));
-        for status in [200, 201, 401, 403, 404, 422] {
-            assert_eq!(failure_condition(status), None, "{status}");
-        }
-    }
-
-    #[test]
-    fn broken_legs_are_timeouts_or_server_errors() {
-        for timeout in [
-            ErrorType::ReadTimedout,
-            ErrorType::ConnectTimedout,
-            ErrorType::WriteTimedout,
-        ] {
-            assert_eq!(broken_leg_condition(Some(&timeout)), Timeout);
-        }
-        assert_eq!(
-            broken_leg_condition(Some(&ErrorType::ConnectionClosed)),
-            ServerError
-        );
-        assert_eq!(broken_leg_condition(None), ServerError);
-    }
-
-    #[test]
-    fn failures_are_kept_for_the_chain_or_delivered() {
-        let on = [ServerError, Timeout];
-        // Successes and the client's own errors are delivered, whatever else runs.
-        assert_eq!(after_failure(None, &on, false), Next::Deliver);
-        assert_eq!(after_failure(None, &on, true), Next::Deliver);
-        // Listed failures move on to the next fallback (or are delivered when none is left).
-        assert_eq!(after_failure(Some(ServerError), &on, false), Next::Keep);
-        assert_eq!(after_failure(Some(Timeout), &on, false), Next::Keep);
-        // Others are delivered, unless a hedge still runs that may do better.
-        assert_eq!(after_failure(Some(RateLimited), &on, false), Next::Deliver);
-        assert_eq!(after_failure(Some(Timeout), &[], false), Next::Deliver);
-        assert_eq!(after_failure(Some(RateLimited), &on, true), Next::Keep);
-    }
-
-    #[test]
-    fn a_leg_has_its_own_timeout_within_the_total() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        let own = leg_deadline(t0, s(10), t0 + s(30));
-        assert_eq!((own.at, own.total), (t0 + s(10), false));
-        // A fallback started at 25 s has 5 s left, not its full 10 s.
-        let cut = leg_deadline(t0 + s(25), s(10), t0 + s(30));
-        assert_eq!((cut.at, cut.total), (t0 + s(30), true));
-        let huge = leg_deadline(t0, Duration::MAX, t0 + s(30));
-        assert_eq!((huge.at, huge.total), (t0 + s(30), true));
-    }
-
-    #[test]
-    fn legs_start_only_while_time_and_calls_are_left() {
-        let t0 = Instant::now();
-        let later = t0 + Duration::from_millis(1);
-        assert!(may_start_leg(t0, later, 1));
-        assert!(!may_start_leg(t0, t0, 1));
-        assert!(!may_start_leg(later, t0, 1));
-        assert!(!may_start_leg(t0, later, 0), "the call budget is spent");
-    }
-
-    #[test]
-    fn only_streams_are_hedged() {
-        let hedge = HedgeConfig {
-            after: crate::config::HumanDuration(Duration::from_millis(200)),
-            max: 2,
-        };
-        assert_eq!(hedge_for(Some(hedge), true), Some(hedge));
-        assert_eq!(hedge_for(Some(hedge), false), None);
-        assert_eq!(hedge_for(None, true), None);
     }
 }

@@ -13,6 +13,7 @@ use crate::api::{self, ClientEndpoint, ClientProtocol, ClientRequest};
 use crate::error::GatewayError;
 use crate::plan::PlannedCall;
 use crate::registry::Registry;
+use crate::upstream::retry;
 use bytes::{Bytes, BytesMut};
 use pingora_proxy::Session;
 use std::sync::Arc;
@@ -78,7 +79,9 @@ pub async fn handle(
     };
     ctx.call = Some(call.clone());
     let replayable = !body.is_empty() && !session.as_downstream().retry_buffer_truncated();
-    if replayable && call.model.fallbacks.is_empty() && call.model.hedge.is_none() {
+    // Hedging applies to streams only (upstream::retry::hedge_for).
+    let hedged = retry::hedge_for(call.model.hedge, call.stream).is_some();
+    if replayable && call.model.fallbacks.is_empty() && !hedged {
         ctx.is_upstream_leg = true;
         return Handled::ProxyHere;
     }

@@ -6,13 +6,12 @@ use crate::config::InstanceUrl;
 use crate::plan::PlannedCall;
 use crate::providers::openai::encode_component;
 use crate::providers::AuthPlacement;
-use crate::upstream::balance::BalanceMode;
-use crate::upstream::breaker::{
-    parse_retry_after, Admission, CircuitState, FailureKind, ProbeGuard,
-};
+use crate::upstream::breaker::{parse_retry_after, FailureKind, ProbeGuard};
+use crate::upstream::budget;
+use crate::upstream::retry::{self, StatusClass};
+use crate::upstream::select::{self, inet};
 use bytes::Bytes;
 use http::header;
-use pingora_core::protocols::l4::socket::SocketAddr;
 use pingora_core::upstreams::peer::HttpPeer;
 use pingora_error::{Error, ErrorType, OrErr, Result};
 use pingora_http::RequestHeader;
@@ -63,10 +62,10 @@ pub async fn select_peer(call: &PlannedCall, ctx: &mut RequestCtx) -> Result<Box
     // The previous attempt is over; had its probe's outcome been reported, the guard is gone.
     ctx.probe = None;
     if ctx.attempts > 0 {
-        tokio::time::sleep(backoff(provider.retry_backoff, ctx.attempts)).await;
+        tokio::time::sleep(retry::backoff(provider.retry_backoff, ctx.attempts)).await;
     }
     let now = Instant::now();
-    let remaining = time_left(
+    let remaining = budget::time_left(
         ctx.started.unwrap_or(now),
         model.timeout,
         call.budget.deadline,
@@ -132,10 +131,14 @@ fn pick(
     Option<ProbeGuard>,
 )> {
     let provider = &call.model.provider;
-    let (backend, probe) = match provider.balance {
-        BalanceMode::RoundRobin => round_robin_pick(call, ctx, now),
-        mode => load_aware_pick(call, ctx, mode, now),
-    }
+    let in_use = lock(&call.instances_in_use).clone();
+    let (backend, probe) = select::pick(
+        provider,
+        &call.model.upstream_model,
+        &ctx.failed_backends,
+        &in_use,
+        now,
+    )
     .ok_or_else(|| {
         Error::explain(
             ErrorType::HTTPStatus(503),
@@ -156,115 +159,8 @@ fn pick(
     Ok((backend, instance, addr, probe))
 }
 
-/// What is left for the next attempt: until the leg's own deadline, `started` plus its model's
-/// `timeout` (each leg of the dispatcher is a subrequest with a context of its own, so `started`
-/// is when that leg began), or the request's total deadline, whichever comes first.
-fn time_left(
-    started: Instant,
-    timeout: Duration,
-    total_deadline: Instant,
-    now: Instant,
-) -> Duration {
-    let leg_deadline = started.checked_add(timeout).unwrap_or(total_deadline);
-    leg_deadline
-        .min(total_deadline)
-        .saturating_duration_since(now)
-}
-
-/// An instance chosen for an attempt, with its probe slot when its circuit is half-open.
-type Pick = (Backend, Option<ProbeGuard>);
-
-/// Whether `b` may take this attempt, circuit aside.
-fn eligible(
-    b: &Backend,
-    healthy: bool,
-    failed: &[SocketAddr],
-    in_use: Option<&[SocketAddr]>,
-) -> bool {
-    healthy && !failed.contains(&b.addr) && !in_use.is_some_and(|busy| busy.contains(&b.addr))
-}
-
-/// Pingora's weighted round robin over eligible instances whose circuit lets the attempt in.
-/// Instances already serving this request (hedges) are avoided while others remain.
-fn round_robin_pick(call: &PlannedCall, ctx: &RequestCtx, now: Instant) -> Option<Pick> {
-    let provider = &call.model.provider;
-    let model = call.model.upstream_model.as_str();
-    let in_use = lock(&call.instances_in_use).clone();
-    // Only the accepted instance's admission can be a probe: selection stops there.
-    let probe = std::cell::Cell::new(None);
-    let pick = |avoid: Option<&[SocketAddr]>| {
-        provider.upstreams.select_with(b"", 256, |b, healthy| {
-            eligible(b, healthy, &ctx.failed_backends, avoid)
-                && inet(&b.addr).is_some_and(|a| {
-                    match provider.breakers.try_acquire(a, model, now) {
-                        Admission::Refused => false,
-                        Admission::Admitted => true,
-                        Admission::Probe(guard) => {
-                            probe.set(Some(guard));
-                            true
-                        }
-                    }
-                })
-        })
-    };
-    let backend = pick(Some(&in_use)).or_else(|| pick(None))?;
-    Some((backend, probe.into_inner()))
-}
-
-/// The least loaded eligible instance (`least_inflight`, `ewma`).
-fn load_aware_pick(
-    call: &PlannedCall,
-    ctx: &RequestCtx,
-    mode: BalanceMode,
-    now: Instant,
-) -> Option<Pick> {
-    let provider = &call.model.provider;
-    let model = call.model.upstream_model.as_str();
-    let backends = provider.upstreams.backends();
-    let all = backends.get_backend();
-    let in_use = lock(&call.instances_in_use).clone();
-    for avoid in [Some(&in_use[..]), None] {
-        let mut candidates: Vec<(std::net::SocketAddr, usize)> = all
-            .iter()
-            .filter(|b| eligible(b, backends.ready(b), &ctx.failed_backends, avoid))
-            .filter_map(|b| inet(&b.addr).map(|a| (a, b.weight)))
-            .filter(|(a, _)| provider.breakers.state(*a, now) != CircuitState::Open)
-            .collect();
-        while let Some(best) = provider.load.choose(mode, &candidates) {
-            let probe = match provider.breakers.try_acquire(best, model, now) {
-                Admission::Refused => {
-                    candidates.retain(|(a, _)| *a != best);
-                    continue;
-                }
-                Admission::Admitted => None,
-                Admission::Probe(guard) => Some(guard),
-            };
-            let backend = all.iter().find(|b| inet(&b.addr) == Some(best)).cloned()?;
-            return Some((backend, probe));
-        }
-    }
-    None
-}
-
-fn inet(addr: &SocketAddr) -> Option<std::net::SocketAddr> {
-    match addr {
-        SocketAddr::Inet(a) => Some(*a),
-        _ => None,
-    }
-}
-
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
-
-/// `base * 2^(attempt-1)`, scaled by a random factor in [0.5, 1.5), capped at 5 s.
-fn backoff(base: Duration, attempt: u32) -> Duration {
-    use std::hash::{BuildHasher, Hasher};
-    let exp = base.saturating_mul(1 << attempt.saturating_sub(1).min(16));
-    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u32(attempt);
-    let jitter = 0.5 + (h.finish() % 1000) as f64 / 1000.0;
-    exp.mul_f64(jitter).min(Duration::from_secs(5))
 }
 
 /// Rewrites the client's request header into the provider's.
@@ -323,26 +219,13 @@ pub fn fill_body(call: &PlannedCall, body: &mut Option<Bytes>, end_of_stream: bo
 /// Whether another attempt may follow this one.
 fn may_retry(call: &PlannedCall, ctx: &RequestCtx) -> bool {
     let provider = &call.model.provider;
-    retry_allowed(
+    retry::retry_allowed(
         ctx.attempts,
         provider.max_attempts,
         provider.endpoint_count,
         ctx.failed_backends.len(),
         call.budget.calls_left(),
     )
-}
-
-/// Another attempt needs attempts left for the provider (`max_attempts`), an instance that has not
-/// failed this request, and an upstream call left in the request's budget (`max_upstream_calls`,
-/// shared by all its legs). When one is missing, the last failure is the answer.
-fn retry_allowed(
-    attempts: u32,
-    max_attempts: u32,
-    instances: usize,
-    failed_instances: usize,
-    calls_left: u32,
-) -> bool {
-    attempts < max_attempts && instances > failed_instances && calls_left > 0
 }
 
 /// Marks the current attempt's instance failed, for this request and its circuit breaker.
@@ -400,22 +283,13 @@ pub fn record_success(call: &PlannedCall, ctx: &mut RequestCtx) {
     }
 }
 
-fn failure_kind(e: &Error) -> FailureKind {
-    match e.etype() {
-        ErrorType::ConnectTimedout | ErrorType::ReadTimedout | ErrorType::WriteTimedout => {
-            FailureKind::Timeout
-        }
-        _ => FailureKind::Connect,
-    }
-}
-
 /// A failed connection: retry on another instance while attempts remain.
 pub fn on_connect_failure(
     call: &PlannedCall,
     ctx: &mut RequestCtx,
     mut e: Box<Error>,
 ) -> Box<Error> {
-    record_failure(call, ctx, failure_kind(&e), None);
+    record_failure(call, ctx, retry::failure_kind(e.etype()), None);
     e.set_retry(may_retry(call, ctx));
     e
 }
@@ -444,7 +318,7 @@ pub fn on_proxy_error(
     }
     e.retry.decide_reuse(client_reused);
     if !e.retry() {
-        record_failure(call, ctx, failure_kind(&e), None);
+        record_failure(call, ctx, retry::failure_kind(e.etype()), None);
         e.set_retry(may_retry(call, ctx));
     }
     e
@@ -459,7 +333,8 @@ pub fn on_response_status(
     resp: &pingora_http::ResponseHeader,
 ) -> Result<()> {
     let status = resp.status.as_u16();
-    if status != 429 && !(500..=599).contains(&status) {
+    let class = retry::classify_status(status);
+    if class == StatusClass::Answer {
         record_success(call, ctx);
         return Ok(());
     }
@@ -468,7 +343,7 @@ pub fn on_response_status(
         .get(http::header::RETRY_AFTER)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| parse_retry_after(v, crate::ids::unix_now()));
-    if status == 429 {
+    if class == StatusClass::RateLimited {
         record_rate_limit(call, ctx, retry_after);
     } else {
         record_failure(call, ctx, FailureKind::Status5xx, retry_after);
@@ -482,37 +357,4 @@ pub fn on_response_status(
     );
     e.set_retry(true);
     Err(e)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn retries_stop_at_max_attempts_failed_instances_or_the_call_budget() {
-        assert!(retry_allowed(1, 3, 2, 1, 5));
-        assert!(!retry_allowed(3, 3, 5, 1, 5), "max_attempts reached");
-        assert!(!retry_allowed(1, 3, 2, 2, 5), "every instance failed");
-        assert!(!retry_allowed(1, 3, 2, 1, 0), "no upstream call left");
-    }
-
-    #[test]
-    fn an_attempt_gets_what_is_left_of_its_leg_within_the_total() {
-        let t0 = Instant::now();
-        let s = Duration::from_secs;
-        // The leg's own timeout, counted from the leg's start.
-        assert_eq!(time_left(t0, s(10), t0 + s(100), t0 + s(4)), s(6));
-        // A fallback leg started later gets its own full timeout.
-        assert_eq!(time_left(t0 + s(10), s(10), t0 + s(100), t0 + s(10)), s(10));
-        // The request's total cuts it short.
-        assert_eq!(time_left(t0, s(10), t0 + s(5), t0 + s(1)), s(4));
-        // Nothing left: zero, never an underflow.
-        assert_eq!(
-            time_left(t0, s(10), t0 + s(100), t0 + s(11)),
-            Duration::ZERO
-        );
-        assert_eq!(time_left(t0, s(10), t0 + s(5), t0 + s(6)), Duration::ZERO);
-        // A timeout too large to add leaves the total in charge.
-        assert_eq!(time_left(t0, Duration::MAX, t0 + s(5), t0), s(5));
-    }
 }

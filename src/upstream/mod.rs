@@ -5,3 +5,5 @@ pub mod balance;
 pub mod breaker;
 pub mod budget;
 pub mod discovery;
+pub mod retry;
+pub mod select;
