@@ -16,6 +16,9 @@ pub enum ErrorCode {
     RequestTooLarge,
     /// No instance may take the request (all down or circuits open).
     UpstreamUnavailable,
+    /// Every instance has set the model aside after its 429s: the provider's quota for it is
+    /// used up for a while (OpenAI's own code for it).
+    RateLimitExceeded,
     /// The upstream could not be reached (refused, TLS failure).
     UpstreamUnreachable,
     /// The upstream did not connect or answer in time.
@@ -37,6 +40,7 @@ impl ErrorCode {
             ErrorCode::ModelNotFound => "model_not_found",
             ErrorCode::RequestTooLarge => "request_too_large",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
+            ErrorCode::RateLimitExceeded => "rate_limit_exceeded",
             ErrorCode::UpstreamUnreachable => "upstream_unreachable",
             ErrorCode::UpstreamTimeout => "upstream_timeout",
             ErrorCode::UpstreamError => "upstream_error",
@@ -56,6 +60,8 @@ pub struct GatewayError {
     pub kind: Option<String>,
     pub param: Option<String>,
     pub code: Option<String>,
+    /// Seconds the client should wait before trying again, sent as `Retry-After`.
+    pub retry_after: Option<u64>,
 }
 
 impl GatewayError {
@@ -66,7 +72,13 @@ impl GatewayError {
             kind: None,
             param: None,
             code: None,
+            retry_after: None,
         }
+    }
+
+    pub fn with_retry_after(mut self, seconds: u64) -> Self {
+        self.retry_after = Some(seconds);
+        self
     }
 
     /// 400: the client sent something we cannot serve.
@@ -240,6 +252,7 @@ pub fn from_upstream(status: u16, body: &[u8], secret: &str) -> GatewayError {
         kind: detail.kind.map(|k| openai_error_type(&k, status)),
         param: detail.param,
         code: detail.code.map(|c| redact(&c, secret)),
+        retry_after: None,
     }
 }
 

@@ -61,14 +61,43 @@ async fn a_rate_limited_model_leaves_the_instance_to_the_providers_other_models(
     let last = mock.last_request().unwrap();
     assert_eq!(last.json()["model"], "up-y");
 
-    // x itself is set aside on that instance for its Retry-After: nothing reaches the mock.
-    let (status, body) = chat(&gw, "x").await;
-    assert_eq!(status, 503, "{body}");
+    // x itself is set aside on that instance for its Retry-After: nothing reaches the mock, and
+    // the client hears what the provider said, a 429 with what is left of its Retry-After.
+    let (status, headers, body) = post_json(&gw.url("/v1/chat/completions"), &chat_body("x")).await;
+    assert_eq!(status, 429, "{body}");
+    assert_eq!(body["error"]["code"], "rate_limit_exceeded", "{body}");
+    let wait: u64 = header(&headers, "retry-after")
+        .parse()
+        .expect("Retry-After in seconds");
+    assert!((29..=30).contains(&wait), "Retry-After: {wait}");
     assert_eq!(posts(&mock), 2, "a set-aside model reached the instance");
     // And y still goes.
     let (status, _) = chat(&gw, "y").await;
     assert_eq!(status, 200);
     assert_eq!(posts(&mock), 3);
+}
+
+#[tokio::test]
+async fn a_set_aside_model_falls_back_as_rate_limited() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = one_instance(
+        &mock,
+        "",
+        "  x: { provider: p, model: up-x, fallbacks: [y], fallback_on: [rate_limited] }\n  y: { provider: p, model: up-y }\n",
+    );
+    mock.push(rate_limited("30"));
+    // The upstream's own 429 falls back to y.
+    let (status, body) = chat(&gw, "x").await;
+    assert_eq!(status, 200, "{body}");
+    // Then x is set aside: the gateway's 429 for it is a rate limit too, and falls back the same.
+    let (status, body) = chat(&gw, "x").await;
+    assert_eq!(status, 200, "{body}");
+    let models: Vec<Value> = mock
+        .requests()
+        .iter()
+        .map(|r| r.json()["model"].clone())
+        .collect();
+    assert_eq!(models, ["up-x", "up-y", "up-y"]);
 }
 
 #[tokio::test]
@@ -103,7 +132,7 @@ async fn retry_after_one_second_sets_the_model_aside_for_one_second() {
 
     // Held right after.
     let (status, body) = chat(&gw, "x").await;
-    assert_eq!(status, 503, "{body}");
+    assert_eq!(status, 429, "{body}");
     assert_eq!(posts(&mock), 1);
 
     // Lifted after the second: poll, bounded.
@@ -113,7 +142,7 @@ async fn retry_after_one_second_sets_the_model_aside_for_one_second() {
         if status == 200 {
             break now;
         }
-        assert_eq!(status, 503, "{body}");
+        assert_eq!(status, 429, "{body}");
         assert!(
             now < answered + Duration::from_millis(1500),
             "still set aside {:?} after a 429 with Retry-After: 1",

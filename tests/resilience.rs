@@ -205,8 +205,9 @@ async fn retry_after_opens_the_circuit_and_400_is_never_retried() {
     // The model is set aside on both instances for Retry-After (2 s), longer than the 500 ms
     // cooldown (their circuits stay closed: a 429 is no instance failure).
     let started = Instant::now();
-    let (status, _, err) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
-    assert_eq!(status, 503, "{err}");
+    let (status, headers, err) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+    assert_eq!(status, 429, "{err}");
+    assert_eq!(header(&headers, "retry-after"), "2");
     assert_eq!(posts(&a) + posts(&b), 0);
     assert!(started.elapsed() < Duration::from_secs(2));
     // Poll until the set-asides end.
@@ -215,7 +216,7 @@ async fn retry_after_opens_the_circuit_and_400_is_never_retried() {
         if status == 200 {
             break started.elapsed();
         }
-        assert_eq!(status, 503);
+        assert_eq!(status, 429);
         assert!(
             started.elapsed() < Duration::from_secs(6),
             "circuits never closed again"

@@ -21,9 +21,22 @@ pub async fn write_json(
     body: Bytes,
     served_by: Option<ServedBy<'_>>,
 ) -> pingora_error::Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(4))?;
+    write_json_with(session, status, body, served_by, None).await
+}
+
+async fn write_json_with(
+    session: &mut Session,
+    status: u16,
+    body: Bytes,
+    served_by: Option<ServedBy<'_>>,
+    retry_after: Option<u64>,
+) -> pingora_error::Result<()> {
+    let mut resp = ResponseHeader::build(status, Some(5))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
+    if let Some(seconds) = retry_after {
+        resp.insert_header(http::header::RETRY_AFTER, seconds)?;
+    }
     if let Some(a) = served_by {
         resp.insert_header("x-dragoman-model", a.model)?;
         resp.insert_header("x-dragoman-provider", a.provider)?;
@@ -45,7 +58,9 @@ pub async fn write_error(
     if session.response_written().is_some() {
         return;
     }
-    if let Err(e) = write_json(session, error.status, protocol.error_body(error), served_by).await {
+    let body = protocol.error_body(error);
+    if let Err(e) = write_json_with(session, error.status, body, served_by, error.retry_after).await
+    {
         log::debug!("could not send error response: {e}");
     }
 }
@@ -54,6 +69,14 @@ pub async fn write_error(
 /// Messages are the gateway's own: Pingora's carry addresses and internals.
 pub fn error_for_proxy_failure(e: &Error, provider: &str) -> Option<GatewayError> {
     use ErrorType::*;
+    // The gateway's own refusal, already worded for the client.
+    if let Some(own) = e
+        .cause
+        .as_ref()
+        .and_then(|c| c.downcast_ref::<GatewayError>())
+    {
+        return Some(own.clone());
+    }
     let error = match e.etype() {
         HTTPStatus(code) => {
             let message = e.context.as_ref().map_or_else(

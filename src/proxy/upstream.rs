@@ -3,6 +3,7 @@
 use super::ctx::RequestCtx;
 use super::headers;
 use crate::config::InstanceUrl;
+use crate::error::{ErrorCode, GatewayError};
 use crate::plan::PlannedCall;
 use crate::providers::openai::encode_component;
 use crate::providers::AuthPlacement;
@@ -139,12 +140,7 @@ fn pick(
         &in_use,
         now,
     )
-    .ok_or_else(|| {
-        Error::explain(
-            ErrorType::HTTPStatus(503),
-            format!("No instance of provider `{}` is available", provider.name),
-        )
-    })?;
+    .ok_or_else(|| no_instance(call, ctx, now))?;
     let instance = backend
         .ext
         .get::<Arc<InstanceUrl>>()
@@ -157,6 +153,31 @@ fn pick(
         );
     };
     Ok((backend, instance, addr, probe))
+}
+
+/// Why no instance could take the attempt: a 429 (with `Retry-After`) when the provider has the
+/// model set aside everywhere after its own 429s, else a 503.
+fn no_instance(call: &PlannedCall, ctx: &RequestCtx, now: Instant) -> Box<Error> {
+    let model = &call.model;
+    let provider = &model.provider;
+    match select::rate_limited_for(provider, &model.upstream_model, &ctx.failed_backends, now) {
+        Some(wait) => {
+            // Whole seconds, rounded up: never sooner than the provider asked.
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let message = format!(
+                "Model `{}` is rate limited by provider `{}`; retry after {seconds} s",
+                model.name, provider.name
+            );
+            let refusal = GatewayError::new(429, message.clone())
+                .with_code(ErrorCode::RateLimitExceeded)
+                .with_retry_after(seconds);
+            Error::because(ErrorType::HTTPStatus(429), message, refusal)
+        }
+        None => Error::explain(
+            ErrorType::HTTPStatus(503),
+            format!("No instance of provider `{}` is available", provider.name),
+        ),
+    }
 }
 
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {

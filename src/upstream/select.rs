@@ -37,6 +37,31 @@ fn eligible(
     healthy && !failed.contains(&b.addr) && !in_use.is_some_and(|busy| busy.contains(&b.addr))
 }
 
+/// When no instance could be picked: how long until the first instance has `upstream_model`
+/// back, if every instance that could otherwise take the attempt (healthy, circuit not open, not
+/// failed for this request) has it set aside after a 429. `None` when something else is wrong.
+pub fn rate_limited_for(
+    provider: &Provider,
+    upstream_model: &str,
+    failed: &[SocketAddr],
+    now: Instant,
+) -> Option<std::time::Duration> {
+    let backends = provider.upstreams.backends();
+    let mut shortest: Option<std::time::Duration> = None;
+    for b in backends.get_backend().iter() {
+        if !eligible(b, backends.ready(b), failed, None) {
+            continue;
+        }
+        let Some(addr) = inet(&b.addr) else { continue };
+        if provider.breakers.state(addr, now) == CircuitState::Open {
+            continue;
+        }
+        let wait = provider.breakers.set_aside(addr, upstream_model, now)?;
+        shortest = Some(shortest.map_or(wait, |s| s.min(wait)));
+    }
+    shortest
+}
+
 /// Pingora's weighted round robin over eligible instances whose circuit lets the attempt in.
 /// Instances already serving this request (hedges) are avoided while others remain.
 fn round_robin_pick(
