@@ -4,6 +4,7 @@
 pub mod anthropic;
 pub mod openai;
 
+use crate::error::ErrorCode;
 use crate::error::GatewayError;
 use openai::chat::{ChatRequest, RawChatRequest};
 use serde::Deserialize;
@@ -68,7 +69,7 @@ pub fn endpoint_for(method: &http::Method, path: &str) -> Result<ClientEndpoint,
         "/messages/count_tokens" => (ClientEndpoint::CountTokens, http::Method::POST),
         _ => {
             return Err(GatewayError::new(404, format!("Unknown endpoint: {path}"))
-                .with_code(crate::error::ErrorCode::UnknownUrl))
+                .with_code(ErrorCode::UnknownUrl))
         }
     };
     if *method != allowed {

@@ -22,6 +22,7 @@ use super::client_watch;
 use super::local_response::{self, ServedBy};
 use crate::api::ClientProtocol;
 use crate::config::FallbackCondition;
+use crate::error::ErrorCode;
 use crate::error::GatewayError;
 use crate::plan::PlannedCall;
 use crate::registry::Model;
@@ -109,8 +110,8 @@ pub async fn run(
     tokio::pin!(client_gone);
 
     let Some(first) = Leg::spawn(session, call.clone()) else {
-        let e = GatewayError::new(500, "Internal gateway error")
-            .with_code(crate::error::ErrorCode::InternalError);
+        let e =
+            GatewayError::new(500, "Internal gateway error").with_code(ErrorCode::InternalError);
         return local_response::write_error(session, &e, protocol, None).await;
     };
     let mut legs = vec![first];
@@ -134,7 +135,7 @@ pub async fn run(
                     }
                     None => {
                         let e = GatewayError::new(502, "No upstream answered")
-                            .with_code(crate::error::ErrorCode::UpstreamUnreachable);
+                            .with_code(ErrorCode::UpstreamUnreachable);
                         return local_response::write_error(session, &e, protocol, None).await;
                     }
                 }
@@ -393,8 +394,7 @@ impl LegFailure {
         };
         LegFailure {
             condition: FallbackCondition::Timeout,
-            error: GatewayError::new(504, message)
-                .with_code(crate::error::ErrorCode::UpstreamTimeout),
+            error: GatewayError::new(504, message).with_code(ErrorCode::UpstreamTimeout),
             model,
         }
     }
@@ -407,7 +407,7 @@ impl LegFailure {
             .and_then(|e| local_response::error_for_proxy_failure(&e, provider))
             .unwrap_or_else(|| {
                 GatewayError::new(502, format!("Provider `{provider}` gave no whole answer"))
-                    .with_code(crate::error::ErrorCode::UpstreamError)
+                    .with_code(ErrorCode::UpstreamError)
             });
         LegFailure {
             condition,

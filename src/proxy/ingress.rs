@@ -10,6 +10,7 @@ use super::ctx::RequestCtx;
 use super::dispatch;
 use super::local_response;
 use crate::api::{self, ClientEndpoint, ClientProtocol, ClientRequest};
+use crate::error::ErrorCode;
 use crate::error::GatewayError;
 use crate::plan::PlannedCall;
 use crate::registry::Registry;
@@ -105,7 +106,7 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gateway
             413,
             format!("Request body exceeds the gateway's limit of {limit} bytes"),
         )
-        .with_code(crate::error::ErrorCode::RequestTooLarge)
+        .with_code(ErrorCode::RequestTooLarge)
     };
     let declared = session
         .req_header()

@@ -1,6 +1,7 @@
 //! Answers written by the gateway itself: errors in the client's protocol, and local endpoints.
 
 use crate::api::ClientProtocol;
+use crate::error::ErrorCode;
 use crate::error::GatewayError;
 use bytes::Bytes;
 use pingora_error::{Error, ErrorSource, ErrorType};
@@ -86,7 +87,7 @@ pub fn error_for_proxy_failure(e: &Error, provider: &str) -> Option<GatewayError
             let error = GatewayError::new(*code, message);
             // The gateway's own 503: no instance may take the request.
             if *code == 503 {
-                error.with_code(crate::error::ErrorCode::UpstreamUnavailable)
+                error.with_code(ErrorCode::UpstreamUnavailable)
             } else {
                 error
             }
@@ -95,23 +96,22 @@ pub fn error_for_proxy_failure(e: &Error, provider: &str) -> Option<GatewayError
             504,
             format!("Timed out connecting to provider `{provider}`"),
         )
-        .with_code(crate::error::ErrorCode::UpstreamTimeout),
+        .with_code(ErrorCode::UpstreamTimeout),
         ReadTimedout | WriteTimedout => {
             GatewayError::new(504, format!("Provider `{provider}` did not answer in time"))
-                .with_code(crate::error::ErrorCode::UpstreamTimeout)
+                .with_code(ErrorCode::UpstreamTimeout)
         }
         _ if *e.esource() == ErrorSource::Downstream => return None,
         ConnectRefused | ConnectNoRoute | ConnectError | ConnectProxyFailure | SocketError
         | BindError | TLSHandshakeFailure | InvalidCert | TLSWantX509Lookup => {
             GatewayError::new(502, format!("Could not connect to provider `{provider}`"))
-                .with_code(crate::error::ErrorCode::UpstreamUnreachable)
+                .with_code(ErrorCode::UpstreamUnreachable)
         }
         _ if *e.esource() == ErrorSource::Upstream => {
             GatewayError::new(502, format!("Provider `{provider}` failed mid-response"))
-                .with_code(crate::error::ErrorCode::UpstreamError)
+                .with_code(ErrorCode::UpstreamError)
         }
-        _ => GatewayError::new(500, "Internal gateway error")
-            .with_code(crate::error::ErrorCode::InternalError),
+        _ => GatewayError::new(500, "Internal gateway error").with_code(ErrorCode::InternalError),
     };
     Some(error)
 }

@@ -5,6 +5,7 @@ use super::ctx::{RequestCtx, ResponseHandling};
 use crate::api::anthropic::{self, AnthropicEventSink};
 use crate::api::openai::stream::OpenAiEventSink;
 use crate::api::{ClientEndpoint, ClientProtocol};
+use crate::error::ErrorCode;
 use crate::error::{self, GatewayError};
 use crate::plan::{Operation, PlannedCall, ResponseMode};
 use crate::providers::ResponseContext;
@@ -106,7 +107,7 @@ pub fn on_response_body(
             }
             if end_of_stream && !watch.ended_properly() {
                 let e = GatewayError::new(502, "upstream stream ended before its final event")
-                    .with_code(crate::error::ErrorCode::StreamTruncated);
+                    .with_code(ErrorCode::StreamTruncated);
                 let mut out = body.take().map(|b| b.to_vec()).unwrap_or_default();
                 out.extend_from_slice(&stream::error_event(call.endpoint.protocol(), &e));
                 *body = Some(Bytes::from(out));
@@ -127,7 +128,7 @@ pub fn on_response_body(
             }
             if end_of_stream && !filter.ended_properly() && !filter.has_failed() {
                 let e = GatewayError::new(502, "upstream stream ended before its final event")
-                    .with_code(crate::error::ErrorCode::StreamTruncated);
+                    .with_code(ErrorCode::StreamTruncated);
                 let mut out = body.take().map(|b| b.to_vec()).unwrap_or_default();
                 out.extend_from_slice(&stream::error_event(protocol, &e));
                 *body = Some(Bytes::from(out));

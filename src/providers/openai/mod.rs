@@ -8,6 +8,7 @@ pub use azure::{AzureChunkFilter, AzureOpenAi};
 use super::{AuthPlacement, Dialect, ResponseContext, UpstreamPaths};
 use crate::api::ClientProtocol;
 use crate::config::ProviderSettings;
+use crate::error::ErrorCode;
 use crate::error::{self, GatewayError};
 use crate::stream::chunk::{ChunkSource, StreamContext, StreamOut};
 use crate::stream::sse::SseEvent;
@@ -284,7 +285,7 @@ impl ChunkSource for OpenAiChunkSource {
             self.ended = true;
             out.push(StreamOut::Error(
                 GatewayError::new(502, "upstream stream ended before its final event")
-                    .with_code(crate::error::ErrorCode::StreamTruncated),
+                    .with_code(ErrorCode::StreamTruncated),
             ));
         }
     }
@@ -322,9 +323,7 @@ mod tests {
         let mut out = Vec::new();
         src.on_event(&ev(r#"{"id":"c"}"#), &mut out);
         src.on_end(&mut out);
-        assert!(
-            matches!(&out[1], StreamOut::Error(e) if e.has_code(crate::error::ErrorCode::StreamTruncated))
-        );
+        assert!(matches!(&out[1], StreamOut::Error(e) if e.has_code(ErrorCode::StreamTruncated)));
     }
 
     const PROMPT_FILTER: &str = r#"{"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[{"prompt_index":0,"content_filter_results":{"hate":{"filtered":false,"severity":"safe"}}}]}"#;
