@@ -91,6 +91,44 @@ pub struct GatewayConfig {
     pub providers: BTreeMap<String, ProviderConfig>,
     #[serde(default)]
     pub models: BTreeMap<String, ModelConfig>,
+    /// Gateway keys: who may call, and which models. Empty: anyone who reaches the listener.
+    #[serde(default)]
+    pub keys: BTreeMap<String, KeyConfig>,
+    /// `auth: none`: serve without gateway keys on a non-loopback listener, knowingly.
+    #[serde(default)]
+    pub auth: Option<ClientAuth>,
+}
+
+/// The only value of the top-level `auth`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum ClientAuth {
+    None,
+}
+
+/// One gateway key: the key itself or its SHA-256 (so the file need hold no secret), and the
+/// models it may use.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct KeyConfig {
+    #[serde(default)]
+    pub key: Option<Secret>,
+    /// Lowercase or uppercase hex of the key's SHA-256.
+    #[serde(default)]
+    pub key_sha256: Option<String>,
+    /// The models this key may use; all when absent.
+    #[serde(default)]
+    pub models: Option<Vec<String>>,
+}
+
+/// A validated gateway key.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct KeySettings {
+    pub name: String,
+    /// SHA-256 of the key: the key itself is not kept.
+    pub sha256: [u8; 32],
+    /// `None`: every model.
+    pub models: Option<Vec<String>>,
 }
 
 fn default_listen() -> OneOrMany<SocketAddr> {
@@ -542,6 +580,7 @@ pub struct Settings {
     pub max_response_bytes: usize,
     pub providers: Vec<ProviderSettings>,
     pub models: Vec<ModelSettings>,
+    pub keys: Vec<KeySettings>,
 }
 
 /// Pingora's own top-level keys, which share the file with the gateway's.
@@ -626,6 +665,8 @@ impl Settings {
             max_response_bytes: default_max_response_bytes(),
             providers: BTreeMap::new(),
             models: BTreeMap::new(),
+            keys: BTreeMap::new(),
+            auth: None,
         };
         let presets: [(&str, ProviderKind, &str, &[&str]); 3] = [
             (
@@ -711,6 +752,7 @@ impl Settings {
                 max_response_bytes: default_max_response_bytes(),
                 providers: vec![],
                 models: vec![],
+                keys: vec![],
             }
         })
     }
@@ -825,6 +867,20 @@ impl GatewayConfig {
                 default_total_timeout(m.timeout, fallbacks)
             });
         }
+        let keys = validate_keys(&self.keys, &models)?;
+        // Secure by default: a listener other hosts can reach needs keys, or an explicit
+        // `auth: none`.
+        if keys.is_empty() && self.auth.is_none() {
+            if let Some(open) = self.listen.0.iter().find(|a| !a.ip().is_loopback()) {
+                return Err(ConfigError::new(
+                    "keys",
+                    format!(
+                        "required when listening on {open}, which other hosts can reach: \
+                         add gateway keys, or set `auth: none` to serve anyone"
+                    ),
+                ));
+            }
+        }
         Ok(Settings {
             listen: self.listen.0,
             admin_listen: self.admin_listen,
@@ -832,8 +888,73 @@ impl GatewayConfig {
             max_response_bytes: self.max_response_bytes,
             providers,
             models,
+            keys,
         })
     }
+}
+
+/// Each key's digest (from `key` or `key_sha256`, exactly one) and its models (each configured).
+fn validate_keys(
+    keys: &BTreeMap<String, KeyConfig>,
+    models: &[ModelSettings],
+) -> Result<Vec<KeySettings>, ConfigError> {
+    let mut out: Vec<KeySettings> = Vec::new();
+    for (name, k) in keys {
+        let key = format!("keys.{name}");
+        let sha256 = match (&k.key, &k.key_sha256) {
+            (Some(secret), None) => {
+                if secret.is_empty() {
+                    return Err(ConfigError::new(format!("{key}.key"), "must not be empty"));
+                }
+                crate::access::sha256(secret.expose().as_bytes())
+            }
+            (None, Some(hex)) => parse_sha256(hex).ok_or_else(|| {
+                ConfigError::new(
+                    format!("{key}.key_sha256"),
+                    "must be 64 hexadecimal digits (the key's SHA-256)",
+                )
+            })?,
+            _ => {
+                return Err(ConfigError::new(
+                    key,
+                    "needs exactly one of `key` and `key_sha256`",
+                ))
+            }
+        };
+        if let Some(other) = out.iter().find(|o| o.sha256 == sha256) {
+            return Err(ConfigError::new(
+                key,
+                format!("the same key as keys.{}", other.name),
+            ));
+        }
+        if let Some(list) = &k.models {
+            if let Some(unknown) = list.iter().find(|m| !models.iter().any(|c| &c.name == *m)) {
+                return Err(ConfigError::new(
+                    format!("{key}.models"),
+                    format!("unknown model `{unknown}`"),
+                ));
+            }
+        }
+        out.push(KeySettings {
+            name: name.clone(),
+            sha256,
+            models: k.models.clone(),
+        });
+    }
+    Ok(out)
+}
+
+fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
+    let hex = hex.as_bytes();
+    if hex.len() != 64 {
+        return None;
+    }
+    let digit = |c: u8| (c as char).to_digit(16).map(|d| d as u8);
+    let mut out = [0u8; 32];
+    for (i, pair) in hex.chunks(2).enumerate() {
+        out[i] = digit(pair[0])? << 4 | digit(pair[1])?;
+    }
+    Some(out)
 }
 
 /// A chain's default `total_timeout`: the model's own `timeout`, then each fallback's, one after
@@ -1146,6 +1267,61 @@ models:
 
     fn err(yaml: &str) -> ConfigError {
         Settings::from_yaml(yaml, &env).unwrap_err()
+    }
+
+    #[test]
+    fn gateway_keys_are_validated_naming_the_key() {
+        let base = "providers:\n  p: { kind: openai, api_key: k }\nmodels:\n  m: { provider: p }\n";
+        for (keys, key, needle) in [
+            (
+                "  a: { key: x, key_sha256: \"00\" }",
+                "keys.a",
+                "exactly one",
+            ),
+            ("  a: {}", "keys.a", "exactly one"),
+            ("  a: { key: \"\" }", "keys.a.key", "empty"),
+            (
+                "  a: { key_sha256: \"xyz\" }",
+                "keys.a.key_sha256",
+                "64 hexadecimal",
+            ),
+            ("  a: { key: x, models: [ghost] }", "keys.a.models", "ghost"),
+            ("  a: { key: x }\n  b: { key: x }", "keys.b", "keys.a"),
+            ("  a: { key: x, limit: 1 }", "keys.a.limit", "unknown field"),
+        ] {
+            let e = err(&format!("{base}keys:\n{keys}\n"));
+            assert_eq!(e.key, key, "{keys}: {e}");
+            assert!(e.message.contains(needle), "{keys}: {e}");
+        }
+        let sha = "2D711642B726B04401627CA9FBAC32F5C8530FB1903CC4DB02258717921A4881";
+        let settings = Settings::from_yaml(
+            &format!(
+                "{base}keys:\n  a: {{ key: y }}\n  b: {{ key_sha256: \"{sha}\", models: [m] }}\n"
+            ),
+            &env,
+        )
+        .expect("valid keys");
+        // SHA-256("x"), given in (uppercase) hex, is the digest the plain key would get.
+        assert_eq!(settings.keys[0].sha256, crate::access::sha256(b"y"));
+        assert_eq!(settings.keys[1].sha256, crate::access::sha256(b"x"));
+        assert_eq!(
+            settings.keys[1].models.as_deref(),
+            Some(&["m".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn an_open_listener_without_keys_is_refused() {
+        let base = "providers:\n  p: { kind: openai, api_key: k }\nmodels:\n  m: { provider: p }\n";
+        let e = err(&format!("listen: 0.0.0.0:8080\n{base}"));
+        assert_eq!(e.key, "keys");
+        let e = err(&format!("listen: [127.0.0.1:8080, \"[::]:8080\"]\n{base}"));
+        assert_eq!(e.key, "keys");
+        for extra in ["auth: none\n", "keys:\n  a: { key: x }\n"] {
+            Settings::from_yaml(&format!("listen: 0.0.0.0:8080\n{base}{extra}"), &env)
+                .expect("allowed");
+        }
+        Settings::from_yaml(&format!("listen: \"[::1]:8080\"\n{base}"), &env).expect("loopback");
     }
 
     #[test]

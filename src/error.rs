@@ -10,8 +10,12 @@ use serde_json::{json, Value};
 pub enum ErrorCode {
     /// No route for the method and path.
     UnknownUrl,
+    /// No gateway key, or one the gateway does not know.
+    InvalidApiKey,
     /// The request names a model that is not configured.
     ModelNotFound,
+    /// The gateway key may not use the model the request names.
+    ModelNotAllowed,
     /// The body is over `max_request_bytes`.
     RequestTooLarge,
     /// No instance may take the request (all down or circuits open).
@@ -37,7 +41,9 @@ impl ErrorCode {
     pub const fn as_str(self) -> &'static str {
         match self {
             ErrorCode::UnknownUrl => "unknown_url",
+            ErrorCode::InvalidApiKey => "invalid_api_key",
             ErrorCode::ModelNotFound => "model_not_found",
+            ErrorCode::ModelNotAllowed => "model_not_allowed",
             ErrorCode::RequestTooLarge => "request_too_large",
             ErrorCode::UpstreamUnavailable => "upstream_unavailable",
             ErrorCode::RateLimitExceeded => "rate_limit_exceeded",

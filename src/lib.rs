@@ -4,6 +4,7 @@
 //! upstream call by [`plan`], written in the provider's protocol by [`providers`] (what upstreams
 //! speak), sent to an instance chosen by [`upstream`] (balancing, breakers, retries), and the
 //! answer comes back the same way. [`proxy`] holds the thin Pingora hooks that drive it.
+pub mod access;
 pub mod admin;
 pub mod api;
 pub mod config;

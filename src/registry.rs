@@ -2,6 +2,7 @@
 //! balancers. Held behind an `ArcSwap` so a reload can replace it while requests in flight keep
 //! the one they started with.
 
+use crate::access::GatewayKey;
 use crate::config::{
     FallbackCondition, HealthCheckConfig, HedgeConfig, InstanceUrl, ProviderSettings, Secret,
     Settings,
@@ -69,6 +70,8 @@ pub struct Registry {
     pub models: HashMap<String, Arc<Model>>,
     /// `GET /v1/models`, rendered once.
     pub model_list: Bytes,
+    /// Gateway keys; empty when anyone who reaches the listener may call.
+    pub keys: Vec<GatewayKey>,
     pub providers: Vec<Arc<Provider>>,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
@@ -118,10 +121,34 @@ impl Registry {
                 }),
             );
         }
-        let model_list = serde_json::json!({ "object": "list", "data": listed }).to_string();
+        let render = |listed: Vec<&serde_json::Value>| {
+            Bytes::from(serde_json::json!({ "object": "list", "data": listed }).to_string())
+        };
+        let keys = settings
+            .keys
+            .iter()
+            .map(|k| {
+                let visible = listed
+                    .iter()
+                    .filter(|m| {
+                        k.models.as_ref().is_none_or(|allowed| {
+                            allowed.iter().any(|a| m["id"].as_str() == Some(a))
+                        })
+                    })
+                    .collect();
+                GatewayKey::new(
+                    k.name.clone(),
+                    k.sha256,
+                    k.models.as_deref(),
+                    render(visible),
+                )
+            })
+            .collect();
+        let model_list = render(listed.iter().collect());
         Registry {
             models,
-            model_list: Bytes::from(model_list),
+            model_list,
+            keys,
             providers: providers.into_iter().map(|(p, _)| p).collect(),
             max_request_bytes: settings.max_request_bytes,
             max_response_bytes: settings.max_response_bytes,

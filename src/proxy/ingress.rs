@@ -9,6 +9,7 @@
 use super::ctx::RequestCtx;
 use super::dispatch;
 use super::local_response;
+use crate::access;
 use crate::api::{self, ClientEndpoint, ClientProtocol, ClientRequest};
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
@@ -48,8 +49,19 @@ pub async fn handle(
         }
     };
     let protocol = endpoint.protocol();
+    let key = if registry.keys.is_empty() {
+        None
+    } else {
+        match access::authenticate(&registry.keys, session.req_header()) {
+            Ok(key) => Some(key),
+            Err(e) => {
+                reject(session, &e, protocol).await;
+                return Handled::Answered;
+            }
+        }
+    };
     if endpoint == ClientEndpoint::Models {
-        let body = registry.model_list.clone();
+        let body = key.map_or(&registry.model_list, |k| &k.model_list).clone();
         if let Err(e) = local_response::write_json(session, 200, body, None).await {
             log::debug!("could not send model list: {e}");
         }
@@ -71,6 +83,11 @@ pub async fn handle(
             return Handled::Answered;
         }
     };
+    if let Some(key) = key.filter(|k| !k.may_use(&request.envelope.model)) {
+        let e = access::model_not_allowed(key, &request.envelope.model);
+        reject(session, &e, protocol).await;
+        return Handled::Answered;
+    }
     let call = match PlannedCall::plan(&registry, &request) {
         Ok(c) => Arc::new(c),
         Err(e) => {
