@@ -623,6 +623,25 @@ const PINGORA_KEYS: &[&str] = &[
     "daemon_notify_timeout_seconds",
 ];
 
+/// Pingora's part of a configuration file: only its own top-level keys, as YAML. Pingora's parser
+/// quotes the text it was given in its errors; given only this, it can quote no key of ours.
+pub fn pingora_section(text: &str) -> Result<String, ConfigError> {
+    let doc: serde_yaml::Value = serde_yaml::from_str(text)
+        .map_err(|e| ConfigError::new("", format!("invalid YAML: {e}")))?;
+    let mut section = serde_yaml::Mapping::new();
+    if let serde_yaml::Value::Mapping(map) = doc {
+        for (k, v) in map {
+            if k.as_str().is_some_and(|k| PINGORA_KEYS.contains(&k)) {
+                section.insert(k, v);
+            }
+        }
+    }
+    if section.is_empty() {
+        return Ok(String::from("---\nversion: 1\n"));
+    }
+    serde_yaml::to_string(&section).map_err(|e| ConfigError::new("", format!("invalid YAML: {e}")))
+}
+
 impl Settings {
     /// Reads and validates a configuration file.
     pub fn load(path: &Path) -> Result<Settings, ConfigError> {

@@ -82,6 +82,17 @@ impl GatewayError {
         }
     }
 
+    /// Replaces `secret` wherever the error's text echoes it.
+    pub fn redact(&mut self, secret: &str) {
+        self.message = redact(&self.message, secret);
+        if let Some(code) = &mut self.code {
+            *code = redact(code, secret);
+        }
+        if let Some(param) = &mut self.param {
+            *param = redact(param, secret);
+        }
+    }
+
     pub fn with_retry_after(mut self, seconds: u64) -> Self {
         self.retry_after = Some(seconds);
         self

@@ -3,7 +3,7 @@
 
 use arc_swap::ArcSwap;
 use dragoman::admin::AdminApp;
-use dragoman::config::Settings;
+use dragoman::config::{self, Settings};
 use dragoman::proxy::Gateway;
 use dragoman::registry::Registry;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -37,7 +37,13 @@ fn run(opt: Opt) -> Result<(), String> {
         Some(path) => {
             let settings = Settings::load(Path::new(path)).map_err(|e| format!("{path}: {e}"))?;
             let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
-            let conf = ServerConf::from_yaml(&text).map_err(|e| format!("{path}: {e}"))?;
+            // Only Pingora's own keys go to Pingora, whose errors quote the text they were given:
+            // a type error there must not print the gateway's keys.
+            let pingora = config::pingora_section(&text).map_err(|e| format!("{path}: {e}"))?;
+            let conf = ServerConf::from_yaml(&pingora).map_err(|e| {
+                let why = e.root_cause().to_string();
+                format!("{path}: a Pingora setting is invalid: {why}")
+            })?;
             (settings, conf)
         }
         None => (Settings::default_from_env(&env), ServerConf::default()),

@@ -301,3 +301,27 @@ async fn a_translated_answer_reaches_the_client_in_one_segment() {
     assert_eq!(segments, [1; 5], "segments per answer; answers: {answer:?}");
     assert_eq!(mock.requests().len(), 5);
 }
+
+#[tokio::test]
+async fn a_stream_error_that_echoes_the_key_reaches_the_client_redacted() {
+    let (mock, gw) = setup().await;
+    mock.push(Behaviour::sse([
+        "event: message_start\ndata: {\"type\":\"message_start\",\"message\":{\"id\":\"msg_1\",\"type\":\"message\",\"role\":\"assistant\",\"model\":\"claude\",\"content\":[],\"usage\":{\"input_tokens\":1,\"output_tokens\":1}}}\n\n".to_string(),
+        format!("event: error\ndata: {{\"type\":\"error\",\"error\":{{\"type\":\"overloaded_error\",\"message\":\"key {KEY} is overloaded\"}}}}\n\n"),
+    ]));
+    let resp = client()
+        .post(gw.url("/v1/chat/completions"))
+        .json(&json!({"model": "claude-fast", "stream": true,
+                      "messages": [{"role": "user", "content": "hello"}]}))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let text = resp.text().await.unwrap();
+    assert!(text.contains("overloaded"), "no error event: {text}");
+    assert!(text.contains("[redacted]"), "{text}");
+    assert!(
+        !text.contains(KEY),
+        "the provider key reached the client: {text}"
+    );
+}

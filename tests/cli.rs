@@ -134,3 +134,22 @@ async fn default_config_serves_the_providers_whose_keys_are_set() {
     assert_eq!(health.status(), 200);
     drop(guard);
 }
+
+#[test]
+fn a_bad_pingora_setting_is_named_without_printing_the_file() {
+    let path = write_config(
+        "pingora-type",
+        "threads: \"4\"\nproviders:\n  p: { kind: openai, api_key: sk-live-must-not-print }\nmodels:\n  m: { provider: p }\n",
+    );
+    for args in [&["-t", "-c"][..], &["-c"][..]] {
+        let mut args = args.to_vec();
+        args.push(path.to_str().unwrap());
+        let (ok, out) = run_dragoman(&args, &[]);
+        assert!(!ok, "{out}");
+        assert!(out.contains("threads"), "{out}");
+        assert!(
+            !out.contains("sk-live-must-not-print"),
+            "the key was printed: {out}"
+        );
+    }
+}

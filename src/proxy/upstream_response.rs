@@ -48,7 +48,8 @@ pub fn on_response_header(
             ResponseMode::PassThrough => ResponseHandling::PassThrough,
             ResponseMode::TranslateWhole => ResponseHandling::BufferWhole,
             ResponseMode::TranslateStream => ResponseHandling::TranslateStream(Box::new(
-                StreamTranslation::new(source(call), sink(call)),
+                StreamTranslation::new(source(call), sink(call))
+                    .redacting(call.model.provider.credential.expose()),
             )),
         }
     };

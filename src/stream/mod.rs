@@ -39,6 +39,8 @@ pub struct StreamTranslation {
     events: Vec<crate::stream::sse::SseEvent>,
     items: Vec<StreamOut>,
     ended: bool,
+    /// The provider's key, kept out of the errors the client sees.
+    secret: Option<Box<str>>,
 }
 
 impl StreamTranslation {
@@ -50,7 +52,15 @@ impl StreamTranslation {
             events: Vec::new(),
             items: Vec::new(),
             ended: false,
+            secret: None,
         }
+    }
+
+    /// Replaces `secret` (the provider's key) wherever an upstream error event echoes it, before
+    /// the error reaches the client.
+    pub fn redacting(mut self, secret: &str) -> Self {
+        self.secret = (!secret.is_empty()).then(|| secret.into());
+        self
     }
 
     /// Upstream bytes -> the client bytes they complete (possibly none).
@@ -90,7 +100,10 @@ impl StreamTranslation {
     }
 
     fn flush(&mut self, out: &mut Vec<u8>) {
-        for item in self.items.drain(..) {
+        for mut item in self.items.drain(..) {
+            if let (StreamOut::Error(e), Some(secret)) = (&mut item, &self.secret) {
+                e.redact(secret);
+            }
             let terminal = item.is_terminal();
             self.sink.write(&item, out);
             if terminal {
