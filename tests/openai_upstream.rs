@@ -562,3 +562,47 @@ models:
         "segments per upstream request"
     );
 }
+
+#[tokio::test]
+async fn headers_that_reveal_the_operators_account_are_not_passed_to_clients() {
+    let (mock, gw) = setup().await;
+    let reply = json!({"id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": "m",
+        "choices": [{"index": 0, "message": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}]});
+    mock.push(Behaviour::Raw {
+        status: 200,
+        content_type: "application/json".into(),
+        body: reply.to_string().into(),
+        headers: [
+            ("openai-organization", "acme-corp-org"),
+            ("openai-project", "proj_secret"),
+            ("anthropic-organization-id", "org-uuid"),
+            ("x-ratelimit-remaining-requests", "4999"),
+            ("x-ratelimit-limit-tokens", "2000000"),
+            ("anthropic-ratelimit-tokens-remaining", "1000"),
+            ("set-cookie", "__cf_bm=abc"),
+            ("openai-processing-ms", "12"),
+        ]
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect(),
+    });
+    let (status, headers, body) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "llama", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+    for hidden in [
+        "openai-organization",
+        "openai-project",
+        "anthropic-organization-id",
+        "x-ratelimit-remaining-requests",
+        "x-ratelimit-limit-tokens",
+        "anthropic-ratelimit-tokens-remaining",
+        "set-cookie",
+    ] {
+        assert!(headers.get(hidden).is_none(), "{hidden} reached the client");
+    }
+    // Harmless upstream headers still do.
+    assert_eq!(header(&headers, "openai-processing-ms"), "12");
+}

@@ -16,9 +16,20 @@ use http::header;
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 
-/// Upstream headers never shown to clients.
+/// Upstream headers never shown to clients: cookies and connection hints meant for the
+/// gateway, and what reveals the operator's provider account (its organization and project, and
+/// its own rate limits, which are the account's, not the client's).
 fn is_stripped(name: &str) -> bool {
-    matches!(name, "set-cookie" | "alt-svc" | "server")
+    matches!(
+        name,
+        "set-cookie"
+            | "alt-svc"
+            | "server"
+            | "openai-organization"
+            | "openai-project"
+            | "anthropic-organization-id"
+    ) || name.starts_with("x-ratelimit-")
+        || name.starts_with("anthropic-ratelimit-")
 }
 
 pub fn on_response_header(
