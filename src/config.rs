@@ -207,6 +207,9 @@ pub struct ProviderConfig {
     pub health_check: Option<HealthCheckConfig>,
     #[serde(default)]
     pub circuit_breaker: Option<BreakerOverrides>,
+    /// Lets a key go to a non-loopback `http://` endpoint, in clear.
+    #[serde(default)]
+    pub allow_insecure_http: bool,
     /// `round_robin` (weighted, default), `least_inflight` or `ewma`.
     #[serde(default)]
     pub balance: BalanceMode,
@@ -739,6 +742,7 @@ impl Settings {
                     retry_backoff: default_retry_backoff(),
                     health_check: None,
                     circuit_breaker: None,
+                    allow_insecure_http: false,
                     balance: BalanceMode::default(),
                 },
             );
@@ -978,6 +982,15 @@ fn parse_sha256(hex: &str) -> Option<[u8; 32]> {
 
 /// A chain's default `total_timeout`: the model's own `timeout`, then each fallback's, one after
 /// the other.
+/// `localhost` or a loopback address (the only hosts a key may reach over plain HTTP by default).
+fn is_loopback_host(host: &str) -> bool {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    host.eq_ignore_ascii_case("localhost")
+        || host
+            .parse::<std::net::IpAddr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
 fn default_total_timeout(own: Duration, fallbacks: impl Iterator<Item = Duration>) -> Duration {
     fallbacks.fold(own, Duration::saturating_add)
 }
@@ -1052,6 +1065,23 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
             format!("{key}.api_key"),
             "a credential is required (api_key or api_key_file), or set `auth: none`",
         ));
+    }
+    if auth != AuthPlacement::None && !p.allow_insecure_http {
+        // A key sent in clear may only cross the loopback interface.
+        if let Some((i, e)) = endpoints
+            .iter()
+            .enumerate()
+            .find(|(_, e)| !e.tls && !is_loopback_host(&e.host))
+        {
+            return Err(ConfigError::new(
+                format!("{key}.endpoints[{i}]"),
+                format!(
+                    "http:// to {} would send the key in clear: use https://, or set \
+                     `allow_insecure_http: true` if the network is trusted",
+                    e.host
+                ),
+            ));
+        }
     }
     if credential.expose().contains(['\r', '\n']) {
         return Err(ConfigError::new(
@@ -1327,6 +1357,32 @@ models:
             settings.keys[1].models.as_deref(),
             Some(&["m".to_string()][..])
         );
+    }
+
+    #[test]
+    fn a_key_goes_over_plain_http_only_to_loopback_unless_allowed() {
+        let provider = |endpoint: &str, extra: &str| {
+            format!("providers:\n  p: {{ kind: openai, api_key: k, endpoints: [\"{endpoint}\"]{extra} }}\n")
+        };
+        let e = err(&provider("http://10.0.0.5:8000/v1", ""));
+        assert_eq!(e.key, "providers.p.endpoints[0]");
+        assert!(e.message.contains("allow_insecure_http"), "{e}");
+        assert_eq!(
+            err(&provider("http://vllm.internal/v1", "")).key,
+            "providers.p.endpoints[0]"
+        );
+        for ok in [
+            provider("http://127.0.0.1:8000/v1", ""),
+            provider("http://localhost:8000/v1", ""),
+            provider("http://[::1]:8000/v1", ""),
+            provider("https://vllm.internal/v1", ""),
+            provider("http://10.0.0.5:8000/v1", ", allow_insecure_http: true"),
+            // No key, nothing to leak.
+            "providers:\n  p: { kind: openai, auth: none, endpoints: [\"http://10.0.0.5/v1\"] }\n"
+                .into(),
+        ] {
+            Settings::from_yaml(&ok, &env).unwrap_or_else(|e| panic!("{ok}: {e}"));
+        }
     }
 
     #[test]
