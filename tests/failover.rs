@@ -252,3 +252,25 @@ async fn upstream_calls_stop_at_max_upstream_calls() {
     assert!(message == "b1 failed" || message == "b2 failed", "{err}");
     assert_eq!(header(&headers, "x-dragoman-attempts"), "3");
 }
+
+#[tokio::test]
+async fn a_whole_answer_held_for_the_client_is_capped_at_max_response_bytes() {
+    let (a, b) = (
+        MockProvider::start().await.unwrap(),
+        MockProvider::start().await.unwrap(),
+    );
+    let huge = "x".repeat(300_000);
+    a.set_default(Behaviour::json(
+        200,
+        json!({"id": "c", "choices": [], "padding": huge}),
+    ));
+    let gw = GatewayProcess::start(&format!(
+        "max_response_bytes: 100000\nproviders:\n{}{}models:\n  m: {{ provider: pa, fallbacks: [b], fallback_on: [timeout] }}\n  b: {{ provider: pb }}\n",
+        provider("pa", &[&a]),
+        provider("pb", &[&b]),
+    ));
+    let (status, _, body) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+    assert_eq!(status, 502, "{body}");
+    assert_eq!(body["error"]["code"], "bad_upstream_response", "{body}");
+    assert_eq!(posts(&b), 0, "fallback_on lists only timeout");
+}

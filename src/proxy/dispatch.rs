@@ -169,6 +169,7 @@ pub async fn run(
                         leg: legs.swap_remove(index),
                         tasks: vec![HttpTask::Header(header, ended)],
                         ended,
+                        body_bytes: 0,
                     };
                     match retry::failure_condition(status) {
                         Some(FallbackCondition::ContextLength) => {
@@ -308,6 +309,8 @@ struct Answer {
     leg: Leg,
     tasks: Vec<HttpTask>,
     ended: bool,
+    /// Body bytes held in `tasks`, bounded by `max_response_bytes`.
+    body_bytes: usize,
 }
 
 /// How reading the rest of an answer went.
@@ -331,6 +334,13 @@ impl Answer {
                         return Completion::Failed(LegFailure::broke_off(&self.leg, Some(e)));
                     }
                     Some(task) => {
+                        if let HttpTask::Body(Some(bytes), _) = &task {
+                            self.body_bytes += bytes.len();
+                            let limit = self.leg.call.registry.max_response_bytes;
+                            if self.body_bytes > limit {
+                                return Completion::Failed(LegFailure::too_large(&self.leg, limit));
+                            }
+                        }
                         self.ended = task.is_end();
                         self.tasks.push(task);
                     }
@@ -412,6 +422,20 @@ impl LegFailure {
         LegFailure {
             condition,
             error,
+            model,
+        }
+    }
+
+    /// A whole answer held for the client grew past `max_response_bytes`.
+    fn too_large(leg: &Leg, limit: usize) -> LegFailure {
+        let model = leg.call.model.clone();
+        let message = format!(
+            "Provider `{}` answered more than the gateway's limit of {limit} bytes",
+            model.provider.name
+        );
+        LegFailure {
+            condition: FallbackCondition::ServerError,
+            error: GatewayError::new(502, message).with_code(ErrorCode::BadUpstreamResponse),
             model,
         }
     }
