@@ -4,6 +4,7 @@
 //! upstream call by [`plan`], written in the provider's protocol by [`providers`] (what upstreams
 //! speak), sent to an instance chosen by [`upstream`] (balancing, breakers, retries), and the
 //! answer comes back the same way. [`proxy`] holds the thin Pingora hooks that drive it.
+//! [`wire`] holds providers' wire formats as types, shared by both directions.
 pub mod admin;
 pub mod api;
 pub mod config;
@@ -17,3 +18,4 @@ pub mod stream;
 #[cfg(test)]
 mod test_support;
 pub mod upstream;
+pub mod wire;

@@ -1,59 +1,18 @@
 //! Errors in Anthropic's shape, for clients of the front door.
 
 use crate::error::GatewayError;
+use crate::wire::anthropic::{write, ErrorType};
 use bytes::Bytes;
-use serde_json::Value;
-
-/// Anthropic's error type names.
-const ANTHROPIC_ERROR_TYPES: [&str; 10] = [
-    "invalid_request_error",
-    "authentication_error",
-    "billing_error",
-    "permission_error",
-    "not_found_error",
-    "request_too_large",
-    "rate_limit_error",
-    "api_error",
-    "timeout_error",
-    "overloaded_error",
-];
-
-fn error_type(e: &GatewayError) -> &str {
-    if let Some(kind) = e.kind.as_deref() {
-        if ANTHROPIC_ERROR_TYPES.contains(&kind) {
-            return kind;
-        }
-    }
-    match e.status {
-        401 => "authentication_error",
-        402 => "billing_error",
-        403 => "permission_error",
-        404 => "not_found_error",
-        408 | 504 => "timeout_error",
-        413 => "request_too_large",
-        429 => "rate_limit_error",
-        529 => "overloaded_error",
-        400..=499 => "invalid_request_error",
-        _ => "api_error",
-    }
-}
 
 /// GatewayError -> Anthropic error body `{"type":"error","error":{"type":..,"message":..}}`.
 pub fn error_body(e: &GatewayError) -> Bytes {
-    Bytes::from(error_json(e))
-}
-
-/// The error body with Anthropic's key order.
-pub(super) fn error_json(e: &GatewayError) -> String {
-    let kind = Value::String(error_type(e).to_string());
-    let message = Value::String(e.message.clone());
-    format!(r#"{{"type":"error","error":{{"type":{kind},"message":{message}}}}}"#)
+    Bytes::from(write::error_body(ErrorType::for_error(e), &e.message))
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use serde_json::json;
+    use serde_json::{json, Value};
 
     // --- errors ---
 

@@ -1,9 +1,11 @@
 //! The Anthropic Messages front door: clients speak `/v1/messages`, any backend answers.
 //!
 //! Requests: a Messages body becomes an OpenAI chat request, which the gateway then sends like any
-//! other. Responses: a `chat.completion` becomes a Messages `message`; the common stream form
-//! (OpenAI chunks) becomes Anthropic's named SSE events. These are the inverse of
-//! `providers::anthropic`, and use the same mapping tables (stop reasons, tool choice, usage).
+//! other (`request.rs`). Responses: a `chat.completion` becomes a Messages `message`
+//! (`response.rs`); the common stream form (OpenAI chunks) becomes Anthropic's named SSE events
+//! ([`AnthropicEventSink`], in `stream.rs`); errors take Anthropic's shape (`error.rs`). These are
+//! the inverse of `providers::anthropic`: the vocabulary both directions share (stop reasons,
+//! usage, error types, event names and shapes) is written once, in [`crate::wire::anthropic`].
 //!
 //! Client input is untrusted: malformed requests are 400s whose `param` names the field in
 //! Anthropic's dotted form (`messages.1.content.0.source`); a malformed upstream answer is a 502.

@@ -2,6 +2,8 @@
 
 use crate::error::GatewayError;
 use crate::ids;
+use crate::wire::anthropic::write::{ContentBlock, Message};
+use crate::wire::anthropic::{StopReason, Usage};
 use serde_json::{json, Value};
 
 /// OpenAI `chat.completion` object -> Anthropic Message object. `model` is the model name to report.
@@ -20,32 +22,39 @@ pub fn response_from_openai(completion: &Value, model: &str) -> Result<Value, Ga
         .filter(|m| m.is_object())
         .ok_or_else(|| GatewayError::bad_upstream("chat completion choice has no message"))?;
 
-    let mut content = Vec::new();
-    if let Some(thinking) = reasoning_text(message) {
-        content.push(json!({ "type": "thinking", "thinking": thinking, "signature": "" }));
-    }
     let text = message_text(message);
+    let tool_uses: Vec<ToolUse> = message
+        .get("tool_calls")
+        .and_then(Value::as_array)
+        .map(|calls| {
+            calls
+                .iter()
+                .filter(|c| c.is_object())
+                .map(tool_use)
+                .collect()
+        })
+        .unwrap_or_default();
+    let mut content = Vec::with_capacity(2 + tool_uses.len());
+    if let Some(thinking) = reasoning_text(message) {
+        content.push(ContentBlock::Thinking {
+            thinking,
+            signature: "",
+        });
+    }
     if !text.is_empty() {
-        content.push(json!({ "type": "text", "text": text }));
+        content.push(ContentBlock::Text { text: &text });
     }
-    let mut has_tool_use = false;
-    if let Some(calls) = message.get("tool_calls").and_then(Value::as_array) {
-        for call in calls.iter().filter(|c| c.is_object()) {
-            content.push(tool_use_block(call));
-            has_tool_use = true;
-        }
-    }
+    content.extend(tool_uses.iter().map(|t| ContentBlock::ToolUse {
+        id: &t.id,
+        name: t.name,
+        input: &t.input,
+    }));
     let finish = choice.get("finish_reason").and_then(Value::as_str);
-    Ok(json!({
-        "id": message_id(obj.get("id").and_then(Value::as_str)),
-        "type": "message",
-        "role": "assistant",
-        "model": model,
-        "content": content,
-        "stop_reason": stop_reason(finish, has_tool_use),
-        "stop_sequence": null,
-        "usage": Usage::from_openai(obj.get("usage")).to_anthropic(),
-    }))
+    let stop_reason = StopReason::from_finish_reason(finish, !tool_uses.is_empty());
+    let id = message_id(obj.get("id").and_then(Value::as_str));
+    let usage = Usage::from_openai(obj.get("usage"));
+    serde_json::to_value(Message::new(&id, model, &content, Some(stop_reason), usage))
+        .map_err(|e| GatewayError::new(500, format!("could not write the message: {e}")))
 }
 
 /// `msg_` + the completion id without OpenAI's `chatcmpl-` prefix; a fresh id when there is none.
@@ -86,7 +95,14 @@ fn message_text(message: &Value) -> String {
     text
 }
 
-fn tool_use_block(call: &Value) -> Value {
+/// A tool call as a `tool_use` block's fields.
+struct ToolUse<'a> {
+    id: String,
+    name: &'a str,
+    input: Value,
+}
+
+fn tool_use(call: &Value) -> ToolUse<'_> {
     let id = call
         .get("id")
         .and_then(Value::as_str)
@@ -107,54 +123,7 @@ fn tool_use_block(call: &Value) -> Value {
         Some(obj @ Value::Object(_)) => obj.clone(),
         _ => json!({}),
     };
-    json!({ "type": "tool_use", "id": id, "name": name, "input": input })
-}
-
-/// OpenAI `finish_reason` -> Anthropic `stop_reason`, the inverse of `providers::anthropic`'s table.
-/// Backends that answer tool calls with `stop` (Ollama, some vLLM versions) still get `tool_use`,
-/// since Anthropic clients run tools on that reason.
-pub(super) fn stop_reason(finish: Option<&str>, has_tool_use: bool) -> &'static str {
-    match finish {
-        Some("length") => "max_tokens",
-        Some("tool_calls" | "function_call") => "tool_use",
-        Some("content_filter") => "refusal",
-        // stop, null, and reasons added after this was written.
-        _ if has_tool_use => "tool_use",
-        _ => "end_turn",
-    }
-}
-
-/// Token counts in Anthropic's terms: cached prompt tokens are not part of `input_tokens`.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub(super) struct Usage {
-    pub(super) input: u64,
-    pub(super) output: u64,
-    pub(super) cache_read: u64,
-}
-
-impl Usage {
-    pub(super) fn from_openai(usage: Option<&Value>) -> Usage {
-        let count = |pointer: &str| {
-            usage
-                .and_then(|u| u.pointer(pointer))
-                .and_then(Value::as_u64)
-                .unwrap_or(0)
-        };
-        let cache_read = count("/prompt_tokens_details/cached_tokens");
-        Usage {
-            input: count("/prompt_tokens").saturating_sub(cache_read),
-            output: count("/completion_tokens"),
-            cache_read,
-        }
-    }
-
-    pub(super) fn to_anthropic(self) -> Value {
-        let mut usage = json!({ "input_tokens": self.input, "output_tokens": self.output });
-        if self.cache_read > 0 {
-            usage["cache_read_input_tokens"] = json!(self.cache_read);
-        }
-        usage
-    }
+    ToolUse { id, name, input }
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! The common stream form (OpenAI chunks) -> Anthropic SSE events.
 
-use super::error::error_json;
-use super::response::{reasoning_text, stop_reason, Usage};
+use super::response::reasoning_text;
 use crate::error::GatewayError;
 use crate::ids;
 use crate::stream::chunk::StreamOut;
-use serde_json::{json, Value};
+use crate::wire::anthropic::write::{
+    ContentBlock, Delta, ErrorDetail, Event, Message, MessageDelta,
+};
+use crate::wire::anthropic::{ErrorType, StopReason, Usage};
+use serde_json::{Map, Value};
 
 /// The content block currently open.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -37,7 +40,7 @@ pub struct AnthropicEventSink {
     next_index: u64,
     /// Tool calls already given a block: (OpenAI index, id).
     tools_seen: Vec<(Option<u64>, String)>,
-    stop_reason: Option<&'static str>,
+    stop_reason: Option<StopReason>,
     usage: Option<Usage>,
     /// Usage arrived with or after the finish reason: the message can end.
     usage_final: bool,
@@ -89,10 +92,7 @@ impl AnthropicEventSink {
         if let Some(delta) = choice.and_then(|c| c.get("delta")) {
             if let Some(thinking) = reasoning_text(delta) {
                 self.ensure_open(Block::Thinking, out);
-                self.delta(
-                    json!({ "type": "thinking_delta", "thinking": thinking }),
-                    out,
-                );
+                self.delta(Delta::ThinkingDelta { thinking }, out);
             }
             if let Some(text) = delta
                 .get("content")
@@ -100,7 +100,7 @@ impl AnthropicEventSink {
                 .filter(|s| !s.is_empty())
             {
                 self.ensure_open(Block::Text, out);
-                self.delta(json!({ "type": "text_delta", "text": text }), out);
+                self.delta(Delta::TextDelta { text }, out);
             }
             if let Some(calls) = delta.get("tool_calls").and_then(Value::as_array) {
                 for call in calls.iter().filter(|c| c.is_object()) {
@@ -114,7 +114,7 @@ impl AnthropicEventSink {
             .filter(|s| !s.is_empty());
         if let Some(finish) = finish {
             let has_tool_use = !self.tools_seen.is_empty();
-            self.stop_reason = Some(stop_reason(Some(finish), has_tool_use));
+            self.stop_reason = Some(StopReason::from_finish_reason(Some(finish), has_tool_use));
         }
         if let Some(usage) = chunk.get("usage").filter(|u| u.is_object()) {
             self.usage = Some(Usage::from_openai(Some(usage)));
@@ -165,12 +165,18 @@ impl AnthropicEventSink {
                 .and_then(Value::as_str)
                 .unwrap_or("");
             self.tools_seen.push((index, id.clone()));
+            let input = Value::Object(Map::new());
+            let start = ContentBlock::ToolUse {
+                id: &id,
+                name,
+                input: &input,
+            };
             self.open_block(
                 Block::Tool {
                     index,
                     id: id.clone(),
                 },
-                json!({ "type": "tool_use", "id": id, "name": name, "input": {} }),
+                start,
                 out,
             );
         }
@@ -179,10 +185,7 @@ impl AnthropicEventSink {
             .and_then(Value::as_str)
             .filter(|s| !s.is_empty())
         {
-            self.delta(
-                json!({ "type": "input_json_delta", "partial_json": args }),
-                out,
-            );
+            self.delta(Delta::InputJsonDelta { partial_json: args }, out);
         }
     }
 
@@ -192,13 +195,14 @@ impl AnthropicEventSink {
             return;
         }
         self.started = true;
-        let message = format!(
-            r#"{{"type":"message_start","message":{{"id":{},"type":"message","role":"assistant","model":{},"content":[],"stop_reason":null,"stop_sequence":null,"usage":{{"input_tokens":0,"output_tokens":0}}}}}}"#,
-            Value::String(self.message_id.clone()),
-            Value::String(self.model.clone()),
-        );
-        event(out, "message_start", &message);
-        event(out, "ping", r#"{"type":"ping"}"#);
+        let usage = Usage {
+            input_tokens: Some(0),
+            output_tokens: Some(0),
+            ..Usage::default()
+        };
+        let message = Message::new(&self.message_id, &self.model, &[], None, usage);
+        Event::MessageStart { message }.write_sse(out);
+        Event::Ping.write_sse(out);
     }
 
     fn ensure_open(&mut self, block: Block, out: &mut Vec<u8>) {
@@ -206,39 +210,37 @@ impl AnthropicEventSink {
             return;
         }
         let start = match block {
-            Block::Text => json!({ "type": "text", "text": "" }),
-            Block::Thinking => json!({ "type": "thinking", "thinking": "", "signature": "" }),
+            Block::Text => ContentBlock::Text { text: "" },
+            Block::Thinking => ContentBlock::Thinking {
+                thinking: "",
+                signature: "",
+            },
             Block::Tool { .. } => return,
         };
         self.open_block(block, start, out);
     }
 
-    fn open_block(&mut self, block: Block, start: Value, out: &mut Vec<u8>) {
+    fn open_block(&mut self, block: Block, start: ContentBlock, out: &mut Vec<u8>) {
         self.close_block(out);
-        let data = format!(
-            r#"{{"type":"content_block_start","index":{},"content_block":{}}}"#,
-            self.next_index,
-            ordered_block(&start)
-        );
-        event(out, "content_block_start", &data);
+        let index = self.next_index;
+        Event::ContentBlockStart {
+            index,
+            content_block: start,
+        }
+        .write_sse(out);
         self.open = Some(block);
         self.next_index += 1;
     }
 
-    fn delta(&mut self, delta: Value, out: &mut Vec<u8>) {
+    fn delta(&mut self, delta: Delta, out: &mut Vec<u8>) {
         let index = self.next_index.saturating_sub(1);
-        let data = format!(
-            r#"{{"type":"content_block_delta","index":{index},"delta":{}}}"#,
-            ordered_block(&delta)
-        );
-        event(out, "content_block_delta", &data);
+        Event::ContentBlockDelta { index, delta }.write_sse(out);
     }
 
     fn close_block(&mut self, out: &mut Vec<u8>) {
         if self.open.take().is_some() {
             let index = self.next_index.saturating_sub(1);
-            let data = format!(r#"{{"type":"content_block_stop","index":{index}}}"#);
-            event(out, "content_block_stop", &data);
+            Event::ContentBlockStop { index }.write_sse(out);
         }
     }
 
@@ -249,23 +251,18 @@ impl AnthropicEventSink {
         let has_tool_use = !self.tools_seen.is_empty();
         let reason = self
             .stop_reason
-            .unwrap_or_else(|| stop_reason(None, has_tool_use));
-        let usage = match self.usage {
-            None => r#"{"output_tokens":0}"#.to_string(),
-            Some(u) if u.cache_read > 0 => format!(
-                r#"{{"input_tokens":{},"cache_read_input_tokens":{},"output_tokens":{}}}"#,
-                u.input, u.cache_read, u.output
-            ),
-            Some(u) => format!(
-                r#"{{"input_tokens":{},"output_tokens":{}}}"#,
-                u.input, u.output
-            ),
-        };
-        let data = format!(
-            r#"{{"type":"message_delta","delta":{{"stop_reason":"{reason}","stop_sequence":null}},"usage":{usage}}}"#
-        );
-        event(out, "message_delta", &data);
-        event(out, "message_stop", r#"{"type":"message_stop"}"#);
+            .unwrap_or_else(|| StopReason::from_finish_reason(None, has_tool_use));
+        // Without usage from the backend, only the count Anthropic always sends.
+        let usage = self.usage.unwrap_or(Usage {
+            output_tokens: Some(0),
+            ..Usage::default()
+        });
+        Event::MessageDelta {
+            delta: MessageDelta::new(reason),
+            usage,
+        }
+        .write_sse(out);
+        Event::MessageStop.write_sse(out);
         self.ended = true;
     }
 
@@ -275,7 +272,11 @@ impl AnthropicEventSink {
 
     fn error(&mut self, e: &GatewayError, out: &mut Vec<u8>) {
         self.close_block(out);
-        event(out, "error", &error_json(e));
+        let error = ErrorDetail {
+            kind: ErrorType::for_error(e),
+            message: &e.message,
+        };
+        Event::Error { error }.write_sse(out);
         self.ended = true;
     }
 }
@@ -302,52 +303,11 @@ fn chunk_error(err: &Value) -> GatewayError {
     e
 }
 
-/// A small JSON object with `type` first, as Anthropic writes its events (serde_json's map sorts
-/// keys otherwise).
-fn ordered_block(block: &Value) -> String {
-    let Some(map) = block.as_object() else {
-        return block.to_string();
-    };
-    let mut fields = Vec::with_capacity(map.len());
-    if let Some(t) = map.get("type") {
-        fields.push(format!(r#""type":{t}"#));
-    }
-    // Remaining keys in a fixed, Anthropic-like order, then any others.
-    const ORDER: [&str; 8] = [
-        "id",
-        "name",
-        "input",
-        "text",
-        "thinking",
-        "signature",
-        "partial_json",
-        "citations",
-    ];
-    for key in ORDER {
-        if let Some(v) = map.get(key) {
-            fields.push(format!("{}:{v}", Value::String(key.to_string())));
-        }
-    }
-    for (key, v) in map {
-        if key != "type" && !ORDER.contains(&key.as_str()) {
-            fields.push(format!("{}:{v}", Value::String(key.clone())));
-        }
-    }
-    format!("{{{}}}", fields.join(","))
-}
-
-fn event(out: &mut Vec<u8>, name: &str, data: &str) {
-    out.extend_from_slice(b"event: ");
-    out.extend_from_slice(name.as_bytes());
-    out.extend_from_slice(b"\ndata: ");
-    out.extend_from_slice(data.as_bytes());
-    out.extend_from_slice(b"\n\n");
-}
-
 #[cfg(test)]
 mod tests {
     use super::super::test_helpers::*;
     use super::*;
+    use serde_json::json;
 
     #[test]
     fn stream_fixtures() {

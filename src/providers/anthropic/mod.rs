@@ -3,8 +3,10 @@
 //! Requests: an OpenAI `chat.completions` body becomes a `/v1/messages` body (`request.rs`).
 //! Responses: a Messages `message` object becomes a `chat.completion` (`response.rs`). Streams:
 //! Messages SSE events become `chat.completion.chunk` objects ([`AnthropicChunkSource`], in
-//! `stream.rs`). Every input is treated as untrusted: malformed client input is a 400 naming the
-//! offending field, a malformed upstream body is a 502.
+//! `stream.rs`). Answers and events are read as the typed Anthropic formats of
+//! [`crate::wire::anthropic`], whose vocabulary (stop reasons, usage, error types, event names) the
+//! front door (`api::anthropic`) shares. Every input is treated as untrusted: malformed client
+//! input is a 400 naming the offending field, a malformed upstream body is a 502.
 
 use crate::api::openai::chat::ChatRequest;
 use crate::api::ClientProtocol;

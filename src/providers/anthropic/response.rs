@@ -3,68 +3,54 @@
 use crate::error::GatewayError;
 use crate::ids;
 use crate::providers::ResponseContext;
-use serde_json::{json, Map, Value};
+use crate::wire::anthropic::read::{BlockKind, ContentBlock, Message, MessageKind};
+use crate::wire::anthropic::StopReason;
+use crate::wire::lenient::{read_object_bytes, ReadError};
+use serde_json::{json, Value};
 
 /// Anthropic Messages response body -> OpenAI `chat.completion` object.
 pub fn chat_response(body: &[u8], ctx: &ResponseContext) -> Result<Value, GatewayError> {
-    let message: Value = serde_json::from_slice(body).map_err(|e| {
-        GatewayError::bad_upstream(format!("Anthropic response is not valid JSON: {e}"))
+    let message = read_object_bytes::<Message>(body).map_err(|e| match e {
+        ReadError::Syntax(e) => {
+            GatewayError::bad_upstream(format!("Anthropic response is not valid JSON: {e}"))
+        }
+        ReadError::NotAnObject => {
+            GatewayError::bad_upstream("Anthropic response is not a JSON object")
+        }
     })?;
-    let message = as_message(&message)?;
-    Ok(completion(message, ctx))
+    let blocks = as_message(&message)?;
+    Ok(completion(&message, blocks, ctx))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Response: Anthropic -> OpenAI
-// ---------------------------------------------------------------------------------------------
-
-/// The body as a Messages `message`, or a 502 saying what it was instead.
-fn as_message(value: &Value) -> Result<&Map<String, Value>, GatewayError> {
-    let obj = value
-        .as_object()
-        .ok_or_else(|| GatewayError::bad_upstream("Anthropic response is not a JSON object"))?;
-    match obj.get("type").and_then(Value::as_str) {
-        Some("message") => {}
-        Some("error") => {
-            let detail = obj
-                .get("error")
-                .and_then(|e| e.get("message"))
-                .and_then(Value::as_str)
+/// The content blocks of a Messages `message`, or a 502 saying what the body was instead.
+fn as_message(message: &Message) -> Result<&[ContentBlock], GatewayError> {
+    match message.kind {
+        Some(MessageKind::Message) => {}
+        Some(MessageKind::Error) => {
+            let detail = message
+                .error
+                .as_ref()
+                .and_then(|e| e.message.as_deref())
                 .unwrap_or("no message");
             return Err(GatewayError::bad_upstream(format!(
                 "Anthropic answered with an error: {detail}"
             )));
         }
-        _ => {
+        Some(MessageKind::Other) | None => {
             return Err(GatewayError::bad_upstream(
                 "Anthropic response is not a message (`type` is not \"message\")",
             ))
         }
     }
-    if !obj.get("content").is_some_and(Value::is_array) {
-        return Err(GatewayError::bad_upstream(
-            "Anthropic message has no `content` list",
-        ));
-    }
-    Ok(obj)
+    message
+        .content
+        .as_deref()
+        .ok_or_else(|| GatewayError::bad_upstream("Anthropic message has no `content` list"))
 }
 
-fn completion(msg: &Map<String, Value>, ctx: &ResponseContext) -> Value {
-    let id = msg
-        .get("id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| ids::new_id("chatcmpl-"));
-    let model = msg
-        .get("model")
-        .and_then(Value::as_str)
-        .unwrap_or(ctx.upstream_model);
-    let blocks = msg
-        .get("content")
-        .and_then(Value::as_array)
-        .map(Vec::as_slice)
-        .unwrap_or_default();
-    let stop_reason = msg.get("stop_reason").and_then(Value::as_str);
+fn completion(msg: &Message, blocks: &[ContentBlock], ctx: &ResponseContext) -> Value {
+    let id = msg.id.clone().unwrap_or_else(|| ids::new_id("chatcmpl-"));
+    let model = msg.model.as_deref().unwrap_or(ctx.upstream_model);
     json!({
         "id": id,
         "object": "chat.completion",
@@ -73,29 +59,28 @@ fn completion(msg: &Map<String, Value>, ctx: &ResponseContext) -> Value {
         "choices": [{
             "index": 0,
             "message": assistant_message(blocks),
-            "finish_reason": finish_reason(stop_reason),
+            "finish_reason": StopReason::to_finish_reason(msg.stop_reason),
             "logprobs": null,
         }],
-        "usage": usage(msg.get("usage")),
+        "usage": msg.usage.unwrap_or_default().to_openai(),
     })
 }
 
-fn assistant_message(blocks: &[Value]) -> Value {
+fn assistant_message(blocks: &[ContentBlock]) -> Value {
     let mut text: Option<String> = None;
     let mut thinking: Option<String> = None;
     let mut tool_calls = Vec::new();
     for block in blocks {
-        let str_field = |key: &str| block.get(key).and_then(Value::as_str).unwrap_or("");
-        match block.get("type").and_then(Value::as_str) {
-            Some("text") => text
-                .get_or_insert_with(String::new)
-                .push_str(str_field("text")),
-            Some("thinking") => thinking
-                .get_or_insert_with(String::new)
-                .push_str(str_field("thinking")),
-            Some("tool_use") => tool_calls.push(tool_call(block)),
+        let append = |to: &mut Option<String>, part: &Option<String>| {
+            to.get_or_insert_with(String::new)
+                .push_str(part.as_deref().unwrap_or(""))
+        };
+        match block.kind {
+            Some(BlockKind::Text) => append(&mut text, &block.text),
+            Some(BlockKind::Thinking) => append(&mut thinking, &block.thinking),
+            Some(BlockKind::ToolUse) => tool_calls.push(tool_call(block)),
             // redacted_thinking, server tool blocks and future types have no OpenAI counterpart.
-            _ => {}
+            Some(BlockKind::Other) | None => {}
         }
     }
     let mut message = json!({ "role": "assistant", "content": text });
@@ -108,65 +93,17 @@ fn assistant_message(blocks: &[Value]) -> Value {
     message
 }
 
-fn tool_call(block: &Value) -> Value {
-    let id = block
-        .get("id")
-        .and_then(Value::as_str)
-        .map(str::to_string)
-        .unwrap_or_else(|| ids::new_id("call_"));
-    let name = block.get("name").and_then(Value::as_str).unwrap_or("");
-    let arguments = match block.get("input") {
-        None | Some(Value::Null) => "{}".to_string(),
+fn tool_call(block: &ContentBlock) -> Value {
+    let id = block.id.clone().unwrap_or_else(|| ids::new_id("call_"));
+    let name = block.name.as_deref().unwrap_or("");
+    let arguments = match &block.input {
+        None => "{}".to_string(),
         Some(input) => input.to_string(),
     };
     json!({
         "id": id,
         "type": "function",
         "function": { "name": name, "arguments": arguments },
-    })
-}
-
-pub(super) fn finish_reason(stop_reason: Option<&str>) -> &'static str {
-    match stop_reason {
-        Some("max_tokens") => "length",
-        Some("tool_use") => "tool_calls",
-        Some("refusal") => "content_filter",
-        // end_turn, stop_sequence, pause_turn, null and reasons added after this was written.
-        _ => "stop",
-    }
-}
-
-/// Anthropic counts cached prompt tokens apart from `input_tokens`; OpenAI counts them inside
-/// `prompt_tokens`, so they are folded back in.
-fn usage(usage: Option<&Value>) -> Value {
-    let count = |key: &str| {
-        usage
-            .and_then(|u| u.get(key))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    usage_value(
-        count("input_tokens"),
-        count("cache_read_input_tokens"),
-        count("cache_creation_input_tokens"),
-        count("output_tokens"),
-    )
-}
-
-pub(super) fn usage_value(
-    input: u64,
-    cache_read: u64,
-    cache_creation: u64,
-    completion: u64,
-) -> Value {
-    let prompt = input
-        .saturating_add(cache_read)
-        .saturating_add(cache_creation);
-    json!({
-        "prompt_tokens": prompt,
-        "completion_tokens": completion,
-        "total_tokens": prompt.saturating_add(completion),
-        "prompt_tokens_details": { "cached_tokens": cache_read },
     })
 }
 

@@ -1,34 +1,24 @@
 //! Anthropic Messages SSE events -> OpenAI `chat.completion.chunk` objects.
 
-use super::response::{finish_reason, usage_value};
 use crate::error::GatewayError;
 use crate::ids;
 use crate::stream::chunk::{ChunkSource, ChunkStamp, StreamContext, StreamOut, TextField};
 use crate::stream::sse::SseEvent;
-use serde_json::{json, Value};
-
-/// The events this translator reads; other named events (`ping`, future ones) are skipped
-/// without parsing their data.
-const STREAM_EVENTS: [&str; 8] = [
-    "message_start",
-    "content_block_start",
-    "content_block_delta",
-    "content_block_stop",
-    "message_delta",
-    "message_stop",
-    "ping",
-    "error",
-];
+use crate::wire::anthropic::read::{
+    BlockKind, ContentBlockDelta, ContentBlockStart, DeltaKind, ErrorEvent, EventType,
+    MessageDelta, MessageStart, Unread,
+};
+use crate::wire::anthropic::{ErrorType, EventKind, StopReason, Usage};
+use crate::wire::lenient::{read_object, Lenient};
+use serde_json::json;
 
 /// Turns one Anthropic Messages SSE stream into OpenAI `chat.completion.chunk` objects.
 #[derive(Debug)]
 pub struct AnthropicChunkSource {
     /// Id, model and `created` of every chunk; the id and model come from the first event.
     stamp: ChunkStamp,
-    input_tokens: u64,
-    cache_read: u64,
-    cache_creation: u64,
-    output_tokens: u64,
+    /// The latest counts of each kind (every event that carries usage carries running totals).
+    usage: Usage,
     /// Anthropic block index -> OpenAI tool call index. Text and thinking blocks take block
     /// indexes too, so the two numberings differ. Few entries: a Vec beats a map.
     tools: Vec<(u64, usize)>,
@@ -42,10 +32,7 @@ impl AnthropicChunkSource {
     pub fn new(ctx: StreamContext) -> Self {
         AnthropicChunkSource {
             stamp: ChunkStamp::new(ctx),
-            input_tokens: 0,
-            cache_read: 0,
-            cache_creation: 0,
-            output_tokens: 0,
+            usage: Usage::default(),
             tools: Vec::new(),
             next_tool: 0,
             finish_sent: false,
@@ -64,46 +51,46 @@ impl AnthropicChunkSource {
         out.push(self.stamp.role());
     }
 
-    /// Usage counts are cumulative in every event that carries them: set, never add.
-    fn read_usage(&mut self, usage: Option<&Value>) {
-        let Some(usage) = usage else { return };
-        let fields = [
-            ("input_tokens", &mut self.input_tokens),
-            ("cache_read_input_tokens", &mut self.cache_read),
-            ("cache_creation_input_tokens", &mut self.cache_creation),
-            ("output_tokens", &mut self.output_tokens),
-        ];
-        for (key, slot) in fields {
-            if let Some(n) = usage.get(key).and_then(Value::as_u64) {
-                *slot = n;
-            }
-        }
-    }
-
     fn fail(&mut self, error: GatewayError, out: &mut Vec<StreamOut>) {
         self.finished = true;
         out.push(StreamOut::Error(error));
     }
 
-    fn message_start(&mut self, mut data: Value, out: &mut Vec<StreamOut>) {
+    /// The event's data as `T`; a 502 that ends the stream if it is not a JSON object.
+    fn read<T: for<'de> Lenient<'de>>(
+        &mut self,
+        event: &SseEvent,
+        out: &mut Vec<StreamOut>,
+    ) -> Option<T> {
+        match read_object(&event.data) {
+            Ok(data) => Some(data),
+            Err(_) => {
+                let error = GatewayError::bad_upstream("invalid stream event from upstream");
+                self.fail(error, out);
+                None
+            }
+        }
+    }
+
+    fn message_start(&mut self, data: MessageStart, out: &mut Vec<StreamOut>) {
         // A repeated message_start must not repeat the role chunk nor reset the usage.
         if self.stamp.id.is_some() {
             return;
         }
-        let mut message = data.get_mut("message").map(Value::take).unwrap_or_default();
-        self.read_usage(message.get("usage"));
-        let id = take_string(&mut message, "id");
-        let model = take_string(&mut message, "model");
-        self.start(id, model, out);
+        let message = data.message.unwrap_or_default();
+        if let Some(usage) = &message.usage {
+            self.usage.update(usage);
+        }
+        self.start(message.id, message.model, out);
     }
 
-    fn block_start(&mut self, mut data: Value, out: &mut Vec<StreamOut>) {
-        let index = data.get("index").and_then(Value::as_u64);
-        let Some(mut block) = data.get_mut("content_block").map(Value::take) else {
+    fn block_start(&mut self, data: ContentBlockStart, out: &mut Vec<StreamOut>) {
+        let index = data.index;
+        let Some(block) = data.content_block else {
             return;
         };
-        match block.get("type").and_then(Value::as_str) {
-            Some("tool_use") => {
+        match block.kind {
+            Some(BlockKind::ToolUse) => {
                 if index.is_some_and(|i| self.tool_index(i).is_some()) {
                     return; // the same block started twice
                 }
@@ -112,8 +99,8 @@ impl AnthropicChunkSource {
                 if let Some(i) = index {
                     self.tools.push((i, t));
                 }
-                let id = take_string(&mut block, "id").unwrap_or_else(|| ids::new_id("call_"));
-                let name = take_string(&mut block, "name").unwrap_or_default();
+                let id = block.id.unwrap_or_else(|| ids::new_id("call_"));
+                let name = block.name.unwrap_or_default();
                 self.start(None, None, out);
                 let call = json!({
                     "index": t,
@@ -123,121 +110,74 @@ impl AnthropicChunkSource {
                 });
                 out.push(self.stamp.delta(json!({ "tool_calls": [call] }), None));
             }
-            Some("text") => {
+            Some(BlockKind::Text) => {
                 // Anthropic starts text blocks empty; only a non-empty start carries content.
-                if let Some(text) = take_string(&mut block, "text").filter(|t| !t.is_empty()) {
+                if let Some(text) = block.text.filter(|t| !t.is_empty()) {
                     self.start(None, None, out);
                     out.push(self.stamp.text(TextField::Content, text));
                 }
             }
             // thinking, redacted_thinking, server tool blocks: nothing until their deltas.
-            _ => {}
+            Some(BlockKind::Thinking | BlockKind::Other) | None => {}
         }
     }
 
-    /// The commonest event, a text or thinking delta, read without building a tree. Returns
-    /// false for anything else, which then takes the general path.
-    fn text_delta(&mut self, event: &SseEvent, out: &mut Vec<StreamOut>) -> bool {
-        #[derive(serde::Deserialize)]
-        struct Event<'a> {
-            #[serde(borrow)]
-            delta: Delta<'a>,
-        }
-        #[derive(serde::Deserialize)]
-        struct Delta<'a> {
-            #[serde(rename = "type")]
-            kind: &'a str,
-            text: Option<String>,
-            thinking: Option<String>,
-        }
-        let Ok(Event { delta }) = serde_json::from_str::<Event>(&event.data) else {
-            return false;
-        };
-        let (field, text) = match (delta.kind, delta.text, delta.thinking) {
-            ("text_delta", Some(text), _) => (TextField::Content, text),
-            ("thinking_delta", _, Some(text)) => (TextField::Reasoning, text),
-            _ => return false,
-        };
-        self.start(None, None, out);
-        out.push(self.stamp.text(field, text));
-        true
-    }
-
-    fn block_delta(&mut self, mut data: Value, out: &mut Vec<StreamOut>) {
-        let index = data.get("index").and_then(Value::as_u64);
-        let Some(mut delta) = data.get_mut("delta").map(Value::take) else {
+    fn block_delta(&mut self, data: ContentBlockDelta, out: &mut Vec<StreamOut>) {
+        let Some(delta) = data.delta else {
             return;
         };
-        let (field, target) = match delta.get("type").and_then(Value::as_str) {
-            Some("text_delta") => ("text", Some(TextField::Content)),
-            Some("thinking_delta") => ("thinking", Some(TextField::Reasoning)),
-            Some("input_json_delta") => ("partial_json", None),
-            // signature_delta, citations_delta and future deltas have no OpenAI counterpart.
-            _ => return,
-        };
-        let Some(text) = take_string(&mut delta, field) else {
-            return;
-        };
-        let chunk = match target {
-            Some(field) => {
-                self.start(None, None, out);
-                self.stamp.text(field, text)
-            }
-            None => {
+        let (field, text) = match delta.kind {
+            Some(DeltaKind::TextDelta) => (TextField::Content, delta.text),
+            Some(DeltaKind::ThinkingDelta) => (TextField::Reasoning, delta.thinking),
+            Some(DeltaKind::InputJsonDelta) => {
                 // Input of a block that is not a client tool call (server tools) is dropped.
-                let Some(t) = index.and_then(|i| self.tool_index(i)) else {
+                let (Some(arguments), Some(t)) = (
+                    delta.partial_json,
+                    data.index.and_then(|i| self.tool_index(i)),
+                ) else {
                     return;
                 };
                 self.start(None, None, out);
-                let call = json!({ "index": t, "function": { "arguments": text } });
-                self.stamp.delta(json!({ "tool_calls": [call] }), None)
+                let call = json!({ "index": t, "function": { "arguments": arguments } });
+                out.push(self.stamp.delta(json!({ "tool_calls": [call] }), None));
+                return;
             }
+            // signature_delta, citations_delta and future deltas have no OpenAI counterpart.
+            Some(DeltaKind::Other) | None => return,
         };
-        out.push(chunk);
+        if let Some(text) = text {
+            self.start(None, None, out);
+            out.push(self.stamp.text(field, text));
+        }
     }
 
-    fn message_delta(&mut self, data: Value, out: &mut Vec<StreamOut>) {
-        self.read_usage(data.get("usage"));
+    fn message_delta(&mut self, data: MessageDelta, out: &mut Vec<StreamOut>) {
+        if let Some(usage) = &data.usage {
+            self.usage.update(usage);
+        }
         if self.finish_sent {
             return;
         }
         self.finish_sent = true;
-        let reason = data
-            .get("delta")
-            .and_then(|d| d.get("stop_reason"))
-            .and_then(Value::as_str);
+        let reason = data.delta.and_then(|d| d.stop_reason);
         self.start(None, None, out);
-        out.push(self.stamp.delta(json!({}), Some(finish_reason(reason))));
+        let finish = StopReason::to_finish_reason(reason);
+        out.push(self.stamp.delta(json!({}), Some(finish)));
     }
 
     fn message_stop(&mut self, out: &mut Vec<StreamOut>) {
         if self.stamp.ctx.include_usage {
             self.start(None, None, out);
             let mut chunk = self.stamp.envelope(json!([]));
-            let usage = usage_value(
-                self.input_tokens,
-                self.cache_read,
-                self.cache_creation,
-                self.output_tokens,
-            );
-            chunk.insert("usage".into(), usage);
-            out.push(StreamOut::Chunk(Value::Object(chunk)));
+            chunk.insert("usage".into(), self.usage.to_openai());
+            out.push(StreamOut::Chunk(serde_json::Value::Object(chunk)));
         }
         self.finished = true;
         out.push(StreamOut::Done);
     }
 
-    fn error_event(&mut self, data: &Value, raw: &str, out: &mut Vec<StreamOut>) {
-        let kind = data
-            .get("error")
-            .and_then(|e| e.get("type"))
-            .and_then(Value::as_str);
-        let status = match kind {
-            Some("overloaded_error") => 529,
-            Some("rate_limit_error") => 429,
-            Some("invalid_request_error") => 400,
-            _ => 500,
-        };
+    fn error_event(&mut self, data: ErrorEvent, raw: &str, out: &mut Vec<StreamOut>) {
+        let status = ErrorType::mid_stream_status(data.error.and_then(|e| e.kind));
         let error = crate::error::from_upstream(status, raw.as_bytes(), "");
         self.fail(error, out);
     }
@@ -250,49 +190,57 @@ impl AnthropicChunkSource {
     }
 }
 
-/// Moves a string field out of an object, so its text is not copied.
-fn take_string(value: &mut Value, key: &str) -> Option<String> {
-    match value.get_mut(key).map(Value::take) {
-        Some(Value::String(s)) => Some(s),
-        _ => None,
-    }
-}
-
 impl ChunkSource for AnthropicChunkSource {
     fn on_event(&mut self, event: &SseEvent, out: &mut Vec<StreamOut>) {
         if self.finished {
             return;
         }
-        if let Some(name) = event.event.as_deref() {
-            if !STREAM_EVENTS.contains(&name) {
-                return; // an event type added after this was written
-            }
-        }
-        if event.event.as_deref() == Some("content_block_delta") && self.text_delta(event, out) {
-            return;
-        }
-        let data = match serde_json::from_str::<Value>(&event.data) {
-            Ok(data @ Value::Object(_)) => data,
-            _ => {
-                let error = GatewayError::bad_upstream("invalid stream event from upstream");
-                return self.fail(error, out);
-            }
-        };
         // The `event:` name and the data's `type` agree on Anthropic; the name wins, the type
-        // serves streams relayed without names.
+        // serves streams relayed without names. Events named as none this translator knows
+        // (added after it was written) are skipped without reading their data.
         let kind = match event.event.as_deref() {
-            Some(name) => name,
-            None => data.get("type").and_then(Value::as_str).unwrap_or(""),
+            Some(name) => EventKind::from_name(name),
+            None => match self.read::<EventType>(event, out) {
+                Some(data) => data.kind.unwrap_or(EventKind::Other),
+                None => return,
+            },
         };
         match kind {
-            "message_start" => self.message_start(data, out),
-            "content_block_start" => self.block_start(data, out),
-            "content_block_delta" => self.block_delta(data, out),
-            "message_delta" => self.message_delta(data, out),
-            "message_stop" => self.message_stop(out),
-            "error" => self.error_event(&data, &event.data, out),
-            // content_block_stop, ping, unknown types.
-            _ => {}
+            EventKind::MessageStart => {
+                if let Some(data) = self.read(event, out) {
+                    self.message_start(data, out);
+                }
+            }
+            EventKind::ContentBlockStart => {
+                if let Some(data) = self.read(event, out) {
+                    self.block_start(data, out);
+                }
+            }
+            EventKind::ContentBlockDelta => {
+                if let Some(data) = self.read(event, out) {
+                    self.block_delta(data, out);
+                }
+            }
+            EventKind::MessageDelta => {
+                if let Some(data) = self.read(event, out) {
+                    self.message_delta(data, out);
+                }
+            }
+            EventKind::MessageStop => {
+                if self.read::<Unread>(event, out).is_some() {
+                    self.message_stop(out);
+                }
+            }
+            EventKind::Error => {
+                if let Some(data) = self.read(event, out) {
+                    self.error_event(data, &event.data, out);
+                }
+            }
+            // Nothing to translate, but the data must still be an event.
+            EventKind::ContentBlockStop | EventKind::Ping => {
+                let _ = self.read::<Unread>(event, out);
+            }
+            EventKind::Other => {}
         }
     }
 
@@ -311,6 +259,7 @@ mod tests {
     use super::super::test_helpers::odd_values;
     use super::*;
     use crate::test_support::{mutations, normalize_jsonl, render, splits};
+    use serde_json::Value;
 
     const CREATED: u64 = 1_748_779_200;
 
@@ -620,8 +569,8 @@ mod tests {
         }
     }
 
-    /// Named `content_block_delta` events take the typed path for text and thinking; unnamed
-    /// ones take the general path. Both must give the same chunks for every payload.
+    /// Named `content_block_delta` events are read as their name says; unnamed ones are read for
+    /// their data's `type` first. Both must give the same chunks for every payload.
     #[test]
     fn typed_text_deltas_match_the_general_path() {
         let payloads = [
