@@ -4,6 +4,7 @@
 //! upstream call by [`plan`], written in the provider's protocol by [`providers`] (what upstreams
 //! speak), sent to an instance chosen by [`upstream`] (balancing, breakers, retries), and the
 //! answer comes back the same way. [`proxy`] holds the thin Pingora hooks that drive it.
+//! [`wire`] holds providers' wire formats as types, shared by both directions.
 pub mod access;
 pub mod admin;
 pub mod api;
@@ -18,3 +19,4 @@ pub mod stream;
 #[cfg(test)]
 mod test_support;
 pub mod upstream;
+pub mod wire;
