@@ -1,5 +1,6 @@
 //! Anthropic Messages SSE events -> OpenAI `chat.completion.chunk` objects.
 
+use crate::error::ErrorCode;
 use crate::error::GatewayError;
 use crate::ids;
 use crate::stream::chunk::{ChunkSource, ChunkStamp, StreamContext, StreamOut, TextField};
@@ -249,7 +250,7 @@ impl ChunkSource for AnthropicChunkSource {
             return;
         }
         let error = GatewayError::new(502, "upstream stream ended before its final event")
-            .with_code(crate::error::ErrorCode::StreamTruncated);
+            .with_code(ErrorCode::StreamTruncated);
         self.fail(error, out);
     }
 }
@@ -613,7 +614,7 @@ mod tests {
             out,
             vec![StreamOut::Error(
                 GatewayError::new(502, "upstream stream ended before its final event")
-                    .with_code(crate::error::ErrorCode::StreamTruncated)
+                    .with_code(ErrorCode::StreamTruncated)
             )]
         );
         let mut source = AnthropicChunkSource::new(stream_ctx(false));

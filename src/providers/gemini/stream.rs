@@ -1,6 +1,7 @@
 //! A Gemini `streamGenerateContent?alt=sse` stream -> OpenAI `chat.completion.chunk` objects.
 
 use super::response::{candidate_parts, finish_reason, tool_call, usage};
+use crate::error::ErrorCode;
 use crate::error::GatewayError;
 use crate::ids::new_id;
 use crate::stream::chunk::{ChunkSource, ChunkStamp, StreamContext, StreamOut, TextField};
@@ -192,7 +193,7 @@ impl ChunkSource for GeminiChunkSource {
         }
         if !self.finish_sent {
             let error = GatewayError::new(502, "upstream stream ended before its final event")
-                .with_code(crate::error::ErrorCode::StreamTruncated);
+                .with_code(ErrorCode::StreamTruncated);
             return self.fail(error, out);
         }
         if self.stamp.ctx.include_usage {
@@ -693,7 +694,7 @@ mod tests {
     fn truncated_stream_is_an_error_once_and_a_finished_one_is_not() {
         let truncated = StreamOut::Error(
             GatewayError::new(502, "upstream stream ended before its final event")
-                .with_code(crate::error::ErrorCode::StreamTruncated),
+                .with_code(ErrorCode::StreamTruncated),
         );
         let mut source = GeminiChunkSource::new(stream_ctx(true));
         let mut out = Vec::new();
