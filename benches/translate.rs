@@ -419,7 +419,7 @@ fn stream_events(c: &mut Criterion) {
         source.on_event(&delta, &mut out);
         out.pop().expect("a text chunk")
     };
-    assert!(matches!(chunk, StreamOut::Chunk(_)));
+    assert!(matches!(chunk, StreamOut::Text(_)));
     let mut sink = AnthropicEventSink::new("claude-sonnet-4-5", "msg_bench".to_string());
     sink.write(&chunk, &mut bytes); // message_start, ping, content_block_start
     bytes.clear();

@@ -7,12 +7,14 @@
 //! `chat.completion.chunk` objects ([`GeminiChunkSource`]).
 //!
 //! One module per concern, each with its tests: `request` (chat requests), `response` (whole
-//! answers), `stream` (streamed answers) and `embeddings`; this module is the [`Dialect`].
+//! answers), `stream` (streamed answers), `embeddings`, and `wire` (Gemini's answers as typed
+//! structs, which `response`, `stream` and `embeddings` read); this module is the [`Dialect`].
 
 mod embeddings;
 mod request;
 mod response;
 mod stream;
+mod wire;
 
 pub use embeddings::{embed_request, embed_response};
 pub use request::chat_request;

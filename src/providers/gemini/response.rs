@@ -1,6 +1,9 @@
-//! A whole Gemini generateContent answer -> an OpenAI `chat.completion`. Each candidate becomes a
-//! choice; Gemini sends no tool-call ids, so fresh ones are generated.
+//! A whole generateContent answer -> an OpenAI `chat.completion`, and what the stream translator
+//! reads the same way (candidates, parts, function calls, finish reasons, usage).
 
+use super::wire::{
+    Candidate, Field, FinishReason, FunctionCall, GenerateContentResponse, Part, UsageMetadata,
+};
 use crate::error::GatewayError;
 use crate::ids::new_id;
 use crate::providers::ResponseContext;
@@ -8,52 +11,48 @@ use serde_json::{json, Map, Value};
 
 /// Gemini generateContent response body -> OpenAI `chat.completion` object.
 pub fn chat_response(body: &[u8], ctx: &ResponseContext) -> Result<Value, GatewayError> {
-    let value: Value = serde_json::from_slice(body).map_err(|e| {
-        GatewayError::bad_upstream(format!("Gemini returned a body that is not JSON: {e}"))
-    })?;
-    let resp = value.as_object().ok_or_else(|| {
-        GatewayError::bad_upstream("Gemini returned a body that is not an object")
-    })?;
+    let resp = match serde_json::from_slice::<Field<GenerateContentResponse>>(body) {
+        Ok(Field::Present(resp)) => resp,
+        Ok(_) => {
+            return Err(GatewayError::bad_upstream(
+                "Gemini returned a body that is not an object",
+            ))
+        }
+        Err(e) => {
+            return Err(GatewayError::bad_upstream(format!(
+                "Gemini returned a body that is not JSON: {e}"
+            )))
+        }
+    };
 
-    let id = match resp.get("responseId").and_then(Value::as_str) {
+    let id = match resp.response_id.get() {
         Some(response_id) if !response_id.is_empty() => format!("chatcmpl-{response_id}"),
         _ => new_id("chatcmpl-"),
     };
     let model = resp
-        .get("modelVersion")
-        .and_then(Value::as_str)
-        .unwrap_or(ctx.upstream_model);
+        .model_version
+        .get()
+        .map_or(ctx.upstream_model, |model| model.as_ref());
     Ok(json!({
         "id": id,
         "object": "chat.completion",
         "created": ctx.created,
         "model": model,
-        "choices": choices(resp)?,
-        "usage": usage(resp.get("usageMetadata")),
+        "choices": choices(&resp)?,
+        "usage": usage(resp.usage_metadata.get()),
     }))
 }
 
-// ---------------------------------------------------------------------------------------------
-// Response
-
-fn choices(resp: &Map<String, Value>) -> Result<Vec<Value>, GatewayError> {
-    let candidates = match resp.get("candidates") {
-        None | Some(Value::Null) => &[][..],
-        Some(Value::Array(candidates)) => candidates.as_slice(),
-        Some(_) => {
-            return Err(GatewayError::bad_upstream(
-                "Gemini `candidates` is not an array",
-            ))
-        }
-    };
+fn choices(resp: &GenerateContentResponse) -> Result<Vec<Value>, GatewayError> {
+    let candidates = candidates(&resp.candidates)?;
     if candidates.is_empty() {
         // A blocked prompt comes back without candidates. Clients index `choices[0]`, so answer
         // with one empty choice either way.
-        let blocked = resp
-            .get("promptFeedback")
-            .and_then(|f| f.get("blockReason"))
-            .is_some_and(|r| !r.is_null());
-        let finish_reason = if blocked { "content_filter" } else { "stop" };
+        let finish_reason = if resp.prompt_blocked() {
+            "content_filter"
+        } else {
+            "stop"
+        };
         return Ok(vec![choice(0, Value::Null, None, None, finish_reason)]);
     }
     candidates
@@ -63,71 +62,120 @@ fn choices(resp: &Map<String, Value>) -> Result<Vec<Value>, GatewayError> {
         .collect()
 }
 
-fn translate_candidate(position: usize, candidate: &Value) -> Result<Value, GatewayError> {
-    let candidate = candidate
-        .as_object()
-        .ok_or_else(|| GatewayError::bad_upstream("a Gemini candidate is not an object"))?;
-    // Gemini omits `index` for a lone candidate.
-    let index = candidate
-        .get("index")
-        .and_then(Value::as_u64)
-        .unwrap_or(position as u64);
+/// `candidates`, or none when missing or null.
+pub(super) fn candidates<'r, 'a>(
+    candidates: &'r Field<Vec<Field<Candidate<'a>>>>,
+) -> Result<&'r [Field<Candidate<'a>>], GatewayError> {
+    match candidates {
+        Field::Absent | Field::Null => Ok(&[]),
+        Field::Present(candidates) => Ok(candidates),
+        Field::Wrong => Err(GatewayError::bad_upstream(
+            "Gemini `candidates` is not an array",
+        )),
+    }
+}
+
+/// A candidate's `index`: Gemini omits it for a lone candidate.
+pub(super) fn candidate_index(position: usize, candidate: &Field<Candidate>) -> u64 {
+    candidate
+        .get()
+        .and_then(|candidate| candidate.index.ok())
+        .unwrap_or(position as u64)
+}
+
+/// The candidate itself, which must be an object.
+pub(super) fn candidate<'r, 'a>(
+    candidate: &'r Field<Candidate<'a>>,
+) -> Result<&'r Candidate<'a>, GatewayError> {
+    candidate
+        .get()
+        .ok_or_else(|| GatewayError::bad_upstream("a Gemini candidate is not an object"))
+}
+
+fn translate_candidate(
+    position: usize,
+    candidate: &Field<Candidate>,
+) -> Result<Value, GatewayError> {
+    let index = candidate_index(position, candidate);
+    let candidate = self::candidate(candidate)?;
     let parts = candidate_parts(candidate)?;
 
     let mut text: Option<String> = None;
     let mut reasoning: Option<String> = None;
     let mut tool_calls = Vec::new();
     for part in parts {
-        if let Some(call) = part.get("functionCall") {
-            tool_calls.push(tool_call(call)?);
-        } else if let Some(t) = part.get("text").and_then(Value::as_str) {
-            let is_thought = part.get("thought").and_then(Value::as_bool) == Some(true);
-            let target = if is_thought {
-                &mut reasoning
-            } else {
-                &mut text
-            };
-            target.get_or_insert_with(String::new).push_str(t);
+        match read_part(part) {
+            PartData::FunctionCall(call) => tool_calls.push(tool_call(call)?),
+            PartData::Text(t, is_thought) => {
+                let target = if is_thought {
+                    &mut reasoning
+                } else {
+                    &mut text
+                };
+                target.get_or_insert_with(String::new).push_str(t);
+            }
+            // Other parts (inlineData, executableCode, ...) have no chat.completion equivalent.
+            PartData::Other => {}
         }
-        // Other parts (inlineData, executableCode, ...) have no chat.completion equivalent.
     }
-    let finish_reason = finish_reason(
-        candidate.get("finishReason").and_then(Value::as_str),
-        !tool_calls.is_empty(),
-    );
+    let finish_reason = finish_reason(candidate.finish_reason.ok(), !tool_calls.is_empty());
     let content = text.map_or(Value::Null, Value::String);
     let tool_calls = (!tool_calls.is_empty()).then_some(tool_calls);
     Ok(choice(index, content, tool_calls, reasoning, finish_reason))
 }
 
+/// What one part holds, for the translators.
+pub(super) enum PartData<'r, 'a> {
+    /// A `functionCall` member, of any type: one that is not a call with a name is an error.
+    FunctionCall(&'r Field<FunctionCall<'a>>),
+    /// Text, and whether it is thinking (`thought: true`).
+    Text(&'r str, bool),
+    Other,
+}
+
+pub(super) fn read_part<'r, 'a>(part: &'r Field<Part<'a>>) -> PartData<'r, 'a> {
+    let Some(part) = part.get() else {
+        return PartData::Other;
+    };
+    if !part.function_call.is_absent() {
+        return PartData::FunctionCall(&part.function_call);
+    }
+    match part.text.get() {
+        Some(text) => PartData::Text(text, part.thought.ok() == Some(true)),
+        None => PartData::Other,
+    }
+}
+
 /// `content.parts`, or none when the candidate has no content (e.g. stopped by a safety filter).
-pub(super) fn candidate_parts(candidate: &Map<String, Value>) -> Result<&[Value], GatewayError> {
-    let parts = match candidate.get("content") {
-        None | Some(Value::Null) => None,
-        Some(Value::Object(content)) => content.get("parts"),
-        Some(_) => {
+pub(super) fn candidate_parts<'r, 'a>(
+    candidate: &'r Candidate<'a>,
+) -> Result<&'r [Field<Part<'a>>], GatewayError> {
+    let parts = match &candidate.content {
+        Field::Absent | Field::Null => return Ok(&[]),
+        Field::Present(content) => &content.parts,
+        Field::Wrong => {
             return Err(GatewayError::bad_upstream(
                 "a Gemini candidate's `content` is not an object",
             ))
         }
     };
     match parts {
-        None | Some(Value::Null) => Ok(&[]),
-        Some(Value::Array(parts)) => Ok(parts),
-        Some(_) => Err(GatewayError::bad_upstream(
+        Field::Absent | Field::Null => Ok(&[]),
+        Field::Present(parts) => Ok(parts),
+        Field::Wrong => Err(GatewayError::bad_upstream(
             "a Gemini candidate's `content.parts` is not an array",
         )),
     }
 }
 
 /// A `functionCall` part -> an OpenAI tool call with a generated id (Gemini sends none).
-pub(super) fn tool_call(call: &Value) -> Result<Value, GatewayError> {
+pub(super) fn tool_call(call: &Field<FunctionCall>) -> Result<Value, GatewayError> {
+    let call = call.get();
     let name = call
-        .get("name")
-        .and_then(Value::as_str)
+        .and_then(|call| call.name.get())
         .ok_or_else(|| GatewayError::bad_upstream("a Gemini functionCall has no name"))?;
-    let arguments = match call.get("args") {
-        None | Some(Value::Null) => "{}".to_string(),
+    let arguments = match call.and_then(|call| call.args.as_ref()) {
+        None => "{}".to_string(),
         Some(args) => args.to_string(),
     };
     Ok(json!({
@@ -139,14 +187,25 @@ pub(super) fn tool_call(call: &Value) -> Result<Value, GatewayError> {
 
 /// Gemini's `finishReason` -> OpenAI's. Gemini says STOP after a function call, but clients only
 /// run tools on `tool_calls`.
-pub(super) fn finish_reason(reason: Option<&str>, has_tool_calls: bool) -> &'static str {
+pub(super) fn finish_reason(reason: Option<FinishReason>, has_tool_calls: bool) -> &'static str {
+    use FinishReason::*;
     match reason {
-        Some("MAX_TOKENS") => "length",
+        Some(MaxTokens) => "length",
+        Some(Safety | Blocklist | ProhibitedContent | Spii | Recitation | ImageSafety) => {
+            "content_filter"
+        }
+        Some(Stop) if has_tool_calls => "tool_calls",
         Some(
-            "SAFETY" | "BLOCKLIST" | "PROHIBITED_CONTENT" | "SPII" | "RECITATION" | "IMAGE_SAFETY",
-        ) => "content_filter",
-        Some("STOP") if has_tool_calls => "tool_calls",
-        _ => "stop",
+            Stop
+            | Unspecified
+            | Language
+            | Other
+            | MalformedFunctionCall
+            | UnexpectedToolCall
+            | TooManyToolCalls
+            | Unknown,
+        )
+        | None => "stop",
     }
 }
 
@@ -176,24 +235,21 @@ fn choice(
 
 /// `usageMetadata` -> OpenAI usage; thinking tokens are billed as output, so they count as
 /// completion tokens.
-pub(super) fn usage(meta: Option<&Value>) -> Value {
-    let count = |key: &str| {
-        meta.and_then(|m| m.get(key))
-            .and_then(Value::as_u64)
-            .unwrap_or(0)
-    };
-    let prompt = count("promptTokenCount");
-    let thoughts = count("thoughtsTokenCount");
-    let completion = count("candidatesTokenCount").saturating_add(thoughts);
+pub(super) fn usage(meta: Option<&UsageMetadata>) -> Value {
+    let meta = meta.copied().unwrap_or_default();
+    let count = |count: Field<u64>| count.ok().unwrap_or(0);
+    let prompt = count(meta.prompt_token_count);
+    let thoughts = count(meta.thoughts_token_count);
+    let completion = count(meta.candidates_token_count).saturating_add(thoughts);
     let total = meta
-        .and_then(|m| m.get("totalTokenCount"))
-        .and_then(Value::as_u64)
+        .total_token_count
+        .ok()
         .unwrap_or_else(|| prompt.saturating_add(completion));
     json!({
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": total,
-        "prompt_tokens_details": { "cached_tokens": count("cachedContentTokenCount") },
+        "prompt_tokens_details": { "cached_tokens": count(meta.cached_content_token_count) },
         "completion_tokens_details": { "reasoning_tokens": thoughts },
     })
 }
@@ -358,6 +414,57 @@ mod tests {
     }
 
     // --- robustness -------------------------------------------------------------------------
+
+    #[test]
+    fn bodies_that_are_not_json_are_refused_as_a_json_parser_refuses_them() {
+        // Skipped members are checked too: strings' escapes and UTF-8, numbers' range, depth.
+        let deep = format!("{{\"x\":{}{}}}", "[".repeat(200), "]".repeat(200));
+        for body in [
+            &b"{\"candidates\":[]} x"[..],
+            br#"{"candidates":[{"content":{"parts":[{"text":"\x"}]}}]}"#,
+            br#"{"unknown":"\ud800"}"#,
+            br#"{"unknown":1e999}"#,
+            b"{\"unknown\":\"\xff\"}",
+            deep.as_bytes(),
+        ] {
+            let err = chat_response(body, &RESP_CTX).expect_err("rejected");
+            let parser = serde_json::from_slice::<Value>(body).expect_err("not JSON");
+            assert_eq!(
+                err.message,
+                format!("Gemini returned a body that is not JSON: {parser}")
+            );
+            assert_eq!(err.code.as_deref(), Some("bad_upstream_response"));
+        }
+    }
+
+    #[test]
+    fn members_of_another_type_or_repeated_read_as_before() {
+        // A repeated member counts once, the last one, as in a parsed JSON object.
+        let out = response(
+            r#"{"candidates":5,"candidates":[{"content":{"parts":[{"text":"a","text":"b"}]},"finishReason":"S\u0054OP"}],"responseId":7,"modelVersion":"m"}"#,
+        );
+        assert_eq!(out["choices"][0]["message"]["content"], "b");
+        assert_eq!(out["choices"][0]["finish_reason"], "stop");
+        assert_eq!(out["model"], "m");
+        assert!(out["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("chatcmpl-")));
+        // A functionCall of any type but a named call is an error, even null.
+        let err = chat_response(
+            br#"{"candidates":[{"content":{"parts":[{"functionCall":null}]}}]}"#,
+            &RESP_CTX,
+        )
+        .expect_err("rejected");
+        assert_eq!(err.message, "a Gemini functionCall has no name");
+        // A block reason of any type blocks; a text or thought of the wrong type is skipped.
+        let out = response(r#"{"candidates":[],"promptFeedback":{"blockReason":0}}"#);
+        assert_eq!(out["choices"][0]["finish_reason"], "content_filter");
+        let out = response(
+            r#"{"candidates":[{"content":{"parts":[{"text":1},{"text":"t","thought":"true"}]},"index":1.0}]}"#,
+        );
+        assert_eq!(out["choices"][0]["message"]["content"], "t");
+        assert_eq!(out["choices"][0]["index"], 0);
+    }
 
     #[test]
     fn odd_responses_never_panic() {

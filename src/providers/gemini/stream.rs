@@ -1,12 +1,16 @@
-//! A Gemini `streamGenerateContent?alt=sse` stream -> OpenAI `chat.completion.chunk` objects.
+//! A `streamGenerateContent?alt=sse` stream -> OpenAI `chat.completion.chunk` objects.
 
-use super::response::{candidate_parts, finish_reason, tool_call, usage};
+use super::response::{
+    candidate, candidate_index, candidate_parts, candidates, finish_reason, read_part, tool_call,
+    usage, PartData,
+};
+use super::wire::{Field, GenerateContentResponse, Part, StreamError, UsageMetadata};
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
 use crate::ids::new_id;
 use crate::stream::chunk::{ChunkSource, ChunkStamp, StreamContext, StreamOut, TextField};
 use crate::stream::sse::SseEvent;
-use serde_json::{json, Map, Value};
+use serde_json::{json, Value};
 
 /// Turns one Gemini `streamGenerateContent?alt=sse` stream into OpenAI `chat.completion.chunk`
 /// objects.
@@ -19,7 +23,7 @@ pub struct GeminiChunkSource {
     /// Id, model and `created` of every chunk; the id and model come from the first event.
     stamp: ChunkStamp,
     /// The latest `usageMetadata`: Gemini's counts are cumulative, so it replaces, never adds.
-    usage: Option<Value>,
+    usage: Option<UsageMetadata>,
     /// OpenAI tool call index of the next function call, counted across the whole stream.
     next_tool: usize,
     /// A functionCall appeared somewhere in the stream: STOP then means `tool_calls`. Newer models
@@ -44,16 +48,16 @@ impl GeminiChunkSource {
     }
 
     /// Sends the role chunk once, taking the id and model from the first event.
-    fn start(&mut self, data: &Map<String, Value>, out: &mut Vec<StreamOut>) {
+    fn start(&mut self, data: &GenerateContentResponse, out: &mut Vec<StreamOut>) {
         if self.stamp.id.is_some() {
             return;
         }
-        let id = match data.get("responseId").and_then(Value::as_str) {
+        let id = match data.response_id.get() {
             Some(response_id) if !response_id.is_empty() => format!("chatcmpl-{response_id}"),
             _ => new_id("chatcmpl-"),
         };
         self.stamp.id = Some(id);
-        self.stamp.model = match data.get("modelVersion").and_then(Value::as_str) {
+        self.stamp.model = match data.model_version.get() {
             Some(model) if !model.is_empty() => model.to_string(),
             _ => self.stamp.ctx.upstream_model.clone(),
         };
@@ -67,10 +71,10 @@ impl GeminiChunkSource {
 
     /// `{"error": {"code", "message", "status"}}` in the stream: the status is Gemini's `code`
     /// when it is an HTTP error status, else 500.
-    fn error_event(&mut self, error: &Value, raw: &str, out: &mut Vec<StreamOut>) {
+    fn error_event(&mut self, error: &Field<StreamError>, raw: &str, out: &mut Vec<StreamOut>) {
         let status = error
-            .get("code")
-            .and_then(Value::as_u64)
+            .get()
+            .and_then(|error| error.code.ok())
             .and_then(|code| u16::try_from(code).ok())
             .filter(|code| (400..=599).contains(code))
             .unwrap_or(500);
@@ -79,41 +83,29 @@ impl GeminiChunkSource {
     }
 
     /// One `GenerateContentResponse`.
-    fn response(&mut self, data: &Map<String, Value>, out: &mut Vec<StreamOut>) {
+    fn response(&mut self, data: &GenerateContentResponse, out: &mut Vec<StreamOut>) {
         self.start(data, out);
-        if let Some(meta) = data.get("usageMetadata").filter(|m| m.is_object()) {
-            self.usage = Some(meta.clone());
+        if let Field::Present(meta) = data.usage_metadata {
+            self.usage = Some(meta);
         }
-        let candidates = match data.get("candidates") {
-            None | Some(Value::Null) => &[][..],
-            Some(Value::Array(candidates)) => candidates.as_slice(),
-            Some(_) => {
-                let error = GatewayError::bad_upstream("Gemini `candidates` is not an array");
-                return self.fail(error, out);
-            }
+        let candidates = match candidates(&data.candidates) {
+            Ok(candidates) => candidates,
+            Err(error) => return self.fail(error, out),
         };
         // With `candidateCount` > 1 the events interleave candidates; only the first is read.
-        let candidate = candidates.iter().enumerate().find_map(|(position, c)| {
-            let index = c
-                .get("index")
-                .and_then(Value::as_u64)
-                .unwrap_or(position as u64);
-            (index == 0).then_some(c)
-        });
+        let candidate = candidates
+            .iter()
+            .enumerate()
+            .find_map(|(position, c)| (candidate_index(position, c) == 0).then_some(c));
         let Some(candidate) = candidate else {
-            let blocked = candidates.is_empty()
-                && data
-                    .get("promptFeedback")
-                    .and_then(|f| f.get("blockReason"))
-                    .is_some_and(|r| !r.is_null());
-            if blocked {
+            if candidates.is_empty() && data.prompt_blocked() {
                 self.finish("content_filter", out);
             }
             return;
         };
-        let Some(candidate) = candidate.as_object() else {
-            let error = GatewayError::bad_upstream("a Gemini candidate is not an object");
-            return self.fail(error, out);
+        let candidate = match self::candidate(candidate) {
+            Ok(candidate) => candidate,
+            Err(error) => return self.fail(error, out),
         };
         let parts = match candidate_parts(candidate) {
             Ok(parts) => parts,
@@ -124,39 +116,41 @@ impl GeminiChunkSource {
                 return self.fail(error, out);
             }
         }
-        if let Some(reason) = candidate.get("finishReason").and_then(Value::as_str) {
+        if let Some(reason) = candidate.finish_reason.ok() {
             let reason = finish_reason(Some(reason), self.saw_function_call);
             self.finish(reason, out);
         }
     }
 
     /// One part of candidate 0: text, thought text or a whole function call.
-    fn part(&mut self, part: &Value, out: &mut Vec<StreamOut>) -> Result<(), GatewayError> {
+    fn part(&mut self, part: &Field<Part>, out: &mut Vec<StreamOut>) -> Result<(), GatewayError> {
         // Content after the finish chunk would break OpenAI's stream shape; Gemini sends none.
         if self.finish_sent {
             return Ok(());
         }
-        if let Some(call) = part.get("functionCall") {
-            let mut call = tool_call(call)?;
-            if let Some(obj) = call.as_object_mut() {
-                obj.insert("index".into(), json!(self.next_tool));
+        match read_part(part) {
+            PartData::FunctionCall(call) => {
+                let mut call = tool_call(call)?;
+                if let Some(obj) = call.as_object_mut() {
+                    obj.insert("index".into(), json!(self.next_tool));
+                }
+                self.next_tool += 1;
+                self.saw_function_call = true;
+                out.push(self.stamp.delta(json!({ "tool_calls": [call] }), None));
             }
-            self.next_tool += 1;
-            self.saw_function_call = true;
-            out.push(self.stamp.delta(json!({ "tool_calls": [call] }), None));
-        } else if let Some(text) = part.get("text").and_then(Value::as_str) {
             // Gemini ends some streams with an empty text part carrying only a thoughtSignature.
-            if text.is_empty() {
-                return Ok(());
+            PartData::Text("", _) => {}
+            PartData::Text(text, is_thought) => {
+                let field = if is_thought {
+                    TextField::Reasoning
+                } else {
+                    TextField::Content
+                };
+                out.push(self.stamp.text(field, text.to_string()));
             }
-            let field = if part.get("thought").and_then(Value::as_bool) == Some(true) {
-                TextField::Reasoning
-            } else {
-                TextField::Content
-            };
-            out.push(self.stamp.text(field, text.to_string()));
+            // Other parts (inlineData, executableCode, ...) have no chunk equivalent.
+            PartData::Other => {}
         }
-        // Other parts (inlineData, executableCode, ...) have no chunk equivalent.
         Ok(())
     }
 
@@ -174,16 +168,16 @@ impl ChunkSource for GeminiChunkSource {
         if self.finished {
             return;
         }
-        let data = match serde_json::from_str::<Value>(&event.data) {
-            Ok(Value::Object(data)) => data,
+        let data = match serde_json::from_str::<Field<GenerateContentResponse>>(&event.data) {
+            Ok(Field::Present(data)) => data,
             _ => {
                 let error = GatewayError::bad_upstream("invalid stream event from upstream");
                 return self.fail(error, out);
             }
         };
-        match data.get("error") {
-            None | Some(Value::Null) => self.response(&data, out),
-            Some(error) => self.error_event(error, &event.data, out),
+        match &data.error {
+            Field::Absent | Field::Null => self.response(&data, out),
+            error => self.error_event(error, &event.data, out),
         }
     }
 
