@@ -14,7 +14,9 @@
 //! JSON at all, and whether it was an object.
 
 use serde::de::value::{MapAccessDeserializer, StrDeserializer};
-use serde::de::{self, Deserialize, Deserializer, IgnoredAny, MapAccess, Visitor};
+use serde::de::{
+    self, Deserialize, DeserializeOwned, Deserializer, IgnoredAny, MapAccess, Visitor,
+};
 use serde::de::{IntoDeserializer, SeqAccess};
 use std::fmt;
 use std::marker::PhantomData;
@@ -212,16 +214,24 @@ pub enum ReadError {
 /// and looking fields up had: a syntax error is reported as the tree parser words it, and a key
 /// given twice takes its last value.
 ///
-/// The typed read is tried first; only when it fails (a syntax error, a repeated key, not an
-/// object) is the text parsed as a tree to tell which, and read from the tree. Values of fields
-/// `T` does not read are skipped unparsed, as serde skips them: an out-of-range number or a lone
-/// surrogate escape there goes unnoticed, as on the stream translator's typed fast path before.
+/// The typed read is tried first, on text that opens an object; only when it fails (a syntax
+/// error, a repeated key) or the text is not an object is it parsed as a tree to tell which, and
+/// read from the tree. Values of fields `T` does not read are skipped unparsed, as serde skips
+/// them: an out-of-range number or a lone surrogate escape there goes unnoticed, as on the stream
+/// translator's typed fast path before.
 pub fn read_object<T>(text: &str) -> Result<T, ReadError>
 where
-    T: for<'de> Lenient<'de>,
+    T: DeserializeOwned + for<'de> Lenient<'de>,
 {
-    if let Ok(Document(Some(doc))) = serde_json::from_str::<Document<T>>(text) {
-        return Ok(doc);
+    // A derived struct reads a JSON list too (field by position): only an object is read typed.
+    let opens_object = text
+        .bytes()
+        .find(|b| !matches!(b, b' ' | b'\t' | b'\n' | b'\r'))
+        == Some(b'{');
+    if opens_object {
+        if let Ok(doc) = serde_json::from_str::<T>(text) {
+            return Ok(doc);
+        }
     }
     let tree: serde_json::Value = serde_json::from_str(text).map_err(ReadError::Syntax)?;
     from_tree(tree)
@@ -230,7 +240,7 @@ where
 /// [`read_object`] for bytes, which must be UTF-8 (as a tree parser requires).
 pub fn read_object_bytes<T>(bytes: &[u8]) -> Result<T, ReadError>
 where
-    T: for<'de> Lenient<'de>,
+    T: DeserializeOwned + for<'de> Lenient<'de>,
 {
     match std::str::from_utf8(bytes) {
         Ok(text) => read_object(text),
@@ -250,15 +260,6 @@ where
     match lenient(tree) {
         Ok(Some(doc)) => Ok(doc),
         _ => Err(ReadError::NotAnObject),
-    }
-}
-
-/// A whole document: `Some` if it is an object.
-struct Document<T>(Option<T>);
-
-impl<'de, T: Lenient<'de>> Deserialize<'de> for Document<T> {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        lenient(deserializer).map(Document)
     }
 }
 

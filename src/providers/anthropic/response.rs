@@ -190,4 +190,38 @@ mod tests {
             assert_eq!(err.code.as_deref(), Some("bad_upstream_response"));
         }
     }
+
+    /// Read as typed structs, the answer keeps what reading it as a tree gave: a field of the
+    /// wrong type counts as absent, a key given twice takes its last value, a syntax error is
+    /// worded as the tree parser words it.
+    #[test]
+    fn typed_reading_keeps_the_tree_lookups_outcomes() {
+        let out = respond(&json!({
+            "type": "message", "id": 7, "model": null, "stop_reason": 5,
+            "content": [{"type": "text", "text": 1}, "stray", {"type": 3}, {"type": "thinking"}],
+            "usage": {"input_tokens": "3", "output_tokens": 2.0, "cache_read_input_tokens": -1},
+        }));
+        assert!(out["id"]
+            .as_str()
+            .is_some_and(|id| id.starts_with("chatcmpl-")));
+        assert_eq!(out["model"], RESP_CTX.upstream_model);
+        assert_eq!(out["choices"][0]["finish_reason"], "stop");
+        assert_eq!(out["choices"][0]["message"]["content"], "");
+        assert_eq!(out["choices"][0]["message"]["reasoning_content"], "");
+        assert_eq!(out["usage"]["total_tokens"], 0);
+
+        let body = br#"{"type":"message","content":[],"stop_reason":"end_turn","stop_reason":"max_tokens","content":[{"type":"text","text":"a","text":"b"}]}"#;
+        let out = chat_response(body, &RESP_CTX).expect("translates");
+        assert_eq!(out["choices"][0]["finish_reason"], "length");
+        assert_eq!(out["choices"][0]["message"]["content"], "b");
+
+        for body in [&b"{\"type\":"[..], b"\xff", b"{} {}"] {
+            let tree = serde_json::from_slice::<Value>(body).expect_err("not JSON");
+            let err = chat_response(body, &RESP_CTX).expect_err("rejected");
+            assert_eq!(
+                err.message,
+                format!("Anthropic response is not valid JSON: {tree}")
+            );
+        }
+    }
 }

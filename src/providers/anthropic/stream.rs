@@ -11,6 +11,7 @@ use crate::wire::anthropic::read::{
 };
 use crate::wire::anthropic::{ErrorType, EventKind, StopReason, Usage};
 use crate::wire::lenient::{read_object, Lenient};
+use serde::de::DeserializeOwned;
 use serde_json::json;
 
 /// Turns one Anthropic Messages SSE stream into OpenAI `chat.completion.chunk` objects.
@@ -58,7 +59,7 @@ impl AnthropicChunkSource {
     }
 
     /// The event's data as `T`; a 502 that ends the stream if it is not a JSON object.
-    fn read<T: for<'de> Lenient<'de>>(
+    fn read<T: DeserializeOwned + for<'de> Lenient<'de>>(
         &mut self,
         event: &SseEvent,
         out: &mut Vec<StreamOut>,
