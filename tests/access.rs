@@ -103,8 +103,8 @@ async fn keys_are_read_where_each_sdk_sends_them_and_never_go_upstream() {
 async fn a_key_uses_only_its_models_and_lists_only_them() {
     let mock = MockProvider::start().await.unwrap();
     let gw = gateway(&mock).await;
-    let b = [("authorization", "Bearer kb-team-batch")];
-    assert_eq!(KEY_B, "kb-team-batch");
+    let bearer_b = format!("Bearer {KEY_B}");
+    let b = [("authorization", bearer_b.as_str())];
     let (status, body) = send(&gw, "/v1/chat/completions", &b, chat("m1")).await;
     assert_eq!(status, 200, "{body}");
     let (status, body) = send(&gw, "/v1/chat/completions", &b, chat("m2")).await;

@@ -105,6 +105,23 @@ mod testing {
     /// Stands in for generated ids in expected fixtures.
     pub const GENERATED: &str = "<generated>";
 
+    /// Every Gemini `finishReason` and the OpenAI `finish_reason` it becomes, for the whole-answer
+    /// and the stream translators alike.
+    pub const FINISH_REASONS: [(&str, &str); 12] = [
+        ("STOP", "stop"),
+        ("MAX_TOKENS", "length"),
+        ("SAFETY", "content_filter"),
+        ("BLOCKLIST", "content_filter"),
+        ("PROHIBITED_CONTENT", "content_filter"),
+        ("SPII", "content_filter"),
+        ("RECITATION", "content_filter"),
+        ("IMAGE_SAFETY", "content_filter"),
+        ("LANGUAGE", "stop"),
+        ("OTHER", "stop"),
+        ("MALFORMED_FUNCTION_CALL", "stop"),
+        ("FINISH_REASON_UNSPECIFIED", "stop"),
+    ];
+
     /// Loads an (input, expected) fixture pair from tests/fixtures/gemini/.
     macro_rules! fixture {
         ($name:literal, $from:literal, $to:literal) => {

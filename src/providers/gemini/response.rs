@@ -257,7 +257,7 @@ pub(super) fn usage(meta: Option<&UsageMetadata>) -> Value {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::gemini::testing::{fixture, GENERATED};
+    use crate::providers::gemini::testing::{fixture, FINISH_REASONS, GENERATED};
     use std::collections::HashSet;
 
     const RESP_CTX: ResponseContext<'static> = ResponseContext {
@@ -339,20 +339,7 @@ mod tests {
 
     #[test]
     fn every_finish_reason() {
-        let cases = [
-            ("STOP", "stop"),
-            ("MAX_TOKENS", "length"),
-            ("SAFETY", "content_filter"),
-            ("BLOCKLIST", "content_filter"),
-            ("PROHIBITED_CONTENT", "content_filter"),
-            ("SPII", "content_filter"),
-            ("RECITATION", "content_filter"),
-            ("IMAGE_SAFETY", "content_filter"),
-            ("LANGUAGE", "stop"),
-            ("OTHER", "stop"),
-            ("MALFORMED_FUNCTION_CALL", "stop"),
-            ("FINISH_REASON_UNSPECIFIED", "stop"),
-        ];
+        let cases = FINISH_REASONS;
         for (gemini, openai) in cases {
             let body = json!({ "candidates": [{
                 "content": { "role": "model", "parts": [{ "text": "x" }] },

@@ -203,7 +203,7 @@ impl ChunkSource for GeminiChunkSource {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::providers::gemini::testing::GENERATED;
+    use crate::providers::gemini::testing::{FINISH_REASONS, GENERATED};
     use crate::test_support::{mutations, normalize_jsonl, render, splits};
     use std::collections::HashSet;
 
@@ -498,20 +498,7 @@ mod tests {
 
     #[test]
     fn stream_every_finish_reason() {
-        let cases = [
-            ("STOP", "stop"),
-            ("MAX_TOKENS", "length"),
-            ("SAFETY", "content_filter"),
-            ("BLOCKLIST", "content_filter"),
-            ("PROHIBITED_CONTENT", "content_filter"),
-            ("SPII", "content_filter"),
-            ("RECITATION", "content_filter"),
-            ("IMAGE_SAFETY", "content_filter"),
-            ("LANGUAGE", "stop"),
-            ("OTHER", "stop"),
-            ("MALFORMED_FUNCTION_CALL", "stop"),
-            ("FINISH_REASON_UNSPECIFIED", "stop"),
-        ];
+        let cases = FINISH_REASONS;
         for (gemini, openai) in cases {
             let mut source = GeminiChunkSource::new(stream_ctx(false));
             let mut out = feed(&mut source, &[TEXT, &STOP.replace("STOP", gemini)]);
