@@ -3,9 +3,11 @@
 //! process need hold the keys themselves, and no timing tells how much of a guess was right.
 
 use crate::error::{ErrorCode, GatewayError};
+use crate::limits::ScopeLimits;
 use bytes::Bytes;
 use pingora_http::RequestHeader;
 use std::collections::HashSet;
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// A gateway key at run time.
@@ -17,6 +19,8 @@ pub struct GatewayKey {
     models: Option<HashSet<String>>,
     /// `GET /v1/models` for this key: only the models it may use.
     pub model_list: Bytes,
+    /// This key's rate limits.
+    pub limits: Option<Arc<ScopeLimits>>,
 }
 
 impl GatewayKey {
@@ -31,7 +35,13 @@ impl GatewayKey {
             sha256,
             models: models.map(|m| m.iter().cloned().collect()),
             model_list,
+            limits: None,
         }
+    }
+
+    pub fn with_limits(mut self, limits: Option<Arc<ScopeLimits>>) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// Whether this key may use the model the client named.

@@ -97,6 +97,95 @@ pub struct GatewayConfig {
     /// `auth: none`: serve without gateway keys on a non-loopback listener, knowingly.
     #[serde(default)]
     pub auth: Option<ClientAuth>,
+    /// Where rate-limit buckets live: in this process (default), or shared through Redis.
+    #[serde(default)]
+    pub limits: LimitStoreConfig,
+}
+
+/// `limits: {store: "redis://127.0.0.1:6379", store_timeout: 50ms}` at the top level.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitStoreConfig {
+    /// A `redis://` (or `rediss://`) URL; absent: buckets in this process only.
+    #[serde(default)]
+    pub store: Option<Secret>,
+    /// The longest a request waits on the store before it is limited on local buckets instead.
+    #[serde(default)]
+    pub store_timeout: Option<HumanDuration>,
+}
+
+/// `limits: {rpm, tpm, concurrency}` of one gateway key, model or provider.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsConfig {
+    /// Requests per minute.
+    #[serde(default)]
+    pub rpm: Option<u64>,
+    /// Tokens (input and output) per minute.
+    #[serde(default)]
+    pub tpm: Option<u64>,
+    /// Requests in flight at once (in this process).
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+}
+
+impl LimitsConfig {
+    pub fn is_empty(&self) -> bool {
+        self.rpm.is_none() && self.tpm.is_none() && self.concurrency.is_none()
+    }
+
+    /// Each value is positive and small enough that bucket arithmetic stays exact.
+    fn validate(self, key: &str) -> Result<LimitsConfig, ConfigError> {
+        const MOST: u64 = 1 << 40;
+        for (name, value) in [
+            ("rpm", self.rpm),
+            ("tpm", self.tpm),
+            ("concurrency", self.concurrency.map(u64::from)),
+        ] {
+            if let Some(v) = value {
+                if v == 0 || v > MOST {
+                    return Err(ConfigError::new(
+                        format!("{key}.limits.{name}"),
+                        format!("must be between 1 and {MOST}"),
+                    ));
+                }
+            }
+        }
+        Ok(self)
+    }
+}
+
+pub const DEFAULT_STORE_TIMEOUT: Duration = Duration::from_millis(50);
+
+impl LimitStoreConfig {
+    fn validate(&self) -> Result<LimitStoreSettings, ConfigError> {
+        if let Some(url) = &self.store {
+            crate::limits::store::RedisStore::new(url.expose(), DEFAULT_STORE_TIMEOUT)
+                .map_err(|e| ConfigError::new("limits.store", e))?;
+        }
+        let store_timeout = match self.store_timeout {
+            Some(HumanDuration(d)) if d.is_zero() => {
+                return Err(ConfigError::new(
+                    "limits.store_timeout",
+                    "must be greater than 0",
+                ))
+            }
+            Some(HumanDuration(d)) => d,
+            None => DEFAULT_STORE_TIMEOUT,
+        };
+        Ok(LimitStoreSettings {
+            redis_url: self.store.clone(),
+            store_timeout,
+        })
+    }
+}
+
+/// The validated rate-limit store.
+#[derive(Debug, Clone)]
+pub struct LimitStoreSettings {
+    /// `None`: in-process buckets only.
+    pub redis_url: Option<Secret>,
+    pub store_timeout: Duration,
 }
 
 /// The only value of the top-level `auth`.
@@ -119,6 +208,8 @@ pub struct KeyConfig {
     /// The models this key may use; all when absent.
     #[serde(default)]
     pub models: Option<Vec<String>>,
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// A validated gateway key.
@@ -129,6 +220,7 @@ pub struct KeySettings {
     pub sha256: [u8; 32],
     /// `None`: every model.
     pub models: Option<Vec<String>>,
+    pub limits: LimitsConfig,
 }
 
 fn default_listen() -> OneOrMany<SocketAddr> {
@@ -213,6 +305,9 @@ pub struct ProviderConfig {
     /// `round_robin` (weighted, default), `least_inflight` or `ewma`.
     #[serde(default)]
     pub balance: BalanceMode,
+    /// Rate limits of this provider, over all its models and keys (to stay under its own).
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// Active health checks: `tcp` (default) or HTTP `{path, interval, expect_status}`.
@@ -379,6 +474,9 @@ pub struct ModelConfig {
     /// answer's first byte comes when all of it is generated.
     #[serde(default)]
     pub hedge: Option<HedgeConfig>,
+    /// Rate limits of this model, over all keys.
+    #[serde(default)]
+    pub limits: LimitsConfig,
 }
 
 /// When a failed request goes to the next fallback model.
@@ -476,6 +574,7 @@ pub struct ProviderSettings {
     pub health_check: Option<HealthCheckConfig>,
     pub circuit_breaker: BreakerOverrides,
     pub balance: BalanceMode,
+    pub limits: LimitsConfig,
 }
 
 /// An endpoint's base URL, split into the parts a connection needs.
@@ -572,6 +671,7 @@ pub struct ModelSettings {
     pub fallbacks: Vec<String>,
     pub fallback_on: Vec<FallbackCondition>,
     pub hedge: Option<HedgeConfig>,
+    pub limits: LimitsConfig,
 }
 
 /// The validated configuration, ready to build the gateway from.
@@ -584,6 +684,7 @@ pub struct Settings {
     pub providers: Vec<ProviderSettings>,
     pub models: Vec<ModelSettings>,
     pub keys: Vec<KeySettings>,
+    pub limit_store: LimitStoreSettings,
 }
 
 /// Pingora's own top-level keys, which share the file with the gateway's.
@@ -689,6 +790,7 @@ impl Settings {
             models: BTreeMap::new(),
             keys: BTreeMap::new(),
             auth: None,
+            limits: LimitStoreConfig::default(),
         };
         let presets: [(&str, ProviderKind, &str, &[&str]); 3] = [
             (
@@ -744,6 +846,7 @@ impl Settings {
                     circuit_breaker: None,
                     allow_insecure_http: false,
                     balance: BalanceMode::default(),
+                    limits: LimitsConfig::default(),
                 },
             );
             for model in models {
@@ -761,6 +864,7 @@ impl Settings {
                         fallbacks: vec![],
                         fallback_on: None,
                         hedge: None,
+                        limits: LimitsConfig::default(),
                     },
                 );
             }
@@ -776,6 +880,10 @@ impl Settings {
                 providers: vec![],
                 models: vec![],
                 keys: vec![],
+                limit_store: LimitStoreSettings {
+                    redis_url: None,
+                    store_timeout: DEFAULT_STORE_TIMEOUT,
+                },
             }
         })
     }
@@ -880,6 +988,7 @@ impl GatewayConfig {
                     .clone()
                     .unwrap_or_else(|| ALL_FALLBACK_CONDITIONS.to_vec()),
                 hedge: m.hedge,
+                limits: m.limits.validate(&key)?,
             });
         }
         let timeouts: BTreeMap<String, Duration> =
@@ -912,6 +1021,7 @@ impl GatewayConfig {
             providers,
             models,
             keys,
+            limit_store: self.limits.validate()?,
         })
     }
 }
@@ -962,6 +1072,7 @@ fn validate_keys(
             name: name.clone(),
             sha256,
             models: k.models.clone(),
+            limits: k.limits.validate(&key)?,
         });
     }
     Ok(out)
@@ -1189,6 +1300,7 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         health_check,
         circuit_breaker,
         balance: p.balance,
+        limits: p.limits.validate(&key)?,
     })
 }
 
@@ -1357,6 +1469,61 @@ models:
             settings.keys[1].models.as_deref(),
             Some(&["m".to_string()][..])
         );
+    }
+
+    #[test]
+    fn rate_limits_are_validated_naming_the_key() {
+        let base = "providers:\n  p: { kind: openai, api_key: k }\n";
+        for (yaml, key, needle) in [
+            (
+                "models:\n  m: { provider: p }\nkeys:\n  a: { key: x, limits: { rpm: 0 } }\n",
+                "keys.a.limits.rpm",
+                "between 1 and",
+            ),
+            (
+                "models:\n  m: { provider: p, limits: { tpm: 10000000000000000 } }\n",
+                "models.m.limits.tpm",
+                "between 1 and",
+            ),
+            (
+                "models:\n  m: { provider: p, limits: { concurrency: 0 } }\n",
+                "models.m.limits.concurrency",
+                "between 1 and",
+            ),
+            (
+                "models:\n  m: { provider: p, limits: { rps: 1 } }\n",
+                "models.m.limits.rps",
+                "unknown field",
+            ),
+            (
+                "limits: { store: \"http://127.0.0.1:6379\" }\n",
+                "limits.store",
+                "redis://",
+            ),
+            (
+                "limits: { store: \"redis://127.0.0.1\", store_timeout: 0s }\n",
+                "limits.store_timeout",
+                "greater than 0",
+            ),
+        ] {
+            let e = err(&format!("{base}{yaml}"));
+            assert_eq!(e.key, key, "{yaml}: {e}");
+            assert!(e.message.contains(needle), "{yaml}: {e}");
+        }
+        // A store URL's password never appears in an error.
+        let e = err(&format!("{base}limits: {{ store: \"redis://:hunter2@[::1\" }}\n"));
+        assert!(!e.to_string().contains("hunter2"), "{e}");
+        let s = Settings::from_yaml(
+            &format!(
+                "{base}limits: {{ store: \"redis://127.0.0.1:6379\" }}\n\
+                 models:\n  m: {{ provider: p, limits: {{ rpm: 60, tpm: 1000, concurrency: 4 }} }}\n"
+            ),
+            &env,
+        )
+        .expect("valid limits");
+        assert_eq!(s.models[0].limits.concurrency, Some(4));
+        assert!(s.limit_store.redis_url.is_some());
+        assert_eq!(s.limit_store.store_timeout, DEFAULT_STORE_TIMEOUT);
     }
 
     #[test]

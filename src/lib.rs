@@ -11,6 +11,7 @@ pub mod api;
 pub mod config;
 pub mod error;
 pub mod ids;
+pub mod limits;
 pub mod plan;
 pub mod providers;
 pub mod proxy;

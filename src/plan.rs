@@ -4,6 +4,8 @@
 use crate::api::{ClientEndpoint, ClientProtocol, ClientRequest};
 use crate::error::GatewayError;
 use crate::ids::unix_now;
+use crate::limits::Accounting;
+use crate::providers::openai::usage_chunk;
 use crate::providers::{openai, AuthPlacement, RequestContext};
 use crate::registry::{Model, Registry};
 use crate::upstream::budget::RequestBudget;
@@ -43,6 +45,12 @@ pub struct PlannedCall {
     pub stream: bool,
     /// The client asked for a usage chunk at the end of an OpenAI stream.
     pub include_usage: bool,
+    /// The gateway asked for the usage chunk on the client's behalf (to count tokens): it is
+    /// kept from the client.
+    pub hides_usage_chunk: bool,
+    /// The rate-limit headers and reported usage of the client's request, shared by every call
+    /// made for it; `None` when no limit applies.
+    pub accounting: Option<Arc<Accounting>>,
     /// Path (and query) after the endpoint's base path.
     pub path: String,
     pub body: Bytes,
@@ -60,6 +68,7 @@ pub struct PlannedCall {
 struct UpstreamBody {
     operation: Operation,
     include_usage: bool,
+    hides_usage_chunk: bool,
     body: Vec<u8>,
     mode: ResponseMode,
 }
@@ -69,8 +78,9 @@ impl PlannedCall {
     pub fn plan(
         registry: &Arc<Registry>,
         request: &ClientRequest,
+        accounting: Option<&Arc<Accounting>>,
     ) -> Result<PlannedCall, GatewayError> {
-        Self::plan_for(registry, request, None)
+        Self::plan_for(registry, request, None, accounting)
     }
 
     /// Plans the same client request for another model (`model` overrides the one the client
@@ -79,6 +89,7 @@ impl PlannedCall {
         registry: &Arc<Registry>,
         request: &ClientRequest,
         model: Option<&str>,
+        accounting: Option<&Arc<Accounting>>,
     ) -> Result<PlannedCall, GatewayError> {
         let name = model.unwrap_or(&request.envelope.model);
         let model = registry
@@ -89,7 +100,10 @@ impl PlannedCall {
         let planned = match request.endpoint {
             ClientEndpoint::ChatCompletions
             | ClientEndpoint::Complete
-            | ClientEndpoint::Messages => plan_chat(request, &model)?,
+            | ClientEndpoint::Messages => {
+                let counts_tokens = accounting.is_some_and(|a| a.counts_tokens);
+                plan_chat(request, &model, counts_tokens)?
+            }
             ClientEndpoint::CountTokens => plan_count_tokens(request, &model)?,
             ClientEndpoint::Embeddings => plan_embeddings(request, &model)?,
             ClientEndpoint::Models => {
@@ -99,6 +113,7 @@ impl PlannedCall {
         let UpstreamBody {
             operation,
             include_usage,
+            hides_usage_chunk,
             body,
             mode,
         } = planned;
@@ -123,6 +138,8 @@ impl PlannedCall {
             operation,
             stream,
             include_usage,
+            hides_usage_chunk,
+            accounting: accounting.cloned(),
             body: Bytes::from(body),
             response_mode: mode,
             created: unix_now(),
@@ -145,6 +162,7 @@ impl UpstreamBody {
         UpstreamBody {
             operation,
             include_usage: false,
+            hides_usage_chunk: false,
             body: openai::splice_model(
                 request.body,
                 request.envelope.model_span.clone(),
@@ -165,12 +183,27 @@ fn stream_mode(stream: bool) -> ResponseMode {
 
 /// Chat in any client protocol (OpenAI's chat completions, Anthropic's Messages, `/v1/complete`)
 /// for any provider.
-fn plan_chat(request: &ClientRequest, model: &Model) -> Result<UpstreamBody, GatewayError> {
+fn plan_chat(
+    request: &ClientRequest,
+    model: &Model,
+    counts_tokens: bool,
+) -> Result<UpstreamBody, GatewayError> {
     let client = request.endpoint.protocol();
     let native = model.provider.dialect.native_protocol();
     // `/v1/complete` has its own shape: it passes through nowhere.
     if native == Some(client) && request.endpoint != ClientEndpoint::Complete {
-        return Ok(UpstreamBody::passthrough(request, model, Operation::Chat));
+        let mut planned = UpstreamBody::passthrough(request, model, Operation::Chat);
+        // Counting a stream's tokens needs its usage: ask for it on the client's behalf, and
+        // keep the extra chunk from the client. A client's own `stream_options` is left alone.
+        if counts_tokens
+            && request.envelope.stream
+            && model.provider.dialect.asks_stream_usage()
+            && request.member("stream_options").is_none()
+        {
+            planned.body = insert_member(&planned.body, usage_chunk::INCLUDE_USAGE.as_bytes());
+            planned.hides_usage_chunk = true;
+        }
+        return Ok(planned);
     }
     // The Anthropic stream reports usage in `message_delta`: always ask for it.
     let mut include_usage = request.endpoint == ClientEndpoint::Messages;
@@ -202,6 +235,7 @@ fn plan_chat(request: &ClientRequest, model: &Model) -> Result<UpstreamBody, Gat
     Ok(UpstreamBody {
         operation: Operation::Chat,
         include_usage,
+        hides_usage_chunk: false,
         body,
         mode: stream_mode(request.envelope.stream),
     })
@@ -249,6 +283,7 @@ fn plan_embeddings(request: &ClientRequest, model: &Model) -> Result<UpstreamBod
             base64: embed.base64,
         },
         include_usage: false,
+        hides_usage_chunk: false,
         body: embed.body,
         mode: ResponseMode::TranslateWhole,
     })
@@ -292,6 +327,12 @@ pub fn insert_field(body: &[u8], field: &str, value: &str) -> Vec<u8> {
         serde_json::Value::from(field),
         serde_json::Value::from(value)
     );
+    insert_member(body, member.as_bytes())
+}
+
+/// Inserts `member` (`"name":value`, as JSON) as the first member of the body's top-level
+/// object, without re-serialising the rest.
+pub fn insert_member(body: &[u8], member: &[u8]) -> Vec<u8> {
     let Some(open) = body.iter().position(|&b| b == b'{') else {
         return body.to_vec();
     };
@@ -302,7 +343,7 @@ pub fn insert_field(body: &[u8], field: &str, value: &str) -> Vec<u8> {
         .is_some_and(|&b| b == b'}');
     let mut out = Vec::with_capacity(body.len() + member.len() + 1);
     out.extend_from_slice(&body[..=open]);
-    out.extend_from_slice(member.as_bytes());
+    out.extend_from_slice(member);
     if !empty {
         out.push(b',');
     }

@@ -7,6 +7,7 @@ use crate::config::{
     FallbackCondition, HealthCheckConfig, HedgeConfig, InstanceUrl, ProviderSettings, Secret,
     Settings,
 };
+use crate::limits::{Limiter, ScopeKind, ScopeLimits};
 use crate::providers::{AuthPlacement, Dialect, ProviderKind, UpstreamPaths};
 use crate::upstream::balance::{BalanceMode, LoadTracker};
 use crate::upstream::breaker::{BreakerConfig, Breakers};
@@ -41,6 +42,8 @@ pub struct Provider {
     pub balance: BalanceMode,
     /// Requests in flight and latency per instance, for the load-aware modes.
     pub load: Arc<LoadTracker>,
+    /// This provider's rate limits, over all its models.
+    pub limits: Option<Arc<ScopeLimits>>,
 }
 
 pub struct Model {
@@ -64,6 +67,8 @@ pub struct Model {
     pub fallbacks: Vec<String>,
     pub fallback_on: Vec<FallbackCondition>,
     pub hedge: Option<HedgeConfig>,
+    /// This model's rate limits, over all keys.
+    pub limits: Option<Arc<ScopeLimits>>,
 }
 
 pub struct Registry {
@@ -75,6 +80,8 @@ pub struct Registry {
     pub providers: Vec<Arc<Provider>>,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
+    /// Where the rate-limit buckets live.
+    pub limiter: Arc<Limiter>,
 }
 
 impl Registry {
@@ -118,6 +125,7 @@ impl Registry {
                     fallbacks: m.fallbacks.clone(),
                     fallback_on: m.fallback_on.clone(),
                     hedge: m.hedge,
+                    limits: ScopeLimits::new(ScopeKind::Model, &m.name, m.limits),
                 }),
             );
         }
@@ -142,6 +150,7 @@ impl Registry {
                     k.models.as_deref(),
                     render(visible),
                 )
+                .with_limits(ScopeLimits::new(ScopeKind::Key, &k.name, k.limits))
             })
             .collect();
         let model_list = render(listed.iter().collect());
@@ -152,6 +161,11 @@ impl Registry {
             providers: providers.into_iter().map(|(p, _)| p).collect(),
             max_request_bytes: settings.max_request_bytes,
             max_response_bytes: settings.max_response_bytes,
+            limiter: Arc::new(Limiter::new(&settings.limit_store).unwrap_or_else(|e| {
+                // Validation opened the same URL: this is not expected.
+                log::error!("limits.store: {e}; limiting in this process only");
+                Limiter::local()
+            })),
         }
     }
 
@@ -210,6 +224,7 @@ fn build_provider(p: &ProviderSettings) -> Provider {
         breakers: Breakers::new(breaker_config),
         balance: p.balance,
         load: Arc::default(),
+        limits: ScopeLimits::new(ScopeKind::Provider, &p.name, p.limits),
     }
 }
 

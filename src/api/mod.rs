@@ -148,6 +148,25 @@ impl<'a> ClientRequest<'a> {
         }
     }
 
+    /// One top-level member of the client's body, as raw JSON.
+    pub fn member(&self, name: &str) -> Option<&'a RawValue> {
+        match &self.form {
+            RequestForm::Members(members) => members.member(name),
+            RequestForm::Chat(_) => None,
+        }
+    }
+
+    /// The most output tokens the client asked for (`max_tokens`, `max_completion_tokens`), for
+    /// estimating a request's tokens before it runs.
+    pub fn max_output_tokens(&self) -> Option<u64> {
+        let RequestForm::Members(members) = &self.form else {
+            return None;
+        };
+        ["max_completion_tokens", "max_tokens"]
+            .into_iter()
+            .find_map(|name| members.member(name)?.get().trim().parse::<u64>().ok())
+    }
+
     /// The whole request as a tree.
     pub fn tree(&self) -> Result<Value, GatewayError> {
         match &self.form {

@@ -99,6 +99,13 @@ pub trait Dialect: Send + Sync {
         None
     }
 
+    /// Whether a stream request of this kind in the client's own protocol may be given
+    /// `stream_options.include_usage` so that its tokens can be counted (the extra usage chunk
+    /// is then kept from a client that did not ask). Azure's older API versions reject it.
+    fn asks_stream_usage(&self) -> bool {
+        false
+    }
+
     /// Reads this kind's chat stream as the common chunk form.
     fn chunk_source(&self, ctx: StreamContext) -> Box<dyn ChunkSource>;
 

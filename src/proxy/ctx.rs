@@ -1,6 +1,8 @@
 //! Per-request state, shared by the hooks of one request (and, for the upstream call, by the
 //! subrequest that carries it).
 
+use crate::limits::usage::UsageScan;
+use crate::limits::Admission;
 use crate::plan::PlannedCall;
 use crate::stream::{NativeStreamFilter, StreamTranslation, TerminalWatch};
 use crate::upstream::balance::InflightGuard;
@@ -40,6 +42,10 @@ pub struct RequestCtx {
     pub corked_upstream: Option<std::os::unix::io::RawFd>,
     /// The client's socket while a translated answer is held back to leave in one segment.
     pub corked_client: Option<std::os::unix::io::RawFd>,
+    /// The client's request under its rate limits (in the client's session).
+    pub admission: Option<Admission>,
+    /// Reads the current attempt's answer for its token usage, when the request counts tokens.
+    pub usage_scan: Option<UsageScan>,
 }
 
 /// What the response body filter does with the upstream's bytes.

@@ -24,6 +24,7 @@ use crate::api::ClientProtocol;
 use crate::config::FallbackCondition;
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
+use crate::limits::Accounting;
 use crate::plan::PlannedCall;
 use crate::registry::Model;
 use crate::upstream::budget::{self, RequestBudget};
@@ -131,7 +132,14 @@ pub async fn run(
                 match last_failure.take() {
                     Some(Failure::Answer(answer)) => break answer,
                     Some(Failure::Leg(failure)) => {
-                        return failure.write(session, protocol, budget.calls_made()).await;
+                        return failure
+                            .write(
+                                session,
+                                protocol,
+                                budget.calls_made(),
+                                call.accounting.as_deref(),
+                            )
+                            .await;
                     }
                     None => {
                         let e = GatewayError::new(502, "No upstream answered")
@@ -238,7 +246,14 @@ pub async fn run(
                     Failure::Answer(answer) => break answer,
                     Failure::Leg(failure) => {
                         drop(legs);
-                        return failure.write(session, protocol, budget.calls_made()).await;
+                        return failure
+                            .write(
+                                session,
+                                protocol,
+                                budget.calls_made(),
+                                call.accounting.as_deref(),
+                            )
+                            .await;
                     }
                 },
                 retry::Next::Keep => last_failure = Some(failure),
@@ -282,7 +297,14 @@ pub async fn run(
         drop(answer);
         match retry::after_failure(Some(failure.condition), &chain.fallback_on, false) {
             retry::Next::Deliver => {
-                return failure.write(session, protocol, budget.calls_made()).await
+                return failure
+                    .write(
+                        session,
+                        protocol,
+                        budget.calls_made(),
+                        call.accounting.as_deref(),
+                    )
+                    .await
             }
             retry::Next::Keep => last_failure = Some(Failure::Leg(failure)),
         }
@@ -440,11 +462,18 @@ impl LegFailure {
         }
     }
 
-    async fn write(self, session: &mut Session, protocol: ClientProtocol, attempts: u32) {
+    async fn write(
+        self,
+        session: &mut Session,
+        protocol: ClientProtocol,
+        attempts: u32,
+        accounting: Option<&Accounting>,
+    ) {
         let served_by = ServedBy {
             model: &self.model.name,
             provider: &self.model.provider.name,
             attempts,
+            limits: accounting.map(|a| &a.headers),
         };
         local_response::write_error(session, &self.error, protocol, Some(served_by)).await;
     }

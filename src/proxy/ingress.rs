@@ -13,6 +13,7 @@ use crate::access;
 use crate::api::{self, ClientEndpoint, ClientProtocol, ClientRequest};
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
+use crate::limits;
 use crate::plan::PlannedCall;
 use crate::registry::Registry;
 use crate::upstream::retry;
@@ -88,7 +89,17 @@ pub async fn handle(
         reject(session, &e, protocol).await;
         return Handled::Answered;
     }
-    let call = match PlannedCall::plan(&registry, &request) {
+    let admission = match admit(&registry, key, &request, body.len()).await {
+        Ok(a) => a,
+        Err(e) => {
+            reject(session, &e, protocol).await;
+            return Handled::Answered;
+        }
+    };
+    let accounting = admission.as_ref().map(|a| a.accounting.clone());
+    // Held until the request ends: its concurrency slots, and the settling of its tokens.
+    ctx.admission = admission;
+    let call = match PlannedCall::plan(&registry, &request, accounting.as_ref()) {
         Ok(c) => Arc::new(c),
         Err(e) => {
             reject(session, &e, protocol).await;
@@ -103,9 +114,30 @@ pub async fn handle(
         ctx.is_upstream_leg = true;
         return Handled::ProxyHere;
     }
-    let replan = |model: &str| PlannedCall::plan_for(&registry, &request, Some(model));
+    let replan =
+        |model: &str| PlannedCall::plan_for(&registry, &request, Some(model), accounting.as_ref());
     dispatch::run(session, call, &replan).await;
     Handled::Answered
+}
+
+/// Admits the request under the limits of its key, its model and the model's provider.
+async fn admit(
+    registry: &Registry,
+    key: Option<&access::GatewayKey>,
+    request: &ClientRequest<'_>,
+    body_len: usize,
+) -> Result<Option<limits::Admission>, GatewayError> {
+    let model = registry.models.get(&request.envelope.model);
+    let scopes = [
+        key.and_then(|k| k.limits.as_ref()),
+        model.and_then(|m| m.limits.as_ref()),
+        model.and_then(|m| m.provider.limits.as_ref()),
+    ];
+    if scopes.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let estimate = limits::estimate_tokens(body_len, request.max_output_tokens());
+    limits::admit(&registry.limiter, scopes, estimate).await
 }
 
 async fn reject(session: &mut Session, error: &GatewayError, protocol: ClientProtocol) {

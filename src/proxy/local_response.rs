@@ -3,6 +3,7 @@
 use crate::api::ClientProtocol;
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
+use crate::limits::RateLimitHeaders;
 use bytes::Bytes;
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
@@ -14,6 +15,8 @@ pub struct ServedBy<'a> {
     pub provider: &'a str,
     /// Upstream attempts made (0: not said).
     pub attempts: u32,
+    /// The request's rate-limit readings, when limits apply to it.
+    pub limits: Option<&'a RateLimitHeaders>,
 }
 
 pub async fn write_json(
@@ -43,6 +46,9 @@ async fn write_json_with(
         resp.insert_header("x-dragoman-provider", a.provider)?;
         if a.attempts > 0 {
             resp.insert_header(super::dispatch::ATTEMPTS_HEADER, a.attempts)?;
+        }
+        if let Some(limits) = a.limits {
+            limits.apply(&mut resp);
         }
     }
     session.write_response_header(Box::new(resp), false).await?;

@@ -210,6 +210,7 @@ impl ProxyHttp for Gateway {
                     model: &call.model.name,
                     provider,
                     attempts: ctx.attempts,
+                    limits: call.accounting.as_deref().map(|a| &a.headers),
                 };
                 local_response::write_error(
                     session,

@@ -7,7 +7,9 @@ use crate::api::openai::stream::OpenAiEventSink;
 use crate::api::{ClientEndpoint, ClientProtocol};
 use crate::error::ErrorCode;
 use crate::error::{self, GatewayError};
+use crate::limits::usage::UsageScan;
 use crate::plan::{Operation, PlannedCall, ResponseMode};
+use crate::providers::openai::usage_chunk::UsageChunkFilter;
 use crate::providers::ResponseContext;
 use crate::stream::chunk::{ChunkSource, StreamContext};
 use crate::stream::{self, ClientSink, StreamTranslation, TerminalWatch};
@@ -43,6 +45,9 @@ pub fn on_response_header(
     resp.insert_header("x-dragoman-model", call.model.name.as_str())?;
     resp.insert_header("x-dragoman-provider", call.model.provider.name.as_str())?;
     resp.insert_header(super::dispatch::ATTEMPTS_HEADER, ctx.attempts.max(1))?;
+    if let Some(accounting) = &call.accounting {
+        accounting.headers.apply(resp);
+    }
     let protocol = call.endpoint.protocol();
     ctx.response = if status >= 400 {
         ResponseHandling::BufferWhole
@@ -50,6 +55,9 @@ pub fn on_response_header(
         match call.response_mode {
             // Some kinds (Azure) annotate their streams with events a client must not see. Every
             // other stream in the client's protocol goes on as untouched bytes.
+            ResponseMode::PassThrough if call.stream && call.hides_usage_chunk => {
+                ResponseHandling::FilterStream(Box::new(UsageChunkFilter::new()))
+            }
             ResponseMode::PassThrough if call.stream => {
                 match call.model.provider.dialect.native_stream_filter() {
                     Some(filter) => ResponseHandling::FilterStream(filter),
@@ -65,6 +73,8 @@ pub fn on_response_header(
         }
     };
     ctx.response_buffer.clear();
+    let counts_tokens = call.accounting.as_ref().is_some_and(|a| a.counts_tokens);
+    ctx.usage_scan = (counts_tokens && status < 400).then(UsageScan::default);
     match &ctx.response {
         ResponseHandling::BufferWhole => {
             // The translated body has another length; Pingora switches to chunked framing.
@@ -106,6 +116,52 @@ fn sink(call: &PlannedCall) -> ClientSink {
 }
 
 pub fn on_response_body(
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    call: &PlannedCall,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
+    if ctx.usage_scan.is_none() {
+        return forward_body(body, end_of_stream, call, ctx);
+    }
+    // Answers in the client's protocol are read as they come; translated ones as they leave.
+    let translated = matches!(
+        ctx.response,
+        ResponseHandling::BufferWhole | ResponseHandling::TranslateStream(_)
+    );
+    if let (false, Some(scan), Some(b)) = (translated, ctx.usage_scan.as_mut(), body.as_ref()) {
+        scan.observe(b);
+    }
+    let result = forward_body(body, end_of_stream, call, ctx);
+    if let (true, Some(scan), Some(b)) = (translated, ctx.usage_scan.as_mut(), body.as_ref()) {
+        scan.observe(b);
+    }
+    if end_of_stream && result.is_ok() {
+        record_usage(call, ctx);
+    }
+    result
+}
+
+/// Notes the usage the answer reported, for the request's rate limits.
+fn record_usage(call: &PlannedCall, ctx: &mut RequestCtx) {
+    let (Some(accounting), Some(scan)) = (&call.accounting, ctx.usage_scan.take()) else {
+        return;
+    };
+    let usage = match &ctx.response {
+        // An OpenAI client that did not ask for usage gets none: the upstream's events said it.
+        ResponseHandling::TranslateStream(t)
+            if call.endpoint.protocol() == ClientProtocol::OpenAi =>
+        {
+            t.usage().or_else(|| scan.usage())
+        }
+        _ => scan.usage(),
+    };
+    if let Some(usage) = usage {
+        accounting.usage.record(usage);
+    }
+}
+
+fn forward_body(
     body: &mut Option<Bytes>,
     end_of_stream: bool,
     call: &PlannedCall,

@@ -43,6 +43,11 @@ pub trait ChunkSource: Send + Sync {
     /// `Error` if its terminal event never came. Must append nothing if `Done` or `Error` was
     /// already emitted.
     fn on_end(&mut self, out: &mut Vec<StreamOut>);
+    /// The tokens the stream reported so far, for sources that read them from the upstream's
+    /// own events.
+    fn usage(&self) -> Option<crate::limits::usage::TokenUsage> {
+        None
+    }
 }
 
 /// What a stream translator needs to know of the request.

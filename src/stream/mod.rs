@@ -4,6 +4,7 @@
 //! that drops its annotation chunks ([`AzureChunkFilter`]).
 
 pub mod chunk;
+pub mod event_filter;
 pub mod sse;
 
 use crate::api::anthropic::AnthropicEventSink;
@@ -88,6 +89,11 @@ impl StreamTranslation {
         self.source.on_end(&mut self.items);
         self.flush(out);
         self.ended = true;
+    }
+
+    /// The tokens the upstream's stream reported, where its source reads them.
+    pub fn usage(&self) -> Option<crate::limits::usage::TokenUsage> {
+        self.source.usage()
     }
 
     /// The upstream failed mid-stream: a terminal error event in the client's protocol.

@@ -97,6 +97,18 @@ pub struct Usage {
 }
 
 impl Usage {
+    /// Input (cache reads and writes included) and output tokens.
+    pub fn tokens(&self) -> crate::limits::usage::TokenUsage {
+        crate::limits::usage::TokenUsage {
+            input: self
+                .input_tokens
+                .unwrap_or(0)
+                .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
+                .saturating_add(self.cache_creation_input_tokens.unwrap_or(0)),
+            output: self.output_tokens.unwrap_or(0),
+        }
+    }
+
     /// Stream events carry cumulative counts: those `newer` has replace these, none are added.
     pub fn update(&mut self, newer: &Usage) {
         let fields = [

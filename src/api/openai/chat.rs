@@ -286,6 +286,11 @@ impl<'a> RawChatRequest<'a> {
         Some(RawChatRequest { text, members })
     }
 
+    /// One top-level member's raw JSON (the last, if repeated, as in a tree).
+    pub fn member(&self, name: &str) -> Option<&'a RawValue> {
+        self.members.last(name)
+    }
+
     /// What routing reads: `model` (and where it is, for splicing) and `stream`.
     pub fn envelope(&self) -> Result<crate::api::ChatEnvelope, GatewayError> {
         let mut model = None;

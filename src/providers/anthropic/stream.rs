@@ -193,6 +193,10 @@ impl AnthropicChunkSource {
 }
 
 impl ChunkSource for AnthropicChunkSource {
+    fn usage(&self) -> Option<crate::limits::usage::TokenUsage> {
+        Some(self.usage.tokens())
+    }
+
     fn on_event(&mut self, event: &SseEvent, out: &mut Vec<StreamOut>) {
         if self.finished {
             return;

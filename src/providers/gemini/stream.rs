@@ -164,6 +164,17 @@ impl GeminiChunkSource {
 }
 
 impl ChunkSource for GeminiChunkSource {
+    fn usage(&self) -> Option<crate::limits::usage::TokenUsage> {
+        let meta = self.usage.as_ref()?;
+        let count = |count: crate::providers::gemini::wire::Field<u64>| count.ok().unwrap_or(0);
+        // Thinking tokens are billed as output.
+        Some(crate::limits::usage::TokenUsage {
+            input: count(meta.prompt_token_count),
+            output: count(meta.candidates_token_count)
+                .saturating_add(count(meta.thoughts_token_count)),
+        })
+    }
+
     fn on_event(&mut self, event: &SseEvent, out: &mut Vec<StreamOut>) {
         if self.finished {
             return;

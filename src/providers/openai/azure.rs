@@ -7,10 +7,9 @@ use crate::config::ProviderSettings;
 use crate::error::GatewayError;
 use crate::providers::{AuthPlacement, Dialect, ResponseContext, UpstreamPaths};
 use crate::stream::chunk::{ChunkSource, StreamContext};
-use crate::stream::{NativeStreamFilter, MAX_EVENT_BYTES};
-use bytes::Bytes;
+use crate::stream::event_filter::{event_data, EventJudge, Judged, SseEventFilter};
+use crate::stream::NativeStreamFilter;
 use serde_json::Value;
-use std::borrow::Cow;
 
 /// Azure OpenAI.
 pub struct AzureOpenAi;
@@ -57,127 +56,29 @@ impl Dialect for AzureOpenAi {
     }
 }
 
-/// Passes an Azure OpenAI stream to an OpenAI client event by event: events go on byte for byte,
-/// except Azure's annotation chunks, which are dropped, or given the stream's id when they carry
-/// a filter verdict ([`ChunkFate`]). Watches for `data: [DONE]` as [`TerminalWatch`] does.
-///
-/// Holds only the event being received (bounded by [`MAX_EVENT_BYTES`]); a read that completes
-/// events all kept goes on as the very same bytes.
+/// Azure's annotation chunks are dropped, or given the stream's id when they carry a filter
+/// verdict ([`ChunkFate`]); every other event is kept. Notes the stream's identity and its end
+/// (`data: [DONE]`) on the way.
 #[derive(Debug, Default)]
-pub struct AzureChunkFilter {
-    /// The bytes of the unfinished event, from its first byte.
-    pending: Vec<u8>,
-    /// Where the current line starts in `pending`.
-    line_start: usize,
-    /// The last byte seen was a CR ending a line: an LF first in the next read is part of it.
-    after_cr: bool,
-    /// The event that CR ended (if it ended one) was kept: its LF goes on too.
-    after_cr_kept: Option<bool>,
+pub struct AzureJudge {
     identity: Option<StreamIdentity>,
     done: bool,
-    failed: bool,
 }
 
-impl AzureChunkFilter {
-    pub fn new() -> Self {
-        Self::default()
+impl EventJudge for AzureJudge {
+    fn judge(&mut self, event: &[u8]) -> Judged {
+        judge(&mut self.identity, &mut self.done, event)
     }
 
-    /// Upstream bytes -> the bytes the client gets for them (possibly none, until an event
-    /// completes). `Err` when an event outgrows [`MAX_EVENT_BYTES`]; nothing passes after that.
-    pub fn filter(&mut self, input: &Bytes) -> Result<Bytes, GatewayError> {
-        if self.failed {
-            return Ok(Bytes::new());
-        }
-        let mut data: &[u8] = input;
-        let mut out: Vec<u8> = Vec::new();
-        // Whether `input` can go on as it is: nothing held before it, nothing changed in it.
-        let mut whole = self.pending.is_empty();
-        if std::mem::take(&mut self.after_cr) {
-            if let Some(rest) = data.strip_prefix(b"\n") {
-                data = rest;
-                match self.after_cr_kept.take() {
-                    // The CR ended a line inside the event: the LF belongs to it.
-                    None => {
-                        self.pending.push(b'\n');
-                        self.line_start = self.pending.len();
-                    }
-                    Some(true) => out.push(b'\n'),
-                    Some(false) => {}
-                }
-                whole = false;
-            }
-        }
-        self.after_cr_kept = None;
-        self.pending.extend_from_slice(data);
-
-        // `event_start..`: the event being read; `run_start..event_start`: kept bytes not yet
-        // copied to `out`. Bytes before `line_start` hold no unread line end.
-        let (mut event_start, mut run_start) = (0, 0);
-        while let Some(offset) = memchr::memchr2(b'\n', b'\r', &self.pending[self.line_start..]) {
-            let pos = self.line_start + offset;
-            let mut end = pos + 1;
-            let cr = self.pending[pos] == b'\r';
-            if cr {
-                match self.pending.get(end) {
-                    Some(b'\n') => end += 1,
-                    Some(_) => {}
-                    None => self.after_cr = true,
-                }
-            }
-            let blank = pos == self.line_start;
-            self.line_start = end;
-            if !blank {
-                continue;
-            }
-            // A blank line: the event is complete.
-            let event = &self.pending[event_start..end];
-            let judged = judge(&mut self.identity, &mut self.done, event);
-            let kept = matches!(judged, Judged::Keep);
-            if !kept {
-                whole = false;
-                out.extend_from_slice(&self.pending[run_start..event_start]);
-                if let Judged::Replace(bytes) = judged {
-                    out.extend_from_slice(&bytes);
-                }
-                run_start = end;
-            }
-            if self.after_cr {
-                self.after_cr_kept = Some(kept);
-            }
-            event_start = end;
-        }
-        // What is left is the unfinished event: bounded.
-        if self.pending.len() - event_start > MAX_EVENT_BYTES {
-            self.failed = true;
-            self.pending = Vec::new();
-            return Err(GatewayError::bad_upstream(format!(
-                "stream event larger than {MAX_EVENT_BYTES} bytes"
-            )));
-        }
-        let result = if whole && event_start == self.pending.len() {
-            input.clone()
-        } else {
-            out.extend_from_slice(&self.pending[run_start..event_start]);
-            Bytes::from(out)
-        };
-        self.pending.drain(..event_start);
-        self.line_start -= event_start;
-        Ok(result)
-    }
-
-    /// Whether the stream's terminal `data: [DONE]` went by.
-    pub fn ended_properly(&self) -> bool {
+    fn saw_terminal(&self) -> bool {
         self.done
     }
-
-    /// Whether [`Self::filter`] failed (and the client got its error event).
-    pub fn has_failed(&self) -> bool {
-        self.failed
-    }
 }
 
-/// What becomes of one complete event; notes the stream's identity and its end on the way.
+/// Passes an Azure OpenAI stream to an OpenAI client event by event, without Azure's annotation
+/// chunks.
+pub type AzureChunkFilter = SseEventFilter<AzureJudge>;
+
 fn judge(identity: &mut Option<StreamIdentity>, done: &mut bool, event: &[u8]) -> Judged {
     let Some(data) = event_data(event) else {
         return Judged::Keep;
@@ -215,59 +116,12 @@ fn judge(identity: &mut Option<StreamIdentity>, done: &mut bool, event: &[u8]) -
     }
 }
 
-/// What [`AzureChunkFilter`] does with one event.
-enum Judged {
-    Keep,
-    Drop,
-    Replace(Vec<u8>),
-}
-
-/// The `data` of one complete SSE event (its lines and the blank line ending it): the `data:`
-/// fields joined with `\n`, or `None` if it has none.
-fn event_data(event: &[u8]) -> Option<Cow<'_, [u8]>> {
-    let mut data: Option<Cow<'_, [u8]>> = None;
-    let lines = event
-        .split(|&b| b == b'\n' || b == b'\r')
-        .filter(|l| !l.is_empty());
-    for line in lines {
-        let value = if line == b"data" {
-            &b""[..]
-        } else if let Some(v) = line.strip_prefix(b"data:") {
-            v.strip_prefix(b" ").unwrap_or(v)
-        } else {
-            continue;
-        };
-        data = Some(match data {
-            None => Cow::Borrowed(value),
-            Some(joined) => {
-                let mut joined = joined.into_owned();
-                joined.push(b'\n');
-                joined.extend_from_slice(value);
-                Cow::Owned(joined)
-            }
-        });
-    }
-    data
-}
-
-impl NativeStreamFilter for AzureChunkFilter {
-    fn filter(&mut self, input: &Bytes) -> Result<Bytes, GatewayError> {
-        AzureChunkFilter::filter(self, input)
-    }
-
-    fn ended_properly(&self) -> bool {
-        AzureChunkFilter::ended_properly(self)
-    }
-
-    fn has_failed(&self) -> bool {
-        AzureChunkFilter::has_failed(self)
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
     use crate::stream::sse::SseParser;
+    use crate::stream::MAX_EVENT_BYTES;
+    use bytes::Bytes;
 
     const PROMPT_FILTER: &str = r#"{"choices":[],"created":0,"id":"","model":"","object":"","prompt_filter_results":[{"prompt_index":0,"content_filter_results":{}}]}"#;
     const FIRST: &str = r#"{"choices":[{"delta":{"content":"","role":"assistant"},"finish_reason":null,"index":0}],"created":1700000000,"id":"chatcmpl-1","model":"gpt-4o","object":"chat.completion.chunk"}"#;
@@ -377,7 +231,7 @@ mod tests {
         let line = Bytes::from(vec![b'x'; 1024 * 1024]);
         let mut failed = false;
         for _ in 0..=(MAX_EVENT_BYTES / line.len()) {
-            assert!(f.pending.len() <= MAX_EVENT_BYTES);
+            assert!(f.pending().len() <= MAX_EVENT_BYTES);
             match f.filter(&line) {
                 Ok(out) => assert!(out.is_empty()),
                 Err(e) => {
@@ -389,7 +243,7 @@ mod tests {
         }
         assert!(failed, "an endless event was held without bound");
         assert!(f.has_failed());
-        assert_eq!(f.pending.capacity(), 0, "the held event was not freed");
+        assert_eq!(f.pending().capacity(), 0, "the held event was not freed");
         assert!(f
             .filter(&Bytes::from_static(b"\n\ndata: [DONE]\n\n"))
             .unwrap()

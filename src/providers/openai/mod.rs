@@ -4,6 +4,7 @@
 pub mod azure;
 
 pub use azure::{AzureChunkFilter, AzureOpenAi};
+pub mod usage_chunk;
 
 use super::{AuthPlacement, Dialect, ResponseContext, UpstreamPaths};
 use crate::api::ClientProtocol;
@@ -52,6 +53,10 @@ impl Dialect for OpenAi {
 
     fn chunk_source(&self, _ctx: StreamContext) -> Box<dyn ChunkSource> {
         Box::new(OpenAiChunkSource::new())
+    }
+
+    fn asks_stream_usage(&self) -> bool {
+        true
     }
 }
 

@@ -1,0 +1,514 @@
+//! Rate limits: requests per minute, tokens per minute and requests in flight, per gateway key,
+//! per model and per provider.
+//!
+//! A request is admitted once, after routing: it takes one request and its estimated tokens
+//! (prompt bytes / 4, plus the output it asked for) from every bucket that applies, or from none.
+//! When its answer reports the real usage, the difference is given back or charged. Buckets live
+//! in this process, shared by its worker threads, or in Redis, shared by several gateways; when
+//! Redis does not answer, the process's own buckets take over until it does. Requests in flight
+//! are counted per process.
+
+pub mod bucket;
+pub mod store;
+pub mod usage;
+
+use crate::config::{LimitStoreSettings, LimitsConfig};
+use crate::error::{ErrorCode, GatewayError};
+use bucket::{Concurrency, ConcurrencySlot, Reading, TokenBucket};
+use pingora_http::ResponseHeader;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use store::{RedisStore, StoreAnswer, StoreBucket};
+use usage::UsageTally;
+
+/// What a set of limits belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ScopeKind {
+    Key,
+    Model,
+    Provider,
+}
+
+impl ScopeKind {
+    fn as_str(self) -> &'static str {
+        match self {
+            ScopeKind::Key => "key",
+            ScopeKind::Model => "model",
+            ScopeKind::Provider => "provider",
+        }
+    }
+}
+
+/// The limits of one gateway key, model or provider.
+#[derive(Debug)]
+pub struct ScopeLimits {
+    kind: ScopeKind,
+    name: String,
+    rpm: Option<TokenBucket>,
+    tpm: Option<TokenBucket>,
+    concurrency: Option<Concurrency>,
+    /// The buckets' names in the shared store.
+    rpm_key: String,
+    tpm_key: String,
+}
+
+impl ScopeLimits {
+    /// `None` when `config` sets no limit.
+    pub fn new(kind: ScopeKind, name: &str, config: LimitsConfig) -> Option<Arc<ScopeLimits>> {
+        if config.is_empty() {
+            return None;
+        }
+        let prefix = format!("dragoman:limits:{}:{name}", kind.as_str());
+        Some(Arc::new(ScopeLimits {
+            kind,
+            name: name.to_string(),
+            rpm: config.rpm.map(TokenBucket::per_minute),
+            tpm: config.tpm.map(TokenBucket::per_minute),
+            concurrency: config.concurrency.map(Concurrency::new),
+            rpm_key: format!("{prefix}:rpm"),
+            tpm_key: format!("{prefix}:tpm"),
+        }))
+    }
+
+    pub fn counts_tokens(&self) -> bool {
+        self.tpm.is_some()
+    }
+
+    fn describe(&self) -> String {
+        format!("{} `{}`", self.kind.as_str(), self.name)
+    }
+}
+
+/// Where buckets live: this process, or a store shared with other gateways.
+pub struct Limiter {
+    store: Option<RedisStore>,
+}
+
+impl Limiter {
+    pub fn new(settings: &LimitStoreSettings) -> Result<Limiter, String> {
+        let store = match &settings.redis_url {
+            Some(url) => Some(RedisStore::new(url.expose(), settings.store_timeout)?),
+            None => None,
+        };
+        Ok(Limiter { store })
+    }
+
+    pub fn local() -> Limiter {
+        Limiter { store: None }
+    }
+}
+
+/// What the `x-ratelimit-*` headers of a request's answers say: the tightest bucket of each unit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RateLimitHeaders {
+    pub requests: Option<Reading>,
+    pub tokens: Option<Reading>,
+}
+
+impl RateLimitHeaders {
+    fn tighten(slot: &mut Option<Reading>, reading: Reading) {
+        if slot.is_none_or(|r| reading.remaining < r.remaining) {
+            *slot = Some(reading);
+        }
+    }
+
+    /// Adds OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+    pub fn apply(&self, resp: &mut ResponseHeader) {
+        for (unit, reading) in [("requests", self.requests), ("tokens", self.tokens)] {
+            let Some(r) = reading else { continue };
+            // Header names and numbers are always valid header values.
+            let _ = resp.insert_header(format!("x-ratelimit-limit-{unit}"), r.limit);
+            let _ = resp.insert_header(format!("x-ratelimit-remaining-{unit}"), r.remaining);
+            let _ = resp.insert_header(format!("x-ratelimit-reset-{unit}"), reset_text(r.reset));
+        }
+    }
+}
+
+/// OpenAI's duration format: `20ms`, `1.5s`, `6m0s`.
+fn reset_text(d: Duration) -> String {
+    let ms = d.as_millis();
+    if ms < 1000 {
+        format!("{ms}ms")
+    } else if ms < 60_000 {
+        let text = format!("{:.3}", d.as_secs_f64());
+        format!("{}s", text.trim_end_matches('0').trim_end_matches('.'))
+    } else {
+        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+    }
+}
+
+/// Per client request, shared by every upstream call made for it: what its answers' headers
+/// say, and the usage its answer reported.
+#[derive(Debug, Default)]
+pub struct Accounting {
+    pub headers: RateLimitHeaders,
+    /// Whether a tokens-per-minute bucket applies, so the answer's usage is worth reading.
+    pub counts_tokens: bool,
+    pub usage: UsageTally,
+}
+
+/// An admitted request: it holds its places in the concurrency gauges, and settles its token
+/// estimate against the real usage when it ends (on drop).
+pub struct Admission {
+    scopes: [Option<Arc<ScopeLimits>>; 3],
+    _slots: [Option<ConcurrencySlot>; 3],
+    estimate: u64,
+    /// Taken from the shared store (settled there too).
+    shared: Option<Arc<Limiter>>,
+    pub accounting: Arc<Accounting>,
+}
+
+/// The tokens a request is charged before it runs: its bytes over four (a token is about four
+/// bytes of English text and JSON), plus the output it asked for.
+pub fn estimate_tokens(body_len: usize, max_output: Option<u64>) -> u64 {
+    (body_len as u64)
+        .div_ceil(4)
+        .saturating_add(max_output.unwrap_or(0))
+}
+
+/// Admits a request under every limit in `scopes`, or refuses it with a 429 saying which limit
+/// and when to retry. `Ok(None)`: no limit applies.
+pub async fn admit(
+    limiter: &Arc<Limiter>,
+    scopes: [Option<&Arc<ScopeLimits>>; 3],
+    estimate: u64,
+) -> Result<Option<Admission>, GatewayError> {
+    if scopes.iter().all(Option::is_none) {
+        return Ok(None);
+    }
+    let mut slots: [Option<ConcurrencySlot>; 3] = Default::default();
+    for (slot, scope) in slots.iter_mut().zip(scopes) {
+        let Some(scope) = scope else { continue };
+        if let Some(gauge) = &scope.concurrency {
+            // On refusal the slots already taken are given back as `slots` drops.
+            *slot = Some(gauge.try_acquire().ok_or_else(|| {
+                limited(
+                    format!(
+                        "Too many concurrent requests for {}: the limit is {}",
+                        scope.describe(),
+                        gauge.limit()
+                    ),
+                    Duration::from_secs(1),
+                )
+            })?);
+        }
+        if let Some(tpm) = &scope.tpm {
+            if estimate > tpm.capacity() {
+                return Err(GatewayError::new(
+                    429,
+                    format!(
+                        "Request too large for {}: it needs about {estimate} tokens, more than its limit of {} tokens per minute",
+                        scope.describe(),
+                        tpm.capacity()
+                    ),
+                )
+                .with_code(ErrorCode::RateLimitExceeded));
+            }
+        }
+    }
+    let mut headers = RateLimitHeaders::default();
+    let mut shared = None;
+    let taken = match limiter.store.as_ref().filter(|s| s.usable()) {
+        Some(store) => take_shared(store, &scopes, estimate, &mut headers).await,
+        None => None,
+    };
+    match taken {
+        Some(result) => {
+            result?;
+            shared = Some(limiter.clone());
+        }
+        None => take_local(&scopes, estimate, &mut headers)?,
+    }
+    Ok(Some(Admission {
+        scopes: scopes.map(|s| s.cloned()),
+        _slots: slots,
+        estimate,
+        shared,
+        accounting: Arc::new(Accounting {
+            headers,
+            counts_tokens: scopes.iter().flatten().any(|s| s.counts_tokens()),
+            usage: UsageTally::default(),
+        }),
+    }))
+}
+
+fn limited(message: String, wait: Duration) -> GatewayError {
+    let mut e = GatewayError::new(429, message).with_code(ErrorCode::RateLimitExceeded);
+    e.retry_after = Some(wait.as_secs_f64().ceil().max(1.0) as u64);
+    e
+}
+
+fn over_limit(
+    scope: &ScopeLimits,
+    unit: &str,
+    bucket: &TokenBucket,
+    wait: Duration,
+) -> GatewayError {
+    limited(
+        format!(
+            "Rate limit reached for {}: {} {unit} per minute. Retry after {:.1} s",
+            scope.describe(),
+            bucket.capacity(),
+            wait.as_secs_f64()
+        ),
+        wait,
+    )
+}
+
+/// Each scope's buckets with the cost a request takes from them: one request, `estimate` tokens.
+fn buckets<'a>(
+    scopes: &'a [Option<&'a Arc<ScopeLimits>>; 3],
+    estimate: u64,
+) -> impl Iterator<Item = (&'a ScopeLimits, &'static str, &'a TokenBucket, &'a str, u64)> {
+    scopes.iter().flatten().flat_map(move |s| {
+        let rpm = s
+            .rpm
+            .as_ref()
+            .map(|b| (&***s, "requests", b, s.rpm_key.as_str(), 1));
+        let tpm = s
+            .tpm
+            .as_ref()
+            .map(|b| (&***s, "tokens", b, s.tpm_key.as_str(), estimate));
+        rpm.into_iter().chain(tpm)
+    })
+}
+
+fn take_local(
+    scopes: &[Option<&Arc<ScopeLimits>>; 3],
+    estimate: u64,
+    headers: &mut RateLimitHeaders,
+) -> Result<(), GatewayError> {
+    let now = Instant::now();
+    let mut taken: Vec<(&TokenBucket, u64)> = Vec::new();
+    for (scope, unit, bucket, _, cost) in buckets(scopes, estimate) {
+        match bucket.try_take(cost, now) {
+            Ok(reading) => {
+                taken.push((bucket, cost));
+                record(headers, unit, reading);
+            }
+            Err(wait) => {
+                // All or nothing: give back what this request took.
+                for (b, c) in taken {
+                    b.adjust(c as f64, now);
+                }
+                return Err(over_limit(scope, unit, bucket, wait));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn record(headers: &mut RateLimitHeaders, unit: &str, reading: Reading) {
+    let slot = if unit == "requests" {
+        &mut headers.requests
+    } else {
+        &mut headers.tokens
+    };
+    RateLimitHeaders::tighten(slot, reading);
+}
+
+/// `None` when the store did not answer (the caller takes locally instead).
+async fn take_shared(
+    store: &RedisStore,
+    scopes: &[Option<&Arc<ScopeLimits>>; 3],
+    estimate: u64,
+    headers: &mut RateLimitHeaders,
+) -> Option<Result<(), GatewayError>> {
+    let list: Vec<_> = buckets(scopes, estimate).collect();
+    let request: Vec<StoreBucket> = list
+        .iter()
+        .map(|(_, _, bucket, key, cost)| StoreBucket {
+            key,
+            capacity: bucket.capacity(),
+            amount: *cost as i64,
+        })
+        .collect();
+    match store.call(true, &request).await? {
+        StoreAnswer::Taken(levels) => {
+            for ((_, unit, bucket, _, _), level) in list.iter().zip(levels) {
+                record(headers, unit, bucket.reading(level as f64));
+            }
+            Some(Ok(()))
+        }
+        StoreAnswer::Wait { wait, bucket } => {
+            let (scope, unit, b, _, _) = list.get(bucket).or(list.first())?;
+            Some(Err(over_limit(scope, unit, b, wait)))
+        }
+    }
+}
+
+impl Drop for Admission {
+    /// Settles the token estimate against the usage the answer reported.
+    fn drop(&mut self) {
+        let Some(used) = self.accounting.usage.get() else {
+            return;
+        };
+        let refund = self.estimate as f64 - used.total() as f64;
+        if refund == 0.0 {
+            return;
+        }
+        let tpm = self
+            .scopes
+            .iter()
+            .flatten()
+            .filter_map(|s| Some((s.tpm.as_ref()?, s.tpm_key.clone())));
+        match &self.shared {
+            Some(limiter) => {
+                let buckets: Vec<(String, u64)> = tpm.map(|(b, key)| (key, b.capacity())).collect();
+                let limiter = limiter.clone();
+                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
+                    return;
+                };
+                runtime.spawn(async move {
+                    let Some(store) = &limiter.store else { return };
+                    let request: Vec<StoreBucket> = buckets
+                        .iter()
+                        .map(|(key, capacity)| StoreBucket {
+                            key,
+                            capacity: *capacity,
+                            amount: refund as i64,
+                        })
+                        .collect();
+                    store.call(false, &request).await;
+                });
+            }
+            None => {
+                let now = Instant::now();
+                for (bucket, _) in tpm {
+                    bucket.adjust(refund, now);
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn scope(
+        kind: ScopeKind,
+        rpm: Option<u64>,
+        tpm: Option<u64>,
+        c: Option<u32>,
+    ) -> Arc<ScopeLimits> {
+        ScopeLimits::new(
+            kind,
+            "a",
+            LimitsConfig {
+                rpm,
+                tpm,
+                concurrency: c,
+            },
+        )
+        .unwrap()
+    }
+
+    fn run<T>(f: impl std::future::Future<Output = T>) -> T {
+        tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn reset_texts_follow_openai() {
+        assert_eq!(reset_text(Duration::from_millis(20)), "20ms");
+        assert_eq!(reset_text(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(reset_text(Duration::from_secs(2)), "2s");
+        assert_eq!(reset_text(Duration::from_secs(360)), "6m0s");
+    }
+
+    #[test]
+    fn no_limits_no_admission() {
+        let limiter = Arc::new(Limiter::local());
+        assert!(run(admit(&limiter, [None, None, None], 10))
+            .unwrap()
+            .is_none());
+    }
+
+    #[test]
+    fn a_refused_request_takes_from_no_bucket() {
+        let limiter = Arc::new(Limiter::local());
+        let key = scope(ScopeKind::Key, Some(100), None, None);
+        let model = scope(ScopeKind::Model, Some(1), None, None);
+        let first = run(admit(&limiter, [Some(&key), Some(&model), None], 0)).unwrap();
+        let h = first.as_ref().unwrap().accounting.headers;
+        // The model's bucket is the tighter one.
+        assert_eq!(h.requests.unwrap().limit, 1);
+        assert_eq!(h.requests.unwrap().remaining, 0);
+        let e = run(admit(&limiter, [Some(&key), Some(&model), None], 0))
+            .err()
+            .unwrap();
+        assert_eq!(e.status, 429);
+        assert!(e.message.contains("model `a`"), "{}", e.message);
+        assert!(e.retry_after.is_some_and(|s| (1..=60).contains(&s)));
+        // The key's bucket lost only the admitted request.
+        let r = key
+            .rpm
+            .as_ref()
+            .unwrap()
+            .try_take(0, Instant::now())
+            .unwrap();
+        assert_eq!(r.remaining, 99);
+    }
+
+    #[test]
+    fn estimates_above_a_token_limit_are_refused_up_front() {
+        let limiter = Arc::new(Limiter::local());
+        let key = scope(ScopeKind::Key, None, Some(1000), None);
+        let e = run(admit(&limiter, [Some(&key), None, None], 1001))
+            .err()
+            .unwrap();
+        assert!(e.message.contains("too large"), "{}", e.message);
+        assert_eq!(e.retry_after, None);
+    }
+
+    #[test]
+    fn the_estimate_is_settled_against_reported_usage() {
+        let limiter = Arc::new(Limiter::local());
+        let key = scope(ScopeKind::Key, None, Some(1000), None);
+        let a = run(admit(&limiter, [Some(&key), None, None], 600))
+            .unwrap()
+            .unwrap();
+        a.accounting.usage.record(usage::TokenUsage {
+            input: 100,
+            output: 50,
+        });
+        drop(a);
+        // 1000 - 150 left (within refill noise).
+        let r = key
+            .tpm
+            .as_ref()
+            .unwrap()
+            .try_take(0, Instant::now())
+            .unwrap();
+        assert!((850..=852).contains(&r.remaining), "{r:?}");
+        // No usage reported: the estimate stands.
+        let a = run(admit(&limiter, [Some(&key), None, None], 500))
+            .unwrap()
+            .unwrap();
+        drop(a);
+        let r = key
+            .tpm
+            .as_ref()
+            .unwrap()
+            .try_take(0, Instant::now())
+            .unwrap();
+        assert!((350..=353).contains(&r.remaining), "{r:?}");
+    }
+
+    #[test]
+    fn concurrency_is_held_until_the_admission_ends() {
+        let limiter = Arc::new(Limiter::local());
+        let key = scope(ScopeKind::Key, None, None, Some(1));
+        let a = run(admit(&limiter, [Some(&key), None, None], 0)).unwrap();
+        let e = run(admit(&limiter, [Some(&key), None, None], 0))
+            .err()
+            .unwrap();
+        assert!(e.message.contains("concurrent"), "{}", e.message);
+        drop(a);
+        assert!(run(admit(&limiter, [Some(&key), None, None], 0)).is_ok());
+    }
+}

@@ -1,0 +1,201 @@
+//! Buckets shared by several gateway instances, in Redis. One Lua script checks and takes every
+//! bucket a request needs at once, atomically, on the server's clock. When Redis does not answer
+//! within the store timeout the gateway limits on its own buckets, says so once in the log, and
+//! tries Redis again a second later.
+
+use redis::aio::ConnectionManager;
+use redis::{Client, Script};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// KEYS: the buckets. ARGV[1]: `take` (all or nothing) or `adjust` (add each amount, into debt
+/// if need be). Then per bucket: capacity, units per millisecond, cost (`take`) or amount
+/// (`adjust`). Returns `{wait_ms, which, level_1, level_2, ...}`; `wait_ms` > 0 when the take
+/// was refused (`which`: the bucket that refused, from 1), and then nothing was taken.
+const BUCKETS_LUA: &str = r#"
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local mode = ARGV[1]
+local levels = {}
+local wait = 0
+local which = 0
+for i = 1, #KEYS do
+  local cap = tonumber(ARGV[3 * i - 1])
+  local rate = tonumber(ARGV[3 * i])
+  local cost = tonumber(ARGV[3 * i + 1])
+  local saved = redis.call('HMGET', KEYS[i], 'units', 'at')
+  local units = tonumber(saved[1])
+  local at = tonumber(saved[2])
+  if units == nil or at == nil then
+    units = cap
+    at = now
+  end
+  units = math.min(cap, units + math.max(0, now - at) * rate)
+  levels[i] = units
+  if mode == 'take' and units < cost then
+    local w = math.ceil((cost - units) / rate)
+    if w > wait then
+      wait = w
+      which = i
+    end
+  end
+end
+local out = {wait, which}
+for i = 1, #KEYS do
+  local cap = tonumber(ARGV[3 * i - 1])
+  local rate = tonumber(ARGV[3 * i])
+  local cost = tonumber(ARGV[3 * i + 1])
+  local units = levels[i]
+  if mode == 'take' and wait == 0 then
+    units = units - cost
+  elseif mode == 'adjust' then
+    units = math.max(-cap, math.min(cap, units + cost))
+  end
+  redis.call('HSET', KEYS[i], 'units', tostring(units), 'at', tostring(now))
+  -- A bucket left alone refills completely: Redis may forget it by then.
+  redis.call('PEXPIRE', KEYS[i], math.ceil(2 * cap / rate) + 1000)
+  out[i + 2] = math.floor(units)
+end
+return out
+"#;
+
+/// How long the store is left alone after it failed.
+const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
+
+/// One bucket in a store call.
+pub struct StoreBucket<'a> {
+    pub key: &'a str,
+    pub capacity: u64,
+    /// The cost to take, or (adjust) the amount to add, negative to charge.
+    pub amount: i64,
+}
+
+pub enum StoreAnswer {
+    /// Taken: each bucket's level after.
+    Taken(Vec<i64>),
+    /// Refused: nothing taken; the wait until it would be, and the bucket that refused.
+    Wait { wait: Duration, bucket: usize },
+}
+
+pub struct RedisStore {
+    client: Client,
+    timeout: Duration,
+    script: Script,
+    connection: OnceLock<ConnectionManager>,
+    /// Whether the last call failed (for the log: one line when it goes, one when it is back).
+    down: AtomicBool,
+    /// Milliseconds since `epoch` before which the store is not tried again.
+    retry_at_ms: AtomicU64,
+    epoch: Instant,
+}
+
+impl RedisStore {
+    /// Checks the URL; connects on first use, so a Redis that is down at start does not stop the
+    /// gateway.
+    pub fn new(url: &str, timeout: Duration) -> Result<RedisStore, String> {
+        // The error would quote the URL, password included: say only what is wrong.
+        let client =
+            Client::open(url).map_err(|_| "not a valid redis:// or rediss:// URL".to_string())?;
+        Ok(RedisStore {
+            client,
+            timeout,
+            script: Script::new(BUCKETS_LUA),
+            connection: OnceLock::new(),
+            down: AtomicBool::new(false),
+            retry_at_ms: AtomicU64::new(0),
+            epoch: Instant::now(),
+        })
+    }
+
+    fn connection(&self) -> Option<ConnectionManager> {
+        if let Some(c) = self.connection.get() {
+            return Some(c.clone());
+        }
+        let config = redis::aio::ConnectionManagerConfig::new()
+            .set_connection_timeout(Some(self.timeout))
+            .set_response_timeout(Some(self.timeout))
+            .set_number_of_retries(1)
+            .set_max_delay(Duration::from_secs(1));
+        match ConnectionManager::new_lazy_with_config(self.client.clone(), config) {
+            Ok(c) => Some(self.connection.get_or_init(|| c).clone()),
+            Err(e) => {
+                self.failed(&format!("{:?}", e.kind()));
+                None
+            }
+        }
+    }
+
+    fn now_ms(&self) -> u64 {
+        self.epoch.elapsed().as_millis() as u64
+    }
+
+    /// Whether the store should be tried now (not within a second of a failure).
+    pub fn usable(&self) -> bool {
+        self.retry_at_ms.load(Ordering::Relaxed) <= self.now_ms()
+    }
+
+    fn failed(&self, why: &str) {
+        self.retry_at_ms.store(
+            self.now_ms() + RETRY_AFTER_FAILURE.as_millis() as u64,
+            Ordering::Relaxed,
+        );
+        if !self.down.swap(true, Ordering::AcqRel) {
+            log::warn!(
+                "rate-limit store unreachable ({why}): limiting on this instance's own buckets until it is back"
+            );
+        }
+    }
+
+    fn answered(&self) {
+        if self.down.swap(false, Ordering::AcqRel) {
+            log::info!("rate-limit store is back: limits are shared again");
+        }
+    }
+
+    /// Takes from every bucket or none (`take`), or adjusts each (`take == false`). `None` when
+    /// the store did not answer in time: the caller limits locally.
+    pub async fn call(&self, take: bool, buckets: &[StoreBucket<'_>]) -> Option<StoreAnswer> {
+        let mut connection = self.connection()?;
+        let mut invocation = self.script.prepare_invoke();
+        invocation.arg(if take { "take" } else { "adjust" });
+        for b in buckets {
+            invocation.key(b.key);
+            invocation
+                .arg(b.capacity)
+                .arg(b.capacity as f64 / 60_000.0)
+                .arg(b.amount);
+        }
+        let answer = tokio::time::timeout(
+            self.timeout,
+            invocation.invoke_async::<Vec<i64>>(&mut connection),
+        )
+        .await;
+        match answer {
+            Ok(Ok(levels)) if levels.len() == buckets.len() + 2 => {
+                self.answered();
+                let wait = levels[0];
+                Some(if wait > 0 {
+                    StoreAnswer::Wait {
+                        wait: Duration::from_millis(wait as u64),
+                        bucket: (levels[1] as usize).saturating_sub(1),
+                    }
+                } else {
+                    StoreAnswer::Taken(levels[2..].to_vec())
+                })
+            }
+            Ok(Ok(_)) => {
+                self.failed("unexpected answer");
+                None
+            }
+            Ok(Err(e)) => {
+                self.failed(&format!("{:?}", e.kind()));
+                None
+            }
+            Err(_) => {
+                self.failed("timed out");
+                None
+            }
+        }
+    }
+}
