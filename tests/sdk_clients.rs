@@ -38,3 +38,39 @@ models:
     );
     assert!(report.contains("OK"), "{report}");
 }
+
+#[tokio::test]
+async fn official_python_sdks_see_keys_and_limits_as_their_own_errors() {
+    let mock = MockProvider::start().await.unwrap();
+    let url = mock.url();
+    let gw = GatewayProcess::start(&format!(
+        r#"
+providers:
+  oai: {{ kind: openai, endpoints: ["{url}/v1"], api_key: k1 }}
+  ant: {{ kind: anthropic, endpoints: ["{url}"], api_key: k2 }}
+models:
+  gpt: {{ provider: oai, model: gpt-4o }}
+  claude: {{ provider: ant, model: claude-3-5-haiku-latest }}
+keys:
+  narrow: {{ key: k-narrow, models: [gpt] }}
+  limited: {{ key: k-limited, limits: {{ rpm: 2 }} }}
+  tokens: {{ key: k-tokens, limits: {{ tpm: 100000 }} }}
+"#
+    ));
+    let python = std::env::var("DRAGOMAN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_sdk_access.py");
+    let out = tokio::process::Command::new(&python)
+        .args([script, "-v"])
+        .env("DRAGOMAN_URL", gw.url(""))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        out.status.success(),
+        "SDK tests failed:\n{report}\n{}",
+        gw.stderr()
+    );
+    assert!(report.contains("Ran 4 tests"), "{report}");
+    assert!(report.contains("OK"), "{report}");
+}
