@@ -1511,7 +1511,9 @@ models:
             assert!(e.message.contains(needle), "{yaml}: {e}");
         }
         // A store URL's password never appears in an error.
-        let e = err(&format!("{base}limits: {{ store: \"redis://:hunter2@[::1\" }}\n"));
+        let e = err(&format!(
+            "{base}limits: {{ store: \"redis://:hunter2@[::1\" }}\n"
+        ));
         assert!(!e.to_string().contains("hunter2"), "{e}");
         let s = Settings::from_yaml(
             &format!(

@@ -432,3 +432,34 @@ async fn the_gateway_limits_locally_while_redis_is_down_and_shares_again_when_it
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+#[tokio::test]
+async fn a_fallback_is_taken_only_within_its_own_models_and_providers_limits() {
+    let failing = MockProvider::start().await.unwrap();
+    failing.set_default(Behaviour::json(
+        503,
+        json!({"error": {"message": "overloaded", "type": "server_error"}}),
+    ));
+    let spare = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  p: {{ kind: openai, api_key: k, max_attempts: 1, endpoints: [\"{}/v1\"] }}\n\
+         \x20 q: {{ kind: openai, api_key: k, endpoints: [\"{}/v1\"], limits: {{ rpm: 1 }} }}\n\
+         models:\n  m: {{ provider: p, fallbacks: [n] }}\n  n: {{ provider: q }}\n\
+         keys:\n  a: {{ key: k-a }}\n",
+        failing.url(),
+        spare.url()
+    ));
+    let (status, headers, text) =
+        send(&gw, "/v1/chat/completions", "k-a", &chat("m", json!({}))).await;
+    assert_eq!(status, 200, "{text}");
+    assert_eq!(header(&headers, "x-dragoman-model"), "n");
+    // The spare provider's one request a minute is spent: the first model's failure stands.
+    let (status, _, text) = send(&gw, "/v1/chat/completions", "k-a", &chat("m", json!({}))).await;
+    assert_eq!(status, 503, "{text}");
+    assert_eq!(spare.request_count(), 1);
+    assert!(
+        gw.stderr().contains("fallback model n skipped"),
+        "{}",
+        gw.stderr()
+    );
+}

@@ -114,12 +114,26 @@ impl RateLimitHeaders {
 
     /// Adds OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
     pub fn apply(&self, resp: &mut ResponseHeader) {
-        for (unit, reading) in [("requests", self.requests), ("tokens", self.tokens)] {
+        const NAMES: [[&str; 3]; 2] = [
+            [
+                "x-ratelimit-limit-requests",
+                "x-ratelimit-remaining-requests",
+                "x-ratelimit-reset-requests",
+            ],
+            [
+                "x-ratelimit-limit-tokens",
+                "x-ratelimit-remaining-tokens",
+                "x-ratelimit-reset-tokens",
+            ],
+        ];
+        for ([limit, remaining, reset], reading) in
+            NAMES.into_iter().zip([self.requests, self.tokens])
+        {
             let Some(r) = reading else { continue };
-            // Header names and numbers are always valid header values.
-            let _ = resp.insert_header(format!("x-ratelimit-limit-{unit}"), r.limit);
-            let _ = resp.insert_header(format!("x-ratelimit-remaining-{unit}"), r.remaining);
-            let _ = resp.insert_header(format!("x-ratelimit-reset-{unit}"), reset_text(r.reset));
+            // Numbers and durations are always valid header values.
+            let _ = resp.insert_header(limit, r.limit);
+            let _ = resp.insert_header(remaining, r.remaining);
+            let _ = resp.insert_header(reset, reset_text(r.reset));
         }
     }
 }
@@ -142,6 +156,8 @@ fn reset_text(d: Duration) -> String {
 #[derive(Debug, Default)]
 pub struct Accounting {
     pub headers: RateLimitHeaders,
+    /// The tokens the request was charged before it ran.
+    pub estimate: u64,
     /// Whether a tokens-per-minute bucket applies, so the answer's usage is worth reading.
     pub counts_tokens: bool,
     pub usage: UsageTally,
@@ -172,6 +188,27 @@ pub async fn admit(
     limiter: &Arc<Limiter>,
     scopes: [Option<&Arc<ScopeLimits>>; 3],
     estimate: u64,
+) -> Result<Option<Admission>, GatewayError> {
+    admit_sharing(limiter, scopes, estimate, None).await
+}
+
+/// Admits the same request under more limits (a fallback model's and its provider's), settling
+/// against the usage its answer reports in `accounting` (the request's). Without `accounting`
+/// (no limit applied to the request itself), the estimate stands.
+pub async fn admit_more(
+    limiter: &Arc<Limiter>,
+    scopes: [Option<&Arc<ScopeLimits>>; 3],
+    accounting: Option<&Arc<Accounting>>,
+) -> Result<Option<Admission>, GatewayError> {
+    let estimate = accounting.map_or(0, |a| a.estimate);
+    admit_sharing(limiter, scopes, estimate, accounting).await
+}
+
+async fn admit_sharing(
+    limiter: &Arc<Limiter>,
+    scopes: [Option<&Arc<ScopeLimits>>; 3],
+    estimate: u64,
+    accounting: Option<&Arc<Accounting>>,
 ) -> Result<Option<Admission>, GatewayError> {
     if scopes.iter().all(Option::is_none) {
         return Ok(None);
@@ -224,11 +261,15 @@ pub async fn admit(
         _slots: slots,
         estimate,
         shared,
-        accounting: Arc::new(Accounting {
-            headers,
-            counts_tokens: scopes.iter().flatten().any(|s| s.counts_tokens()),
-            usage: UsageTally::default(),
-        }),
+        accounting: match accounting {
+            Some(shared) => shared.clone(),
+            None => Arc::new(Accounting {
+                headers,
+                estimate,
+                counts_tokens: scopes.iter().flatten().any(|s| s.counts_tokens()),
+                usage: UsageTally::default(),
+            }),
+        },
     }))
 }
 
@@ -279,16 +320,12 @@ fn take_local(
     headers: &mut RateLimitHeaders,
 ) -> Result<(), GatewayError> {
     let now = Instant::now();
-    let mut taken: Vec<(&TokenBucket, u64)> = Vec::new();
-    for (scope, unit, bucket, _, cost) in buckets(scopes, estimate) {
+    for (i, (scope, unit, bucket, _, cost)) in buckets(scopes, estimate).enumerate() {
         match bucket.try_take(cost, now) {
-            Ok(reading) => {
-                taken.push((bucket, cost));
-                record(headers, unit, reading);
-            }
+            Ok(reading) => record(headers, unit, reading),
             Err(wait) => {
                 // All or nothing: give back what this request took.
-                for (b, c) in taken {
+                for (_, _, b, _, c) in buckets(scopes, estimate).take(i) {
                     b.adjust(c as f64, now);
                 }
                 return Err(over_limit(scope, unit, bucket, wait));

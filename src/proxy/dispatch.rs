@@ -24,7 +24,7 @@ use crate::api::ClientProtocol;
 use crate::config::FallbackCondition;
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
-use crate::limits::Accounting;
+use crate::limits::{self, Accounting};
 use crate::plan::PlannedCall;
 use crate::registry::Model;
 use crate::upstream::budget::{self, RequestBudget};
@@ -118,13 +118,17 @@ pub async fn run(
     let mut legs = vec![first];
     // The last failure that was not delivered, kept for when nothing better comes.
     let mut last_failure: Option<Failure> = None;
+    // Fallback models' own rate limits, held until the answer is written.
+    let mut admissions: Vec<limits::Admission> = Vec::new();
 
     loop {
         // Phase 1: wait for an answer worth delivering.
         let mut answer = loop {
             if legs.is_empty() {
                 if budget::may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
-                    if let Some(leg) = next_fallback(&mut fallbacks, replan, session, &budget) {
+                    let next =
+                        next_fallback(&mut fallbacks, replan, &budget, &mut admissions).await;
+                    if let Some(leg) = next.and_then(|call| Leg::spawn(session, call)) {
                         legs.push(leg);
                         continue;
                     }
@@ -221,7 +225,9 @@ pub async fn run(
                     let hedge = if chain.provider.endpoint_count > 1 {
                         Leg::spawn(session, call.clone())
                     } else {
-                        next_fallback(&mut fallbacks, replan, session, &budget)
+                        next_fallback(&mut fallbacks, replan, &budget, &mut admissions)
+                            .await
+                            .and_then(|call| Leg::spawn(session, call))
                     };
                     if let Some(leg) = hedge {
                         log::debug!("hedging {} after no first byte", chain.name);
@@ -479,21 +485,34 @@ impl LegFailure {
     }
 }
 
-/// Plans and starts the next fallback model that can be planned, spending the request's budget.
-fn next_fallback<'a>(
+/// Plans the next fallback model that can be planned and is within its own rate limits (its
+/// model's and its provider's; the key's were taken for the request), spending the request's
+/// budget.
+async fn next_fallback<'a>(
     fallbacks: &mut impl Iterator<Item = &'a String>,
     replan: &(dyn Fn(&str) -> Result<PlannedCall, GatewayError> + Send + Sync),
-    session: &Session,
     budget: &Arc<RequestBudget>,
-) -> Option<Leg> {
+    admissions: &mut Vec<limits::Admission>,
+) -> Option<Arc<PlannedCall>> {
     for name in fallbacks {
-        match replan(name) {
-            Ok(call) => {
-                log::info!("falling back to model {name}");
-                return Leg::spawn(session, Arc::new(call.sharing_budget(budget.clone())));
+        let call = match replan(name) {
+            Ok(call) => call,
+            Err(e) => {
+                log::warn!("fallback model {name} cannot serve this request: {e}");
+                continue;
             }
-            Err(e) => log::warn!("fallback model {name} cannot serve this request: {e}"),
+        };
+        let model = &call.model;
+        let scopes = [None, model.limits.as_ref(), model.provider.limits.as_ref()];
+        match limits::admit_more(&call.registry.limiter, scopes, call.accounting.as_ref()).await {
+            Ok(admission) => admissions.extend(admission),
+            Err(e) => {
+                log::info!("fallback model {name} skipped: {}", e.message);
+                continue;
+            }
         }
+        log::info!("falling back to model {name}");
+        return Some(Arc::new(call.sharing_budget(budget.clone())));
     }
     None
 }

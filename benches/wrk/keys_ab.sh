@@ -1,0 +1,101 @@
+#!/usr/bin/env bash
+# What gateway keys and in-process rate limits cost on the pass-through path: the same binary
+# with and without `keys:` (one key with rpm, tpm and concurrency limits, plus limits on the model
+# and the provider), in alternating rounds against the same fixed upstream (nginx), wrk -t2.
+#
+#   bash benches/wrk/keys_ab.sh                      # 3 rounds of 10 s each way, c=16
+#   ROUNDS=5 DURATION=5s CONNS=64 bash benches/wrk/keys_ab.sh
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+DURATION=${DURATION:-10s}
+CONNS=${CONNS:-16}
+ROUNDS=${ROUNDS:-3}
+WORK=$(mktemp -d /tmp/dragoman-keys-ab.XXXXXX)
+command -v wrk >/dev/null && command -v nginx >/dev/null || {
+  echo "wrk and nginx are needed: run benches/wrk/run.sh once, or apt-get install wrk nginx-light" >&2; exit 1; }
+cargo build --release --quiet --bin dragoman
+
+PIDS=()
+cleanup() {
+  for p in "${PIDS[@]}"; do kill "$p" 2>/dev/null || true; done
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null
+  sleep 0.3; rm -rf "$WORK"
+}
+trap cleanup EXIT
+UP=18200; GW=18220; GW_ADMIN=18221
+
+ANSWER='{"id":"chatcmpl-b","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop","logprobs":null}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}'
+mkdir -p "$WORK/body" "$WORK/proxy"
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 2;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 20000; }
+http {
+  access_log off; client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
+  fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP;
+    location /v1/chat/completions { default_type application/json; return 200 '$ANSWER'; } }
+}
+NGINX
+nginx -c "$WORK/nginx.conf" -p "$WORK"
+python3 - "$WORK" <<'PY'
+import json, sys
+msgs = [{"role": "system", "content": "You are a helpful assistant."}]
+while len(json.dumps(msgs)) < 3800:
+    msgs += [{"role": "user", "content": "Tell me something interesting about the number %d." % len(msgs)},
+             {"role": "assistant", "content": "The number %d is remarkable in many ways." % len(msgs)}]
+json.dump({"model": "gpt-pass", "messages": msgs, "max_tokens": 100}, open(sys.argv[1] + "/body.json", "w"))
+PY
+
+config() { # name, extra provider/model settings, keys section
+  cat > "$WORK/$1.yaml" <<YAML
+pid_file: $WORK/dragoman.pid
+upgrade_sock: $WORK/upgrade.sock
+listen: 127.0.0.1:$GW
+admin_listen: 127.0.0.1:$GW_ADMIN
+providers:
+  pass: { kind: openai, auth: none, endpoints: ["http://127.0.0.1:$UP/v1"]$2 }
+models:
+  gpt-pass: { provider: pass$2 }
+$3
+YAML
+}
+config plain "" ""
+# post.lua sends `Authorization: Bearer bench-client`. The limits are far above what the run
+# reaches: they are checked and charged on every request, never refuse one.
+config keyed ", limits: { rpm: 1000000000, tpm: 1000000000000 }" \
+  "keys:
+  bench: { key: bench-client, limits: { rpm: 1000000000, tpm: 1000000000000, concurrency: 100000 } }
+  other: { key: other-client }"
+
+run() { # config -> rps
+  RUST_LOG=warn "$ROOT/target/release/dragoman" -c "$WORK/$1.yaml" 2>"$WORK/$1.log" &
+  local pid=$!
+  until curl -sf "http://127.0.0.1:$GW_ADMIN/healthz" >/dev/null; do
+    kill -0 "$pid" || { cat "$WORK/$1.log" >&2; exit 1; }
+    sleep 0.01
+  done
+  local status
+  status=$(curl -s -o /dev/null -w '%{http_code}' -H 'content-type: application/json' \
+    -H 'authorization: Bearer bench-client' --data-binary @"$WORK/body.json" "http://127.0.0.1:$GW/v1/chat/completions")
+  [ "$status" = 200 ] || { echo "$1: answered $status" >&2; exit 1; }
+  BODY_FILE="$WORK/body.json" wrk -t2 -c"$CONNS" -d"$DURATION" --latency -s benches/wrk/post.lua \
+    "http://127.0.0.1:$GW/v1/chat/completions" | grep '^RESULT'
+  kill "$pid"; wait "$pid" 2>/dev/null || true
+}
+field() { sed -E "s/.*$2=([-0-9.]+).*/\1/" <<<"$1"; }
+
+echo "| round | without keys (req/s) | with keys and limits (req/s) | ratio | p99 without (µs) | p99 with (µs) |"
+echo "|---|---|---|---|---|---|"
+RATIOS=()
+for r in $(seq "$ROUNDS"); do
+  a=$(run plain); b=$(run keyed)
+  ratio=$(awk -v x="$(field "$b" rps)" -v y="$(field "$a" rps)" 'BEGIN{printf "%.3f", x/y}')
+  RATIOS+=("$ratio")
+  echo "| $r | $(field "$a" rps) | $(field "$b" rps) | $ratio | $(field "$a" p99_us) | $(field "$b" p99_us) |"
+  [ "$(field "$a" errors)" = 0 ] && [ "$(field "$b" errors)" = 0 ] || echo "errors: $a / $b" >&2
+done
+printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{a[NR]=$1} END {printf "median ratio (with / without): %s over %d rounds, c=%s, %s each\n", a[int((NR+1)/2)], NR, "'"$CONNS"'", "'"$DURATION"'"}'
