@@ -28,6 +28,12 @@ pub fn classify_status(status: u16) -> StatusClass {
     }
 }
 
+/// Whether a status says the upstream refused the key itself (401) or its quota (429): with
+/// several keys, the attempt may go again with another.
+pub fn refuses_key(status: u16) -> bool {
+    matches!(status, 401 | 429)
+}
+
 /// What a connection-level error counts as against the instance.
 pub fn failure_kind(error: &ErrorType) -> FailureKind {
     match error {
