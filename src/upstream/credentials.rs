@@ -331,7 +331,8 @@ impl Credentials {
         let KeySource::File { path, .. } = &slot.source else {
             return;
         };
-        let mut failing = false;
+        // The last failure warned of, so a file that stays broken warns once per reason.
+        let mut failing: Option<String> = None;
         loop {
             tokio::time::sleep(self.poll).await;
             let read = {
@@ -345,10 +346,10 @@ impl Credentials {
                         .load()
                         .as_ref()
                         .is_some_and(|k| k.secret == secret);
-                    if unchanged && !failing {
+                    let recovered = failing.take().is_some();
+                    if unchanged && !recovered {
                         continue;
                     }
-                    failing = false;
                     if unchanged {
                         log::info!(
                             "provider {}: {} is readable again",
@@ -371,14 +372,14 @@ impl Credentials {
                     }
                 }
                 Ok(Err(why)) => {
-                    if !failing {
+                    if failing.as_ref() != Some(&why) {
                         log::warn!(
                             "provider {}: {}: {why}; keeping the last good key",
                             self.provider,
                             slot.config_key
                         );
+                        failing = Some(why);
                     }
-                    failing = true;
                 }
                 Err(_) => {} // the blocking read panicked or was cancelled: try again
             }
@@ -753,7 +754,7 @@ mod tests {
             br#"{"token": "secret-in-bad-json""#,
             b"\xff\xfe",
         ] {
-            let e = parse_token(bad).err().expect("refused");
+            let e = parse_token(bad).expect_err("refused");
             assert!(!e.contains("secret") && !e.contains("two"), "{e}");
         }
     }
@@ -785,7 +786,7 @@ mod tests {
             timeout: Duration::from_millis(300),
         };
         let started = Instant::now();
-        let e = run_command(&hang).await.err().expect("timed out");
+        let e = run_command(&hang).await.expect_err("timed out");
         assert!(started.elapsed() < Duration::from_secs(5));
         assert!(e.contains("did not finish"), "{e}");
         let fail = CommandConfig {
@@ -796,7 +797,7 @@ mod tests {
             ],
             ..hang.clone()
         };
-        let e = run_command(&fail).await.err().expect("failed");
+        let e = run_command(&fail).await.expect_err("failed");
         assert!(e.contains("exit status: 3") && !e.contains("secret"), "{e}");
         let ok = CommandConfig {
             run: vec![
