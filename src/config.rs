@@ -1270,6 +1270,12 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
                     format!("`{header}` is not a valid header name"),
                 ));
             }
+            if http::HeaderValue::from_str(prefix).is_err() {
+                return Err(ConfigError::new(
+                    format!("{key}.auth.prefix"),
+                    "not a valid header value",
+                ));
+            }
             AuthPlacement::Header {
                 name: header.to_ascii_lowercase(),
                 prefix: prefix.clone(),
@@ -1738,6 +1744,100 @@ models:
         std::fs::remove_file(&path).unwrap();
         let e = Settings::from_yaml(&yaml, &env).unwrap_err();
         assert_eq!(e.key, "providers.p.api_key_file");
+    }
+
+    #[test]
+    fn key_sources_are_read_and_validated_naming_the_key() {
+        let provider = |keys: &str| {
+            format!(
+                "providers:\n  p: {{ kind: openai, {keys} }}\nmodels:\n  m: {{ provider: p }}\n"
+            )
+        };
+        let s = Settings::from_yaml(
+            &provider("api_keys: [k1, { command: [tok] }], key_cooldown: 5s, key_file_poll: 200ms"),
+            &env,
+        )
+        .unwrap();
+        let p = &s.providers[0];
+        assert_eq!(p.keys.len(), 2);
+        assert_eq!(p.keys[0].source, KeySource::Literal(Secret::new("k1")));
+        assert_eq!(p.keys[1].config_key, "providers.p.api_keys[1].command");
+        assert_eq!(
+            p.keys[1].source,
+            KeySource::Command(CommandConfig {
+                run: vec!["tok".into()],
+                refresh_every: DEFAULT_COMMAND_REFRESH,
+                timeout: DEFAULT_COMMAND_TIMEOUT,
+            })
+        );
+        assert_eq!(
+            (p.key_cooldown, p.key_file_poll),
+            (Duration::from_secs(5), Duration::from_millis(200))
+        );
+        let s = Settings::from_yaml(
+            &provider(
+                "api_key_command: { run: [sh, -c, \"echo t\"], refresh_every: 45m, timeout: 3s }",
+            ),
+            &env,
+        )
+        .unwrap();
+        let KeySource::Command(c) = &s.providers[0].keys[0].source else {
+            panic!("not a command");
+        };
+        assert_eq!(c.run, ["sh", "-c", "echo t"]);
+        assert_eq!(
+            (c.refresh_every, c.timeout),
+            (Duration::from_secs(2700), Duration::from_secs(3))
+        );
+        // The command is not run while the config is read: its key holds nothing yet.
+        assert!(s.providers[0].credential.is_empty());
+
+        for (keys, key) in [
+            (
+                "api_key: k, api_key_command: [x]",
+                "providers.p.api_key_command",
+            ),
+            ("api_key_file: f, api_keys: [k]", "providers.p.api_keys"),
+            ("api_keys: []", "providers.p.api_keys"),
+            ("api_keys: [k, \"\"]", "providers.p.api_keys[1]"),
+            (
+                "api_keys: [k, { file: /nonexistent/key }]",
+                "providers.p.api_keys[1].file",
+            ),
+            ("api_key_command: []", "providers.p.api_key_command"),
+            (
+                "api_key_command: { run: [x], timeout: 0s }",
+                "providers.p.api_key_command.timeout",
+            ),
+            (
+                "api_key_command: { run: [x], refresh_every: 200h }",
+                "providers.p.api_key_command.refresh_every",
+            ),
+            (
+                "api_key_command: { program: x }",
+                "providers.p.api_key_command",
+            ),
+            (
+                "api_keys: [a, b], auth: { body: key }",
+                "providers.p.api_keys",
+            ),
+            (
+                "api_keys: [a, b], key_cooldown: 0s",
+                "providers.p.key_cooldown",
+            ),
+            ("api_key: k, key_file_poll: 0s", "providers.p.key_file_poll"),
+            (
+                "api_key: k, auth: { header: h, prefix: \"a\\u0001\" }",
+                "providers.p.auth.prefix",
+            ),
+            ("api_key: \"a\\u0001b\"", "providers.p.api_key"),
+        ] {
+            let e = err(&provider(keys));
+            assert_eq!(e.key, key, "{keys}: {e}");
+        }
+        let many: Vec<String> = (0..=MAX_PROVIDER_KEYS).map(|i| format!("k{i}")).collect();
+        let e = err(&provider(&format!("api_keys: [{}]", many.join(", "))));
+        assert_eq!(e.key, "providers.p.api_keys");
     }
 
     #[test]
