@@ -168,36 +168,48 @@ fn script(dir: &Scratch, body: &str) -> (String, PathBuf) {
 async fn a_key_command_is_run_again_in_the_background_and_requests_never_wait_for_it() {
     let mock = MockProvider::start().await.unwrap();
     let dir = Scratch::new("slow-command");
-    // Every run after the first takes a second: a request that waited for one would show it.
+    let release = dir.path("release");
+    // Every run after the first holds until the test releases it (20 s at most): requests sent
+    // meanwhile would hang if they waited for it.
     let (run, count) = script(
         &dir,
-        "if [ \"$n\" -gt 1 ]; then sleep 1; fi\necho \"cmd-token-$n\"\necho cmd-stderr-noise >&2",
+        &format!(
+            "i=0\nwhile [ \"$n\" -gt 1 ] && [ ! -e \"{}\" ] && [ $i -lt 200 ]; do sleep 0.1; i=$((i+1)); done\n\
+             echo \"cmd-token-$n\"\necho cmd-stderr-noise >&2",
+            release.display()
+        ),
     );
     let gw = GatewayProcess::start(&openai_provider(
         &mock,
-        &format!("api_key_command: {{ run: {run}, refresh_every: 100ms, timeout: 5s }}"),
+        &format!("api_key_command: {{ run: {run}, refresh_every: 100ms, timeout: 30s }}"),
     ));
     assert_eq!(call(&gw, &mock).await, (200, Some("cmd-token-1".into())));
-    let mut tokens = std::collections::BTreeSet::new();
-    let mut slowest = Duration::ZERO;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while runs(&count) < 4 {
-        assert!(Instant::now() < deadline, "the command did not run again");
+    until(Duration::from_secs(10), "the second run", || async {
+        runs(&count) >= 2
+    })
+    .await;
+    // The second run is under way and holding: requests go on with the token they have.
+    for _ in 0..5 {
         let started = Instant::now();
-        let (status, token) = call(&gw, &mock).await;
-        assert_eq!(status, 200);
-        slowest = slowest.max(started.elapsed());
-        tokens.extend(token);
+        assert_eq!(call(&gw, &mock).await, (200, Some("cmd-token-1".into())));
+        assert!(
+            started.elapsed() < Duration::from_secs(3),
+            "a request waited for the command"
+        );
     }
-    // The command ran in the background most of that time; no request took as long as one run.
-    assert!(
-        slowest < Duration::from_millis(700),
-        "a request took {slowest:?}"
-    );
-    assert!(
-        tokens.iter().any(|t| t != "cmd-token-1"),
-        "the renewed token was never used: {tokens:?}"
-    );
+    assert_eq!(runs(&count), 2, "the command ran on the request path");
+    std::fs::write(&release, "").unwrap();
+    until(
+        Duration::from_secs(10),
+        "the renewed token upstream",
+        || async { call(&gw, &mock).await.1.is_some_and(|t| t != "cmd-token-1") },
+    )
+    .await;
+    // And it keeps being renewed.
+    until(Duration::from_secs(10), "more runs", || async {
+        runs(&count) >= 4
+    })
+    .await;
     assert_never_logged(&gw, &["cmd-token-", "cmd-stderr-noise"]);
 }
 
