@@ -164,6 +164,14 @@ mod tests {
     }
 
     #[test]
+    fn only_401_and_429_refuse_a_key() {
+        assert!(refuses_key(401) && refuses_key(429));
+        for status in [200, 400, 403, 404, 500, 503] {
+            assert!(!refuses_key(status), "{status}");
+        }
+    }
+
+    #[test]
     fn connection_errors_are_timeouts_or_connect_failures() {
         assert_eq!(
             failure_kind(&ErrorType::ConnectTimedout),
