@@ -273,6 +273,39 @@ async fn a_failing_key_command_keeps_the_last_good_token_and_its_output_stays_ou
     );
 }
 
+#[tokio::test]
+async fn a_token_past_its_stated_lifetime_is_not_sent_while_the_command_fails() {
+    let mock = MockProvider::start().await.unwrap();
+    let dir = Scratch::new("expiring-command");
+    let (run, _) = script(
+        &dir,
+        "if [ \"$n\" -gt 1 ]; then exit 1; fi\necho '{\"token\": \"short-lived-token\", \"expires_in\": 4}'",
+    );
+    let gw = GatewayProcess::start(&openai_provider(
+        &mock,
+        &format!("api_key_command: {{ run: {run}, refresh_every: 200ms }}"),
+    ));
+    // Used while it lasts...
+    assert_eq!(
+        call(&gw, &mock).await,
+        (200, Some("short-lived-token".into()))
+    );
+    until(Duration::from_secs(10), "the token to expire", || async {
+        let (status, _, body) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+        status == 503 && body["error"]["code"] == "upstream_unavailable"
+    })
+    .await;
+    // ...and never after.
+    let sent = mock.request_count();
+    let (status, _, _) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+    assert_eq!((status, mock.request_count()), (503, sent));
+    until(Duration::from_secs(10), "the error in the log", || async {
+        gw.stderr().contains("its last token has expired")
+    })
+    .await;
+    assert_never_logged(&gw, &["short-lived-token"]);
+}
+
 #[test]
 fn a_key_command_that_fails_its_first_run_stops_the_start_naming_the_key() {
     let dir = Scratch::new("first-run");
