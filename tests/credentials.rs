@@ -451,6 +451,39 @@ async fn a_key_refused_with_401_or_429_is_set_aside_and_the_request_retried_with
 }
 
 #[tokio::test]
+async fn a_key_answered_429_is_retried_with_the_other_on_the_same_instance() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&openai_provider(
+        &mock,
+        "api_keys: [quota-key-one, quota-key-two]",
+    ));
+    mock.push(Behaviour::Raw {
+        status: 429,
+        content_type: "application/json".into(),
+        body: json!({"error": {"message": "quota", "type": "rate_limit_error"}})
+            .to_string()
+            .into(),
+        headers: vec![("retry-after".into(), "30".into())],
+    });
+    // One instance: the 429 is the key's, so the instance (and the model on it) stays in use.
+    let (status, headers, body) = post_json(&gw.url("/v1/chat/completions"), &chat()).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "x-dragoman-attempts"), "2");
+    let keys: Vec<String> = mock
+        .requests()
+        .iter()
+        .filter_map(|r| r.header("authorization").map(str::to_owned))
+        .collect();
+    assert_eq!(keys.len(), 2, "{keys:?}");
+    assert_ne!(keys[0], keys[1]);
+    let other = keys[1].trim_start_matches("Bearer ").to_string();
+    for _ in 0..4 {
+        assert_eq!(call(&gw, &mock).await, (200, Some(other.clone())));
+    }
+    assert_never_logged(&gw, &["quota-key-"]);
+}
+
+#[tokio::test]
 async fn a_single_key_answered_401_is_the_clients_answer_as_before() {
     let mock = MockProvider::start().await.unwrap();
     let gw = GatewayProcess::start(&openai_provider(&mock, "api_keys: [lone-key]"));
