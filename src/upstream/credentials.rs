@@ -276,10 +276,12 @@ impl Credentials {
     pub async fn load(&self) -> Result<(), String> {
         for slot in self.slots.iter() {
             if let KeySource::Command(command) = &slot.source {
+                // A stated lifetime counts from when the command was asked, as renewals do.
+                let started = Instant::now();
                 let (secret, lifetime) = run_command(command)
                     .await
                     .map_err(|why| format!("{}: {why}", slot.config_key))?;
-                self.install(slot, secret, lifetime.map(|l| Instant::now() + l))
+                self.install(slot, secret, lifetime.map(|l| started + l))
                     .map_err(|why| format!("{}: the command's token {why}", slot.config_key))?;
             }
         }
