@@ -266,9 +266,21 @@ pub struct ProviderConfig {
     pub endpoints: Vec<EndpointConfig>,
     #[serde(default)]
     pub api_key: Option<Secret>,
-    /// A file holding the key (read at start; surrounding whitespace trimmed).
+    /// A file holding the key (surrounding whitespace trimmed), read again when it changes.
     #[serde(default)]
     pub api_key_file: Option<String>,
+    /// A command that prints a token (Azure Entra ID, Google OAuth), run again before it expires.
+    #[serde(default)]
+    pub api_key_command: Option<CommandConfig>,
+    /// Several keys, used in turn; a key answered 401 or 429 is set aside for a while.
+    #[serde(default)]
+    pub api_keys: Option<Vec<KeyEntry>>,
+    /// How long a key answered 401, or 429 without `Retry-After`, is set aside (`api_keys`).
+    #[serde(default = "default_key_cooldown")]
+    pub key_cooldown: HumanDuration,
+    /// How often key files are checked for a new key.
+    #[serde(default = "default_key_file_poll")]
+    pub key_file_poll: HumanDuration,
     /// Where the key goes; each kind has the right default.
     #[serde(default)]
     pub auth: Option<AuthConfig>,
@@ -350,6 +362,149 @@ pub struct BreakerOverrides {
 
 fn yes() -> bool {
     true
+}
+fn default_key_cooldown() -> HumanDuration {
+    HumanDuration(Duration::from_secs(60))
+}
+fn default_key_file_poll() -> HumanDuration {
+    HumanDuration(Duration::from_secs(1))
+}
+
+/// `api_key_command`: an argument vector (`[gcloud, auth, print-access-token]`, run without a
+/// shell), or `{ run: [...], refresh_every: 5m, timeout: 10s }`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CommandConfig {
+    pub run: Vec<String>,
+    /// When the output states no lifetime: how often the command runs again.
+    pub refresh_every: Duration,
+    /// How long one run may take; then it is killed and counts as failed.
+    pub timeout: Duration,
+}
+
+/// Default `refresh_every` of a command whose output states no lifetime.
+pub const DEFAULT_COMMAND_REFRESH: Duration = Duration::from_secs(300);
+/// Default `timeout` of one run of a key command.
+pub const DEFAULT_COMMAND_TIMEOUT: Duration = Duration::from_secs(10);
+
+impl<'de> Deserialize<'de> for CommandConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            run: Vec<String>,
+            #[serde(default)]
+            refresh_every: Option<HumanDuration>,
+            #[serde(default)]
+            timeout: Option<HumanDuration>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Argv(Vec<String>),
+            Full(Full),
+        }
+        let full = match Repr::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected a list of arguments, or { run: [...], refresh_every, timeout }",
+            )
+        })? {
+            Repr::Argv(run) => Full {
+                run,
+                refresh_every: None,
+                timeout: None,
+            },
+            Repr::Full(f) => f,
+        };
+        Ok(CommandConfig {
+            run: full.run,
+            refresh_every: full.refresh_every.map_or(DEFAULT_COMMAND_REFRESH, |d| d.0),
+            timeout: full.timeout.map_or(DEFAULT_COMMAND_TIMEOUT, |d| d.0),
+        })
+    }
+}
+
+/// One of `api_keys`: the key itself (usually `"${ENV_VAR}"`), `{ file: PATH }` or
+/// `{ command: ... }`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum KeyEntry {
+    Literal(Secret),
+    File { file: String },
+    Command { command: CommandConfig },
+}
+
+/// Where a provider key comes from, validated.
+#[derive(Debug, Clone, PartialEq)]
+pub enum KeySource {
+    /// Fixed for the process's life.
+    Literal(Secret),
+    /// Read at start (this is the content then), and again whenever the file changes.
+    File { path: String, initial: Secret },
+    /// Run at start, before traffic, and again before its token expires.
+    Command(CommandConfig),
+}
+
+/// One provider key and the config key it was given under (for messages; never the value).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ProviderKey {
+    pub config_key: String,
+    pub source: KeySource,
+}
+
+/// Most keys one provider may rotate over.
+pub const MAX_PROVIDER_KEYS: usize = 64;
+/// Longest `key_cooldown`, `key_file_poll`, `refresh_every` or command `timeout`.
+const MAX_KEY_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+/// Reads a key file: its content, whitespace trimmed, when it holds a usable key.
+pub fn read_key_file(path: &str) -> Result<Secret, String> {
+    use std::io::Read;
+    let mut text = String::new();
+    std::fs::File::open(path)
+        .and_then(|f| {
+            f.take(MAX_KEY_FILE_BYTES + 1)
+                .read_to_string(&mut text)
+                .map(|_| ())
+        })
+        .map_err(|e| format!("cannot read {path}: {e}"))?;
+    if text.len() as u64 > MAX_KEY_FILE_BYTES {
+        return Err(format!("{path} is larger than {MAX_KEY_FILE_BYTES} bytes"));
+    }
+    let key = Secret::new(text.trim());
+    check_key(&key).map_err(|why| format!("{path} {why}"))?;
+    Ok(key)
+}
+
+/// Largest key file or key command output read.
+pub const MAX_KEY_FILE_BYTES: u64 = 64 * 1024;
+
+/// Whether a key can be sent: not empty, and a valid header value (no line breaks).
+pub fn check_key(key: &Secret) -> Result<(), &'static str> {
+    if key.is_empty() {
+        return Err("is empty");
+    }
+    if key.expose().contains(['\r', '\n']) {
+        return Err("must not contain line breaks");
+    }
+    if http::HeaderValue::from_str(key.expose()).is_err() {
+        return Err("holds characters a header cannot carry");
+    }
+    Ok(())
+}
+
+fn validate_command(key: &str, c: &CommandConfig) -> Result<(), ConfigError> {
+    if c.run.first().is_none_or(|p| p.is_empty()) {
+        return Err(ConfigError::new(key, "the command needs a program to run"));
+    }
+    for (name, d) in [("refresh_every", c.refresh_every), ("timeout", c.timeout)] {
+        if d.is_zero() || d > MAX_KEY_DURATION {
+            return Err(ConfigError::new(
+                format!("{key}.{name}"),
+                "must be greater than 0 and at most 7 days",
+            ));
+        }
+    }
+    Ok(())
 }
 fn default_health_interval() -> HumanDuration {
     HumanDuration(Duration::from_secs(5))
@@ -560,7 +715,12 @@ pub struct ProviderSettings {
     pub name: String,
     pub kind: ProviderKind,
     pub endpoints: Vec<InstanceUrl>,
+    /// The first key's value at start (empty for a command, which runs when the gateway starts).
     pub credential: Secret,
+    /// Every key and where it comes from; empty with `auth: none`.
+    pub keys: Vec<ProviderKey>,
+    pub key_cooldown: Duration,
+    pub key_file_poll: Duration,
     pub auth: AuthPlacement,
     pub api_version: Option<String>,
     pub anthropic_version: String,
@@ -833,6 +993,10 @@ impl Settings {
                     endpoints: vec![],
                     api_key: Some(Secret::new(key)),
                     api_key_file: None,
+                    api_key_command: None,
+                    api_keys: None,
+                    key_cooldown: default_key_cooldown(),
+                    key_file_poll: default_key_file_poll(),
                     auth: None,
                     api_version: None,
                     anthropic_version: default_anthropic_version(),
@@ -1106,6 +1270,82 @@ fn default_total_timeout(own: Duration, fallbacks: impl Iterator<Item = Duration
     fallbacks.fold(own, Duration::saturating_add)
 }
 
+/// The provider's keys, from whichever of `api_key`, `api_key_file`, `api_key_command` and
+/// `api_keys` is given (at most one). Files are read now; commands run when the gateway starts.
+fn provider_keys(key: &str, p: &ProviderConfig) -> Result<Vec<ProviderKey>, ConfigError> {
+    let given = [
+        ("api_key", p.api_key.is_some()),
+        ("api_key_file", p.api_key_file.is_some()),
+        ("api_key_command", p.api_key_command.is_some()),
+        ("api_keys", p.api_keys.is_some()),
+    ];
+    let mut named = given.iter().filter(|(_, set)| *set).map(|(n, _)| *n);
+    if let (Some(first), Some(second)) = (named.next(), named.next()) {
+        return Err(ConfigError::new(
+            format!("{key}.{second}"),
+            format!("give one of api_key, api_key_file, api_key_command and api_keys, not {first} and {second}"),
+        ));
+    }
+    let literal = |config_key: String, k: &Secret| -> Result<ProviderKey, ConfigError> {
+        // An empty `api_key` means "no key" (refused below unless `auth: none`).
+        check_key(k).map_err(|why| ConfigError::new(config_key.clone(), why))?;
+        Ok(ProviderKey {
+            config_key,
+            source: KeySource::Literal(k.clone()),
+        })
+    };
+    let file = |config_key: String, path: &str| -> Result<ProviderKey, ConfigError> {
+        let initial = read_key_file(path).map_err(|m| ConfigError::new(config_key.clone(), m))?;
+        Ok(ProviderKey {
+            config_key,
+            source: KeySource::File {
+                path: path.to_string(),
+                initial,
+            },
+        })
+    };
+    let command = |config_key: String, c: &CommandConfig| -> Result<ProviderKey, ConfigError> {
+        validate_command(&config_key, c)?;
+        Ok(ProviderKey {
+            config_key,
+            source: KeySource::Command(c.clone()),
+        })
+    };
+    if let Some(k) = &p.api_key {
+        if k.is_empty() {
+            return Ok(Vec::new());
+        }
+        return Ok(vec![literal(format!("{key}.api_key"), k)?]);
+    }
+    if let Some(path) = &p.api_key_file {
+        return Ok(vec![file(format!("{key}.api_key_file"), path)?]);
+    }
+    if let Some(c) = &p.api_key_command {
+        return Ok(vec![command(format!("{key}.api_key_command"), c)?]);
+    }
+    let Some(entries) = &p.api_keys else {
+        return Ok(Vec::new());
+    };
+    if entries.is_empty() || entries.len() > MAX_PROVIDER_KEYS {
+        return Err(ConfigError::new(
+            format!("{key}.api_keys"),
+            format!("give between 1 and {MAX_PROVIDER_KEYS} keys"),
+        ));
+    }
+    entries
+        .iter()
+        .enumerate()
+        .map(|(i, entry)| {
+            let config_key = format!("{key}.api_keys[{i}]");
+            match entry {
+                KeyEntry::Literal(k) => literal(config_key, k),
+                KeyEntry::File { file: path } => file(format!("{config_key}.file"), path),
+                KeyEntry::Command { command: c } => command(format!("{config_key}.command"), c),
+            }
+        })
+        .collect()
+}
+
 fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings, ConfigError> {
     let key = format!("providers.{name}");
     let endpoints = if p.endpoints.is_empty() {
@@ -1130,25 +1370,7 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
                 .map_err(|m| ConfigError::new(format!("{key}.endpoints[{i}]"), m))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    let credential = match (&p.api_key, &p.api_key_file) {
-        (Some(_), Some(_)) => {
-            return Err(ConfigError::new(
-                format!("{key}.api_key_file"),
-                "give either api_key or api_key_file, not both",
-            ))
-        }
-        (Some(k), None) => k.clone(),
-        (None, Some(file)) => {
-            let text = std::fs::read_to_string(file).map_err(|e| {
-                ConfigError::new(
-                    format!("{key}.api_key_file"),
-                    format!("cannot read {file}: {e}"),
-                )
-            })?;
-            Secret::new(text.trim())
-        }
-        (None, None) => Secret::default(),
-    };
+    let keys = provider_keys(&key, p)?;
     let auth = match &p.auth {
         None => p.kind.dialect().default_auth(),
         Some(AuthConfig::Named(AuthNone::None)) => AuthPlacement::None,
@@ -1157,6 +1379,12 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
                 return Err(ConfigError::new(
                     format!("{key}.auth.header"),
                     format!("`{header}` is not a valid header name"),
+                ));
+            }
+            if http::HeaderValue::from_str(prefix).is_err() {
+                return Err(ConfigError::new(
+                    format!("{key}.auth.prefix"),
+                    "not a valid header value",
                 ));
             }
             AuthPlacement::Header {
@@ -1171,12 +1399,36 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
             field: body.clone(),
         },
     };
-    if credential.is_empty() && auth != AuthPlacement::None {
+    if keys.is_empty() && auth != AuthPlacement::None {
         return Err(ConfigError::new(
             format!("{key}.api_key"),
-            "a credential is required (api_key or api_key_file), or set `auth: none`",
+            "a credential is required (api_key, api_key_file, api_key_command or api_keys), \
+             or set `auth: none`",
         ));
     }
+    if keys.len() > 1 && matches!(auth, AuthPlacement::Body { .. }) {
+        // The key is written into the body once, when the request is planned, so an attempt
+        // cannot switch to another key.
+        return Err(ConfigError::new(
+            format!("{key}.api_keys"),
+            "several keys need the key in a header or the query (`auth`), not the body",
+        ));
+    }
+    for (name, d) in [
+        ("key_cooldown", p.key_cooldown.0),
+        ("key_file_poll", p.key_file_poll.0),
+    ] {
+        if d.is_zero() || d > MAX_KEY_DURATION {
+            return Err(ConfigError::new(
+                format!("{key}.{name}"),
+                "must be greater than 0 and at most 7 days",
+            ));
+        }
+    }
+    let credential = match keys.first().map(|k| &k.source) {
+        Some(KeySource::Literal(k) | KeySource::File { initial: k, .. }) => k.clone(),
+        _ => Secret::default(),
+    };
     if auth != AuthPlacement::None && !p.allow_insecure_http {
         // A key sent in clear may only cross the loopback interface.
         if let Some((i, e)) = endpoints
@@ -1193,12 +1445,6 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
                 ),
             ));
         }
-    }
-    if credential.expose().contains(['\r', '\n']) {
-        return Err(ConfigError::new(
-            format!("{key}.api_key"),
-            "must not contain line breaks",
-        ));
     }
     if p.kind == ProviderKind::AzureOpenai && p.api_version.is_none() {
         return Err(ConfigError::new(
@@ -1288,6 +1534,9 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         kind: p.kind,
         endpoints,
         credential,
+        keys,
+        key_cooldown: p.key_cooldown.0,
+        key_file_poll: p.key_file_poll.0,
         auth,
         api_version: p.api_version.clone(),
         anthropic_version: p.anthropic_version.clone(),
@@ -1664,6 +1913,100 @@ models:
         std::fs::remove_file(&path).unwrap();
         let e = Settings::from_yaml(&yaml, &env).unwrap_err();
         assert_eq!(e.key, "providers.p.api_key_file");
+    }
+
+    #[test]
+    fn key_sources_are_read_and_validated_naming_the_key() {
+        let provider = |keys: &str| {
+            format!(
+                "providers:\n  p: {{ kind: openai, {keys} }}\nmodels:\n  m: {{ provider: p }}\n"
+            )
+        };
+        let s = Settings::from_yaml(
+            &provider("api_keys: [k1, { command: [tok] }], key_cooldown: 5s, key_file_poll: 200ms"),
+            &env,
+        )
+        .unwrap();
+        let p = &s.providers[0];
+        assert_eq!(p.keys.len(), 2);
+        assert_eq!(p.keys[0].source, KeySource::Literal(Secret::new("k1")));
+        assert_eq!(p.keys[1].config_key, "providers.p.api_keys[1].command");
+        assert_eq!(
+            p.keys[1].source,
+            KeySource::Command(CommandConfig {
+                run: vec!["tok".into()],
+                refresh_every: DEFAULT_COMMAND_REFRESH,
+                timeout: DEFAULT_COMMAND_TIMEOUT,
+            })
+        );
+        assert_eq!(
+            (p.key_cooldown, p.key_file_poll),
+            (Duration::from_secs(5), Duration::from_millis(200))
+        );
+        let s = Settings::from_yaml(
+            &provider(
+                "api_key_command: { run: [sh, -c, \"echo t\"], refresh_every: 45m, timeout: 3s }",
+            ),
+            &env,
+        )
+        .unwrap();
+        let KeySource::Command(c) = &s.providers[0].keys[0].source else {
+            panic!("not a command");
+        };
+        assert_eq!(c.run, ["sh", "-c", "echo t"]);
+        assert_eq!(
+            (c.refresh_every, c.timeout),
+            (Duration::from_secs(2700), Duration::from_secs(3))
+        );
+        // The command is not run while the config is read: its key holds nothing yet.
+        assert!(s.providers[0].credential.is_empty());
+
+        for (keys, key) in [
+            (
+                "api_key: k, api_key_command: [x]",
+                "providers.p.api_key_command",
+            ),
+            ("api_key_file: f, api_keys: [k]", "providers.p.api_keys"),
+            ("api_keys: []", "providers.p.api_keys"),
+            ("api_keys: [k, \"\"]", "providers.p.api_keys[1]"),
+            (
+                "api_keys: [k, { file: /nonexistent/key }]",
+                "providers.p.api_keys[1].file",
+            ),
+            ("api_key_command: []", "providers.p.api_key_command"),
+            (
+                "api_key_command: { run: [x], timeout: 0s }",
+                "providers.p.api_key_command.timeout",
+            ),
+            (
+                "api_key_command: { run: [x], refresh_every: 200h }",
+                "providers.p.api_key_command.refresh_every",
+            ),
+            (
+                "api_key_command: { program: x }",
+                "providers.p.api_key_command",
+            ),
+            (
+                "api_keys: [a, b], auth: { body: key }",
+                "providers.p.api_keys",
+            ),
+            (
+                "api_keys: [a, b], key_cooldown: 0s",
+                "providers.p.key_cooldown",
+            ),
+            ("api_key: k, key_file_poll: 0s", "providers.p.key_file_poll"),
+            (
+                "api_key: k, auth: { header: h, prefix: \"a\\u0001\" }",
+                "providers.p.auth.prefix",
+            ),
+            ("api_key: \"a\\u0001b\"", "providers.p.api_key"),
+        ] {
+            let e = err(&provider(keys));
+            assert_eq!(e.key, key, "{keys}: {e}");
+        }
+        let many: Vec<String> = (0..=MAX_PROVIDER_KEYS).map(|i| format!("k{i}")).collect();
+        let e = err(&provider(&format!("api_keys: [{}]", many.join(", "))));
+        assert_eq!(e.key, "providers.p.api_keys");
     }
 
     #[test]

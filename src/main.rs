@@ -6,6 +6,7 @@ use dragoman::admin::AdminApp;
 use dragoman::config::{self, Settings};
 use dragoman::proxy::Gateway;
 use dragoman::registry::Registry;
+use dragoman::upstream::credentials::Renewal;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
@@ -73,7 +74,18 @@ fn run(opt: Opt) -> Result<(), String> {
         .enable_all()
         .build()
         .map_err(|e| format!("cannot start resolver runtime: {e}"))?
-        .block_on(registry.resolve_all());
+        .block_on(async {
+            // A key command that fails its first run stops the start, naming its key.
+            registry.load_credentials().await?;
+            registry.resolve_all().await;
+            Ok::<(), String>(())
+        })?;
+    let renewals: Vec<_> = registry
+        .providers
+        .iter()
+        .filter(|p| p.credentials.changes())
+        .map(|p| (p.name.clone(), p.credentials.clone()))
+        .collect();
     let lbs: Vec<_> = registry
         .providers
         .iter()
@@ -108,6 +120,12 @@ fn run(opt: Opt) -> Result<(), String> {
     }
     for (i, lb) in lbs.into_iter().enumerate() {
         server.add_service(GenBackgroundService::new(format!("dns refresh {i}"), lb));
+    }
+    for (name, credentials) in renewals {
+        server.add_service(GenBackgroundService::new(
+            format!("keys of {name}"),
+            Arc::new(Renewal(credentials)),
+        ));
     }
     log::info!(
         "dragoman listening on {:?} (admin {:?}) with {} models",

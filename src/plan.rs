@@ -121,7 +121,19 @@ impl PlannedCall {
         let provider = &model.provider;
         let body = match &provider.auth {
             AuthPlacement::Body { field } => {
-                insert_field(&body, field, provider.credential.expose())
+                // One key only (the config refuses several with a body placement): the one in
+                // use now, read once for this request.
+                let key = provider
+                    .credentials
+                    .current(Instant::now())
+                    .ok_or_else(|| {
+                        GatewayError::new(
+                            503,
+                            format!("Provider `{}` has no valid key", provider.name),
+                        )
+                        .with_code(crate::error::ErrorCode::UpstreamUnavailable)
+                    })?;
+                insert_field(&body, field, key.secret())
             }
             _ => body,
         };

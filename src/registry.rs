@@ -4,13 +4,13 @@
 
 use crate::access::GatewayKey;
 use crate::config::{
-    FallbackCondition, HealthCheckConfig, HedgeConfig, InstanceUrl, ProviderSettings, Secret,
-    Settings,
+    FallbackCondition, HealthCheckConfig, HedgeConfig, InstanceUrl, ProviderSettings, Settings,
 };
 use crate::limits::{Limiter, ScopeKind, ScopeLimits};
 use crate::providers::{AuthPlacement, Dialect, ProviderKind, UpstreamPaths};
 use crate::upstream::balance::{BalanceMode, LoadTracker};
 use crate::upstream::breaker::{BreakerConfig, Breakers};
+use crate::upstream::credentials::Credentials;
 use crate::upstream::discovery::EndpointDiscovery;
 use bytes::Bytes;
 use pingora_load_balancing::selection::RoundRobin;
@@ -27,7 +27,8 @@ pub struct Provider {
     pub kind: ProviderKind,
     /// What the provider speaks: paths, translators, version headers.
     pub dialect: &'static dyn Dialect,
-    pub credential: Secret,
+    /// The keys attempts send: rotated, set aside when refused, renewed in the background.
+    pub credentials: Arc<Credentials>,
     pub auth: AuthPlacement,
     /// Sent upstream on every request: the dialect's version headers, then the configured ones.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
@@ -169,6 +170,15 @@ impl Registry {
         }
     }
 
+    /// Runs every provider's key commands once (at start, before traffic); the first failure
+    /// is returned, naming its config key.
+    pub async fn load_credentials(&self) -> Result<(), String> {
+        for p in &self.providers {
+            p.credentials.load().await?;
+        }
+        Ok(())
+    }
+
     /// Resolves every provider's endpoints once (at start, before traffic).
     pub async fn resolve_all(&self) {
         for p in &self.providers {
@@ -214,7 +224,13 @@ fn build_provider(p: &ProviderSettings) -> Provider {
         name: p.name.clone(),
         kind: p.kind,
         dialect,
-        credential: p.credential.clone(),
+        credentials: Arc::new(Credentials::new(
+            &p.name,
+            &p.keys,
+            p.auth.clone(),
+            p.key_cooldown,
+            p.key_file_poll,
+        )),
         auth: p.auth.clone(),
         headers,
         upstreams: Arc::new(lb),

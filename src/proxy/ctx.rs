@@ -7,6 +7,7 @@ use crate::plan::PlannedCall;
 use crate::stream::{NativeStreamFilter, StreamTranslation, TerminalWatch};
 use crate::upstream::balance::InflightGuard;
 use crate::upstream::breaker::ProbeGuard;
+use crate::upstream::credentials::AttemptKey;
 use bytes::BytesMut;
 use pingora_core::protocols::l4::socket::SocketAddr;
 use std::sync::Arc;
@@ -33,6 +34,10 @@ pub struct RequestCtx {
     /// When the current attempt's instance was chosen, for time to first byte.
     pub attempt_started: Option<Instant>,
     pub attempts: u32,
+    /// The key the current attempt sends.
+    pub key: Option<AttemptKey>,
+    /// Keys the upstream refused (401/429) for this request, a bit each; never sent again by it.
+    pub refused_keys: u64,
     /// Upstream status of the current attempt.
     pub upstream_status: u16,
     /// What happens to the current attempt's response body.

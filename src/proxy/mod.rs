@@ -97,7 +97,7 @@ impl ProxyHttp for Gateway {
             .ok_or_else(|| {
                 Error::explain(ErrorType::InternalError, "attempt without an instance")
             })?;
-        upstream::write_request_header(req, call, endpoint)
+        upstream::write_request_header(req, call, endpoint, ctx.key.as_ref())
     }
 
     async fn connected_to_upstream(

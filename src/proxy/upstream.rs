@@ -5,10 +5,10 @@ use super::headers;
 use crate::config::InstanceUrl;
 use crate::error::{ErrorCode, GatewayError};
 use crate::plan::PlannedCall;
-use crate::providers::openai::encode_component;
 use crate::providers::AuthPlacement;
 use crate::upstream::breaker::{parse_retry_after, FailureKind, ProbeGuard};
 use crate::upstream::budget;
+use crate::upstream::credentials::{self, AttemptKey, NoKey};
 use crate::upstream::retry::{self, StatusClass};
 use crate::upstream::select::{self, inet};
 use bytes::Bytes;
@@ -86,6 +86,14 @@ pub async fn select_peer(call: &PlannedCall, ctx: &mut RequestCtx) -> Result<Box
             ),
         );
     }
+    // The key first: with none to send there is no attempt, and no probe slot to give back.
+    ctx.key = match provider.credentials.pick(ctx.refused_keys, now) {
+        Ok(key) => key,
+        Err(no_key) => {
+            call.budget.return_call();
+            return Err(no_key_error(call, no_key));
+        }
+    };
     let (backend, instance, addr, probe) = match pick(call, ctx, now) {
         Ok(picked) => picked,
         Err(e) => {
@@ -180,6 +188,32 @@ fn no_instance(call: &PlannedCall, ctx: &RequestCtx, now: Instant) -> Box<Error>
     }
 }
 
+/// Why no key could go with the attempt: every key set aside after the upstream refused it
+/// answers as a model set aside everywhere does (a 429 with `Retry-After`, so `rate_limited`
+/// fallbacks apply); no valid key at all (a key command failing past its token's lifetime) is
+/// a 503.
+fn no_key_error(call: &PlannedCall, no_key: NoKey) -> Box<Error> {
+    let provider = &call.model.provider;
+    match no_key {
+        NoKey::SetAside(wait) => {
+            let seconds = wait.as_secs() + u64::from(wait.subsec_nanos() > 0);
+            let message = format!(
+                "Every key of provider `{}` is set aside after 401/429 answers; retry after \
+                 {seconds} s",
+                provider.name
+            );
+            let refusal = GatewayError::new(429, message.clone())
+                .with_code(ErrorCode::RateLimitExceeded)
+                .with_retry_after(seconds);
+            Error::because(ErrorType::HTTPStatus(429), message, refusal)
+        }
+        NoKey::Unavailable => Error::explain(
+            ErrorType::HTTPStatus(503),
+            format!("Provider `{}` has no valid key", provider.name),
+        ),
+    }
+}
+
 fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
@@ -189,17 +223,16 @@ pub fn write_request_header(
     req: &mut RequestHeader,
     call: &PlannedCall,
     endpoint: &InstanceUrl,
+    key: Option<&AttemptKey>,
 ) -> Result<()> {
     let provider = &call.model.provider;
     headers::strip(req, is_stripped);
     let mut path = String::with_capacity(endpoint.base_path.len() + call.path.len() + 64);
     path.push_str(&endpoint.base_path);
     path.push_str(&call.path);
-    if let AuthPlacement::Query { name } = &provider.auth {
+    if let Some(pair) = key.and_then(|k| k.key.query()) {
         path.push(if path.contains('?') { '&' } else { '?' });
-        path.push_str(&encode_component(name));
-        path.push('=');
-        path.push_str(&encode_component(provider.credential.expose()));
+        path.push_str(pair);
     }
     req.set_method(http::Method::POST);
     req.set_uri(
@@ -211,15 +244,11 @@ pub fn write_request_header(
     if call.stream {
         req.insert_header(header::ACCEPT, "text/event-stream")?;
     }
-    if let AuthPlacement::Header { name, prefix } = &provider.auth {
-        let mut value =
-            http::HeaderValue::try_from(format!("{prefix}{}", provider.credential.expose()))
-                .or_err(
-                    ErrorType::InternalError,
-                    "credential is not a valid header value",
-                )?;
-        value.set_sensitive(true);
-        req.insert_header(name.clone(), value)?;
+    if let (AuthPlacement::Header { name, .. }, Some(value)) =
+        (&provider.auth, key.and_then(|k| k.key.header()))
+    {
+        // Rendered when the key was loaded: a reference count, not a copy.
+        req.insert_header(name.clone(), value.clone())?;
     }
     for (name, value) in &provider.headers {
         req.insert_header(name.clone(), value.clone())?;
@@ -345,6 +374,46 @@ pub fn on_proxy_error(
     e
 }
 
+/// A 401 or 429 with several keys: the key is refused, not the instance nor the model. The key
+/// is set aside (for everyone) and the attempt retried with another key while the retry policy
+/// allows; the instance's circuit and the model's place on it are left alone.
+fn on_key_refused(
+    call: &PlannedCall,
+    ctx: &mut RequestCtx,
+    resp: &pingora_http::ResponseHeader,
+) -> Result<()> {
+    let status = resp.status.as_u16();
+    let now = Instant::now();
+    let retry_after = resp
+        .headers
+        .get(http::header::RETRY_AFTER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| parse_retry_after(v, crate::ids::unix_now()));
+    let credentials = &call.model.provider.credentials;
+    if let Some(key) = ctx.key.as_ref() {
+        credentials.set_aside(key.index, status, retry_after, now);
+        credentials::mark_tried(&mut ctx.refused_keys, key.index);
+    }
+    // The instance answered: a probe it carried settles nothing, and frees the slot.
+    ctx.probe = None;
+    if let Some(addr) = ctx.backend.as_ref().and_then(|b| inet(&b.addr)) {
+        if status == 429 {
+            // Counted for the metrics only: a rate limit is no sign of a broken instance.
+            let breakers = &call.model.provider.breakers;
+            breakers.on_failure(addr, FailureKind::Status429, None, now);
+        }
+    }
+    if !(may_retry(call, ctx) && credentials.another_key(ctx.refused_keys, now)) {
+        return Ok(());
+    }
+    let mut e = Error::explain(
+        ErrorType::HTTPStatus(status),
+        format!("status {status}; retrying with another key"),
+    );
+    e.set_retry(true);
+    Err(e)
+}
+
 /// An upstream answer's status: 5xx and 429 are retried on another instance while attempts
 /// remain (an `Err` here aborts the attempt before any byte reaches the client). A 5xx counts
 /// against the instance's circuit; a 429 sets the call's model aside on that instance.
@@ -354,6 +423,9 @@ pub fn on_response_status(
     resp: &pingora_http::ResponseHeader,
 ) -> Result<()> {
     let status = resp.status.as_u16();
+    if retry::refuses_key(status) && call.model.provider.credentials.rotates() {
+        return on_key_refused(call, ctx, resp);
+    }
     let class = retry::classify_status(status);
     if class == StatusClass::Answer {
         record_success(call, ctx);

@@ -67,8 +67,7 @@ pub fn on_response_header(
             ResponseMode::PassThrough => ResponseHandling::PassThrough,
             ResponseMode::TranslateWhole => ResponseHandling::BufferWhole,
             ResponseMode::TranslateStream => ResponseHandling::TranslateStream(Box::new(
-                StreamTranslation::new(source(call), sink(call))
-                    .redacting(call.model.provider.credential.expose()),
+                StreamTranslation::new(source(call), sink(call)).redacting(attempt_secret(ctx)),
             )),
         }
     };
@@ -236,7 +235,7 @@ fn buffer_and_translate(
         return Ok(());
     }
     let upstream = ctx.response_buffer.split().freeze();
-    match finish(ctx.upstream_status, &upstream, call) {
+    match finish(ctx.upstream_status, &upstream, call, attempt_secret(ctx)) {
         Ok(out) => {
             *body = Some(out);
             Ok(())
@@ -255,12 +254,22 @@ fn buffer_and_translate(
     }
 }
 
+/// The key the current attempt sent, which an upstream error may echo.
+fn attempt_secret(ctx: &RequestCtx) -> &str {
+    ctx.key.as_ref().map_or("", |k| k.key.secret())
+}
+
 /// The client's body for a complete upstream body.
-fn finish(status: u16, upstream: &[u8], call: &PlannedCall) -> Result<Bytes, GatewayError> {
+fn finish(
+    status: u16,
+    upstream: &[u8],
+    call: &PlannedCall,
+    secret: &str,
+) -> Result<Bytes, GatewayError> {
     let provider = &call.model.provider;
     let protocol = call.endpoint.protocol();
     if status >= 400 {
-        let e = error::from_upstream(status, upstream, provider.credential.expose());
+        let e = error::from_upstream(status, upstream, secret);
         return Ok(protocol.error_body(&e));
     }
     let dialect = provider.dialect;

@@ -4,6 +4,7 @@
 pub mod balance;
 pub mod breaker;
 pub mod budget;
+pub mod credentials;
 pub mod discovery;
 pub mod retry;
 pub mod select;

@@ -28,6 +28,12 @@ pub fn classify_status(status: u16) -> StatusClass {
     }
 }
 
+/// Whether a status says the upstream refused the key itself (401) or its quota (429): with
+/// several keys, the attempt may go again with another.
+pub fn refuses_key(status: u16) -> bool {
+    matches!(status, 401 | 429)
+}
+
 /// What a connection-level error counts as against the instance.
 pub fn failure_kind(error: &ErrorType) -> FailureKind {
     match error {
@@ -154,6 +160,14 @@ mod tests {
                 StatusClass::ServerError,
                 "{status}"
             );
+        }
+    }
+
+    #[test]
+    fn only_401_and_429_refuse_a_key() {
+        assert!(refuses_key(401) && refuses_key(429));
+        for status in [200, 400, 403, 404, 500, 503] {
+            assert!(!refuses_key(status), "{status}");
         }
     }
 
