@@ -606,3 +606,38 @@ async fn headers_that_reveal_the_operators_account_are_not_passed_to_clients() {
     // Harmless upstream headers still do.
     assert_eq!(header(&headers, "openai-processing-ms"), "12");
 }
+
+#[tokio::test]
+async fn a_passed_through_stream_that_echoes_the_key_reaches_the_client_redacted() {
+    let (mock, gw) = setup().await;
+    // The key split across two writes of the upstream, and whole in a later event.
+    let (head, tail) = KEY.split_at(KEY.len() / 2);
+    for model in ["llama", "gpt-4o-mini"] {
+        mock.push(Behaviour::Sse {
+            events: vec![
+                "data: {\"id\":\"c\",\"object\":\"chat.completion.chunk\",\"choices\":[{\"index\":0,\"delta\":{\"content\":\"a\"},\"finish_reason\":null}]}\n\n".to_string(),
+                format!("data: {{\"error\":{{\"message\":\"key {head}"),
+                format!("{tail} is over quota; {KEY}\",\"type\":\"insufficient_quota\"}}}}\n\n"),
+                "data: [DONE]\n\n".to_string(),
+            ],
+            interval: std::time::Duration::from_millis(5),
+            hold_after: None,
+        });
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .json(&json!({"model": model, "stream": true, "messages": [{"role": "user", "content": "hi"}]}))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let text = resp.text().await.unwrap();
+        assert!(text.contains("over quota"), "{model}: {text}");
+        assert_eq!(text.matches("[redacted]").count(), 2, "{model}: {text}");
+        assert!(
+            !text.contains(KEY),
+            "{model}: the provider key reached the client: {text}"
+        );
+        assert!(!text.contains(head), "{model}: {text}");
+        assert!(text.ends_with("data: [DONE]\n\n"), "{model}: {text}");
+    }
+}

@@ -4,6 +4,7 @@
 use crate::limits::usage::UsageScan;
 use crate::limits::Admission;
 use crate::plan::PlannedCall;
+use crate::stream::redact::StreamRedactor;
 use crate::stream::{NativeStreamFilter, StreamTranslation, TerminalWatch};
 use crate::upstream::balance::InflightGuard;
 use crate::upstream::breaker::ProbeGuard;
@@ -51,6 +52,8 @@ pub struct RequestCtx {
     pub admission: Option<Admission>,
     /// Reads the current attempt's answer for its token usage, when the request counts tokens.
     pub usage_scan: Option<UsageScan>,
+    /// Keeps the attempt's provider key out of a stream passed through to the client.
+    pub stream_redactor: Option<StreamRedactor>,
 }
 
 /// What the response body filter does with the upstream's bytes.

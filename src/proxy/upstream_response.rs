@@ -12,6 +12,7 @@ use crate::plan::{Operation, PlannedCall, ResponseMode};
 use crate::providers::openai::usage_chunk::UsageChunkFilter;
 use crate::providers::ResponseContext;
 use crate::stream::chunk::{ChunkSource, StreamContext};
+use crate::stream::redact::StreamRedactor;
 use crate::stream::{self, ClientSink, StreamTranslation, TerminalWatch};
 use bytes::Bytes;
 use http::header;
@@ -74,6 +75,14 @@ pub fn on_response_header(
     ctx.response_buffer.clear();
     let counts_tokens = call.accounting.as_ref().is_some_and(|a| a.counts_tokens);
     ctx.usage_scan = (counts_tokens && status < 400).then(UsageScan::default);
+    // Translated streams redact the errors they write; a stream passed through is redacted as
+    // bytes.
+    ctx.stream_redactor = match ctx.response {
+        ResponseHandling::WatchStream(_) | ResponseHandling::FilterStream(_) => {
+            StreamRedactor::new(attempt_secret(ctx))
+        }
+        _ => None,
+    };
     match &ctx.response {
         ResponseHandling::BufferWhole => {
             // The translated body has another length; Pingora switches to chunked framing.
@@ -115,6 +124,21 @@ fn sink(call: &PlannedCall) -> ClientSink {
 }
 
 pub fn on_response_body(
+    body: &mut Option<Bytes>,
+    end_of_stream: bool,
+    call: &PlannedCall,
+    ctx: &mut RequestCtx,
+) -> Result<()> {
+    let result = scan_and_forward(body, end_of_stream, call, ctx);
+    if let Some(redactor) = ctx.stream_redactor.as_mut() {
+        if body.is_some() || end_of_stream {
+            *body = Some(redactor.redact(body.take().unwrap_or_default(), end_of_stream));
+        }
+    }
+    result
+}
+
+fn scan_and_forward(
     body: &mut Option<Bytes>,
     end_of_stream: bool,
     call: &PlannedCall,

@@ -5,6 +5,7 @@
 
 pub mod chunk;
 pub mod event_filter;
+pub mod redact;
 pub mod sse;
 
 use crate::api::anthropic::AnthropicEventSink;
