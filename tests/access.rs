@@ -165,3 +165,17 @@ fn an_open_listener_needs_keys_or_an_explicit_auth_none() {
         let _ = std::fs::remove_file(config_file(path, ""));
     }
 }
+
+#[test]
+fn every_gateways_log_is_checked_for_the_keys_in_its_config() {
+    // GatewayProcess's drop fails the test when its log holds one of these.
+    let found = secrets_in(
+        "providers:\n  p: { kind: openai, api_key: sk-provider-1, api_keys: [sk-second-2, { file: /k }] }\n\
+         \x20 q: { kind: openai, api_key: \"${FROM_ENV}\" }\n\
+         keys:\n  a: { key: gateway-key-3 }\n  b: { key_sha256: \"00\" }\n",
+    );
+    assert_eq!(
+        found,
+        [CLIENT_KEY, "sk-provider-1", "sk-second-2", "gateway-key-3"]
+    );
+}

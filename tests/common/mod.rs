@@ -14,6 +14,43 @@ pub struct GatewayProcess {
     pub port: u16,
     pub admin_port: u16,
     dir: PathBuf,
+    /// The keys in its config (provider and gateway keys): none may appear in what it logs.
+    secrets: Vec<String>,
+}
+
+/// The key every helper here sends as the client's own: it must never be logged either.
+pub const CLIENT_KEY: &str = "client-key-must-not-leak";
+
+/// The literal keys in a config: values of `api_key`, `key` and `api_keys` entries (environment
+/// references and values too short to tell from ordinary text left out).
+pub fn secrets_in(config: &str) -> Vec<String> {
+    fn walk(value: &serde_yaml::Value, under: Option<&str>, out: &mut Vec<String>) {
+        match value {
+            serde_yaml::Value::Mapping(map) => {
+                for (k, v) in map {
+                    walk(v, k.as_str(), out);
+                }
+            }
+            serde_yaml::Value::Sequence(items) => {
+                for item in items {
+                    walk(item, under, out);
+                }
+            }
+            serde_yaml::Value::String(text)
+                if matches!(under, Some("api_key" | "key" | "api_keys"))
+                    && text.len() >= 6
+                    && !text.contains("${") =>
+            {
+                out.push(text.clone())
+            }
+            _ => {}
+        }
+    }
+    let mut out = vec![CLIENT_KEY.to_string()];
+    if let Ok(doc) = serde_yaml::from_str::<serde_yaml::Value>(config) {
+        walk(&doc, None, &mut out);
+    }
+    out
 }
 
 /// A free loopback port. The OS may hand it out again before the gateway binds it; ports are
@@ -45,7 +82,7 @@ impl GatewayProcess {
             dir = dir.display()
         );
         let path = dir.join("dragoman.yaml");
-        std::fs::write(&path, config).expect("write config");
+        std::fs::write(&path, &config).expect("write config");
         let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
         let child = Command::new(env!("CARGO_BIN_EXE_dragoman"))
             .arg("-c")
@@ -60,6 +97,7 @@ impl GatewayProcess {
             port,
             admin_port,
             dir,
+            secrets: secrets_in(&config),
         };
         gw.wait_ready();
         gw
@@ -95,10 +133,21 @@ impl GatewayProcess {
 }
 
 impl Drop for GatewayProcess {
+    /// Stops the gateway, and checks that nothing it wrote during the test holds a key.
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let log = self.stderr();
         let _ = std::fs::remove_dir_all(&self.dir);
+        if std::thread::panicking() {
+            return;
+        }
+        if let Some(secret) = self.secrets.iter().find(|s| log.contains(s.as_str())) {
+            panic!(
+                "a key ({} bytes) appears in the gateway's log:\n{log}",
+                secret.len()
+            );
+        }
     }
 }
 
@@ -132,7 +181,7 @@ pub async fn post_json(
 ) -> (u16, reqwest::header::HeaderMap, serde_json::Value) {
     let resp = client()
         .post(url)
-        .header("authorization", "Bearer client-key-must-not-leak")
+        .header("authorization", format!("Bearer {CLIENT_KEY}"))
         .json(body)
         .send()
         .await
