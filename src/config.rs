@@ -97,6 +97,115 @@ pub struct GatewayConfig {
     /// `auth: none`: serve without gateway keys on a non-loopback listener, knowingly.
     #[serde(default)]
     pub auth: Option<ClientAuth>,
+    /// Client-side deadlines and limits.
+    #[serde(default)]
+    pub edge: EdgeConfig,
+}
+
+/// The client side's deadlines and limits (`edge:`): what a slow or hostile client may hold.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// The whole header block of a request, from the connection's start (first request) or
+    /// from its first byte (later requests on a kept-alive connection).
+    pub header_timeout: HumanDuration,
+    /// The whole request body, from the end of its header.
+    pub body_timeout: HumanDuration,
+    /// How long a kept-alive connection may wait for its next request.
+    pub idle_timeout: HumanDuration,
+    /// How long one write to a client that reads nothing may wait.
+    pub write_timeout: HumanDuration,
+    /// The longest a stream may run, from its request's start.
+    pub max_stream_duration: HumanDuration,
+    /// Client connections served at once; past it a connection is answered 503 and closed.
+    pub max_connections: usize,
+    /// Bytes held by all request bodies and buffered answers at once; past it, 503.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            body_timeout: HumanDuration(Duration::from_secs(120)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            write_timeout: HumanDuration(Duration::from_secs(60)),
+            max_stream_duration: HumanDuration(Duration::from_secs(30 * 60)),
+            max_connections: 10_000,
+            max_buffered_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// The validated `edge:` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeSettings {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_stream_duration: Duration,
+    pub max_connections: usize,
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        // The defaults are valid by construction.
+        let d = EdgeConfig::default();
+        EdgeSettings {
+            header_timeout: d.header_timeout.0,
+            body_timeout: d.body_timeout.0,
+            idle_timeout: d.idle_timeout.0,
+            write_timeout: d.write_timeout.0,
+            max_stream_duration: d.max_stream_duration.0,
+            max_connections: d.max_connections,
+            max_buffered_bytes: d.max_buffered_bytes,
+        }
+    }
+}
+
+/// The longest any `edge` deadline may be: far beyond any real use, and far from overflowing
+/// the clock arithmetic done with it.
+const MAX_EDGE_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl EdgeConfig {
+    fn validate(&self, max_request_bytes: usize) -> Result<EdgeSettings, ConfigError> {
+        let deadline = |d: HumanDuration, what: &str| {
+            if d.0.is_zero() || d.0 > MAX_EDGE_DURATION {
+                Err(ConfigError::new(
+                    format!("edge.{what}"),
+                    "must be greater than 0 and at most 7 days",
+                ))
+            } else {
+                Ok(d.0)
+            }
+        };
+        if self.max_connections == 0 {
+            return Err(ConfigError::new(
+                "edge.max_connections",
+                "must be greater than 0",
+            ));
+        }
+        if self.max_buffered_bytes < max_request_bytes {
+            return Err(ConfigError::new(
+                "edge.max_buffered_bytes",
+                format!(
+                    "must be at least max_request_bytes ({max_request_bytes}), or no request \
+                     of the largest allowed size could ever be read"
+                ),
+            ));
+        }
+        Ok(EdgeSettings {
+            header_timeout: deadline(self.header_timeout, "header_timeout")?,
+            body_timeout: deadline(self.body_timeout, "body_timeout")?,
+            idle_timeout: deadline(self.idle_timeout, "idle_timeout")?,
+            write_timeout: deadline(self.write_timeout, "write_timeout")?,
+            max_stream_duration: deadline(self.max_stream_duration, "max_stream_duration")?,
+            max_connections: self.max_connections,
+            max_buffered_bytes: self.max_buffered_bytes,
+        })
+    }
 }
 
 /// The only value of the top-level `auth`.
@@ -213,6 +322,10 @@ pub struct ProviderConfig {
     /// `round_robin` (weighted, default), `least_inflight` or `ewma`.
     #[serde(default)]
     pub balance: BalanceMode,
+    /// Client headers of the provider families (`anthropic-beta`, `openai-beta`, ...) that
+    /// reach this provider; the others are dropped (see `header_policy`).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
 }
 
 /// Active health checks: `tcp` (default) or HTTP `{path, interval, expect_status}`.
@@ -476,6 +589,8 @@ pub struct ProviderSettings {
     pub health_check: Option<HealthCheckConfig>,
     pub circuit_breaker: BreakerOverrides,
     pub balance: BalanceMode,
+    /// Provider-family client headers let through to this provider, lower case.
+    pub forward_headers: Vec<http::HeaderName>,
 }
 
 /// An endpoint's base URL, split into the parts a connection needs.
@@ -584,6 +699,7 @@ pub struct Settings {
     pub providers: Vec<ProviderSettings>,
     pub models: Vec<ModelSettings>,
     pub keys: Vec<KeySettings>,
+    pub edge: EdgeSettings,
 }
 
 /// Pingora's own top-level keys, which share the file with the gateway's.
@@ -689,6 +805,7 @@ impl Settings {
             models: BTreeMap::new(),
             keys: BTreeMap::new(),
             auth: None,
+            edge: EdgeConfig::default(),
         };
         let presets: [(&str, ProviderKind, &str, &[&str]); 3] = [
             (
@@ -744,6 +861,7 @@ impl Settings {
                     circuit_breaker: None,
                     allow_insecure_http: false,
                     balance: BalanceMode::default(),
+                    forward_headers: vec![],
                 },
             );
             for model in models {
@@ -776,6 +894,7 @@ impl Settings {
                 providers: vec![],
                 models: vec![],
                 keys: vec![],
+                edge: EdgeSettings::default(),
             }
         })
     }
@@ -912,6 +1031,7 @@ impl GatewayConfig {
             providers,
             models,
             keys,
+            edge: self.edge.validate(self.max_request_bytes)?,
         })
     }
 }
@@ -1111,6 +1231,22 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         })?;
         headers.push((name, value));
     }
+    let mut forward_headers = Vec::new();
+    for (i, h) in p.forward_headers.iter().enumerate() {
+        let at = || format!("{key}.forward_headers[{i}]");
+        let name = http::HeaderName::from_bytes(h.as_bytes())
+            .map_err(|_| ConfigError::new(at(), format!("`{h}` is not a valid header name")))?;
+        if crate::header_policy::is_never_forwarded(name.as_str()) {
+            return Err(ConfigError::new(
+                at(),
+                format!(
+                    "`{h}` is never forwarded: credentials, framing and the forwarded-for family \
+                     are the gateway's to set"
+                ),
+            ));
+        }
+        forward_headers.push(name);
+    }
     if p.timeout.0.is_zero() {
         return Err(ConfigError::new(
             format!("{key}.timeout"),
@@ -1189,6 +1325,7 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         health_check,
         circuit_breaker,
         balance: p.balance,
+        forward_headers,
     })
 }
 

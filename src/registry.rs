@@ -4,8 +4,8 @@
 
 use crate::access::GatewayKey;
 use crate::config::{
-    FallbackCondition, HealthCheckConfig, HedgeConfig, InstanceUrl, ProviderSettings, Secret,
-    Settings,
+    EdgeSettings, FallbackCondition, HealthCheckConfig, HedgeConfig, InstanceUrl, ProviderSettings,
+    Secret, Settings,
 };
 use crate::providers::{AuthPlacement, Dialect, ProviderKind, UpstreamPaths};
 use crate::upstream::balance::{BalanceMode, LoadTracker};
@@ -41,6 +41,8 @@ pub struct Provider {
     pub balance: BalanceMode,
     /// Requests in flight and latency per instance, for the load-aware modes.
     pub load: Arc<LoadTracker>,
+    /// Provider-family client headers let through (`header_policy`).
+    pub forward_headers: Vec<http::HeaderName>,
 }
 
 pub struct Model {
@@ -75,6 +77,8 @@ pub struct Registry {
     pub providers: Vec<Arc<Provider>>,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
+    /// Client-side deadlines and limits.
+    pub edge: EdgeSettings,
 }
 
 impl Registry {
@@ -152,6 +156,7 @@ impl Registry {
             providers: providers.into_iter().map(|(p, _)| p).collect(),
             max_request_bytes: settings.max_request_bytes,
             max_response_bytes: settings.max_response_bytes,
+            edge: settings.edge,
         }
     }
 
@@ -210,6 +215,7 @@ fn build_provider(p: &ProviderSettings) -> Provider {
         breakers: Breakers::new(breaker_config),
         balance: p.balance,
         load: Arc::default(),
+        forward_headers: p.forward_headers.clone(),
     }
 }
 

@@ -1,6 +1,7 @@
 //! Per-request state, shared by the hooks of one request (and, for the upstream call, by the
 //! subrequest that carries it).
 
+use crate::buffers::Held;
 use crate::plan::PlannedCall;
 use crate::stream::{NativeStreamFilter, StreamTranslation, TerminalWatch};
 use crate::upstream::balance::InflightGuard;
@@ -40,6 +41,8 @@ pub struct RequestCtx {
     pub corked_upstream: Option<std::os::unix::io::RawFd>,
     /// The client's socket while a translated answer is held back to leave in one segment.
     pub corked_client: Option<std::os::unix::io::RawFd>,
+    /// This request's share of `edge.max_buffered_bytes`: its body, and its buffered answer.
+    pub held: Held,
 }
 
 /// What the response body filter does with the upstream's bytes.
