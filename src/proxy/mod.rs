@@ -10,6 +10,7 @@ pub mod client_watch;
 mod cork;
 pub mod ctx;
 pub mod dispatch;
+pub mod edge;
 mod headers;
 pub mod ingress;
 pub mod local_response;
