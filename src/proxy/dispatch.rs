@@ -502,6 +502,8 @@ async fn write(session: &mut Session, tasks: Vec<HttpTask>) -> bool {
     match session.write_response_tasks(tasks).await {
         Ok(_) => true,
         Err(e) => {
+            // Gone, or not reading (`edge.write_timeout`): the connection is not reused either way.
+            session.set_keepalive(None);
             log::debug!("client went away: {e}");
             false
         }
