@@ -525,6 +525,7 @@ async fn feature_headers_reach_only_providers_that_allow_them_and_forwarded_for_
             .header("x-goog-user-project", "someone-elses")
             .header("x-forwarded-for", "6.6.6.6")
             .header("x-forwarded-proto", "https")
+            .header("x-forwarded-host", "evil.example")
             .header("forwarded", "for=6.6.6.6")
             .header("x-real-ip", "6.6.6.6")
             .header("user-agent", "edge-test")
@@ -552,6 +553,7 @@ async fn feature_headers_reach_only_providers_that_allow_them_and_forwarded_for_
         assert_eq!(got.header("x-goog-user-project"), None, "{model}");
         assert_eq!(values("x-forwarded-for"), ["127.0.0.1"], "{model}");
         assert_eq!(values("x-forwarded-proto"), ["http"], "{model}");
+        assert_eq!(got.header("x-forwarded-host"), None, "{model}");
         assert_eq!(got.header("forwarded"), None, "{model}");
         assert_eq!(got.header("x-real-ip"), None, "{model}");
         assert_eq!(got.header("user-agent"), Some("edge-test"), "{model}");
