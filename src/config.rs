@@ -1537,6 +1537,60 @@ models:
     }
 
     #[test]
+    fn the_edge_section_has_production_defaults_and_is_validated() {
+        let s = Settings::from_yaml("", &env).unwrap();
+        assert_eq!(s.edge, EdgeSettings::default());
+        assert_eq!(s.edge.header_timeout, Duration::from_secs(10));
+        assert!(s.edge.max_buffered_bytes >= s.max_request_bytes);
+        let s = Settings::from_yaml(
+            "edge: { header_timeout: 300ms, idle_timeout: 2s, max_connections: 5 }\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(s.edge.header_timeout, Duration::from_millis(300));
+        assert_eq!(s.edge.idle_timeout, Duration::from_secs(2));
+        assert_eq!(s.edge.max_connections, 5);
+        assert_eq!(s.edge.body_timeout, EdgeSettings::default().body_timeout);
+        for (yaml, key) in [
+            ("edge: { body_timeout: 0 }\n", "edge.body_timeout"),
+            ("edge: { write_timeout: 200h }\n", "edge.write_timeout"),
+            (
+                "edge: { max_stream_duration: 800h }\n",
+                "edge.max_stream_duration",
+            ),
+            ("edge: { max_connections: 0 }\n", "edge.max_connections"),
+            (
+                "max_request_bytes: 100\nedge: { max_buffered_bytes: 99 }\n",
+                "edge.max_buffered_bytes",
+            ),
+            ("edge: { header_timout: 1s }\n", "edge.header_timout"),
+        ] {
+            assert_eq!(err(yaml).key, key, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn forward_headers_are_header_names_the_gateway_does_not_own() {
+        let provider = |list: &str| {
+            format!("providers:\n  p: {{ kind: openai, api_key: k, forward_headers: {list} }}\n")
+        };
+        let s = Settings::from_yaml(&provider("[Anthropic-Beta, openai-beta]"), &env).unwrap();
+        let names: Vec<&str> = s.providers[0]
+            .forward_headers
+            .iter()
+            .map(|h| h.as_str())
+            .collect();
+        assert_eq!(names, ["anthropic-beta", "openai-beta"]);
+        for list in ["[x-api-key]", "[X-Forwarded-For]", "[\"bad header\"]"] {
+            assert_eq!(
+                err(&provider(list)).key,
+                "providers.p.forward_headers[0]",
+                "{list}"
+            );
+        }
+    }
+
+    #[test]
     fn errors_name_the_key() {
         let e = err("providers:\n  p: { kind: openai, api_key: \"${NOPE}\" }\n");
         assert_eq!(e.key, "providers.p.api_key");
