@@ -187,12 +187,13 @@ impl EdgeConfig {
                 "must be greater than 0",
             ));
         }
-        if self.max_buffered_bytes < max_request_bytes {
+        // A request is held twice: as received, and as planned for the upstream.
+        if self.max_buffered_bytes / 2 < max_request_bytes {
             return Err(ConfigError::new(
                 "edge.max_buffered_bytes",
                 format!(
-                    "must be at least max_request_bytes ({max_request_bytes}), or no request \
-                     of the largest allowed size could ever be read"
+                    "must be at least twice max_request_bytes ({max_request_bytes}), or a \
+                     request of the largest allowed size could never be served"
                 ),
             ));
         }
@@ -1541,7 +1542,7 @@ models:
         let s = Settings::from_yaml("", &env).unwrap();
         assert_eq!(s.edge, EdgeSettings::default());
         assert_eq!(s.edge.header_timeout, Duration::from_secs(10));
-        assert!(s.edge.max_buffered_bytes >= s.max_request_bytes);
+        assert!(s.edge.max_buffered_bytes >= 2 * s.max_request_bytes);
         let s = Settings::from_yaml(
             "edge: { header_timeout: 300ms, idle_timeout: 2s, max_connections: 5 }\n",
             &env,
@@ -1560,7 +1561,7 @@ models:
             ),
             ("edge: { max_connections: 0 }\n", "edge.max_connections"),
             (
-                "max_request_bytes: 100\nedge: { max_buffered_bytes: 99 }\n",
+                "max_request_bytes: 100\nedge: { max_buffered_bytes: 199 }\n",
                 "edge.max_buffered_bytes",
             ),
             ("edge: { header_timout: 1s }\n", "edge.header_timout"),

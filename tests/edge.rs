@@ -163,7 +163,7 @@ async fn a_body_that_stalls_or_trickles_after_a_large_content_length_gets_408() 
     let mock = MockProvider::start().await.unwrap();
     let gw = gateway(
         &mock,
-        "body_timeout: 500ms, max_buffered_bytes: 200000000",
+        "body_timeout: 500ms, max_buffered_bytes: 400000000",
         "max_request_bytes: 200000000\n",
     );
     for (path, trickle) in [("/v1/chat/completions", false), ("/v1/messages", true)] {
@@ -403,20 +403,21 @@ async fn past_the_global_buffer_bound_requests_get_503_until_it_frees() {
     let gw = gateway(
         &mock,
         "max_buffered_bytes: 1000000, body_timeout: 30s",
-        "max_request_bytes: 1000000\n",
+        "max_request_bytes: 500000\n",
     );
-    // A stalled body holds 600 kB of the 1 MB budget.
+    // A stalled body holds 400 kB of the 1 MB budget: a request held as 2 × 450 kB no longer fits.
     let mut stalled = connect(&gw).await;
     stalled
         .write_all(
-            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 900000\r\n\r\n",
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\ncontent-length: 490000\r\n\r\n",
         )
         .await
         .unwrap();
-    stalled.write_all(&vec![b' '; 600_000]).await.unwrap();
-    // 500 kB of prompt (the mock echoes only the last user message, so the answer is small).
+    stalled.write_all(&vec![b' '; 400_000]).await.unwrap();
+    // 450 kB of prompt, held twice (as received, and as planned for the upstream); the mock
+    // echoes only the last user message, so the answer is small.
     let big = json!({"model": "m", "messages": [
-        {"role": "system", "content": "x".repeat(500_000)},
+        {"role": "system", "content": "x".repeat(450_000)},
         {"role": "user", "content": "hi"},
     ]});
     let mut answer = (0, Value::Null);
@@ -447,7 +448,7 @@ async fn stalled_bodies_declaring_100_mb_keep_the_gateways_memory_flat() {
     let mock = MockProvider::start().await.unwrap();
     let gw = gateway(
         &mock,
-        "body_timeout: 60s, max_buffered_bytes: 200000000",
+        "body_timeout: 60s, max_buffered_bytes: 400000000",
         "max_request_bytes: 200000000\n",
     );
     let (status, _, _) = post_json(
@@ -566,7 +567,7 @@ fn edge_and_forward_headers_errors_name_the_key() {
         ("edge: { header_timeout: 0s }\n", "edge.header_timeout"),
         ("edge: { max_connections: 0 }\n", "edge.max_connections"),
         (
-            "max_request_bytes: 1000\nedge: { max_buffered_bytes: 10 }\n",
+            "max_request_bytes: 1000\nedge: { max_buffered_bytes: 1999 }\n",
             "edge.max_buffered_bytes",
         ),
         ("edge: { idle_timout: 1s }\n", "idle_timout"),

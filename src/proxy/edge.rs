@@ -227,9 +227,13 @@ fn protocol_of(head: &[u8]) -> ClientProtocol {
     api::endpoint_for(&method, path).map_or(ClientProtocol::OpenAi, |e| e.protocol())
 }
 
-/// Past `max_connections`: tells the client 503 in its protocol (once its header is in, or after
-/// a short wait) and closes.
+/// Past `max_connections`: tells an HTTP/1 client 503 in its protocol (once its header is in, or
+/// after a short wait) and closes; an HTTP/2 connection is closed at once.
 async fn refuse(mut stream: Stream, limits: &EdgeSettings) {
+    if matches!(stream.selected_alpn_proto(), Some(ALPN::H2)) {
+        // No HTTP/1 answer on an HTTP/2 connection: closing it is the refusal.
+        return;
+    }
     let mut head = BytesMut::with_capacity(HEAD_BUFFER);
     let deadline = Instant::now() + limits.header_timeout.min(REFUSAL_HEADER_WAIT);
     let mut scanned = 0;

@@ -105,6 +105,11 @@ pub async fn handle(
             return Handled::Answered;
         }
     };
+    // The planned body is a buffer of its own (spliced or translated), held as long as the call.
+    if let Err(e) = ctx.held.grow(call.body.len()) {
+        reject(session, &overloaded(e), protocol).await;
+        return Handled::Answered;
+    }
     ctx.call = Some(call.clone());
     let replayable = !body.is_empty() && !session.as_downstream().retry_buffer_truncated();
     // Hedging applies to streams only (upstream::retry::hedge_for).
@@ -159,16 +164,6 @@ async fn read_body(
             e.etype().as_str()
         ))
     };
-    let overloaded = |e: Exhausted| {
-        GatewayError::new(
-            503,
-            format!(
-                "The gateway is holding its limit of {} bytes of requests and answers; retry later",
-                e.limit
-            ),
-        )
-        .with_code(ErrorCode::GatewayOverloaded)
-    };
     let read = async {
         let mut first: Option<Bytes> = None;
         let mut joined: Option<BytesMut> = None;
@@ -207,6 +202,18 @@ async fn read_body(
         )
         .with_code(ErrorCode::RequestTimeout)),
     }
+}
+
+/// The process-wide buffer budget (`edge.max_buffered_bytes`) has no room for a request.
+fn overloaded(e: Exhausted) -> GatewayError {
+    GatewayError::new(
+        503,
+        format!(
+            "The gateway is holding its limit of {} bytes of requests and answers; retry later",
+            e.limit
+        ),
+    )
+    .with_code(ErrorCode::GatewayOverloaded)
 }
 
 /// In the subrequest: the call its parent planned.
