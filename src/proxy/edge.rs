@@ -117,7 +117,14 @@ where
             };
             let mut session = ServerSession::new_http1(stream);
             match persisted.take() {
-                Some(settings) => settings.apply_to_session(&mut session),
+                Some(settings) => {
+                    settings.apply_to_session(&mut session);
+                    // Pingora reads on only if the header handed over is not whole to its parser
+                    // (which `HeadScan` rules out): even then, never without a timeout.
+                    if session.get_keepalive() == Some(0) {
+                        session.set_keepalive(Some(self.limits.idle_timeout.as_secs().max(1)));
+                    }
+                }
                 None => {
                     // As Pingora's own loop does for a connection's first request.
                     session.set_keepalive(if *shutdown.borrow() {
@@ -180,9 +187,9 @@ async fn read_head(
         return Head::Gone;
     }
     let deadline = if first { started } else { Instant::now() } + limits.header_timeout;
-    let mut scanned = 0;
+    let mut scan = HeadScan::default();
     loop {
-        if head_complete(&buf, &mut scanned) || buf.len() > MAX_HEAD {
+        if scan.complete(&buf) || buf.len() > MAX_HEAD {
             return Head::Ready(buf);
         }
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut buf)).await {
@@ -193,29 +200,58 @@ async fn read_head(
     }
 }
 
-/// Whether `buf` holds a whole header block: a line feed followed by an empty line (`\n\n` or
-/// `\n\r\n`, as Pingora's parser accepts both). `from` is where the next scan starts, so that a
-/// header trickled byte by byte is scanned once in all.
-fn head_complete(buf: &[u8], from: &mut usize) -> bool {
-    let mut at = (*from).min(buf.len());
-    while let Some(offset) = memchr::memchr(b'\n', &buf[at..]) {
-        let lf = at + offset;
-        match (buf.get(lf + 1), buf.get(lf + 2)) {
-            (Some(b'\n'), _) | (Some(b'\r'), Some(b'\n')) => return true,
-            (None, _) | (Some(b'\r'), None) => {
-                *from = lf;
-                return false;
+/// Where a scan for the end of a header block has got to, so that a header trickled byte by
+/// byte is scanned once in all.
+#[derive(Default)]
+struct HeadScan {
+    at: usize,
+    /// Past the empty lines a request may start with (which Pingora's parser skips).
+    started: bool,
+}
+
+impl HeadScan {
+    /// Whether `buf` holds a whole header block: a line feed followed by an empty line (`\n\n`
+    /// or `\n\r\n`, as Pingora's parser accepts both).
+    fn complete(&mut self, buf: &[u8]) -> bool {
+        let mut at = self.at.min(buf.len());
+        if !self.started {
+            match buf[at..].iter().position(|b| !matches!(b, b'\r' | b'\n')) {
+                Some(offset) => {
+                    at += offset;
+                    self.started = true;
+                }
+                None => {
+                    self.at = buf.len();
+                    return false;
+                }
             }
-            _ => at = lf + 1,
         }
+        while let Some(offset) = memchr::memchr(b'\n', &buf[at..]) {
+            let lf = at + offset;
+            match (buf.get(lf + 1), buf.get(lf + 2)) {
+                (Some(b'\n'), _) | (Some(b'\r'), Some(b'\n')) => return true,
+                (None, _) | (Some(b'\r'), None) => {
+                    self.at = lf;
+                    return false;
+                }
+                _ => at = lf + 1,
+            }
+        }
+        self.at = buf.len();
+        false
     }
-    *from = buf.len();
-    false
 }
 
 /// The protocol the client speaks, from its request line when it came.
 fn protocol_of(head: &[u8]) -> ClientProtocol {
-    let line = head.split(|b| *b == b'\n').next().unwrap_or_default();
+    let start = head
+        .iter()
+        .position(|b| !matches!(b, b'\r' | b'\n'))
+        .unwrap_or(head.len());
+    let line = head[start..]
+        .split(|b| *b == b'\n')
+        .next()
+        .unwrap_or_default();
     let mut parts = line.split(|b| *b == b' ');
     let (Some(method), Some(path)) = (parts.next(), parts.next()) else {
         return ClientProtocol::OpenAi;
@@ -236,8 +272,8 @@ async fn refuse(mut stream: Stream, limits: &EdgeSettings) {
     }
     let mut head = BytesMut::with_capacity(HEAD_BUFFER);
     let deadline = Instant::now() + limits.header_timeout.min(REFUSAL_HEADER_WAIT);
-    let mut scanned = 0;
-    while !head_complete(&head, &mut scanned) && head.len() <= MAX_HEAD {
+    let mut scan = HeadScan::default();
+    while !scan.complete(&head) && head.len() <= MAX_HEAD {
         match tokio::time::timeout_at(deadline, stream.read_buf(&mut head)).await {
             Ok(Ok(n)) if n > 0 => {}
             Ok(_) => return,
@@ -293,8 +329,8 @@ mod tests {
     use super::*;
 
     fn complete_after_feeding_bytewise(input: &[u8]) -> Option<usize> {
-        let mut from = 0;
-        (1..=input.len()).find(|&n| head_complete(&input[..n], &mut from))
+        let mut scan = HeadScan::default();
+        (1..=input.len()).find(|&n| scan.complete(&input[..n]))
     }
 
     #[test]
@@ -302,12 +338,18 @@ mod tests {
         let crlf = b"POST /v1/chat/completions HTTP/1.1\r\nhost: x\r\n\r\n{}";
         let end = crlf.len() - 2;
         assert_eq!(complete_after_feeding_bytewise(crlf), Some(end));
-        let mut from = 0;
-        assert!(head_complete(crlf, &mut from));
+        assert!(HeadScan::default().complete(crlf));
         let lf = b"GET /v1/models HTTP/1.1\nhost: x\n\n";
         assert_eq!(complete_after_feeding_bytewise(lf), Some(lf.len()));
         let partial = b"POST / HTTP/1.1\r\nhost: x\r\n";
         assert_eq!(complete_after_feeding_bytewise(partial), None);
+        // Empty lines before the request line are not its end (Pingora's parser skips them).
+        let leading = b"\r\n\r\n\n\nGET / HTTP/1.1\r\n\r\n";
+        assert_eq!(
+            complete_after_feeding_bytewise(leading),
+            Some(leading.len())
+        );
+        assert_eq!(complete_after_feeding_bytewise(b"\r\n\r\n\r\n"), None);
     }
 
     #[test]
@@ -319,6 +361,10 @@ mod tests {
         assert_eq!(
             protocol_of(b"POST /v1/chat/completions HTTP/1.1\r\n"),
             ClientProtocol::OpenAi
+        );
+        assert_eq!(
+            protocol_of(b"\r\nPOST /messages HTTP/1.1\r\n"),
+            ClientProtocol::Anthropic
         );
         assert_eq!(protocol_of(b"POS"), ClientProtocol::OpenAi);
         assert_eq!(protocol_of(b""), ClientProtocol::OpenAi);
