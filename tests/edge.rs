@@ -605,3 +605,34 @@ fn edge_and_forward_headers_errors_name_the_key() {
         std::fs::remove_dir_all(&dir).ok();
     }
 }
+
+#[tokio::test]
+async fn a_whole_answer_past_the_global_buffer_bound_is_a_503() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = gateway(
+        &mock,
+        "max_buffered_bytes: 400000",
+        "max_request_bytes: 100000\n",
+    );
+    // A whole answer larger than the budget: held until complete by the dispatcher (`mf` has a
+    // fallback), it cannot be, on either leg.
+    let huge = json!({"id": "c", "object": "chat.completion", "created": 1, "model": "m",
+                      "choices": [{"index": 0, "finish_reason": "stop",
+                                   "message": {"role": "assistant", "content": "x".repeat(500_000)}}]});
+    mock.set_default(Behaviour::json(200, huge));
+    let (status, _, body) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "mf", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 503, "{body}");
+    assert_eq!(body["error"]["code"], "gateway_overloaded");
+    // Its bytes were given back: a small answer still fits.
+    mock.set_default(Behaviour::Reply);
+    let (status, _, body) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "mf", "messages": [{"role": "user", "content": "hi"}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{body}");
+}
