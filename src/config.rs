@@ -100,6 +100,9 @@ pub struct GatewayConfig {
     /// Where rate-limit buckets live: in this process (default), or shared through Redis.
     #[serde(default)]
     pub limits: LimitStoreConfig,
+    /// Client-side deadlines and limits.
+    #[serde(default)]
+    pub edge: EdgeConfig,
 }
 
 /// `limits: {store: "redis://127.0.0.1:6379", store_timeout: 50ms}` at the top level.
@@ -186,6 +189,113 @@ pub struct LimitStoreSettings {
     /// `None`: in-process buckets only.
     pub redis_url: Option<Secret>,
     pub store_timeout: Duration,
+}
+
+/// The client side's deadlines and limits (`edge:`): what a slow or hostile client may hold.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct EdgeConfig {
+    /// The whole header block of a request, from the connection's start (first request) or
+    /// from its first byte (later requests on a kept-alive connection).
+    pub header_timeout: HumanDuration,
+    /// The whole request body, from the end of its header.
+    pub body_timeout: HumanDuration,
+    /// How long a kept-alive connection may wait for its next request.
+    pub idle_timeout: HumanDuration,
+    /// How long one write to a client that reads nothing may wait.
+    pub write_timeout: HumanDuration,
+    /// The longest a stream may run, from its request's start.
+    pub max_stream_duration: HumanDuration,
+    /// Client connections served at once; past it a connection is answered 503 and closed.
+    pub max_connections: usize,
+    /// Bytes held by all request bodies and buffered answers at once; past it, 503.
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for EdgeConfig {
+    fn default() -> Self {
+        EdgeConfig {
+            header_timeout: HumanDuration(Duration::from_secs(10)),
+            body_timeout: HumanDuration(Duration::from_secs(120)),
+            idle_timeout: HumanDuration(Duration::from_secs(60)),
+            write_timeout: HumanDuration(Duration::from_secs(60)),
+            max_stream_duration: HumanDuration(Duration::from_secs(30 * 60)),
+            max_connections: 10_000,
+            max_buffered_bytes: 1024 * 1024 * 1024,
+        }
+    }
+}
+
+/// The validated `edge:` section.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EdgeSettings {
+    pub header_timeout: Duration,
+    pub body_timeout: Duration,
+    pub idle_timeout: Duration,
+    pub write_timeout: Duration,
+    pub max_stream_duration: Duration,
+    pub max_connections: usize,
+    pub max_buffered_bytes: usize,
+}
+
+impl Default for EdgeSettings {
+    fn default() -> Self {
+        // The defaults are valid by construction.
+        let d = EdgeConfig::default();
+        EdgeSettings {
+            header_timeout: d.header_timeout.0,
+            body_timeout: d.body_timeout.0,
+            idle_timeout: d.idle_timeout.0,
+            write_timeout: d.write_timeout.0,
+            max_stream_duration: d.max_stream_duration.0,
+            max_connections: d.max_connections,
+            max_buffered_bytes: d.max_buffered_bytes,
+        }
+    }
+}
+
+/// The longest any `edge` deadline may be: far beyond any real use, and far from overflowing
+/// the clock arithmetic done with it.
+const MAX_EDGE_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+
+impl EdgeConfig {
+    fn validate(&self, max_request_bytes: usize) -> Result<EdgeSettings, ConfigError> {
+        let deadline = |d: HumanDuration, what: &str| {
+            if d.0.is_zero() || d.0 > MAX_EDGE_DURATION {
+                Err(ConfigError::new(
+                    format!("edge.{what}"),
+                    "must be greater than 0 and at most 7 days",
+                ))
+            } else {
+                Ok(d.0)
+            }
+        };
+        if self.max_connections == 0 {
+            return Err(ConfigError::new(
+                "edge.max_connections",
+                "must be greater than 0",
+            ));
+        }
+        // A request is held twice: as received, and as planned for the upstream.
+        if self.max_buffered_bytes / 2 < max_request_bytes {
+            return Err(ConfigError::new(
+                "edge.max_buffered_bytes",
+                format!(
+                    "must be at least twice max_request_bytes ({max_request_bytes}), or a \
+                     request of the largest allowed size could never be served"
+                ),
+            ));
+        }
+        Ok(EdgeSettings {
+            header_timeout: deadline(self.header_timeout, "header_timeout")?,
+            body_timeout: deadline(self.body_timeout, "body_timeout")?,
+            idle_timeout: deadline(self.idle_timeout, "idle_timeout")?,
+            write_timeout: deadline(self.write_timeout, "write_timeout")?,
+            max_stream_duration: deadline(self.max_stream_duration, "max_stream_duration")?,
+            max_connections: self.max_connections,
+            max_buffered_bytes: self.max_buffered_bytes,
+        })
+    }
 }
 
 /// The only value of the top-level `auth`.
@@ -320,6 +430,10 @@ pub struct ProviderConfig {
     /// Rate limits of this provider, over all its models and keys (to stay under its own).
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Client headers of the provider families (`anthropic-beta`, `openai-beta`, ...) that
+    /// reach this provider; the others are dropped (see `header_policy`).
+    #[serde(default)]
+    pub forward_headers: Vec<String>,
 }
 
 /// Active health checks: `tcp` (default) or HTTP `{path, interval, expect_status}`.
@@ -735,6 +849,8 @@ pub struct ProviderSettings {
     pub circuit_breaker: BreakerOverrides,
     pub balance: BalanceMode,
     pub limits: LimitsConfig,
+    /// Provider-family client headers let through to this provider, lower case.
+    pub forward_headers: Vec<http::HeaderName>,
 }
 
 /// An endpoint's base URL, split into the parts a connection needs.
@@ -845,6 +961,7 @@ pub struct Settings {
     pub models: Vec<ModelSettings>,
     pub keys: Vec<KeySettings>,
     pub limit_store: LimitStoreSettings,
+    pub edge: EdgeSettings,
 }
 
 /// Pingora's own top-level keys, which share the file with the gateway's.
@@ -951,6 +1068,7 @@ impl Settings {
             keys: BTreeMap::new(),
             auth: None,
             limits: LimitStoreConfig::default(),
+            edge: EdgeConfig::default(),
         };
         let presets: [(&str, ProviderKind, &str, &[&str]); 3] = [
             (
@@ -1011,6 +1129,7 @@ impl Settings {
                     allow_insecure_http: false,
                     balance: BalanceMode::default(),
                     limits: LimitsConfig::default(),
+                    forward_headers: vec![],
                 },
             );
             for model in models {
@@ -1048,6 +1167,7 @@ impl Settings {
                     redis_url: None,
                     store_timeout: DEFAULT_STORE_TIMEOUT,
                 },
+                edge: EdgeSettings::default(),
             }
         })
     }
@@ -1186,6 +1306,7 @@ impl GatewayConfig {
             models,
             keys,
             limit_store: self.limits.validate()?,
+            edge: self.edge.validate(self.max_request_bytes)?,
         })
     }
 }
@@ -1468,6 +1589,22 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         })?;
         headers.push((name, value));
     }
+    let mut forward_headers = Vec::new();
+    for (i, h) in p.forward_headers.iter().enumerate() {
+        let at = || format!("{key}.forward_headers[{i}]");
+        let name = http::HeaderName::from_bytes(h.as_bytes())
+            .map_err(|_| ConfigError::new(at(), format!("`{h}` is not a valid header name")))?;
+        if crate::header_policy::is_never_forwarded(name.as_str()) {
+            return Err(ConfigError::new(
+                at(),
+                format!(
+                    "`{h}` is never forwarded: credentials, framing and the forwarded-for family \
+                     are the gateway's to set"
+                ),
+            ));
+        }
+        forward_headers.push(name);
+    }
     if p.timeout.0.is_zero() {
         return Err(ConfigError::new(
             format!("{key}.timeout"),
@@ -1550,6 +1687,7 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         circuit_breaker,
         balance: p.balance,
         limits: p.limits.validate(&key)?,
+        forward_headers,
     })
 }
 
@@ -1815,6 +1953,60 @@ models:
                 .expect("allowed");
         }
         Settings::from_yaml(&format!("listen: \"[::1]:8080\"\n{base}"), &env).expect("loopback");
+    }
+
+    #[test]
+    fn the_edge_section_has_production_defaults_and_is_validated() {
+        let s = Settings::from_yaml("", &env).unwrap();
+        assert_eq!(s.edge, EdgeSettings::default());
+        assert_eq!(s.edge.header_timeout, Duration::from_secs(10));
+        assert!(s.edge.max_buffered_bytes >= 2 * s.max_request_bytes);
+        let s = Settings::from_yaml(
+            "edge: { header_timeout: 300ms, idle_timeout: 2s, max_connections: 5 }\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(s.edge.header_timeout, Duration::from_millis(300));
+        assert_eq!(s.edge.idle_timeout, Duration::from_secs(2));
+        assert_eq!(s.edge.max_connections, 5);
+        assert_eq!(s.edge.body_timeout, EdgeSettings::default().body_timeout);
+        for (yaml, key) in [
+            ("edge: { body_timeout: 0 }\n", "edge.body_timeout"),
+            ("edge: { write_timeout: 200h }\n", "edge.write_timeout"),
+            (
+                "edge: { max_stream_duration: 800h }\n",
+                "edge.max_stream_duration",
+            ),
+            ("edge: { max_connections: 0 }\n", "edge.max_connections"),
+            (
+                "max_request_bytes: 100\nedge: { max_buffered_bytes: 199 }\n",
+                "edge.max_buffered_bytes",
+            ),
+            ("edge: { header_timout: 1s }\n", "edge.header_timout"),
+        ] {
+            assert_eq!(err(yaml).key, key, "{yaml}");
+        }
+    }
+
+    #[test]
+    fn forward_headers_are_header_names_the_gateway_does_not_own() {
+        let provider = |list: &str| {
+            format!("providers:\n  p: {{ kind: openai, api_key: k, forward_headers: {list} }}\n")
+        };
+        let s = Settings::from_yaml(&provider("[Anthropic-Beta, openai-beta]"), &env).unwrap();
+        let names: Vec<&str> = s.providers[0]
+            .forward_headers
+            .iter()
+            .map(|h| h.as_str())
+            .collect();
+        assert_eq!(names, ["anthropic-beta", "openai-beta"]);
+        for list in ["[x-api-key]", "[X-Forwarded-For]", "[\"bad header\"]"] {
+            assert_eq!(
+                err(&provider(list)).key,
+                "providers.p.forward_headers[0]",
+                "{list}"
+            );
+        }
     }
 
     #[test]

@@ -35,6 +35,14 @@ pub enum ErrorCode {
     StreamTruncated,
     /// The gateway's own failure.
     InternalError,
+    /// The client did not send its whole request within `edge.header_timeout` / `body_timeout`.
+    RequestTimeout,
+    /// Request and answer buffers hold `edge.max_buffered_bytes` already.
+    GatewayOverloaded,
+    /// `edge.max_connections` client connections are open already.
+    TooManyConnections,
+    /// A stream ran past `edge.max_stream_duration`.
+    StreamDurationExceeded,
 }
 
 impl ErrorCode {
@@ -53,6 +61,10 @@ impl ErrorCode {
             ErrorCode::BadUpstreamResponse => "bad_upstream_response",
             ErrorCode::StreamTruncated => "stream_truncated",
             ErrorCode::InternalError => "internal_error",
+            ErrorCode::RequestTimeout => "request_timeout",
+            ErrorCode::GatewayOverloaded => "gateway_overloaded",
+            ErrorCode::TooManyConnections => "too_many_connections",
+            ErrorCode::StreamDurationExceeded => "stream_duration_exceeded",
         }
     }
 }

@@ -8,8 +8,10 @@
 pub mod access;
 pub mod admin;
 pub mod api;
+pub mod buffers;
 pub mod config;
 pub mod error;
+pub mod header_policy;
 pub mod ids;
 pub mod limits;
 pub mod plan;

@@ -4,9 +4,11 @@
 use arc_swap::ArcSwap;
 use dragoman::admin::AdminApp;
 use dragoman::config::{self, Settings};
+use dragoman::proxy::edge::EdgeApp;
 use dragoman::proxy::Gateway;
 use dragoman::registry::Registry;
 use dragoman::upstream::credentials::Renewal;
+use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
@@ -102,11 +104,14 @@ fn run(opt: Opt) -> Result<(), String> {
     // socket did 16-27% more pass-through requests per second on 2 cores, but which thread takes
     // a connection is whoever wins the accept race: a burst of new connections can all land on
     // one thread and stay there (1 run in 6 in BENCHMARKS.md). Work stealing keeps the load even.
-    let mut proxy = pingora_proxy::http_proxy_service_with_name(
-        &server.configuration,
-        Gateway::new(registry.clone()),
-        "dragoman",
-    );
+    // Pingora's proxy, behind the client-side deadlines and limits (`edge:`).
+    dragoman::buffers::BUFFERS.set_limit(settings.edge.max_buffered_bytes);
+    let mut gateway =
+        pingora_proxy::http_proxy(&server.configuration, Gateway::new(registry.clone()));
+    let mut options = HttpServerOptions::default();
+    options.h2_idle_timeout = Some(settings.edge.idle_timeout);
+    gateway.server_options = Some(options);
+    let mut proxy = Service::new("dragoman".into(), EdgeApp::new(gateway, settings.edge));
     for addr in &settings.listen {
         proxy.add_tcp(&addr.to_string());
     }

@@ -4,7 +4,8 @@
 
 use crate::access::GatewayKey;
 use crate::config::{
-    FallbackCondition, HealthCheckConfig, HedgeConfig, InstanceUrl, ProviderSettings, Settings,
+    EdgeSettings, FallbackCondition, HealthCheckConfig, HedgeConfig, InstanceUrl, ProviderSettings,
+    Settings,
 };
 use crate::limits::{Limiter, ScopeKind, ScopeLimits};
 use crate::providers::{AuthPlacement, Dialect, ProviderKind, UpstreamPaths};
@@ -45,6 +46,8 @@ pub struct Provider {
     pub load: Arc<LoadTracker>,
     /// This provider's rate limits, over all its models.
     pub limits: Option<Arc<ScopeLimits>>,
+    /// Provider-family client headers let through (`header_policy`).
+    pub forward_headers: Vec<http::HeaderName>,
 }
 
 pub struct Model {
@@ -83,6 +86,8 @@ pub struct Registry {
     pub max_response_bytes: usize,
     /// Where the rate-limit buckets live.
     pub limiter: Arc<Limiter>,
+    /// Client-side deadlines and limits.
+    pub edge: EdgeSettings,
 }
 
 impl Registry {
@@ -167,6 +172,7 @@ impl Registry {
                 log::error!("limits.store: {e}; limiting in this process only");
                 Limiter::local()
             })),
+            edge: settings.edge,
         }
     }
 
@@ -241,6 +247,7 @@ fn build_provider(p: &ProviderSettings) -> Provider {
         balance: p.balance,
         load: Arc::default(),
         limits: ScopeLimits::new(ScopeKind::Provider, &p.name, p.limits),
+        forward_headers: p.forward_headers.clone(),
     }
 }
 

@@ -21,7 +21,7 @@ async fn setup() -> (MockProvider, GatewayProcess) {
 providers:
   oai: {{ kind: openai, endpoints: ["{url}/v1"], api_key: oai-key }}
   gem: {{ kind: gemini, endpoints: ["{url}"], api_key: gem-key }}
-  ant: {{ kind: anthropic, endpoints: ["{url}"], api_key: ant-key }}
+  ant: {{ kind: anthropic, endpoints: ["{url}"], api_key: ant-key, forward_headers: [anthropic-beta] }}
 models:
   claude-sonnet-4-5: {{ provider: oai, model: gpt-4.1 }}
   vision: {{ provider: oai, model: gpt-4o }}

@@ -1,6 +1,7 @@
 //! Per-request state, shared by the hooks of one request (and, for the upstream call, by the
 //! subrequest that carries it).
 
+use crate::buffers::Held;
 use crate::limits::usage::UsageScan;
 use crate::limits::Admission;
 use crate::plan::PlannedCall;
@@ -54,6 +55,8 @@ pub struct RequestCtx {
     pub usage_scan: Option<UsageScan>,
     /// Keeps the attempt's provider key out of a stream passed through to the client.
     pub stream_redactor: Option<StreamRedactor>,
+    /// This request's share of `edge.max_buffered_bytes`: its body, and its buffered answer.
+    pub held: Held,
 }
 
 /// What the response body filter does with the upstream's bytes.

@@ -21,6 +21,7 @@
 use super::client_watch;
 use super::local_response::{self, ServedBy};
 use crate::api::ClientProtocol;
+use crate::buffers::{Exhausted, Held};
 use crate::config::FallbackCondition;
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
@@ -182,6 +183,7 @@ pub async fn run(
                         tasks: vec![HttpTask::Header(header, ended)],
                         ended,
                         body_bytes: 0,
+                        held: Held::default(),
                     };
                     match retry::failure_condition(status) {
                         Some(FallbackCondition::ContextLength) => {
@@ -339,6 +341,8 @@ struct Answer {
     ended: bool,
     /// Body bytes held in `tasks`, bounded by `max_response_bytes`.
     body_bytes: usize,
+    /// Their share of `edge.max_buffered_bytes`.
+    held: Held,
 }
 
 /// How reading the rest of an answer went.
@@ -367,6 +371,9 @@ impl Answer {
                             let limit = self.leg.call.registry.max_response_bytes;
                             if self.body_bytes > limit {
                                 return Completion::Failed(LegFailure::too_large(&self.leg, limit));
+                            }
+                            if let Err(e) = self.held.grow(bytes.len()) {
+                                return Completion::Failed(LegFailure::overloaded(&self.leg, e));
                             }
                         }
                         self.ended = task.is_end();
@@ -468,6 +475,19 @@ impl LegFailure {
         }
     }
 
+    /// The process-wide buffer budget had no room for the rest of a whole answer.
+    fn overloaded(leg: &Leg, e: Exhausted) -> LegFailure {
+        let message = format!(
+            "The gateway is holding its limit of {} bytes of requests and answers; retry later",
+            e.limit
+        );
+        LegFailure {
+            condition: FallbackCondition::ServerError,
+            error: GatewayError::new(503, message).with_code(ErrorCode::GatewayOverloaded),
+            model: leg.call.model.clone(),
+        }
+    }
+
     async fn write(
         self,
         session: &mut Session,
@@ -530,6 +550,8 @@ async fn write(session: &mut Session, tasks: Vec<HttpTask>) -> bool {
     match session.write_response_tasks(tasks).await {
         Ok(_) => true,
         Err(e) => {
+            // Gone, or not reading (`edge.write_timeout`): the connection is not reused either way.
+            session.set_keepalive(None);
             log::debug!("client went away: {e}");
             false
         }

@@ -33,7 +33,7 @@ impl HeadersOf for ResponseHeader {
 }
 
 /// Removes every header whose lowercase name `doomed` picks, with all its values.
-pub fn strip(head: &mut impl HeadersOf, doomed: fn(&str) -> bool) {
+pub fn strip(head: &mut impl HeadersOf, doomed: impl Fn(&str) -> bool) {
     // A removal takes every value of its name, so there are at most as many scans as names
     // `doomed` picks, whatever the client sends.
     while let Some(name) = head.headers().keys().find(|n| doomed(n.as_str())).cloned() {

@@ -11,6 +11,7 @@ use super::dispatch;
 use super::local_response;
 use crate::access;
 use crate::api::{self, ClientEndpoint, ClientProtocol, ClientRequest};
+use crate::buffers::{Exhausted, Held};
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
 use crate::limits;
@@ -41,6 +42,8 @@ pub async fn handle(
     registry: Arc<Registry>,
     ctx: &mut RequestCtx,
 ) -> Handled {
+    // A client that stops reading an answer is let go after this, which ends its upstream call.
+    session.set_write_timeout(Some(registry.edge.write_timeout));
     let req = session.req_header();
     let endpoint = match api::endpoint_for(&req.method, req.uri.path()) {
         Ok(e) => e,
@@ -70,7 +73,14 @@ pub async fn handle(
     }
     // Before the first read, so that small bodies can be replayed on retries.
     session.as_downstream_mut().enable_retry_buffering();
-    let body = match read_body(session, registry.max_request_bytes).await {
+    let body = match read_body(
+        session,
+        registry.max_request_bytes,
+        registry.edge.body_timeout,
+        &mut ctx.held,
+    )
+    .await
+    {
         Ok(b) => b,
         Err(e) => {
             reject(session, &e, protocol).await;
@@ -106,6 +116,11 @@ pub async fn handle(
             return Handled::Answered;
         }
     };
+    // The planned body is a buffer of its own (spliced or translated), held as long as the call.
+    if let Err(e) = ctx.held.grow(call.body.len()) {
+        reject(session, &overloaded(e), protocol).await;
+        return Handled::Answered;
+    }
     ctx.call = Some(call.clone());
     let replayable = !body.is_empty() && !session.as_downstream().retry_buffer_truncated();
     // Hedging applies to streams only (upstream::retry::hedge_for).
@@ -148,8 +163,17 @@ async fn reject(session: &mut Session, error: &GatewayError, protocol: ClientPro
     local_response::write_error(session, error, protocol, None).await;
 }
 
-/// Reads the whole request body, refusing more than `limit` bytes.
-async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, GatewayError> {
+/// Reads the whole request body, refusing more than `limit` bytes, a body not whole by
+/// `deadline` (408), and bytes the process-wide buffer budget has no room for (503).
+///
+/// Memory is taken as bytes arrive: a declared `Content-Length` only refuses early, it reserves
+/// nothing.
+async fn read_body(
+    session: &mut Session,
+    limit: usize,
+    deadline: std::time::Duration,
+    held: &mut Held,
+) -> Result<Bytes, GatewayError> {
     let too_large = || {
         GatewayError::new(
             413,
@@ -172,31 +196,56 @@ async fn read_body(session: &mut Session, limit: usize) -> Result<Bytes, Gateway
             e.etype().as_str()
         ))
     };
-    let mut first: Option<Bytes> = None;
-    let mut joined: Option<BytesMut> = None;
-    while let Some(chunk) = session.read_request_body().await.map_err(unreadable)? {
-        // Most bodies arrive in one chunk: keep it as it is, copy only when a second one comes.
-        match (&mut joined, first.take()) {
-            (Some(buf), _) => buf.extend_from_slice(&chunk),
-            (None, None) => first = Some(chunk),
-            (None, Some(head)) => {
-                let mut buf = BytesMut::with_capacity(declared.unwrap_or(0).max(head.len() * 4));
-                buf.extend_from_slice(&head);
-                buf.extend_from_slice(&chunk);
-                joined = Some(buf);
+    let read = async {
+        let mut first: Option<Bytes> = None;
+        let mut joined: Option<BytesMut> = None;
+        while let Some(chunk) = session.read_request_body().await.map_err(unreadable)? {
+            let size = joined
+                .as_ref()
+                .map_or_else(|| first.as_ref().map_or(0, Bytes::len), BytesMut::len)
+                + chunk.len();
+            if size > limit {
+                return Err(too_large());
+            }
+            held.grow(chunk.len()).map_err(overloaded)?;
+            // Most bodies arrive in one chunk: keep it as it is, copy only when a second one
+            // comes. The joined buffer grows with what arrived, never to a declared length.
+            match (&mut joined, first.take()) {
+                (Some(buf), _) => buf.extend_from_slice(&chunk),
+                (None, None) => first = Some(chunk),
+                (None, Some(head)) => {
+                    let mut buf = BytesMut::with_capacity(2 * (head.len() + chunk.len()));
+                    buf.extend_from_slice(&head);
+                    buf.extend_from_slice(&chunk);
+                    joined = Some(buf);
+                }
             }
         }
-        let size = joined
-            .as_ref()
-            .map_or_else(|| first.as_ref().map_or(0, Bytes::len), BytesMut::len);
-        if size > limit {
-            return Err(too_large());
-        }
+        Ok(match joined {
+            Some(buf) => buf.freeze(),
+            None => first.unwrap_or_default(),
+        })
+    };
+    match tokio::time::timeout(deadline, read).await {
+        Ok(body) => body,
+        Err(_) => Err(GatewayError::new(
+            408,
+            format!("The request body did not arrive within {deadline:?}"),
+        )
+        .with_code(ErrorCode::RequestTimeout)),
     }
-    Ok(match joined {
-        Some(buf) => buf.freeze(),
-        None => first.unwrap_or_default(),
-    })
+}
+
+/// The process-wide buffer budget (`edge.max_buffered_bytes`) has no room for a request.
+fn overloaded(e: Exhausted) -> GatewayError {
+    GatewayError::new(
+        503,
+        format!(
+            "The gateway is holding its limit of {} bytes of requests and answers; retry later",
+            e.limit
+        ),
+    )
+    .with_code(ErrorCode::GatewayOverloaded)
 }
 
 /// In the subrequest: the call its parent planned.

@@ -10,6 +10,7 @@ pub mod client_watch;
 mod cork;
 pub mod ctx;
 pub mod dispatch;
+pub mod edge;
 mod headers;
 pub mod ingress;
 pub mod local_response;
@@ -85,7 +86,7 @@ impl ProxyHttp for Gateway {
 
     async fn upstream_request_filter(
         &self,
-        _session: &mut Session,
+        session: &mut Session,
         req: &mut RequestHeader,
         ctx: &mut RequestCtx,
     ) -> Result<()> {
@@ -97,7 +98,14 @@ impl ProxyHttp for Gateway {
             .ok_or_else(|| {
                 Error::explain(ErrorType::InternalError, "attempt without an instance")
             })?;
-        upstream::write_request_header(req, call, endpoint, ctx.key.as_ref())
+        let origin = upstream::ClientOrigin {
+            ip: session
+                .client_addr()
+                .and_then(|a| a.as_inet())
+                .map(|a| a.ip()),
+            tls: session.digest().is_some_and(|d| d.ssl_digest.is_some()),
+        };
+        upstream::write_request_header(req, call, endpoint, ctx.key.as_ref(), &origin)
     }
 
     async fn connected_to_upstream(
@@ -194,7 +202,14 @@ impl ProxyHttp for Gateway {
             };
         };
         let provider = &call.model.provider.name;
-        let error = local_response::error_for_proxy_failure(e, provider);
+        let overran = call.stream && session.response_written().is_some();
+        let error = match overran
+            .then(|| upstream_response::stream_overran(&call, ctx))
+            .flatten()
+        {
+            Some(error) => Some(error),
+            None => local_response::error_for_proxy_failure(e, provider),
+        };
         let status = error.as_ref().map_or(0, |e| e.status);
         match error {
             Some(error) if session.response_written().is_some() => {

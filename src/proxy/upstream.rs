@@ -4,6 +4,7 @@ use super::ctx::RequestCtx;
 use super::headers;
 use crate::config::InstanceUrl;
 use crate::error::{ErrorCode, GatewayError};
+use crate::header_policy;
 use crate::plan::PlannedCall;
 use crate::providers::AuthPlacement;
 use crate::upstream::breaker::{parse_retry_after, FailureKind, ProbeGuard};
@@ -19,35 +20,6 @@ use pingora_http::RequestHeader;
 use pingora_load_balancing::Backend;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-
-/// Client headers that never reach an upstream: credentials (the gateway's key replaces them),
-/// account selectors, framing (the gateway sets its own), hop-by-hop fields, and
-/// `accept-encoding` (the response filters need plain bytes).
-fn is_stripped(name: &str) -> bool {
-    matches!(
-        name,
-        "authorization"
-            | "proxy-authorization"
-            | "x-api-key"
-            | "api-key"
-            | "x-goog-api-key"
-            | "cookie"
-            | "openai-organization"
-            | "openai-project"
-            | "anthropic-version"
-            | "host"
-            | "content-length"
-            | "transfer-encoding"
-            | "accept-encoding"
-            | "connection"
-            | "keep-alive"
-            | "proxy-connection"
-            | "te"
-            | "trailer"
-            | "upgrade"
-            | "expect"
-    )
-}
 
 /// Picks an instance for the next attempt: healthy (active checks), circuit not open (passive
 /// health), the call's model not set aside there after a 429, not failed for this request, and
@@ -110,9 +82,17 @@ pub async fn select_peer(call: &PlannedCall, ctx: &mut RequestCtx) -> Result<Box
     let options = &mut peer.options;
     options.connection_timeout = Some(model.connect_timeout.min(remaining));
     options.total_connection_timeout = Some(model.connect_timeout.saturating_mul(2).min(remaining));
-    // Streams: the longest gap between chunks. Whole answers: what is left of the deadline.
+    // Streams: the longest gap between chunks, and never past `edge.max_stream_duration`.
+    // Whole answers: what is left of the deadline.
     options.read_timeout = Some(if call.stream {
-        model.stream_idle_timeout
+        let stream_left = call
+            .registry
+            .edge
+            .max_stream_duration
+            .saturating_sub(now.saturating_duration_since(ctx.started.unwrap_or(now)));
+        model
+            .stream_idle_timeout
+            .min(stream_left.max(Duration::from_millis(1)))
     } else {
         remaining
     });
@@ -218,15 +198,33 @@ fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
-/// Rewrites the client's request header into the provider's.
+/// Where the client's request came from, as the gateway saw it.
+pub struct ClientOrigin {
+    pub ip: Option<std::net::IpAddr>,
+    pub tls: bool,
+}
+
+/// Rewrites the client's request header into the provider's. Which client headers stay is
+/// `header_policy`'s rule; `x-forwarded-for` and `-proto` are the gateway's own, from the
+/// connection.
 pub fn write_request_header(
     req: &mut RequestHeader,
     call: &PlannedCall,
     endpoint: &InstanceUrl,
     key: Option<&AttemptKey>,
+    origin: &ClientOrigin,
 ) -> Result<()> {
     let provider = &call.model.provider;
-    headers::strip(req, is_stripped);
+    headers::strip(req, |name| {
+        !header_policy::forwards(name, &provider.forward_headers)
+    });
+    if let Some(ip) = origin.ip {
+        req.insert_header("x-forwarded-for", ip.to_string())?;
+    }
+    req.insert_header(
+        "x-forwarded-proto",
+        if origin.tls { "https" } else { "http" },
+    )?;
     let mut path = String::with_capacity(endpoint.base_path.len() + call.path.len() + 64);
     path.push_str(&endpoint.base_path);
     path.push_str(&call.path);

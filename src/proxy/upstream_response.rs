@@ -129,6 +129,10 @@ pub fn on_response_body(
     call: &PlannedCall,
     ctx: &mut RequestCtx,
 ) -> Result<()> {
+    if call.stream && !end_of_stream && stream_overran(call, ctx).is_some() {
+        // Ends the stream; `fail_to_proxy` sends the terminal event.
+        return Error::e_explain(ErrorType::ReadTimedout, "edge.max_stream_duration reached");
+    }
     let result = scan_and_forward(body, end_of_stream, call, ctx);
     if let Some(redactor) = ctx.stream_redactor.as_mut() {
         if body.is_some() || end_of_stream {
@@ -251,6 +255,12 @@ fn buffer_and_translate(
         if ctx.response_buffer.len() + chunk.len() > call.registry.max_response_bytes {
             return Error::e_explain(ErrorType::InternalError, "upstream response too large");
         }
+        if ctx.held.grow(chunk.len()).is_err() {
+            return Error::e_explain(
+                ErrorType::InternalError,
+                "the gateway's buffers are full (edge.max_buffered_bytes)",
+            );
+        }
         ctx.response_buffer.extend_from_slice(&chunk);
     }
     if !end_of_stream {
@@ -317,6 +327,20 @@ fn finish(
     serde_json::to_vec(&out)
         .map(Bytes::from)
         .map_err(|e| GatewayError::new(500, format!("could not encode the response: {e}")))
+}
+
+/// The error a stream gets once it has run past `edge.max_stream_duration` (counted from the
+/// start of its request, or of the leg that serves it).
+pub fn stream_overran(call: &PlannedCall, ctx: &RequestCtx) -> Option<GatewayError> {
+    let limit = call.registry.edge.max_stream_duration;
+    let started = ctx.started?;
+    (started.elapsed() >= limit).then(|| {
+        GatewayError::new(
+            504,
+            format!("The stream ran past the gateway's limit of {limit:?}"),
+        )
+        .with_code(ErrorCode::StreamDurationExceeded)
+    })
 }
 
 /// The upstream failed after the response started: end a stream with a terminal error event in

@@ -127,6 +127,11 @@ impl GatewayProcess {
         format!("http://127.0.0.1:{}{}", self.admin_port, path)
     }
 
+    /// The gateway's process id (for `/proc/PID/...`).
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn stderr(&self) -> String {
         std::fs::read_to_string(self.dir.join("stderr.log")).unwrap_or_default()
     }
