@@ -86,6 +86,8 @@ pub struct Registry {
     pub max_response_bytes: usize,
     /// Where the rate-limit buckets live.
     pub limiter: Arc<Limiter>,
+    /// Whether any key, model or provider has limits (if not, requests skip admission).
+    pub has_limits: bool,
     /// Client-side deadlines and limits.
     pub edge: EdgeSettings,
 }
@@ -167,6 +169,9 @@ impl Registry {
             providers: providers.into_iter().map(|(p, _)| p).collect(),
             max_request_bytes: settings.max_request_bytes,
             max_response_bytes: settings.max_response_bytes,
+            has_limits: settings.keys.iter().any(|k| !k.limits.is_empty())
+                || settings.models.iter().any(|m| !m.limits.is_empty())
+                || settings.providers.iter().any(|p| !p.limits.is_empty()),
             limiter: Arc::new(Limiter::new(&settings.limit_store).unwrap_or_else(|e| {
                 // Validation opened the same URL: this is not expected.
                 log::error!("limits.store: {e}; limiting in this process only");

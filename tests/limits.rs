@@ -5,8 +5,11 @@
 //! processes sharing their buckets through a real Redis server, serving on when it stops.
 mod common;
 use common::*;
+use futures_util::StreamExt;
 use serde_json::{json, Value};
 use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 fn chat(model: &str, extra: Value) -> Value {
@@ -386,19 +389,69 @@ async fn two_gateways_share_their_buckets_through_redis() {
     let mock = MockProvider::start().await.unwrap();
     let a = shared_gateway(&mock, &redis.url(), 10);
     let b = shared_gateway(&mock, &redis.url(), 10);
-    let body = chat("m", json!({}));
-    let mut ok = 0;
-    for i in 0..30 {
-        let gw = if i % 2 == 0 { &a } else { &b };
-        let (status, _, text) = send(gw, "/v1/chat/completions", "k-small", &body).await;
-        assert!(status == 200 || status == 429, "{status} {text}");
-        ok += usize::from(status == 200);
-        let (status, _, _) = send(gw, "/v1/chat/completions", "k-big", &body).await;
-        assert_eq!(status, 200);
-    }
-    // One bucket of 10 for both gateways (each alone would have admitted 10).
-    assert!((10..=11).contains(&ok), "{ok} admitted");
+    // A bounded load: 80 requests of the limited key, 16 at a time over both gateways, and the
+    // same from a key without limits.
+    let (small, big) = load(&[&a, &b], 80, 16).await;
+    // One bucket of 10 for both gateways (each alone would have admitted 10, and without the
+    // script's atomicity concurrent takes would admit more).
+    assert!((10..=11).contains(&small), "{small} admitted");
+    assert_eq!(big, 80, "the other key was limited");
     assert!(!a.stderr().contains("unreachable"), "{}", a.stderr());
+    assert!(!b.stderr().contains("unreachable"), "{}", b.stderr());
+}
+
+#[tokio::test]
+async fn a_key_under_load_gets_its_limit_and_no_more() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  p: {}\nmodels:\n  m: {{ provider: p }}\n\
+         keys:\n  small: {{ key: k-small, limits: {{ rpm: 20 }} }}\n  big: {{ key: k-big }}\n",
+        provider("openai", &mock)
+    ));
+    // The gateway's worker threads share one bucket per key.
+    let (small, big) = load(&[&gw], 100, 16).await;
+    assert!((20..=21).contains(&small), "{small} admitted");
+    assert_eq!(big, 100);
+}
+
+/// Sends `total` requests with the limited key `k-small` and as many with `k-big`, `parallel`
+/// at a time, spread over `gateways`; returns how many of each were admitted. Any answer other
+/// than 200 or (for `k-small`) 429 fails the test.
+async fn load(gateways: &[&GatewayProcess], total: usize, parallel: usize) -> (usize, usize) {
+    let urls: Vec<String> = gateways
+        .iter()
+        .map(|g| g.url("/v1/chat/completions"))
+        .collect();
+    let body = chat("m", json!({}));
+    let requests = (0..total * 2).map(|i| {
+        let url = urls[i % urls.len()].clone();
+        let key = if i % 2 == 0 { "k-small" } else { "k-big" };
+        let body = body.clone();
+        async move {
+            let resp = client()
+                .post(url)
+                .header("authorization", format!("Bearer {key}"))
+                .json(&body)
+                .send()
+                .await
+                .expect("request");
+            (key, resp.status().as_u16())
+        }
+    });
+    let answers: Vec<(&str, u16)> = futures_util::stream::iter(requests)
+        .buffer_unordered(parallel)
+        .collect()
+        .await;
+    let mut admitted = (0, 0);
+    for (key, status) in answers {
+        match (key, status) {
+            ("k-small", 200) => admitted.0 += 1,
+            ("k-small", 429) => {}
+            ("k-big", 200) => admitted.1 += 1,
+            other => panic!("unexpected answer {other:?}"),
+        }
+    }
+    admitted
 }
 
 #[tokio::test]
@@ -408,14 +461,41 @@ async fn the_gateway_limits_locally_while_redis_is_down_and_shares_again_when_it
     let mock = MockProvider::start().await.unwrap();
     let gw = shared_gateway(&mock, &redis.url(), 1000);
     let body = chat("m", json!({}));
-    let (status, _, _) = send(&gw, "/v1/chat/completions", "k-small", &body).await;
-    assert_eq!(status, 200);
-    drop(redis);
-    // Still serving, on local buckets, and saying so once.
-    for _ in 0..5 {
-        let (status, _, text) = send(&gw, "/v1/chat/completions", "k-small", &body).await;
-        assert_eq!(status, 200, "{text}");
+    // A load runs while Redis is stopped under it: every request is still served.
+    let sent = Arc::new(AtomicUsize::new(0));
+    let url = gw.url("/v1/chat/completions");
+    let load = tokio::spawn({
+        let (sent, body) = (sent.clone(), body.clone());
+        async move {
+            let requests = (0..300).map(|_| {
+                let (sent, url, body) = (sent.clone(), url.clone(), body.clone());
+                async move {
+                    let resp = client()
+                        .post(url)
+                        .header("authorization", "Bearer k-small")
+                        .json(&body)
+                        .send()
+                        .await
+                        .expect("request");
+                    sent.fetch_add(1, Ordering::SeqCst);
+                    resp.status().as_u16()
+                }
+            });
+            futures_util::stream::iter(requests)
+                .buffer_unordered(8)
+                .collect::<Vec<u16>>()
+                .await
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while sent.load(Ordering::SeqCst) < 50 {
+        assert!(Instant::now() < deadline, "the load did not start");
+        tokio::task::yield_now().await;
     }
+    drop(redis);
+    let statuses = load.await.unwrap();
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    // It limited on local buckets meanwhile, and said so once.
     let log = gw.stderr();
     assert_eq!(
         log.matches("rate-limit store unreachable").count(),

@@ -142,6 +142,9 @@ async fn admit(
     request: &ClientRequest<'_>,
     body_len: usize,
 ) -> Result<Option<limits::Admission>, GatewayError> {
+    if !registry.has_limits {
+        return Ok(None);
+    }
     let model = registry.models.get(&request.envelope.model);
     let scopes = [
         key.and_then(|k| k.limits.as_ref()),
