@@ -75,9 +75,9 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// Client-facing listeners.
+    /// Client-facing listeners: addresses, or `{address, tls: {cert, key}}`.
     #[serde(default = "default_listen")]
-    pub listen: OneOrMany<SocketAddr>,
+    pub listen: OneOrMany<ListenConfig>,
     /// Admin listener: `/healthz`, `/readyz`, `/metrics`. `null` turns it off.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: Option<SocketAddr>,
@@ -131,8 +131,71 @@ pub struct KeySettings {
     pub models: Option<Vec<String>>,
 }
 
-fn default_listen() -> OneOrMany<SocketAddr> {
-    OneOrMany(vec![SocketAddr::from(([127, 0, 0, 1], 8080))])
+fn default_listen() -> OneOrMany<ListenConfig> {
+    OneOrMany(vec![ListenConfig::Plain(SocketAddr::from((
+        [127, 0, 0, 1],
+        8080,
+    )))])
+}
+
+/// One client listener: `127.0.0.1:8080` (plain HTTP/1.1), or
+/// `{ address: "0.0.0.0:8443", tls: { cert: FILE, key: FILE } }` (TLS, HTTP/2 or HTTP/1.1 by ALPN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenConfig {
+    Plain(SocketAddr),
+    Tls { address: SocketAddr, tls: TlsFiles },
+}
+
+impl ListenConfig {
+    pub fn address(&self) -> SocketAddr {
+        match self {
+            ListenConfig::Plain(a) | ListenConfig::Tls { address: a, .. } => *a,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            address: SocketAddr,
+            #[serde(default)]
+            tls: Option<TlsFiles>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Plain(SocketAddr),
+            Full(Full),
+        }
+        match Repr::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected an address (127.0.0.1:8080) or {address, tls: {cert, key}}",
+            )
+        })? {
+            Repr::Plain(a)
+            | Repr::Full(Full {
+                address: a,
+                tls: None,
+            }) => Ok(ListenConfig::Plain(a)),
+            Repr::Full(Full {
+                address,
+                tls: Some(tls),
+            }) => Ok(ListenConfig::Tls { address, tls }),
+        }
+    }
+}
+
+/// A TLS listener's certificate chain and private key, PEM files read at start and re-read when
+/// they change.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
 }
 fn default_admin_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
@@ -578,6 +641,8 @@ pub struct ModelSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: Vec<SocketAddr>,
+    /// The listeners of `listen` that terminate TLS, with their certificate files.
+    pub tls: BTreeMap<SocketAddr, TlsFiles>,
     pub admin_listen: Option<SocketAddr>,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
@@ -769,7 +834,8 @@ impl Settings {
         config.validate().unwrap_or_else(|e| {
             log::error!("embedded default configuration is invalid: {e}");
             Settings {
-                listen: default_listen().0,
+                listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+                tls: BTreeMap::new(),
                 admin_listen: default_admin_listen(),
                 max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
                 max_response_bytes: default_max_response_bytes(),
@@ -891,10 +957,11 @@ impl GatewayConfig {
             });
         }
         let keys = validate_keys(&self.keys, &models)?;
+        let (listen, tls) = validate_listeners(&self.listen.0)?;
         // Secure by default: a listener other hosts can reach needs keys, or an explicit
         // `auth: none`.
         if keys.is_empty() && self.auth.is_none() {
-            if let Some(open) = self.listen.0.iter().find(|a| !a.ip().is_loopback()) {
+            if let Some(open) = listen.iter().find(|a| !a.ip().is_loopback()) {
                 return Err(ConfigError::new(
                     "keys",
                     format!(
@@ -905,7 +972,8 @@ impl GatewayConfig {
             }
         }
         Ok(Settings {
-            listen: self.listen.0,
+            listen,
+            tls,
             admin_listen: self.admin_listen,
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
@@ -914,6 +982,34 @@ impl GatewayConfig {
             keys,
         })
     }
+}
+
+/// The client listeners' addresses, each once, and the TLS files of those that terminate TLS, each
+/// pair loaded once here so that a missing, unreadable or mismatched file fails at start.
+#[allow(clippy::type_complexity)]
+fn validate_listeners(
+    listen: &[ListenConfig],
+) -> Result<(Vec<SocketAddr>, BTreeMap<SocketAddr, TlsFiles>), ConfigError> {
+    let mut addresses = Vec::with_capacity(listen.len());
+    let mut tls = BTreeMap::new();
+    for (i, entry) in listen.iter().enumerate() {
+        let key = if listen.len() == 1 {
+            "listen".to_string()
+        } else {
+            format!("listen[{i}]")
+        };
+        let address = entry.address();
+        if addresses.contains(&address) {
+            return Err(ConfigError::new(key, format!("{address} is listed twice")));
+        }
+        addresses.push(address);
+        if let ListenConfig::Tls { tls: files, .. } = entry {
+            crate::tls::load_certified_key(files)
+                .map_err(|e| ConfigError::new(format!("{key}.tls{}", e.field()), e.to_string()))?;
+            tls.insert(address, files.clone());
+        }
+    }
+    Ok((addresses, tls))
 }
 
 /// Each key's digest (from `key` or `key_sha256`, exactly one) and its models (each configured).
@@ -1397,6 +1493,25 @@ models:
                 .expect("allowed");
         }
         Settings::from_yaml(&format!("listen: \"[::1]:8080\"\n{base}"), &env).expect("loopback");
+    }
+
+    #[test]
+    fn listeners_are_addresses_or_tls_entries() {
+        let s = Settings::from_yaml(
+            "listen: [127.0.0.1:1, { address: \"127.0.0.1:2\" }]\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(s.listen.len(), 2);
+        assert!(s.tls.is_empty());
+        let e = err("listen: [127.0.0.1:1, \"127.0.0.1:1\"]\n");
+        assert_eq!(e.key, "listen[1]");
+        assert!(e.message.contains("twice"), "{e}");
+        let e = err("listen: { address: \"127.0.0.1:2\", tsl: {} }\n");
+        assert_eq!(e.key, "listen");
+        let e = err("listen: { address: \"127.0.0.1:2\", tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem } }\n");
+        assert_eq!(e.key, "listen.tls.cert");
+        assert!(e.message.contains("/nonexistent/c.pem"), "{e}");
     }
 
     #[test]

@@ -6,6 +6,7 @@ use dragoman::admin::AdminApp;
 use dragoman::config::{self, Settings};
 use dragoman::proxy::Gateway;
 use dragoman::registry::Registry;
+use dragoman::tls::CertificateReloader;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
 use pingora::services::background::GenBackgroundService;
@@ -95,10 +96,30 @@ fn run(opt: Opt) -> Result<(), String> {
         Gateway::new(registry.clone()),
         "dragoman",
     );
+    let mut reloaders = Vec::new();
     for addr in &settings.listen {
-        proxy.add_tcp(&addr.to_string());
+        match settings.tls.get(addr) {
+            None => proxy.add_tcp(&addr.to_string()),
+            Some(files) => {
+                let reloader = Arc::new(
+                    CertificateReloader::load(files)
+                        .map_err(|e| format!("listen {addr}: tls{}: {e}", e.field()))?,
+                );
+                let tls = reloader
+                    .listener_settings()
+                    .map_err(|e| format!("listen {addr}: tls: {e}"))?;
+                proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+                reloaders.push(reloader);
+            }
+        }
     }
     server.add_service(proxy);
+    for (i, reloader) in reloaders.into_iter().enumerate() {
+        server.add_service(GenBackgroundService::new(
+            format!("tls certificate reload {i}"),
+            reloader,
+        ));
+    }
 
     if let Some(admin_addr) = settings.admin_listen {
         let mut admin = Service::new("dragoman admin".into(), AdminApp::new(registry.clone()));
