@@ -19,6 +19,23 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 /// Upstream calls one client request may cause, over its attempts, hedges and fallbacks.
 pub const DEFAULT_MAX_UPSTREAM_CALLS: u32 = 8;
+/// The most upstream calls any setting allows one request (`max_attempts`, `max_upstream_calls`,
+/// `hedge.max`): each is a billed call, so more is a typo, never a plan.
+pub const MAX_UPSTREAM_CALLS: u32 = 100;
+/// The largest `max_request_bytes` and `max_response_bytes`: what one request may hold in memory.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024 * 1024;
+
+/// `value` within `min..=max`, or an error naming `key` and the range.
+fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("must be from {min} to {max}"),
+        ))
+    }
+}
 
 /// A configuration error, naming the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -345,6 +362,10 @@ fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
 }
 
+/// The largest endpoint `weight`: weights are relative, and Pingora's weighted round robin holds
+/// one slot per unit of weight (a weight of 10^10 would take 20 GB).
+pub const MAX_WEIGHT: usize = 1000;
+
 /// `"https://host/v1"` or `{ url: "https://host/v1", weight: 2 }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointConfig {
@@ -370,7 +391,12 @@ impl<'de> Deserialize<'de> for EndpointConfig {
             Url(String),
             Full(Full),
         }
-        match Repr::deserialize(d)? {
+        let repr = Repr::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "expected a URL or {{url, weight}}, the weight a whole number from 1 to {MAX_WEIGHT}"
+            ))
+        })?;
+        match repr {
             Repr::Url(url) => Ok(EndpointConfig { url, weight: 1 }),
             Repr::Full(f) => Ok(EndpointConfig {
                 url: f.url,
@@ -491,18 +517,31 @@ impl<'de> Deserialize<'de> for HumanDuration {
             Seconds(f64),
             Text(String),
         }
-        let parsed = match Repr::deserialize(d)? {
-            Repr::Seconds(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
-            Repr::Seconds(_) => None,
-            Repr::Text(t) => parse_duration(&t),
+        let seconds = match Repr::deserialize(d)? {
+            Repr::Seconds(s) => Some(s),
+            Repr::Text(t) => parse_seconds(&t),
         };
-        parsed.map(HumanDuration).ok_or_else(|| {
-            serde::de::Error::custom("expected a duration such as 30s, 500ms, 2m or 1h")
-        })
+        let seconds = seconds
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| {
+                serde::de::Error::custom("expected a duration such as 30s, 500ms, 2m or 1h")
+            })?;
+        // Deadlines are instants plus durations, and backoffs multiples of them: a bound keeps
+        // that arithmetic far from overflowing (where `Instant + Duration` panics).
+        if seconds > MAX_DURATION.as_secs_f64() {
+            return Err(serde::de::Error::custom(
+                "must be at most 24h (86400 seconds)",
+            ));
+        }
+        Ok(HumanDuration(Duration::from_secs_f64(seconds)))
     }
 }
 
-fn parse_duration(text: &str) -> Option<Duration> {
+/// The longest duration any setting takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// `500ms`, `30s`, `2m`, `1h` or a number of seconds, in seconds.
+fn parse_seconds(text: &str) -> Option<f64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -516,7 +555,7 @@ fn parse_duration(text: &str) -> Option<Duration> {
         "h" => value * 3600.0,
         _ => return None,
     };
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    Some(seconds)
 }
 
 /// A provider after validation: the credential read, the endpoints parsed.
@@ -590,8 +629,8 @@ impl InstanceUrl {
         if host.is_empty() || host.contains('@') {
             return Err(format!("`{url}` has no valid host"));
         }
-        if weight == 0 {
-            return Err("weight must be at least 1".into());
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            return Err(format!("weight must be from 1 to {MAX_WEIGHT}"));
         }
         Ok(InstanceUrl {
             tls,
@@ -855,11 +894,11 @@ impl GatewayConfig {
                 "at least one address is required",
             ));
         }
-        if self.max_request_bytes == 0 {
-            return Err(ConfigError::new(
-                "max_request_bytes",
-                "must be greater than 0",
-            ));
+        for (key, bytes) in [
+            ("max_request_bytes", self.max_request_bytes),
+            ("max_response_bytes", self.max_response_bytes),
+        ] {
+            within(key, bytes as u64, 1, MAX_BODY_BYTES as u64)?;
         }
         let mut providers = Vec::new();
         for (name, p) in &self.providers {
@@ -905,11 +944,13 @@ impl GatewayConfig {
                     ));
                 }
             }
-            if m.max_upstream_calls == Some(0) {
-                return Err(ConfigError::new(
-                    format!("{key}.max_upstream_calls"),
-                    "must be greater than 0",
-                ));
+            if let Some(calls) = m.max_upstream_calls {
+                within(
+                    &format!("{key}.max_upstream_calls"),
+                    calls.into(),
+                    1,
+                    MAX_UPSTREAM_CALLS.into(),
+                )?;
             }
             if let Some(h) = m.hedge {
                 if h.after.0.is_zero() || h.max == 0 {
@@ -918,6 +959,12 @@ impl GatewayConfig {
                         "`after` and `max` must be greater than 0",
                     ));
                 }
+                within(
+                    &format!("{key}.hedge.max"),
+                    h.max.into(),
+                    1,
+                    MAX_UPSTREAM_CALLS.into(),
+                )?;
             }
             let positive = |d: Option<HumanDuration>, what: &str| match d {
                 Some(HumanDuration(d)) if d.is_zero() => Err(ConfigError::new(
@@ -958,6 +1005,17 @@ impl GatewayConfig {
         }
         let keys = validate_keys(&self.keys, &models)?;
         let (listen, tls) = validate_listeners(&self.listen.0)?;
+        if let Some(admin) = self.admin_listen {
+            if let Some(client) = listen.iter().find(|a| overlaps(**a, admin)) {
+                return Err(ConfigError::new(
+                    "admin_listen",
+                    format!(
+                        "{admin} takes the port of the client listener {client}: the admin \
+                         endpoints need an address of their own"
+                    ),
+                ));
+            }
+        }
         // Secure by default: a listener other hosts can reach needs keys, or an explicit
         // `auth: none`.
         if keys.is_empty() && self.auth.is_none() {
@@ -999,8 +1057,13 @@ fn validate_listeners(
             format!("listen[{i}]")
         };
         let address = entry.address();
-        if addresses.contains(&address) {
-            return Err(ConfigError::new(key, format!("{address} is listed twice")));
+        if let Some(other) = addresses.iter().find(|a| overlaps(**a, address)) {
+            let why = if *other == address {
+                format!("{address} is listed twice")
+            } else {
+                format!("{address} and {other} take the same port")
+            };
+            return Err(ConfigError::new(key, why));
         }
         addresses.push(address);
         if let ListenConfig::Tls { tls: files, .. } = entry {
@@ -1010,6 +1073,16 @@ fn validate_listeners(
         }
     }
     Ok((addresses, tls))
+}
+
+/// Whether two listeners would take the same socket: the same port on the same address, or on an
+/// unspecified one (`0.0.0.0` takes the port on every IPv4 address; `[::]` on every address,
+/// IPv4 too, as Linux binds it dual-stack).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wide: SocketAddr, other: SocketAddr| {
+        wide.ip().is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// Each key's digest (from `key` or `key_sha256`, exactly one) and its models (each configured).
@@ -1225,12 +1298,12 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
             "must be greater than 0",
         ));
     }
-    if p.max_attempts == 0 {
-        return Err(ConfigError::new(
-            format!("{key}.max_attempts"),
-            "must be at least 1",
-        ));
-    }
+    within(
+        &format!("{key}.max_attempts"),
+        p.max_attempts.into(),
+        1,
+        MAX_UPSTREAM_CALLS.into(),
+    )?;
     let health_check = match &p.health_check {
         Some(h) if !h.enabled => None,
         Some(h) => {
@@ -1486,7 +1559,7 @@ models:
         let base = "providers:\n  p: { kind: openai, api_key: k }\nmodels:\n  m: { provider: p }\n";
         let e = err(&format!("listen: 0.0.0.0:8080\n{base}"));
         assert_eq!(e.key, "keys");
-        let e = err(&format!("listen: [127.0.0.1:8080, \"[::]:8080\"]\n{base}"));
+        let e = err(&format!("listen: [127.0.0.1:8080, \"[::]:8081\"]\n{base}"));
         assert_eq!(e.key, "keys");
         for extra in ["auth: none\n", "keys:\n  a: { key: x }\n"] {
             Settings::from_yaml(&format!("listen: 0.0.0.0:8080\n{base}{extra}"), &env)
@@ -1507,6 +1580,17 @@ models:
         let e = err("listen: [127.0.0.1:1, \"127.0.0.1:1\"]\n");
         assert_eq!(e.key, "listen[1]");
         assert!(e.message.contains("twice"), "{e}");
+        let e = err("listen: [127.0.0.1:3, \"[::]:3\"]\n");
+        assert_eq!(e.key, "listen[1]");
+        assert!(e.message.contains("same port"), "{e}");
+        for apart in [
+            "[0.0.0.0:3, \"[::1]:3\"]",
+            "[127.0.0.1:3, 127.0.0.2:3]",
+            "[127.0.0.1:0, 127.0.0.1:0]",
+        ] {
+            Settings::from_yaml(&format!("listen: {apart}\nauth: none\n"), &env)
+                .unwrap_or_else(|e| panic!("{apart}: {e}"));
+        }
         let e = err("listen: { address: \"127.0.0.1:2\", tsl: {} }\n");
         assert_eq!(e.key, "listen");
         let e = err("listen: { address: \"127.0.0.1:2\", tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem } }\n");
@@ -1634,10 +1718,10 @@ models:
 
     #[test]
     fn durations_and_urls() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("fast"), None);
+        assert_eq!(parse_seconds("500ms"), Some(0.5));
+        assert_eq!(parse_seconds("2m"), Some(120.0));
+        assert_eq!(parse_seconds("1.5s"), Some(1.5));
+        assert_eq!(parse_seconds("fast"), None);
         let u = InstanceUrl::parse("http://[::1]:9000/v1/", 1).unwrap();
         assert_eq!(
             (u.host.as_str(), u.port, u.base_path.as_str()),

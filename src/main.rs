@@ -32,6 +32,25 @@ fn main() -> ExitCode {
     }
 }
 
+/// Pingora binds the listeners inside their services: an address in use is retried there for
+/// some seconds, then the service panics while the process runs on, serving nothing on it.
+/// Binding each address once here first makes that an error at start that names the key. Not
+/// with `-u`, whose sockets come from the running instance that still holds them, nor with `-t`,
+/// which runs while that instance holds them too.
+fn check_addresses_free(settings: &Settings) -> Result<(), String> {
+    let addresses = settings
+        .listen
+        .iter()
+        .map(|a| ("listen", a))
+        .chain(settings.admin_listen.iter().map(|a| ("admin_listen", a)));
+    for (key, addr) in addresses {
+        // std sets SO_REUSEADDR as Pingora does, so a port only in TIME_WAIT is not refused.
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
+}
+
 fn run(opt: Opt) -> Result<(), String> {
     let env = |name: &str| std::env::var(name).ok();
     let (settings, mut server_conf) = match &opt.conf {
@@ -65,6 +84,10 @@ fn run(opt: Opt) -> Result<(), String> {
         log::warn!(
             "no models configured: set OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY, or pass -c FILE"
         );
+    }
+
+    if !opt.upgrade {
+        check_addresses_free(&settings)?;
     }
 
     let registry = Registry::build(&settings);
