@@ -128,9 +128,11 @@ fn run(opt: Opt) -> Result<(), String> {
                     CertificateReloader::load(files)
                         .map_err(|e| format!("listen {addr}: tls{}: {e}", e.field()))?,
                 );
-                let tls = reloader
+                let mut tls = reloader
                     .listener_settings()
                     .map_err(|e| format!("listen {addr}: tls: {e}"))?;
+                // Pingora's `downstream_tls_offload_*` keys, as its own listeners apply them.
+                tls.set_offload_threadpool_from_server_conf(&server.configuration);
                 proxy.add_tls_with_settings(&addr.to_string(), None, tls);
                 reloaders.push(reloader);
             }

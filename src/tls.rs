@@ -61,9 +61,21 @@ pub fn load_certified_key(files: &TlsFiles) -> Result<Arc<CertifiedKey>, CertErr
     parse_certified_key(&cert, &key)
 }
 
+/// The largest certificate or key file read: a chain is a few KiB, and a path to something else
+/// (`/dev/zero`, a log) must not take the memory.
+const MAX_PEM_BYTES: u64 = 1024 * 1024;
+
 fn read_files(files: &TlsFiles) -> Result<(Vec<u8>, Vec<u8>), CertError> {
     let read = |path: &std::path::Path| {
-        std::fs::read(path).map_err(|e| format!("cannot read {}: {e}", path.display()))
+        use std::io::Read;
+        let mut bytes = Vec::new();
+        std::fs::File::open(path)
+            .and_then(|f| f.take(MAX_PEM_BYTES + 1).read_to_end(&mut bytes))
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+        if bytes.len() as u64 > MAX_PEM_BYTES {
+            return Err(format!("{} is larger than 1 MiB", path.display()));
+        }
+        Ok(bytes)
     };
     let cert = read(&files.cert).map_err(CertError::Cert)?;
     let key = read(&files.key).map_err(CertError::Key)?;
@@ -249,6 +261,11 @@ mod tests {
 
         std::fs::remove_file(&files.key).unwrap();
         assert!(!reloader.reload(), "a missing file keeps the old pair");
+        let endless = TlsFiles {
+            cert: "/dev/zero".into(),
+            key: files.key.clone(),
+        };
+        assert_eq!(load_certified_key(&endless).unwrap_err().field(), ".cert");
         std::fs::remove_dir_all(&dir).unwrap();
     }
 }
