@@ -396,6 +396,25 @@ models:
     let text = resp.text().await.unwrap();
     assert!(text.contains("event: message_stop"), "{text}");
 
+    // An upstream cut mid-stream: the stream ends with an error event, never `[DONE]`.
+    mock.push(Behaviour::SseThenDrop {
+        events: anthropic_events()[..3].to_vec(),
+    });
+    let resp = client
+        .post(&chat_url)
+        .json(&chat("claude", true))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!((resp.status().as_u16(), resp.version()), (200, expected));
+    let text = tokio::time::timeout(Duration::from_secs(20), resp.text())
+        .await
+        .unwrap()
+        .unwrap_or_default();
+    let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
+    assert!(last.starts_with("data: {\"error\""), "{text}");
+    assert!(!text.contains("[DONE]"), "{text}");
+
     // The gateway's own answers and upstream errors, in the client's protocol. (Over HTTP/1.1
     // the 413 comes before the client has written its 300 KB and the connection closes under
     // it, TLS or not; an HTTP/2 stream is reset alone.)
