@@ -730,6 +730,18 @@ const PINGORA_KEYS: &[&str] = &[
     "daemon_notify_timeout_seconds",
 ];
 
+/// The most worker threads: Pingora starts each one at start-up.
+pub const MAX_THREADS: u64 = 1024;
+
+/// Pingora's `threads`, which it takes as given: 0 panics in its runtime, and a huge number starts
+/// that many threads. (A value of the wrong type is left to Pingora's own error.)
+fn check_pingora_threads(threads: Option<&serde_yaml::Value>) -> Result<(), ConfigError> {
+    match threads.and_then(serde_yaml::Value::as_u64) {
+        Some(n) => within("threads", n, 1, MAX_THREADS),
+        None => Ok(()),
+    }
+}
+
 /// Pingora's part of a configuration file: only its own top-level keys, as YAML. Pingora's parser
 /// quotes the text it was given in its errors; given only this, it can quote no key of ours.
 pub fn pingora_section(text: &str) -> Result<String, ConfigError> {
@@ -770,6 +782,7 @@ impl Settings {
         let serde_yaml::Value::Mapping(map) = &mut doc else {
             return Err(ConfigError::new("", "the file must be a YAML mapping"));
         };
+        check_pingora_threads(map.get("threads"))?;
         // Pingora's keys are Pingora's to read; everything else must be ours.
         map.retain(|k, _| !k.as_str().is_some_and(|k| PINGORA_KEYS.contains(&k)));
         expand_env(&mut doc, &mut String::new(), env)?;

@@ -235,6 +235,8 @@ fn values_that_would_overflow_or_exhaust_memory_are_refused_naming_the_key() {
             "max_response_bytes",
         ),
         (top("max_response_bytes: 0"), "max_response_bytes"),
+        (top("threads: 0"), "threads"),
+        (top("threads: 100000"), "threads"),
         (
             format!("listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{port}\n"),
             "admin_listen",
