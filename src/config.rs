@@ -19,6 +19,23 @@ pub const DEFAULT_MAX_REQUEST_BYTES: usize = 32 * 1024 * 1024;
 pub const DEFAULT_MAX_TOKENS: u32 = 4096;
 /// Upstream calls one client request may cause, over its attempts, hedges and fallbacks.
 pub const DEFAULT_MAX_UPSTREAM_CALLS: u32 = 8;
+/// The most upstream calls any setting allows one request (`max_attempts`, `max_upstream_calls`,
+/// `hedge.max`): each is a billed call, so more is a typo, never a plan.
+pub const MAX_UPSTREAM_CALLS: u32 = 100;
+/// The largest `max_request_bytes` and `max_response_bytes`: what one request may hold in memory.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024 * 1024;
+
+/// `value` within `min..=max`, or an error naming `key` and the range.
+fn within(key: &str, value: u64, min: u64, max: u64) -> Result<(), ConfigError> {
+    if (min..=max).contains(&value) {
+        Ok(())
+    } else {
+        Err(ConfigError::new(
+            key,
+            format!("must be from {min} to {max}"),
+        ))
+    }
+}
 
 /// A configuration error, naming the key at fault.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -75,9 +92,9 @@ impl fmt::Debug for Secret {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct GatewayConfig {
-    /// Client-facing listeners.
+    /// Client-facing listeners: addresses, or `{address, tls: {cert, key}}`.
     #[serde(default = "default_listen")]
-    pub listen: OneOrMany<SocketAddr>,
+    pub listen: OneOrMany<ListenConfig>,
     /// Admin listener: `/healthz`, `/readyz`, `/metrics`. `null` turns it off.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: Option<SocketAddr>,
@@ -256,7 +273,7 @@ impl Default for EdgeSettings {
 
 /// The longest any `edge` deadline may be: far beyond any real use, and far from overflowing
 /// the clock arithmetic done with it.
-const MAX_EDGE_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_EDGE_DURATION: Duration = MAX_DURATION;
 
 impl EdgeConfig {
     fn validate(&self, max_request_bytes: usize) -> Result<EdgeSettings, ConfigError> {
@@ -264,7 +281,7 @@ impl EdgeConfig {
             if d.0.is_zero() || d.0 > MAX_EDGE_DURATION {
                 Err(ConfigError::new(
                     format!("edge.{what}"),
-                    "must be greater than 0 and at most 7 days",
+                    "must be greater than 0 and at most 24h",
                 ))
             } else {
                 Ok(d.0)
@@ -333,8 +350,71 @@ pub struct KeySettings {
     pub limits: LimitsConfig,
 }
 
-fn default_listen() -> OneOrMany<SocketAddr> {
-    OneOrMany(vec![SocketAddr::from(([127, 0, 0, 1], 8080))])
+fn default_listen() -> OneOrMany<ListenConfig> {
+    OneOrMany(vec![ListenConfig::Plain(SocketAddr::from((
+        [127, 0, 0, 1],
+        8080,
+    )))])
+}
+
+/// One client listener: `127.0.0.1:8080` (plain HTTP/1.1), or
+/// `{ address: "0.0.0.0:8443", tls: { cert: FILE, key: FILE } }` (TLS, HTTP/2 or HTTP/1.1 by ALPN).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ListenConfig {
+    Plain(SocketAddr),
+    Tls { address: SocketAddr, tls: TlsFiles },
+}
+
+impl ListenConfig {
+    pub fn address(&self) -> SocketAddr {
+        match self {
+            ListenConfig::Plain(a) | ListenConfig::Tls { address: a, .. } => *a,
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ListenConfig {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Full {
+            address: SocketAddr,
+            #[serde(default)]
+            tls: Option<TlsFiles>,
+        }
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Repr {
+            Plain(SocketAddr),
+            Full(Full),
+        }
+        match Repr::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(
+                "expected an address (127.0.0.1:8080) or {address, tls: {cert, key}}",
+            )
+        })? {
+            Repr::Plain(a)
+            | Repr::Full(Full {
+                address: a,
+                tls: None,
+            }) => Ok(ListenConfig::Plain(a)),
+            Repr::Full(Full {
+                address,
+                tls: Some(tls),
+            }) => Ok(ListenConfig::Tls { address, tls }),
+        }
+    }
+}
+
+/// A TLS listener's certificate chain and private key, PEM files read at start and re-read when
+/// they change.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TlsFiles {
+    /// The certificate chain, leaf first.
+    pub cert: std::path::PathBuf,
+    /// The private key (PKCS#8, PKCS#1 or SEC1).
+    pub key: std::path::PathBuf,
 }
 fn default_admin_listen() -> Option<SocketAddr> {
     Some(SocketAddr::from(([127, 0, 0, 1], 9090)))
@@ -568,7 +648,7 @@ pub struct ProviderKey {
 /// Most keys one provider may rotate over.
 pub const MAX_PROVIDER_KEYS: usize = 64;
 /// Longest `key_cooldown`, `key_file_poll`, `refresh_every` or command `timeout`.
-const MAX_KEY_DURATION: Duration = Duration::from_secs(7 * 24 * 3600);
+const MAX_KEY_DURATION: Duration = MAX_DURATION;
 
 /// Reads a key file: its content, whitespace trimmed, when it holds a usable key.
 pub fn read_key_file(path: &str) -> Result<Secret, String> {
@@ -614,7 +694,7 @@ fn validate_command(key: &str, c: &CommandConfig) -> Result<(), ConfigError> {
         if d.is_zero() || d > MAX_KEY_DURATION {
             return Err(ConfigError::new(
                 format!("{key}.{name}"),
-                "must be greater than 0 and at most 7 days",
+                "must be greater than 0 and at most 24h",
             ));
         }
     }
@@ -646,6 +726,10 @@ fn default_timeout() -> HumanDuration {
     HumanDuration(Duration::from_secs(600))
 }
 
+/// The largest endpoint `weight`: weights are relative, and Pingora's weighted round robin holds
+/// one slot per unit of weight (a weight of 10^10 would take 20 GB).
+pub const MAX_WEIGHT: usize = 1000;
+
 /// `"https://host/v1"` or `{ url: "https://host/v1", weight: 2 }`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct EndpointConfig {
@@ -671,7 +755,12 @@ impl<'de> Deserialize<'de> for EndpointConfig {
             Url(String),
             Full(Full),
         }
-        match Repr::deserialize(d)? {
+        let repr = Repr::deserialize(d).map_err(|_| {
+            serde::de::Error::custom(format!(
+                "expected a URL or {{url, weight}}, the weight a whole number from 1 to {MAX_WEIGHT}"
+            ))
+        })?;
+        match repr {
             Repr::Url(url) => Ok(EndpointConfig { url, weight: 1 }),
             Repr::Full(f) => Ok(EndpointConfig {
                 url: f.url,
@@ -795,18 +884,31 @@ impl<'de> Deserialize<'de> for HumanDuration {
             Seconds(f64),
             Text(String),
         }
-        let parsed = match Repr::deserialize(d)? {
-            Repr::Seconds(s) if s.is_finite() && s >= 0.0 => Some(Duration::from_secs_f64(s)),
-            Repr::Seconds(_) => None,
-            Repr::Text(t) => parse_duration(&t),
+        let seconds = match Repr::deserialize(d)? {
+            Repr::Seconds(s) => Some(s),
+            Repr::Text(t) => parse_seconds(&t),
         };
-        parsed.map(HumanDuration).ok_or_else(|| {
-            serde::de::Error::custom("expected a duration such as 30s, 500ms, 2m or 1h")
-        })
+        let seconds = seconds
+            .filter(|s| s.is_finite() && *s >= 0.0)
+            .ok_or_else(|| {
+                serde::de::Error::custom("expected a duration such as 30s, 500ms, 2m or 1h")
+            })?;
+        // Deadlines are instants plus durations, and backoffs multiples of them: a bound keeps
+        // that arithmetic far from overflowing (where `Instant + Duration` panics).
+        if seconds > MAX_DURATION.as_secs_f64() {
+            return Err(serde::de::Error::custom(
+                "must be at most 24h (86400 seconds)",
+            ));
+        }
+        Ok(HumanDuration(Duration::from_secs_f64(seconds)))
     }
 }
 
-fn parse_duration(text: &str) -> Option<Duration> {
+/// The longest duration any setting takes.
+pub const MAX_DURATION: Duration = Duration::from_secs(24 * 3600);
+
+/// `500ms`, `30s`, `2m`, `1h` or a number of seconds, in seconds.
+fn parse_seconds(text: &str) -> Option<f64> {
     let text = text.trim();
     let split = text
         .find(|c: char| !(c.is_ascii_digit() || c == '.'))
@@ -820,7 +922,7 @@ fn parse_duration(text: &str) -> Option<Duration> {
         "h" => value * 3600.0,
         _ => return None,
     };
-    (seconds.is_finite() && seconds >= 0.0).then(|| Duration::from_secs_f64(seconds))
+    Some(seconds)
 }
 
 /// A provider after validation: the credential read, the endpoints parsed.
@@ -902,8 +1004,8 @@ impl InstanceUrl {
         if host.is_empty() || host.contains('@') {
             return Err(format!("`{url}` has no valid host"));
         }
-        if weight == 0 {
-            return Err("weight must be at least 1".into());
+        if !(1..=MAX_WEIGHT).contains(&weight) {
+            return Err(format!("weight must be from 1 to {MAX_WEIGHT}"));
         }
         Ok(InstanceUrl {
             tls,
@@ -954,6 +1056,8 @@ pub struct ModelSettings {
 #[derive(Debug, Clone)]
 pub struct Settings {
     pub listen: Vec<SocketAddr>,
+    /// The listeners of `listen` that terminate TLS, with their certificate files.
+    pub tls: BTreeMap<SocketAddr, TlsFiles>,
     pub admin_listen: Option<SocketAddr>,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
@@ -1004,6 +1108,18 @@ const PINGORA_KEYS: &[&str] = &[
     "daemon_notify_timeout_seconds",
 ];
 
+/// The most worker threads: Pingora starts each one at start-up.
+pub const MAX_THREADS: u64 = 1024;
+
+/// Pingora's `threads`, which it takes as given: 0 panics in its runtime, and a huge number starts
+/// that many threads. (A value of the wrong type is left to Pingora's own error.)
+fn check_pingora_threads(threads: Option<&serde_yaml::Value>) -> Result<(), ConfigError> {
+    match threads.and_then(serde_yaml::Value::as_u64) {
+        Some(n) => within("threads", n, 1, MAX_THREADS),
+        None => Ok(()),
+    }
+}
+
 /// Pingora's part of a configuration file: only its own top-level keys, as YAML. Pingora's parser
 /// quotes the text it was given in its errors; given only this, it can quote no key of ours.
 pub fn pingora_section(text: &str) -> Result<String, ConfigError> {
@@ -1044,6 +1160,7 @@ impl Settings {
         let serde_yaml::Value::Mapping(map) = &mut doc else {
             return Err(ConfigError::new("", "the file must be a YAML mapping"));
         };
+        check_pingora_threads(map.get("threads"))?;
         // Pingora's keys are Pingora's to read; everything else must be ours.
         map.retain(|k, _| !k.as_str().is_some_and(|k| PINGORA_KEYS.contains(&k)));
         expand_env(&mut doc, &mut String::new(), env)?;
@@ -1156,7 +1273,8 @@ impl Settings {
         config.validate().unwrap_or_else(|e| {
             log::error!("embedded default configuration is invalid: {e}");
             Settings {
-                listen: default_listen().0,
+                listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
+                tls: BTreeMap::new(),
                 admin_listen: default_admin_listen(),
                 max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
                 max_response_bytes: default_max_response_bytes(),
@@ -1181,11 +1299,11 @@ impl GatewayConfig {
                 "at least one address is required",
             ));
         }
-        if self.max_request_bytes == 0 {
-            return Err(ConfigError::new(
-                "max_request_bytes",
-                "must be greater than 0",
-            ));
+        for (key, bytes) in [
+            ("max_request_bytes", self.max_request_bytes),
+            ("max_response_bytes", self.max_response_bytes),
+        ] {
+            within(key, bytes as u64, 1, MAX_BODY_BYTES as u64)?;
         }
         let mut providers = Vec::new();
         for (name, p) in &self.providers {
@@ -1231,11 +1349,13 @@ impl GatewayConfig {
                     ));
                 }
             }
-            if m.max_upstream_calls == Some(0) {
-                return Err(ConfigError::new(
-                    format!("{key}.max_upstream_calls"),
-                    "must be greater than 0",
-                ));
+            if let Some(calls) = m.max_upstream_calls {
+                within(
+                    &format!("{key}.max_upstream_calls"),
+                    calls.into(),
+                    1,
+                    MAX_UPSTREAM_CALLS.into(),
+                )?;
             }
             if let Some(h) = m.hedge {
                 if h.after.0.is_zero() || h.max == 0 {
@@ -1244,6 +1364,12 @@ impl GatewayConfig {
                         "`after` and `max` must be greater than 0",
                     ));
                 }
+                within(
+                    &format!("{key}.hedge.max"),
+                    h.max.into(),
+                    1,
+                    MAX_UPSTREAM_CALLS.into(),
+                )?;
             }
             let positive = |d: Option<HumanDuration>, what: &str| match d {
                 Some(HumanDuration(d)) if d.is_zero() => Err(ConfigError::new(
@@ -1284,10 +1410,22 @@ impl GatewayConfig {
             });
         }
         let keys = validate_keys(&self.keys, &models)?;
+        let (listen, tls) = validate_listeners(&self.listen.0)?;
+        if let Some(admin) = self.admin_listen {
+            if let Some(client) = listen.iter().find(|a| overlaps(**a, admin)) {
+                return Err(ConfigError::new(
+                    "admin_listen",
+                    format!(
+                        "{admin} takes the port of the client listener {client}: the admin \
+                         endpoints need an address of their own"
+                    ),
+                ));
+            }
+        }
         // Secure by default: a listener other hosts can reach needs keys, or an explicit
         // `auth: none`.
         if keys.is_empty() && self.auth.is_none() {
-            if let Some(open) = self.listen.0.iter().find(|a| !a.ip().is_loopback()) {
+            if let Some(open) = listen.iter().find(|a| !a.ip().is_loopback()) {
                 return Err(ConfigError::new(
                     "keys",
                     format!(
@@ -1298,7 +1436,8 @@ impl GatewayConfig {
             }
         }
         Ok(Settings {
-            listen: self.listen.0,
+            listen,
+            tls,
             admin_listen: self.admin_listen,
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
@@ -1309,6 +1448,49 @@ impl GatewayConfig {
             edge: self.edge.validate(self.max_request_bytes)?,
         })
     }
+}
+
+/// The client listeners' addresses, each once, and the TLS files of those that terminate TLS, each
+/// pair loaded once here so that a missing, unreadable or mismatched file fails at start.
+#[allow(clippy::type_complexity)]
+fn validate_listeners(
+    listen: &[ListenConfig],
+) -> Result<(Vec<SocketAddr>, BTreeMap<SocketAddr, TlsFiles>), ConfigError> {
+    let mut addresses = Vec::with_capacity(listen.len());
+    let mut tls = BTreeMap::new();
+    for (i, entry) in listen.iter().enumerate() {
+        let key = if listen.len() == 1 {
+            "listen".to_string()
+        } else {
+            format!("listen[{i}]")
+        };
+        let address = entry.address();
+        if let Some(other) = addresses.iter().find(|a| overlaps(**a, address)) {
+            let why = if *other == address {
+                format!("{address} is listed twice")
+            } else {
+                format!("{address} and {other} take the same port")
+            };
+            return Err(ConfigError::new(key, why));
+        }
+        addresses.push(address);
+        if let ListenConfig::Tls { tls: files, .. } = entry {
+            crate::tls::load_certified_key(files)
+                .map_err(|e| ConfigError::new(format!("{key}.tls{}", e.field()), e.to_string()))?;
+            tls.insert(address, files.clone());
+        }
+    }
+    Ok((addresses, tls))
+}
+
+/// Whether two listeners would take the same socket: the same port on the same address, or on an
+/// unspecified one (`0.0.0.0` takes the port on every IPv4 address; `[::]` on every address,
+/// IPv4 too, as Linux binds it dual-stack).
+fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
+    let covers = |wide: SocketAddr, other: SocketAddr| {
+        wide.ip().is_unspecified() && (wide.is_ipv6() || other.is_ipv4())
+    };
+    a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
 /// Each key's digest (from `key` or `key_sha256`, exactly one) and its models (each configured).
@@ -1542,7 +1724,7 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         if d.is_zero() || d > MAX_KEY_DURATION {
             return Err(ConfigError::new(
                 format!("{key}.{name}"),
-                "must be greater than 0 and at most 7 days",
+                "must be greater than 0 and at most 24h",
             ));
         }
     }
@@ -1623,12 +1805,12 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
             "must be greater than 0",
         ));
     }
-    if p.max_attempts == 0 {
-        return Err(ConfigError::new(
-            format!("{key}.max_attempts"),
-            "must be at least 1",
-        ));
-    }
+    within(
+        &format!("{key}.max_attempts"),
+        p.max_attempts.into(),
+        1,
+        MAX_UPSTREAM_CALLS.into(),
+    )?;
     let health_check = match &p.health_check {
         Some(h) if !h.enabled => None,
         Some(h) => {
@@ -1946,7 +2128,7 @@ models:
         let base = "providers:\n  p: { kind: openai, api_key: k }\nmodels:\n  m: { provider: p }\n";
         let e = err(&format!("listen: 0.0.0.0:8080\n{base}"));
         assert_eq!(e.key, "keys");
-        let e = err(&format!("listen: [127.0.0.1:8080, \"[::]:8080\"]\n{base}"));
+        let e = err(&format!("listen: [127.0.0.1:8080, \"[::]:8081\"]\n{base}"));
         assert_eq!(e.key, "keys");
         for extra in ["auth: none\n", "keys:\n  a: { key: x }\n"] {
             Settings::from_yaml(&format!("listen: 0.0.0.0:8080\n{base}{extra}"), &env)
@@ -2007,6 +2189,36 @@ models:
                 "{list}"
             );
         }
+    }
+
+    #[test]
+    fn listeners_are_addresses_or_tls_entries() {
+        let s = Settings::from_yaml(
+            "listen: [127.0.0.1:1, { address: \"127.0.0.1:2\" }]\n",
+            &env,
+        )
+        .unwrap();
+        assert_eq!(s.listen.len(), 2);
+        assert!(s.tls.is_empty());
+        let e = err("listen: [127.0.0.1:1, \"127.0.0.1:1\"]\n");
+        assert_eq!(e.key, "listen[1]");
+        assert!(e.message.contains("twice"), "{e}");
+        let e = err("listen: [127.0.0.1:3, \"[::]:3\"]\n");
+        assert_eq!(e.key, "listen[1]");
+        assert!(e.message.contains("same port"), "{e}");
+        for apart in [
+            "[0.0.0.0:3, \"[::1]:3\"]",
+            "[127.0.0.1:3, 127.0.0.2:3]",
+            "[127.0.0.1:0, 127.0.0.1:0]",
+        ] {
+            Settings::from_yaml(&format!("listen: {apart}\nauth: none\n"), &env)
+                .unwrap_or_else(|e| panic!("{apart}: {e}"));
+        }
+        let e = err("listen: { address: \"127.0.0.1:2\", tsl: {} }\n");
+        assert_eq!(e.key, "listen");
+        let e = err("listen: { address: \"127.0.0.1:2\", tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem } }\n");
+        assert_eq!(e.key, "listen.tls.cert");
+        assert!(e.message.contains("/nonexistent/c.pem"), "{e}");
     }
 
     #[test]
@@ -2171,7 +2383,7 @@ models:
                 "providers.p.api_key_command.timeout",
             ),
             (
-                "api_key_command: { run: [x], refresh_every: 200h }",
+                "api_key_command: { run: [x], refresh_every: 0s }",
                 "providers.p.api_key_command.refresh_every",
             ),
             (
@@ -2223,10 +2435,10 @@ models:
 
     #[test]
     fn durations_and_urls() {
-        assert_eq!(parse_duration("500ms"), Some(Duration::from_millis(500)));
-        assert_eq!(parse_duration("2m"), Some(Duration::from_secs(120)));
-        assert_eq!(parse_duration("1.5s"), Some(Duration::from_millis(1500)));
-        assert_eq!(parse_duration("fast"), None);
+        assert_eq!(parse_seconds("500ms"), Some(0.5));
+        assert_eq!(parse_seconds("2m"), Some(120.0));
+        assert_eq!(parse_seconds("1.5s"), Some(1.5));
+        assert_eq!(parse_seconds("fast"), None);
         let u = InstanceUrl::parse("http://[::1]:9000/v1/", 1).unwrap();
         assert_eq!(
             (u.host.as_str(), u.port, u.base_path.as_str()),

@@ -21,5 +21,6 @@ pub mod registry;
 pub mod stream;
 #[cfg(test)]
 mod test_support;
+pub mod tls;
 pub mod upstream;
 pub mod wire;

@@ -7,6 +7,7 @@ use dragoman::config::{self, Settings};
 use dragoman::proxy::edge::EdgeApp;
 use dragoman::proxy::Gateway;
 use dragoman::registry::Registry;
+use dragoman::tls::CertificateReloader;
 use dragoman::upstream::credentials::Renewal;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
@@ -32,6 +33,25 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// Pingora binds the listeners inside their services: an address in use is retried there for
+/// some seconds, then the service panics while the process runs on, serving nothing on it.
+/// Binding each address once here first makes that an error at start that names the key. Not
+/// with `-u`, whose sockets come from the running instance that still holds them, nor with `-t`,
+/// which runs while that instance holds them too.
+fn check_addresses_free(settings: &Settings) -> Result<(), String> {
+    let addresses = settings
+        .listen
+        .iter()
+        .map(|a| ("listen", a))
+        .chain(settings.admin_listen.iter().map(|a| ("admin_listen", a)));
+    for (key, addr) in addresses {
+        // std sets SO_REUSEADDR as Pingora does, so a port only in TIME_WAIT is not refused.
+        std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("{key}: cannot listen on {addr}: {e}"))?;
+    }
+    Ok(())
 }
 
 fn run(opt: Opt) -> Result<(), String> {
@@ -67,6 +87,10 @@ fn run(opt: Opt) -> Result<(), String> {
         log::warn!(
             "no models configured: set OPENAI_API_KEY, ANTHROPIC_API_KEY or GEMINI_API_KEY, or pass -c FILE"
         );
+    }
+
+    if !opt.upgrade {
+        check_addresses_free(&settings)?;
     }
 
     let registry = Registry::build(&settings);
@@ -112,10 +136,32 @@ fn run(opt: Opt) -> Result<(), String> {
     options.h2_idle_timeout = Some(settings.edge.idle_timeout);
     gateway.server_options = Some(options);
     let mut proxy = Service::new("dragoman".into(), EdgeApp::new(gateway, settings.edge));
+    let mut reloaders = Vec::new();
     for addr in &settings.listen {
-        proxy.add_tcp(&addr.to_string());
+        match settings.tls.get(addr) {
+            None => proxy.add_tcp(&addr.to_string()),
+            Some(files) => {
+                let reloader = Arc::new(
+                    CertificateReloader::load(files)
+                        .map_err(|e| format!("listen {addr}: tls{}: {e}", e.field()))?,
+                );
+                let mut tls = reloader
+                    .listener_settings()
+                    .map_err(|e| format!("listen {addr}: tls: {e}"))?;
+                // Pingora's `downstream_tls_offload_*` keys, as its own listeners apply them.
+                tls.set_offload_threadpool_from_server_conf(&server.configuration);
+                proxy.add_tls_with_settings(&addr.to_string(), None, tls);
+                reloaders.push(reloader);
+            }
+        }
     }
     server.add_service(proxy);
+    for (i, reloader) in reloaders.into_iter().enumerate() {
+        server.add_service(GenBackgroundService::new(
+            format!("tls certificate reload {i}"),
+            reloader,
+        ));
+    }
 
     if let Some(admin_addr) = settings.admin_listen {
         let mut admin = Service::new("dragoman admin".into(), AdminApp::new(registry.clone()));

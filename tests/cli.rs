@@ -153,3 +153,162 @@ fn a_bad_pingora_setting_is_named_without_printing_the_file() {
         );
     }
 }
+
+/// Values that would overflow (`Instant + Duration` panics), exhaust memory (Pingora's weighted
+/// round robin holds one slot per unit of weight) or leave a listener without its port: refused
+/// by `-t` and at start, naming the key, never a panic.
+#[test]
+fn values_that_would_overflow_or_exhaust_memory_are_refused_naming_the_key() {
+    let port = free_port();
+    let provider = |extra: &str| {
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin_listen: null\nproviders:\n  p: {{ kind: openai, api_key: k{extra} }}\nmodels:\n  m: {{ provider: p }}\n"
+        )
+    };
+    let model = |extra: &str| {
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin_listen: null\nproviders:\n  p: {{ kind: openai, api_key: k }}\nmodels:\n  m: {{ provider: p{extra} }}\n"
+        )
+    };
+    let endpoint = |weight: &str| {
+        provider(&format!(
+            ", endpoints: [{{ url: \"http://127.0.0.1:1/v1\", weight: {weight} }}]"
+        ))
+    };
+    let top = |extra: &str| format!("listen: 127.0.0.1:{port}\nadmin_listen: null\n{extra}\n");
+    let cases = [
+        (provider(", timeout: 1e20"), "providers.p.timeout"),
+        (provider(", timeout: 1e15"), "providers.p.timeout"),
+        (
+            provider(", timeout: \"100000000000000000000000s\""),
+            "providers.p.timeout",
+        ),
+        (provider(", timeout: 25h"), "providers.p.timeout"),
+        (provider(", timeout: -1"), "providers.p.timeout"),
+        (provider(", timeout: \"-5s\""), "providers.p.timeout"),
+        (provider(", timeout: .nan"), "providers.p.timeout"),
+        (provider(", timeout: .inf"), "providers.p.timeout"),
+        (
+            provider(", retry_backoff: 1e19"),
+            "providers.p.retry_backoff",
+        ),
+        (
+            provider(", stream_idle_timeout: 1e20"),
+            "providers.p.stream_idle_timeout",
+        ),
+        (
+            provider(", circuit_breaker: { cooldown: 1e20 }"),
+            "providers.p.circuit_breaker.cooldown",
+        ),
+        (
+            provider(", health_check: { interval: 1e20 }"),
+            "providers.p.health_check.interval",
+        ),
+        (model(", timeout: 1e20"), "models.m.timeout"),
+        (model(", total_timeout: 1e20"), "models.m.total_timeout"),
+        (model(", hedge: { after: 1e20 }"), "models.m.hedge.after"),
+        (endpoint("1e10"), "providers.p.endpoints[0]"),
+        (endpoint("10000000000"), "providers.p.endpoints[0]"),
+        (endpoint("1001"), "providers.p.endpoints[0]"),
+        (endpoint("0"), "providers.p.endpoints[0]"),
+        (
+            provider(", max_attempts: 4294967295"),
+            "providers.p.max_attempts",
+        ),
+        (provider(", max_attempts: 0"), "providers.p.max_attempts"),
+        (
+            model(", max_upstream_calls: 1000000"),
+            "models.m.max_upstream_calls",
+        ),
+        (
+            model(", hedge: { after: 1s, max: 4294967295 }"),
+            "models.m.hedge.max",
+        ),
+        (top("max_request_bytes: 1e20"), "max_request_bytes"),
+        (
+            top("max_request_bytes: 18446744073709551615"),
+            "max_request_bytes",
+        ),
+        (top("max_request_bytes: 0"), "max_request_bytes"),
+        (
+            top("max_response_bytes: 1099511627776"),
+            "max_response_bytes",
+        ),
+        (top("max_response_bytes: 0"), "max_response_bytes"),
+        (top("threads: 0"), "threads"),
+        (top("threads: 100000"), "threads"),
+        (
+            format!("listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{port}\n"),
+            "admin_listen",
+        ),
+        (
+            format!("listen: 127.0.0.1:{port}\nadmin_listen: 0.0.0.0:{port}\n"),
+            "admin_listen",
+        ),
+        (
+            format!("listen: \"[::1]:{port}\"\nadmin_listen: \"[::]:{port}\"\n"),
+            "admin_listen",
+        ),
+        (
+            format!("listen: [127.0.0.1:{port}, 127.0.0.1:{port}]\nadmin_listen: null\n"),
+            "listen[1]",
+        ),
+    ];
+    for (i, (text, key)) in cases.iter().enumerate() {
+        let path = write_config(&format!("limits-{i}"), text);
+        for args in [&["-t", "-c"][..], &["-c"][..]] {
+            let mut args = args.to_vec();
+            args.push(path.to_str().unwrap());
+            let (ok, out) = run_dragoman_within(&args, &[], std::time::Duration::from_secs(20));
+            assert_eq!(ok, Some(false), "{args:?} should fail:\n{text}\n{out}");
+            assert!(
+                out.contains(&format!("{key}:")),
+                "expected `{key}` in: {out}\n{text}"
+            );
+            assert!(!out.contains("panicked"), "{text}\n{out}");
+        }
+        let _ = std::fs::remove_file(&path);
+    }
+    // The largest values allowed still load.
+    let path = write_config(
+        "limits-ok",
+        &format!(
+            "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{}\nmax_request_bytes: 1073741824\nedge: {{ max_buffered_bytes: 2147483648 }}\nproviders:\n  p: {{ kind: openai, api_key: k, timeout: 24h, max_attempts: 100, endpoints: [{{ url: \"http://127.0.0.1:1/v1\", weight: 1000 }}] }}\nmodels:\n  m: {{ provider: p, max_upstream_calls: 100, hedge: {{ after: 86400, max: 100 }} }}\n",
+            free_port()
+        ),
+    );
+    let (ok, out) = run_dragoman(&["-t", "-c", path.to_str().unwrap()], &[]);
+    assert!(ok, "{out}");
+}
+
+/// Pingora would retry a port in use for 30 s, then run on without that listener: the start
+/// fails at once instead, naming the key. `-t` does not bind: it runs beside the instance it is
+/// about to replace, which holds the ports.
+#[test]
+fn a_port_in_use_stops_the_start_naming_the_key() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = taken.local_addr().unwrap().port();
+    let free = free_port();
+    for (key, listen, admin) in [("listen", busy, free), ("admin_listen", free, busy)] {
+        let path = write_config(
+            &format!("in-use-{key}"),
+            &format!("listen: 127.0.0.1:{listen}\nadmin_listen: 127.0.0.1:{admin}\n"),
+        );
+        let path = path.to_str().unwrap();
+        let started = std::time::Instant::now();
+        let (ok, out) = run_dragoman_within(&["-c", path], &[], std::time::Duration::from_secs(20));
+        assert_eq!(ok, Some(false), "{key}: {out}");
+        assert!(
+            out.contains(&format!("{key}: cannot listen on 127.0.0.1:{busy}")),
+            "{key}: {out}"
+        );
+        assert!(
+            started.elapsed() < std::time::Duration::from_secs(10),
+            "{key}: the start took {:?} to fail",
+            started.elapsed()
+        );
+        let (ok, out) = run_dragoman(&["-t", "-c", path], &[]);
+        assert!(ok, "{out}");
+    }
+    drop(taken);
+}

@@ -6,6 +6,7 @@
 
 use pingora_proxy::Session;
 use std::os::fd::{BorrowedFd, OwnedFd};
+use tokio::io::Interest;
 
 /// A duplicate of the client's socket, for HTTP/1 clients (HTTP/2 streams end by themselves).
 pub fn duplicate_client_socket(session: &Session) -> Option<OwnedFd> {
@@ -16,16 +17,27 @@ pub fn duplicate_client_socket(session: &Session) -> Option<OwnedFd> {
     borrowed.try_clone_to_owned().ok()
 }
 
-/// Resolves when the client closes or resets its connection. Pends forever if the client sends
-/// more bytes (a pipelined request), since then its state cannot be told without reading.
+/// Resolves when the client closes or resets its connection. Bytes the client sends meanwhile
+/// are left unread: a pipelined request, or, over TLS, the `close_notify` alert that comes just
+/// before the end of the stream (so a peek at the first byte cannot tell a TLS client that left).
+/// The kernel's read-hangup event says it in both cases.
 pub async fn closed(socket: OwnedFd) {
-    // The duplicate shares the original's non-blocking mode.
-    let Ok(stream) = tokio::net::TcpStream::from_std(std::net::TcpStream::from(socket)) else {
+    // SAFETY: the `OwnedFd` is moved into the `AsyncFd` and closed only when it is dropped, so
+    // the descriptor stays open and the same for the registration's whole life.
+    let registered =
+        unsafe { tokio::io::unix::AsyncFd::register_with_interest(socket, Interest::READABLE) };
+    let Ok(watch) = registered else {
         return std::future::pending().await;
     };
-    let mut byte = [0u8; 1];
-    match stream.peek(&mut byte).await {
-        Ok(0) | Err(_) => {}
-        Ok(_) => std::future::pending().await,
+    loop {
+        let Ok(mut event) = watch.readable().await else {
+            return;
+        };
+        if event.ready().is_read_closed() || event.ready().is_error() {
+            return;
+        }
+        // Readable but still open: wait for the next event (new bytes, or the hangup), which
+        // clearing the readiness without reading lets through.
+        event.clear_ready();
     }
 }

@@ -93,6 +93,12 @@ pub async fn run(
     replan: &(dyn Fn(&str) -> Result<PlannedCall, GatewayError> + Send + Sync),
 ) {
     let protocol = call.endpoint.protocol();
+    // Pingora 0.9.1 builds each subrequest from the client's request head written out as HTTP/1
+    // text, with the client's version; "HTTP/2" is refused by the subrequest's HTTP/1 parser (a
+    // bare 400). The legs need only the head's method, path and headers.
+    if session.as_downstream().is_http2() {
+        session.req_header_mut().set_version(http::Version::HTTP_11);
+    }
     // The client's model: its settings govern the whole chain, whichever model answers.
     let chain = call.model.clone();
     let budget = call.budget.clone();
@@ -173,7 +179,7 @@ pub async fn run(
                 }
                 () = hedge_timer => Event::Hedge,
                 () = tokio::time::sleep_until(tokio::time::Instant::from_std(deadline)) => Event::Deadline,
-                () = &mut client_gone => Event::ClientGone,
+                () = gone(session, &mut client_gone) => Event::ClientGone,
             };
             let (failure, condition) = match event {
                 Event::Task(index, Some(HttpTask::Header(header, ended))) => {
@@ -188,7 +194,8 @@ pub async fn run(
                     match retry::failure_condition(status) {
                         Some(FallbackCondition::ContextLength) => {
                             // Only the body tells a context window error from other 400s.
-                            match answer.complete(&chain, &mut client_gone).await {
+                            let gone = std::pin::pin!(gone(session, &mut client_gone));
+                            match answer.complete(&chain, gone).await {
                                 Completion::Whole => {
                                     let condition = answer
                                         .mentions_context_length()
@@ -286,14 +293,18 @@ pub async fn run(
                             return;
                         }
                     }
-                    () = &mut client_gone => return client_left(&chain),
+                    () = gone(session, &mut client_gone) => return client_left(&chain),
                 }
             }
             return;
         }
         // Other answers are held until complete: until then nothing has reached the client, so
         // one that runs out of time or breaks off can still fall back, or become a clean error.
-        let failure = match answer.complete(&chain, &mut client_gone).await {
+        let completion = {
+            let gone = std::pin::pin!(gone(session, &mut client_gone));
+            answer.complete(&chain, gone).await
+        };
+        let failure = match completion {
             Completion::Whole => {
                 set_attempts(&mut answer.tasks, budget.calls_made());
                 write(session, answer.tasks).await;
@@ -316,6 +327,18 @@ pub async fn run(
             }
             retry::Next::Keep => last_failure = Some(Failure::Leg(failure)),
         }
+    }
+}
+
+/// Resolves when the client went away: an HTTP/2 client's stream reset, or else `h1_closed`, the
+/// watch on an HTTP/1 client's socket. (An HTTP/2 connection carries other streams: its socket
+/// says nothing of this one.)
+async fn gone(session: &mut Session, h1_closed: &mut (impl Future<Output = ()> + Unpin)) {
+    match session.downstream_session.watch_h2_stream_close() {
+        Some(reset) => {
+            let _ = reset.await;
+        }
+        None => h1_closed.await,
     }
 }
 

@@ -70,6 +70,16 @@ impl GatewayProcess {
     }
 
     pub fn start_with_env(body: &str, env: &[(&str, &str)]) -> GatewayProcess {
+        Self::start_listening(|port| format!("127.0.0.1:{port}"), body, env)
+    }
+
+    /// Like [`Self::start_with_env`], with the client listener's `listen` value written by
+    /// `listen` from the port (a TLS listener, say).
+    pub fn start_listening(
+        listen: impl Fn(u16) -> String,
+        body: &str,
+        env: &[(&str, &str)],
+    ) -> GatewayProcess {
         let port = free_port();
         let admin_port = free_port();
         let dir =
@@ -78,8 +88,9 @@ impl GatewayProcess {
         let config = format!(
             "threads: 2\npid_file: {dir}/pid\nupgrade_sock: {dir}/upgrade.sock\n\
              grace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n\
-             listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\n{body}",
-            dir = dir.display()
+             listen: {listen}\nadmin_listen: 127.0.0.1:{admin_port}\n{body}",
+            dir = dir.display(),
+            listen = listen(port)
         );
         let path = dir.join("dragoman.yaml");
         std::fs::write(&path, &config).expect("write config");
@@ -223,4 +234,47 @@ pub fn data_segments_in(stream: &impl std::os::unix::io::AsRawFd) -> u32 {
     };
     assert_eq!(rc, 0, "getsockopt(TCP_INFO)");
     info.tcpi_data_segs_in
+}
+
+/// Runs `dragoman` with arguments for at most `limit`: (exit success, stdout + stderr), or
+/// `None` for success when it was still running at `limit` (it is then killed). For commands that
+/// must exit by themselves (a start-up that fails), without a hang when they do not.
+pub fn run_dragoman_within(
+    args: &[&str],
+    env: &[(&str, &str)],
+    limit: Duration,
+) -> (Option<bool>, String) {
+    let dir = std::env::temp_dir().join(format!(
+        "dragoman-run-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).expect("temp dir");
+    let out_path = dir.join("out.log");
+    let out = std::fs::File::create(&out_path).expect("log file");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_dragoman"))
+        .args(args)
+        .env_remove("OPENAI_API_KEY")
+        .env_remove("ANTHROPIC_API_KEY")
+        .env_remove("GEMINI_API_KEY")
+        .envs(env.iter().copied())
+        .stdout(out.try_clone().expect("log file"))
+        .stderr(out)
+        .spawn()
+        .expect("run dragoman");
+    let deadline = Instant::now() + limit;
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait") {
+            break Some(status.success());
+        }
+        if Instant::now() >= deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let text = std::fs::read_to_string(&out_path).unwrap_or_default();
+    let _ = std::fs::remove_dir_all(&dir);
+    (status, text)
 }
