@@ -54,6 +54,8 @@ config() { # name, extra provider/model settings, keys section
   cat > "$WORK/$1.yaml" <<YAML
 pid_file: $WORK/dragoman.pid
 upgrade_sock: $WORK/upgrade.sock
+grace_period_seconds: 0
+graceful_shutdown_timeout_seconds: 1
 listen: 127.0.0.1:$GW
 admin_listen: 127.0.0.1:$GW_ADMIN
 providers:

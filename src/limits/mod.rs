@@ -138,14 +138,20 @@ impl RateLimitHeaders {
     }
 }
 
-/// OpenAI's duration format: `20ms`, `1.5s`, `6m0s`.
+/// OpenAI's duration format: `20ms`, `1.5s`, `6m0s`. Integer formatting only: this runs for
+/// every answer.
 fn reset_text(d: Duration) -> String {
     let ms = d.as_millis();
     if ms < 1000 {
         format!("{ms}ms")
     } else if ms < 60_000 {
-        let text = format!("{:.3}", d.as_secs_f64());
-        format!("{}s", text.trim_end_matches('0').trim_end_matches('.'))
+        let (secs, frac) = (ms / 1000, ms % 1000);
+        match (frac % 10 == 0, frac % 100 == 0) {
+            _ if frac == 0 => format!("{secs}s"),
+            (_, true) => format!("{secs}.{}s", frac / 100),
+            (true, false) => format!("{secs}.{:02}s", frac / 10),
+            _ => format!("{secs}.{frac:03}s"),
+        }
     } else {
         format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
     }
@@ -453,6 +459,9 @@ mod tests {
     fn reset_texts_follow_openai() {
         assert_eq!(reset_text(Duration::from_millis(20)), "20ms");
         assert_eq!(reset_text(Duration::from_millis(1500)), "1.5s");
+        assert_eq!(reset_text(Duration::from_millis(1050)), "1.05s");
+        assert_eq!(reset_text(Duration::from_millis(1005)), "1.005s");
+        assert_eq!(reset_text(Duration::from_millis(59_999)), "59.999s");
         assert_eq!(reset_text(Duration::from_secs(2)), "2s");
         assert_eq!(reset_text(Duration::from_secs(360)), "6m0s");
     }

@@ -80,16 +80,27 @@ impl WireUsage {
 const HEAD: usize = 4096;
 const TAIL: usize = 4096;
 
-/// Watches an answer's bytes for its usage, keeping only its first and last few KiB.
+/// Watches an answer's bytes for its usage, keeping only its last few KiB (and, for an Anthropic
+/// stream, its first few).
 #[derive(Debug, Default)]
 pub struct UsageScan {
+    /// Whether the input count is in the first event (an Anthropic stream's `message_start`).
+    keeps_head: bool,
     head: Vec<u8>,
     tail: Vec<u8>,
 }
 
 impl UsageScan {
+    /// `keeps_head`: the answer is an Anthropic stream, whose input count comes first.
+    pub fn new(keeps_head: bool) -> Self {
+        UsageScan {
+            keeps_head,
+            ..Default::default()
+        }
+    }
+
     pub fn observe(&mut self, bytes: &[u8]) {
-        if self.head.len() < HEAD {
+        if self.keeps_head && self.head.len() < HEAD {
             let n = (HEAD - self.head.len()).min(bytes.len());
             self.head.extend_from_slice(&bytes[..n]);
         }
@@ -139,7 +150,7 @@ mod tests {
     use super::*;
 
     fn scan(pieces: &[&[u8]]) -> Option<TokenUsage> {
-        let mut s = UsageScan::default();
+        let mut s = UsageScan::new(true);
         for p in pieces {
             s.observe(p);
         }

@@ -74,7 +74,8 @@ pub fn on_response_header(
     };
     ctx.response_buffer.clear();
     let counts_tokens = call.accounting.as_ref().is_some_and(|a| a.counts_tokens);
-    ctx.usage_scan = (counts_tokens && status < 400).then(UsageScan::default);
+    ctx.usage_scan = (counts_tokens && status < 400)
+        .then(|| UsageScan::new(call.stream && protocol == ClientProtocol::Anthropic));
     // Translated streams redact the errors they write; a stream passed through is redacted as
     // bytes.
     ctx.stream_redactor = match ctx.response {
