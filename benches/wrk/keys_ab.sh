@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What gateway keys and in-process rate limits cost on the pass-through path: the same binary
-# with and without `keys:` (one key with rpm, tpm and concurrency limits, plus limits on the model
-# and the provider), in alternating rounds against the same fixed upstream (nginx), wrk -t2.
+# without keys, with keys, and with keys and limits (a key with rpm, tpm and concurrency, plus rpm
+# and tpm on the model and the provider: every scope), in alternating rounds against the same fixed
+# upstream (nginx), wrk -t2.
 #
 #   bash benches/wrk/keys_ab.sh                      # 3 rounds of 10 s each way, c=16
 #   ROUNDS=5 DURATION=5s CONNS=64 bash benches/wrk/keys_ab.sh
@@ -66,6 +67,9 @@ $3
 YAML
 }
 config plain "" ""
+config keys "" "keys:
+  bench: { key: bench-client }
+  other: { key: other-client }"
 # post.lua sends `Authorization: Bearer bench-client`. The limits are far above what the run
 # reaches: they are checked and charged on every request, never refuse one.
 config keyed ", limits: { rpm: 1000000000, tpm: 1000000000000 }" \
@@ -90,14 +94,16 @@ run() { # config -> rps
 }
 field() { sed -E "s/.*$2=([-0-9.]+).*/\1/" <<<"$1"; }
 
-echo "| round | without keys (req/s) | with keys and limits (req/s) | ratio | p99 without (µs) | p99 with (µs) |"
-echo "|---|---|---|---|---|---|"
-RATIOS=()
+echo "| round | no keys (req/s) | keys, no limits (req/s) | keys and limits (req/s) | keys / none | keys+limits / none | p99 none / keys / keys+limits (µs) |"
+echo "|---|---|---|---|---|---|---|"
+K=(); L=()
 for r in $(seq "$ROUNDS"); do
-  a=$(run plain); b=$(run keyed)
-  ratio=$(awk -v x="$(field "$b" rps)" -v y="$(field "$a" rps)" 'BEGIN{printf "%.3f", x/y}')
-  RATIOS+=("$ratio")
-  echo "| $r | $(field "$a" rps) | $(field "$b" rps) | $ratio | $(field "$a" p99_us) | $(field "$b" p99_us) |"
-  [ "$(field "$a" errors)" = 0 ] && [ "$(field "$b" errors)" = 0 ] || echo "errors: $a / $b" >&2
+  a=$(run plain); k=$(run keys); b=$(run keyed)
+  rk=$(awk -v x="$(field "$k" rps)" -v y="$(field "$a" rps)" 'BEGIN{printf "%.3f", x/y}')
+  rl=$(awk -v x="$(field "$b" rps)" -v y="$(field "$a" rps)" 'BEGIN{printf "%.3f", x/y}')
+  K+=("$rk"); L+=("$rl")
+  echo "| $r | $(field "$a" rps) | $(field "$k" rps) | $(field "$b" rps) | $rk | $rl | $(field "$a" p99_us) / $(field "$k" p99_us) / $(field "$b" p99_us) |"
+  for x in "$a" "$k" "$b"; do [ "$(field "$x" errors)" = 0 ] || echo "errors: $x" >&2; done
 done
-printf '%s\n' "${RATIOS[@]}" | sort -n | awk '{a[NR]=$1} END {printf "median ratio (with / without): %s over %d rounds, c=%s, %s each\n", a[int((NR+1)/2)], NR, "'"$CONNS"'", "'"$DURATION"'"}'
+median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
+echo "median ratios over $ROUNDS rounds (c=$CONNS, $DURATION each): keys $(median "${K[@]}"), keys and limits $(median "${L[@]}")"
