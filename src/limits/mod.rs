@@ -16,7 +16,7 @@ use crate::config::{LimitStoreSettings, LimitsConfig};
 use crate::error::{ErrorCode, GatewayError};
 use bucket::{Concurrency, ConcurrencySlot, Reading, TokenBucket};
 use pingora_http::ResponseHeader;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{RedisStore, StoreAnswer, StoreBucket};
 use usage::UsageTally;
@@ -82,6 +82,15 @@ impl ScopeLimits {
 /// Where buckets live: this process, or a store shared with other gateways.
 pub struct Limiter {
     store: Option<RedisStore>,
+}
+
+impl std::fmt::Debug for Limiter {
+    // The store's URL may hold a password: say only whether there is one.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Limiter")
+            .field("shared", &self.store.is_some())
+            .finish()
+    }
 }
 
 impl Limiter {
@@ -158,7 +167,7 @@ fn reset_text(d: Duration) -> String {
 }
 
 /// Per client request, shared by every upstream call made for it: what its answers' headers
-/// say, and the usage its answer reported.
+/// say, the usage its answer reported, and the token buckets its estimate was taken from.
 #[derive(Debug, Default)]
 pub struct Accounting {
     pub headers: RateLimitHeaders,
@@ -167,16 +176,61 @@ pub struct Accounting {
     /// Whether a tokens-per-minute bucket applies, so the answer's usage is worth reading.
     pub counts_tokens: bool,
     pub usage: UsageTally,
+    /// The scopes whose `tpm` took the estimate, until the usage settles them.
+    charged: Mutex<Vec<Charged>>,
 }
 
-/// An admitted request: it holds its places in the concurrency gauges, and settles its token
-/// estimate against the real usage when it ends (on drop).
+/// A scope whose token bucket took a request's estimate, and where: the shared store, or this
+/// process.
+#[derive(Debug)]
+struct Charged {
+    scope: Arc<ScopeLimits>,
+    store: Option<Arc<Limiter>>,
+}
+
+impl Accounting {
+    /// The usage the answer reported: the buckets that took the estimate get the difference back
+    /// (or are charged it) at once, before the answer's last bytes reach the client. Once.
+    pub fn record_usage(&self, used: usage::TokenUsage) {
+        self.usage.record(used);
+        let charged = std::mem::take(&mut *self.charged.lock().unwrap_or_else(|e| e.into_inner()));
+        let refund = self.estimate as f64 - used.total() as f64;
+        if charged.is_empty() || refund == 0.0 {
+            return;
+        }
+        let now = Instant::now();
+        let mut shared: Vec<(String, u64, Arc<Limiter>)> = Vec::new();
+        for Charged { scope, store } in charged {
+            let Some(tpm) = &scope.tpm else { continue };
+            match store {
+                Some(limiter) => shared.push((scope.tpm_key.clone(), tpm.capacity(), limiter)),
+                None => tpm.adjust(refund, now),
+            }
+        }
+        let (Some((_, _, limiter)), Ok(runtime)) =
+            (shared.first(), tokio::runtime::Handle::try_current())
+        else {
+            return;
+        };
+        let limiter = limiter.clone();
+        runtime.spawn(async move {
+            let Some(store) = &limiter.store else { return };
+            let request: Vec<StoreBucket> = shared
+                .iter()
+                .map(|(key, capacity, _)| StoreBucket {
+                    key,
+                    capacity: *capacity,
+                    amount: refund as i64,
+                })
+                .collect();
+            store.call(false, &request).await;
+        });
+    }
+}
+
+/// An admitted request: it holds its places in the concurrency gauges until it ends.
 pub struct Admission {
-    scopes: [Option<Arc<ScopeLimits>>; 3],
     _slots: [Option<ConcurrencySlot>; 3],
-    estimate: u64,
-    /// Taken from the shared store (settled there too).
-    shared: Option<Arc<Limiter>>,
     pub accounting: Arc<Accounting>,
 }
 
@@ -250,32 +304,46 @@ async fn admit_sharing(
         }
     }
     let mut headers = RateLimitHeaders::default();
-    let mut shared = None;
+    let mut store = None;
     let taken = match limiter.store.as_ref().filter(|s| s.usable()) {
-        Some(store) => take_shared(store, &scopes, estimate, &mut headers).await,
+        Some(redis) => take_shared(redis, &scopes, estimate, &mut headers).await,
         None => None,
     };
     match taken {
         Some(result) => {
             result?;
-            shared = Some(limiter.clone());
+            store = Some(limiter.clone());
         }
         None => take_local(&scopes, estimate, &mut headers)?,
     }
+    let charged = scopes
+        .iter()
+        .flatten()
+        .filter(|s| s.counts_tokens())
+        .map(|s| Charged {
+            scope: Arc::clone(s),
+            store: store.clone(),
+        });
+    let accounting = match accounting {
+        Some(shared) => {
+            shared
+                .charged
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .extend(charged);
+            shared.clone()
+        }
+        None => Arc::new(Accounting {
+            headers,
+            estimate,
+            counts_tokens: scopes.iter().flatten().any(|s| s.counts_tokens()),
+            usage: UsageTally::default(),
+            charged: Mutex::new(charged.collect()),
+        }),
+    };
     Ok(Some(Admission {
-        scopes: scopes.map(|s| s.cloned()),
         _slots: slots,
-        estimate,
-        shared,
-        accounting: match accounting {
-            Some(shared) => shared.clone(),
-            None => Arc::new(Accounting {
-                headers,
-                estimate,
-                counts_tokens: scopes.iter().flatten().any(|s| s.counts_tokens()),
-                usage: UsageTally::default(),
-            }),
-        },
+        accounting,
     }))
 }
 
@@ -380,51 +448,6 @@ async fn take_shared(
     }
 }
 
-impl Drop for Admission {
-    /// Settles the token estimate against the usage the answer reported.
-    fn drop(&mut self) {
-        let Some(used) = self.accounting.usage.get() else {
-            return;
-        };
-        let refund = self.estimate as f64 - used.total() as f64;
-        if refund == 0.0 {
-            return;
-        }
-        let tpm = self
-            .scopes
-            .iter()
-            .flatten()
-            .filter_map(|s| Some((s.tpm.as_ref()?, s.tpm_key.clone())));
-        match &self.shared {
-            Some(limiter) => {
-                let buckets: Vec<(String, u64)> = tpm.map(|(b, key)| (key, b.capacity())).collect();
-                let limiter = limiter.clone();
-                let Ok(runtime) = tokio::runtime::Handle::try_current() else {
-                    return;
-                };
-                runtime.spawn(async move {
-                    let Some(store) = &limiter.store else { return };
-                    let request: Vec<StoreBucket> = buckets
-                        .iter()
-                        .map(|(key, capacity)| StoreBucket {
-                            key,
-                            capacity: *capacity,
-                            amount: refund as i64,
-                        })
-                        .collect();
-                    store.call(false, &request).await;
-                });
-            }
-            None => {
-                let now = Instant::now();
-                for (bucket, _) in tpm {
-                    bucket.adjust(refund, now);
-                }
-            }
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -518,9 +541,14 @@ mod tests {
         let a = run(admit(&limiter, [Some(&key), None, None], 600))
             .unwrap()
             .unwrap();
-        a.accounting.usage.record(usage::TokenUsage {
+        a.accounting.record_usage(usage::TokenUsage {
             input: 100,
             output: 50,
+        });
+        // Settled at once, and only once.
+        a.accounting.record_usage(usage::TokenUsage {
+            input: 0,
+            output: 0,
         });
         drop(a);
         // 1000 - 150 left (within refill noise).

@@ -185,7 +185,7 @@ fn record_usage(call: &PlannedCall, ctx: &mut RequestCtx) {
         _ => scan.usage(),
     };
     if let Some(usage) = usage {
-        accounting.usage.record(usage);
+        accounting.record_usage(usage);
     }
 }
 
