@@ -111,28 +111,6 @@ fn established_connections_to(port: u16) -> usize {
         .count()
 }
 
-fn anthropic_events() -> Vec<String> {
-    [
-        r#"event: message_start
-data: {"type":"message_start","message":{"id":"msg_tls","type":"message","role":"assistant","model":"claude-3-5-haiku-20241022","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}}"#,
-        r#"event: content_block_start
-data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
-        r#"event: content_block_delta
-data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"first"}}"#,
-        r#"event: content_block_delta
-data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" second"}}"#,
-        r#"event: content_block_stop
-data: {"type":"content_block_stop","index":0}"#,
-        r#"event: message_delta
-data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":2}}"#,
-        r#"event: message_stop
-data: {"type":"message_stop"}"#,
-    ]
-    .iter()
-    .map(|e| format!("{e}\n\n"))
-    .collect()
-}
-
 /// The content of every chunk of an OpenAI stream, and whether it ended with `[DONE]`.
 fn stream_text(body: &str) -> (String, bool) {
     let mut text = String::new();

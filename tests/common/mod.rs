@@ -278,3 +278,26 @@ pub fn run_dragoman_within(
     let _ = std::fs::remove_dir_all(&dir);
     (status, text)
 }
+
+/// A short Anthropic Messages stream ("first second"), as the mock sends it event by event.
+pub fn anthropic_events() -> Vec<String> {
+    [
+        r#"event: message_start
+data: {"type":"message_start","message":{"id":"msg_stream1","type":"message","role":"assistant","model":"claude-3-5-haiku-20241022","content":[],"stop_reason":null,"stop_sequence":null,"usage":{"input_tokens":12,"output_tokens":1}}}"#,
+        r#"event: content_block_start
+data: {"type":"content_block_start","index":0,"content_block":{"type":"text","text":""}}"#,
+        r#"event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":"first"}}"#,
+        r#"event: content_block_delta
+data: {"type":"content_block_delta","index":0,"delta":{"type":"text_delta","text":" second"}}"#,
+        r#"event: content_block_stop
+data: {"type":"content_block_stop","index":0}"#,
+        r#"event: message_delta
+data: {"type":"message_delta","delta":{"stop_reason":"end_turn","stop_sequence":null},"usage":{"output_tokens":2}}"#,
+        r#"event: message_stop
+data: {"type":"message_stop"}"#,
+    ]
+    .iter()
+    .map(|e| format!("{e}\n\n"))
+    .collect()
+}
