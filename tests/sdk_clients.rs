@@ -21,22 +21,28 @@ models:
   gemini-embed: {{ provider: gem, model: text-embedding-004 }}
 "#
     ));
+    let report = run_sdk_tests("test_sdks.py", &gw, &[("MOCK_URL", &url)]).await;
+    assert!(report.contains("OK"), "{report}");
+}
+
+/// Runs one of the SDK test scripts in tests/sdk/ against `gw`; its unittest report.
+async fn run_sdk_tests(script: &str, gw: &GatewayProcess, env: &[(&str, &str)]) -> String {
     let python = std::env::var("DRAGOMAN_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_sdks.py");
+    let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
     let out = tokio::process::Command::new(&python)
-        .args([script, "-v"])
+        .args([script.as_str(), "-v"])
         .env("DRAGOMAN_URL", gw.url(""))
-        .env("MOCK_URL", &url)
+        .envs(env.iter().copied())
         .output()
         .await
         .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let report = String::from_utf8_lossy(&out.stderr);
+    let report = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(
         out.status.success(),
         "SDK tests failed:\n{report}\n{}",
         gw.stderr()
     );
-    assert!(report.contains("OK"), "{report}");
+    report
 }
 
 #[tokio::test]
@@ -57,20 +63,7 @@ keys:
   tokens: {{ key: k-tokens, limits: {{ tpm: 100000 }} }}
 "#
     ));
-    let python = std::env::var("DRAGOMAN_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/sdk/test_sdk_access.py");
-    let out = tokio::process::Command::new(&python)
-        .args([script, "-v"])
-        .env("DRAGOMAN_URL", gw.url(""))
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let report = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        out.status.success(),
-        "SDK tests failed:\n{report}\n{}",
-        gw.stderr()
-    );
+    let report = run_sdk_tests("test_sdk_access.py", &gw, &[]).await;
     assert!(report.contains("Ran 4 tests"), "{report}");
     assert!(report.contains("OK"), "{report}");
 }
