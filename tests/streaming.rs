@@ -166,45 +166,10 @@ async fn client_disconnect_cancels_the_upstream_call() {
     for held in [true, false] {
         let mock = MockProvider::start().await.unwrap();
         let gw = gateway("anthropic", &mock, "timeout: 60s").await;
-        if held {
-            // Mid-stream: the first events went out, the rest is held.
-            mock.push(Behaviour::Sse {
-                events: anthropic_events(),
-                interval: Duration::ZERO,
-                hold_after: Some(3),
-            });
-        } else {
-            // Before the first byte: the upstream is still "thinking".
-            mock.push(Behaviour::Delay {
-                delay: Duration::from_secs(60),
-                then: Box::new(Behaviour::Reply),
-            });
-        }
-        let resp = client()
+        let request = client()
             .post(gw.url("/v1/chat/completions"))
-            .json(&chat(held))
-            .send();
-        if held {
-            let resp = resp.await.unwrap();
-            let mut body = resp.bytes_stream();
-            let first = tokio::time::timeout(Duration::from_secs(10), body.next())
-                .await
-                .unwrap();
-            assert!(first.is_some());
-            drop(body);
-        } else {
-            // Give up on the request once the upstream has it.
-            let pending = tokio::spawn(resp);
-            let deadline = std::time::Instant::now() + Duration::from_secs(10);
-            while mock.requests().is_empty() {
-                assert!(
-                    std::time::Instant::now() < deadline,
-                    "request never reached the mock"
-                );
-                tokio::time::sleep(Duration::from_millis(10)).await;
-            }
-            pending.abort();
-        }
+            .json(&chat(held));
+        leave_mid_request(&mock, request, held).await;
         assert!(
             mock.wait_connection_closed(Duration::from_secs(5)).await,
             "held={held}: the upstream connection stayed open after the client left"

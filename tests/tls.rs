@@ -445,36 +445,10 @@ async fn a_client_leaving_over_tls_cancels_the_upstream_call() {
                 ),
             );
             let client = cert.client(http1);
-            if held {
-                mock.push(Behaviour::Sse {
-                    events: anthropic_events(),
-                    interval: Duration::ZERO,
-                    hold_after: Some(3),
-                });
-            } else {
-                mock.push(Behaviour::delay(Duration::from_secs(60), Behaviour::Reply));
-            }
-            let resp = client
+            let request = client
                 .post(https(&gw, "/v1/chat/completions"))
-                .json(&chat(model, held))
-                .send();
-            if held {
-                let resp = resp.await.unwrap();
-                let mut body = resp.bytes_stream();
-                let first = tokio::time::timeout(Duration::from_secs(10), body.next())
-                    .await
-                    .unwrap();
-                assert!(first.is_some());
-                drop(body);
-            } else {
-                let pending = tokio::spawn(resp);
-                let deadline = Instant::now() + Duration::from_secs(10);
-                while mock.requests().is_empty() {
-                    assert!(Instant::now() < deadline, "request never reached the mock");
-                    tokio::time::sleep(Duration::from_millis(10)).await;
-                }
-                pending.abort();
-            }
+                .json(&chat(model, held));
+            leave_mid_request(&mock, request, held).await;
             assert!(
                 mock.wait_connection_closed(Duration::from_secs(5)).await,
                 "{model}, held={held}, http1={http1}: the upstream call went on after the client left"

@@ -301,3 +301,37 @@ data: {"type":"message_stop"}"#,
     .map(|e| format!("{e}\n\n"))
     .collect()
 }
+
+/// Sends `request` to a gateway whose upstream is `mock`, then leaves: `held`, mid-stream (the
+/// first events came, the rest is held by the mock); otherwise before the first byte, once the
+/// upstream has the request (it is "thinking" for a minute).
+pub async fn leave_mid_request(mock: &MockProvider, request: reqwest::RequestBuilder, held: bool) {
+    use futures_util::StreamExt;
+    if held {
+        mock.push(Behaviour::Sse {
+            events: anthropic_events(),
+            interval: Duration::ZERO,
+            hold_after: Some(3),
+        });
+    } else {
+        mock.push(Behaviour::delay(Duration::from_secs(60), Behaviour::Reply));
+    }
+    let resp = request.send();
+    if held {
+        let resp = resp.await.expect("response");
+        let mut body = resp.bytes_stream();
+        let first = tokio::time::timeout(Duration::from_secs(10), body.next())
+            .await
+            .expect("first bytes in time");
+        assert!(first.is_some());
+        drop(body);
+    } else {
+        let pending = tokio::spawn(resp);
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while mock.requests().is_empty() {
+            assert!(Instant::now() < deadline, "request never reached the mock");
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        pending.abort();
+    }
+}
