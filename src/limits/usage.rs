@@ -3,7 +3,6 @@
 //! stream, the input count in its first event).
 
 use serde::Deserialize;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 /// Tokens one request used, as its answer reported them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -16,30 +15,6 @@ pub struct TokenUsage {
 impl TokenUsage {
     pub fn total(self) -> u64 {
         self.input.saturating_add(self.output)
-    }
-}
-
-/// The usage of one client request, set by whichever upstream leg delivered its answer.
-#[derive(Debug, Default)]
-pub struct UsageTally {
-    reported: AtomicBool,
-    input: AtomicU64,
-    output: AtomicU64,
-}
-
-impl UsageTally {
-    pub fn record(&self, usage: TokenUsage) {
-        self.input.store(usage.input, Ordering::Relaxed);
-        self.output.store(usage.output, Ordering::Relaxed);
-        self.reported.store(true, Ordering::Release);
-    }
-
-    /// `None` when no answer reported usage (the estimate then stands).
-    pub fn get(&self) -> Option<TokenUsage> {
-        self.reported.load(Ordering::Acquire).then(|| TokenUsage {
-            input: self.input.load(Ordering::Relaxed),
-            output: self.output.load(Ordering::Relaxed),
-        })
     }
 }
 
@@ -221,16 +196,5 @@ data: {"type":"message_stop"}
         assert_eq!(scan(&[b"\"usage\""]), None);
         assert_eq!(scan(&[b"\"usage\":{\"prompt_tokens\":-1}"]), None);
         assert_eq!(scan(&[b"\"usage\" : {\"prompt_tokens\":"]), None);
-    }
-
-    #[test]
-    fn a_tally_reports_nothing_until_recorded() {
-        let t = UsageTally::default();
-        assert_eq!(t.get(), None);
-        t.record(TokenUsage {
-            input: 3,
-            output: 4,
-        });
-        assert_eq!(t.get().map(TokenUsage::total), Some(7));
     }
 }
