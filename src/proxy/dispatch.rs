@@ -25,7 +25,7 @@ use crate::buffers::{Exhausted, Held};
 use crate::config::FallbackCondition;
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
-use crate::limits::{self, Accounting};
+use crate::limits;
 use crate::plan::PlannedCall;
 use crate::registry::Model;
 use crate::upstream::budget::{self, RequestBudget};
@@ -143,14 +143,7 @@ pub async fn run(
                 match last_failure.take() {
                     Some(Failure::Answer(answer)) => break answer,
                     Some(Failure::Leg(failure)) => {
-                        return failure
-                            .write(
-                                session,
-                                protocol,
-                                budget.calls_made(),
-                                call.accounting.as_deref(),
-                            )
-                            .await;
+                        return failure.write(session, protocol, &call).await;
                     }
                     None => {
                         let e = GatewayError::new(502, "No upstream answered")
@@ -261,14 +254,7 @@ pub async fn run(
                     Failure::Answer(answer) => break answer,
                     Failure::Leg(failure) => {
                         drop(legs);
-                        return failure
-                            .write(
-                                session,
-                                protocol,
-                                budget.calls_made(),
-                                call.accounting.as_deref(),
-                            )
-                            .await;
+                        return failure.write(session, protocol, &call).await;
                     }
                 },
                 retry::Next::Keep => last_failure = Some(failure),
@@ -315,16 +301,7 @@ pub async fn run(
         };
         drop(answer);
         match retry::after_failure(Some(failure.condition), &chain.fallback_on, false) {
-            retry::Next::Deliver => {
-                return failure
-                    .write(
-                        session,
-                        protocol,
-                        budget.calls_made(),
-                        call.accounting.as_deref(),
-                    )
-                    .await
-            }
+            retry::Next::Deliver => return failure.write(session, protocol, &call).await,
             retry::Next::Keep => last_failure = Some(Failure::Leg(failure)),
         }
     }
@@ -511,18 +488,14 @@ impl LegFailure {
         }
     }
 
-    async fn write(
-        self,
-        session: &mut Session,
-        protocol: ClientProtocol,
-        attempts: u32,
-        accounting: Option<&Accounting>,
-    ) {
+    /// The failure as the client's answer, with the request's attempts (over all its legs) and
+    /// rate-limit readings (`call`: the client's own call).
+    async fn write(self, session: &mut Session, protocol: ClientProtocol, call: &PlannedCall) {
         let served_by = ServedBy {
             model: &self.model.name,
             provider: &self.model.provider.name,
-            attempts,
-            limits: accounting.map(|a| &a.headers),
+            attempts: call.budget.calls_made(),
+            limits: call.accounting.as_deref().map(|a| &a.headers),
         };
         local_response::write_error(session, &self.error, protocol, Some(served_by)).await;
     }
