@@ -1,0 +1,104 @@
+#!/usr/bin/env bash
+# Instructions per request on the pass-through scenario, counted by callgrind, for config variants
+# of the same release binary (benches/wrk/variants/<name>.yaml). wrk's requests per second move
+# by ±10% from round to round on a shared machine; instruction counts are deterministic to well
+# under 1%, so an A/B of a few percent is readable here. They count the gateway's user-space work
+# only (not the kernel's), on one worker thread, after a warm-up.
+#
+#   bash benches/wrk/instructions.sh                       # every variant, plain first
+#   bash benches/wrk/instructions.sh plain key-limits      # these variants, ratios to the first
+#   MEASURE=20s bash benches/wrk/instructions.sh plain keys
+set -euo pipefail
+cd "$(dirname "$0")/../.."
+ROOT=$PWD
+MEASURE=${MEASURE:-10s}
+VARIANTS=("$@")
+[ ${#VARIANTS[@]} -gt 0 ] || VARIANTS=(plain $(ls benches/wrk/variants | sed 's/\.yaml$//' | grep -vx plain))
+for tool in wrk nginx valgrind callgrind_control; do
+  command -v "$tool" >/dev/null || {
+    echo "$tool is needed: apt-get install wrk nginx-light valgrind" >&2; exit 1; }
+done
+cargo build --release --quiet --bin dragoman
+WORK=$(mktemp -d /tmp/dragoman-instructions.XXXXXX)
+PID=
+cleanup() {
+  [ -n "$PID" ] && kill -9 "$PID" 2>/dev/null
+  [ -f "$WORK/nginx.pid" ] && kill "$(cat "$WORK/nginx.pid")" 2>/dev/null
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+UP=18300; GW=18320; ADMIN=18321
+
+ANSWER='{"id":"chatcmpl-b","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop","logprobs":null}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}'
+mkdir -p "$WORK/body" "$WORK/proxy"
+cat > "$WORK/nginx.conf" <<NGINX
+worker_processes 1;
+pid $WORK/nginx.pid;
+error_log $WORK/nginx-error.log warn;
+events { worker_connections 2000; }
+http {
+  access_log off; client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
+  fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
+  keepalive_requests 1000000;
+  server { listen 127.0.0.1:$UP;
+    location /v1/chat/completions { default_type application/json; return 200 '$ANSWER'; } }
+}
+NGINX
+nginx -c "$WORK/nginx.conf" -p "$WORK"
+python3 - "$WORK" <<'PY'
+import json, sys
+msgs = [{"role": "system", "content": "You are a helpful assistant."}]
+while len(json.dumps(msgs)) < 3800:
+    msgs += [{"role": "user", "content": "Tell me something interesting about the number %d." % len(msgs)},
+             {"role": "assistant", "content": "The number %d is remarkable in many ways." % len(msgs)}]
+json.dump({"model": "gpt-pass", "messages": msgs, "max_tokens": 100}, open(sys.argv[1] + "/body.json", "w"))
+PY
+
+measure() { # variant -> instructions per request
+  {
+    cat <<YAML
+pid_file: $WORK/dragoman.pid
+upgrade_sock: $WORK/upgrade.sock
+grace_period_seconds: 0
+graceful_shutdown_timeout_seconds: 1
+threads: 1
+listen: 127.0.0.1:$GW
+admin_listen: 127.0.0.1:$ADMIN
+YAML
+    sed -e "s/@UP@/$UP/g" -e "s#@WORK@#$WORK#g" "benches/wrk/variants/$1.yaml"
+  } > "$WORK/$1.yaml"
+  RUST_LOG=warn valgrind --tool=callgrind --callgrind-out-file="$WORK/callgrind.$1" \
+    "$ROOT/target/release/dragoman" -c "$WORK/$1.yaml" 2>"$WORK/$1.log" &
+  PID=$!
+  until curl -sf "http://127.0.0.1:$ADMIN/healthz" >/dev/null; do
+    kill -0 "$PID" 2>/dev/null || { cat "$WORK/$1.log" >&2; exit 1; }
+    sleep 0.2
+  done
+  BODY_FILE="$WORK/body.json" wrk -t1 -c2 -d3s -s benches/wrk/post.lua \
+    "http://127.0.0.1:$GW/v1/chat/completions" >/dev/null
+  callgrind_control -z "$PID" >/dev/null 2>&1
+  local out
+  out=$(BODY_FILE="$WORK/body.json" wrk -t1 -c2 -d"$MEASURE" -s benches/wrk/post.lua \
+    "http://127.0.0.1:$GW/v1/chat/completions" | grep '^RESULT')
+  callgrind_control -d "$PID" >/dev/null 2>&1
+  local requests errors file instructions
+  requests=$(sed -E 's/.*requests=([0-9]+).*/\1/' <<<"$out")
+  errors=$(sed -E 's/.*errors=([0-9]+).*/\1/' <<<"$out")
+  [ "$errors" = 0 ] || { echo "$1: $errors errors (non-2xx or socket errors)" >&2; exit 1; }
+  file=$(ls -t "$WORK"/callgrind."$1"* | head -1)
+  instructions=$(grep -E '^(summary|totals):' "$file" | head -1 | awk '{print $2}')
+  kill -9 "$PID"; wait "$PID" 2>/dev/null || true; PID=
+  echo $((instructions / requests))
+}
+
+echo "| variant | instructions per request | vs ${VARIANTS[0]} |"
+echo "|---|---|---|"
+BASE=
+for v in "${VARIANTS[@]}"; do
+  n=$(measure "$v")
+  if [ -z "$BASE" ]; then
+    BASE=$n; echo "| $v | $n | — |"
+  else
+    echo "| $v | $n | $(awk -v a="$n" -v b="$BASE" 'BEGIN{printf "%+.1f%%", (a/b-1)*100}') |"
+  fi
+done
