@@ -120,7 +120,41 @@ pub struct GatewayConfig {
     /// Client-side deadlines and limits.
     #[serde(default)]
     pub edge: EdgeConfig,
+    /// A/B experiments: model names served by one of several models, each user always by the
+    /// same one.
+    #[serde(default)]
+    pub experiments: BTreeMap<String, ExperimentConfig>,
 }
+
+/// `experiments.<name>`: clients ask for `<name>` as a model; each user is served by one arm.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExperimentConfig {
+    /// The arms: `[{model: a, weight: 90}, {model: b, weight: 10}]`.
+    pub split: Vec<ArmConfig>,
+    /// A request header that names the user, tried before the request's own `user` field.
+    #[serde(default)]
+    pub sticky_header: Option<String>,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ArmConfig {
+    pub model: String,
+    pub weight: u32,
+}
+
+/// A validated experiment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ExperimentSettings {
+    pub name: String,
+    /// Each arm's model and weight, in the configured order.
+    pub arms: Vec<(String, u32)>,
+    pub sticky_header: Option<http::HeaderName>,
+}
+
+/// The largest weight of an experiment's arm: weights are shares, so this is plenty of precision.
+const MAX_ARM_WEIGHT: u64 = 1_000_000;
 
 /// `limits: {store: "redis://127.0.0.1:6379", store_timeout: 50ms}` at the top level.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -1063,6 +1097,7 @@ pub struct Settings {
     pub max_response_bytes: usize,
     pub providers: Vec<ProviderSettings>,
     pub models: Vec<ModelSettings>,
+    pub experiments: Vec<ExperimentSettings>,
     pub keys: Vec<KeySettings>,
     pub limit_store: LimitStoreSettings,
     pub edge: EdgeSettings,
@@ -1186,6 +1221,7 @@ impl Settings {
             auth: None,
             limits: LimitStoreConfig::default(),
             edge: EdgeConfig::default(),
+            experiments: BTreeMap::new(),
         };
         let presets: [(&str, ProviderKind, &str, &[&str]); 3] = [
             (
@@ -1280,6 +1316,7 @@ impl Settings {
                 max_response_bytes: default_max_response_bytes(),
                 providers: vec![],
                 models: vec![],
+                experiments: vec![],
                 keys: vec![],
                 limit_store: LimitStoreSettings {
                     redis_url: None,
@@ -1409,7 +1446,8 @@ impl GatewayConfig {
                 default_total_timeout(m.timeout, fallbacks)
             });
         }
-        let keys = validate_keys(&self.keys, &models)?;
+        let experiments = validate_experiments(&self.experiments, &models)?;
+        let keys = validate_keys(&self.keys, &models, &experiments)?;
         let (listen, tls) = validate_listeners(&self.listen.0)?;
         if let Some(admin) = self.admin_listen {
             if let Some(client) = listen.iter().find(|a| overlaps(**a, admin)) {
@@ -1443,6 +1481,7 @@ impl GatewayConfig {
             max_response_bytes: self.max_response_bytes,
             providers,
             models,
+            experiments,
             keys,
             limit_store: self.limits.validate()?,
             edge: self.edge.validate(self.max_request_bytes)?,
@@ -1493,11 +1532,81 @@ fn overlaps(a: SocketAddr, b: SocketAddr) -> bool {
     a.port() != 0 && a.port() == b.port() && (a.ip() == b.ip() || covers(a, b) || covers(b, a))
 }
 
-/// Each key's digest (from `key` or `key_sha256`, exactly one) and its models (each configured).
+/// Each experiment's arms: configured models, each once, with weights that are shares.
+fn validate_experiments(
+    experiments: &BTreeMap<String, ExperimentConfig>,
+    models: &[ModelSettings],
+) -> Result<Vec<ExperimentSettings>, ConfigError> {
+    let mut out = Vec::with_capacity(experiments.len());
+    for (name, e) in experiments {
+        let key = format!("experiments.{name}");
+        if name.is_empty() {
+            return Err(ConfigError::new(
+                "experiments",
+                "an experiment name must not be empty",
+            ));
+        }
+        if models.iter().any(|m| &m.name == name) {
+            return Err(ConfigError::new(
+                key,
+                "is also the name of a model: clients could not tell which they ask for",
+            ));
+        }
+        if e.split.is_empty() {
+            return Err(ConfigError::new(
+                format!("{key}.split"),
+                "needs at least one arm",
+            ));
+        }
+        let mut arms: Vec<(String, u32)> = Vec::with_capacity(e.split.len());
+        for (i, arm) in e.split.iter().enumerate() {
+            let at = format!("{key}.split[{i}]");
+            if !models.iter().any(|m| m.name == arm.model) {
+                return Err(ConfigError::new(
+                    format!("{at}.model"),
+                    format!("unknown model `{}`", arm.model),
+                ));
+            }
+            if arms.iter().any(|(m, _)| *m == arm.model) {
+                return Err(ConfigError::new(
+                    format!("{at}.model"),
+                    format!("`{}` is already an arm of this experiment", arm.model),
+                ));
+            }
+            within(&format!("{at}.weight"), arm.weight.into(), 0, MAX_ARM_WEIGHT)?;
+            arms.push((arm.model.clone(), arm.weight));
+        }
+        if arms.iter().all(|(_, w)| *w == 0) {
+            return Err(ConfigError::new(
+                format!("{key}.split"),
+                "at least one arm needs a weight above 0",
+            ));
+        }
+        let sticky_header = match &e.sticky_header {
+            None => None,
+            Some(h) => Some(http::HeaderName::try_from(h.as_str()).map_err(|_| {
+                ConfigError::new(format!("{key}.sticky_header"), "not a valid header name")
+            })?),
+        };
+        out.push(ExperimentSettings {
+            name: name.clone(),
+            arms,
+            sticky_header,
+        });
+    }
+    Ok(out)
+}
+
+/// Each key's digest (from `key` or `key_sha256`, exactly one) and its models (each configured
+/// model or experiment).
 fn validate_keys(
     keys: &BTreeMap<String, KeyConfig>,
     models: &[ModelSettings],
+    experiments: &[ExperimentSettings],
 ) -> Result<Vec<KeySettings>, ConfigError> {
+    let known = |name: &str| {
+        models.iter().any(|m| m.name == name) || experiments.iter().any(|e| e.name == name)
+    };
     let mut out: Vec<KeySettings> = Vec::new();
     for (name, k) in keys {
         let key = format!("keys.{name}");
@@ -1528,7 +1637,7 @@ fn validate_keys(
             ));
         }
         if let Some(list) = &k.models {
-            if let Some(unknown) = list.iter().find(|m| !models.iter().any(|c| &c.name == *m)) {
+            if let Some(unknown) = list.iter().find(|m| !known(m)) {
                 return Err(ConfigError::new(
                     format!("{key}.models"),
                     format!("unknown model `{unknown}`"),
@@ -2037,6 +2146,69 @@ models:
         assert_eq!(
             settings.keys[1].models.as_deref(),
             Some(&["m".to_string()][..])
+        );
+    }
+
+    #[test]
+    fn experiments_are_validated_naming_the_key() {
+        let base = "providers:\n  p: { kind: openai, api_key: k }\nmodels:\n  a: { provider: p }\n  b: { provider: p }\n";
+        for (experiments, key, needle) in [
+            ("  x: { split: [] }", "experiments.x.split", "at least one arm"),
+            (
+                "  x: { split: [{ model: ghost, weight: 1 }] }",
+                "experiments.x.split[0].model",
+                "ghost",
+            ),
+            (
+                "  x: { split: [{ model: a, weight: 1 }, { model: a, weight: 2 }] }",
+                "experiments.x.split[1].model",
+                "already an arm",
+            ),
+            (
+                "  x: { split: [{ model: a, weight: 0 }, { model: b, weight: 0 }] }",
+                "experiments.x.split",
+                "above 0",
+            ),
+            (
+                "  x: { split: [{ model: a, weight: 10000000 }] }",
+                "experiments.x.split[0].weight",
+                "from 0 to 1000000",
+            ),
+            (
+                "  x: { split: [{ model: a, weight: 1 }], sticky_header: \"bad header\" }",
+                "experiments.x.sticky_header",
+                "header name",
+            ),
+            (
+                "  a: { split: [{ model: b, weight: 1 }] }",
+                "experiments.a",
+                "also the name of a model",
+            ),
+            (
+                "  x: { split: [{ model: a }] }",
+                "experiments.x.split[0]",
+                "weight",
+            ),
+        ] {
+            let e = err(&format!("{base}experiments:\n{experiments}\n"));
+            assert_eq!(e.key, key, "{experiments}: {e}");
+            assert!(e.message.contains(needle), "{experiments}: {e}");
+        }
+        // A key may name an experiment among its models.
+        let settings = Settings::from_yaml(
+            &format!(
+                "{base}experiments:\n  x: {{ split: [{{ model: a, weight: 9 }}, {{ model: b, weight: 1 }}], sticky_header: x-user }}\nkeys:\n  k: {{ key: s, models: [x] }}\n"
+            ),
+            &env,
+        )
+        .expect("valid experiment");
+        assert_eq!(
+            settings.experiments,
+            vec![ExperimentSettings {
+                name: "x".into(),
+                arms: vec![("a".into(), 9), ("b".into(), 1)],
+                sticky_header: Some(http::HeaderName::from_static("x-user")),
+            }]
         );
     }
 

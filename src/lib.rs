@@ -11,6 +11,7 @@ pub mod api;
 pub mod buffers;
 pub mod config;
 pub mod error;
+pub mod experiments;
 pub mod header_policy;
 pub mod ids;
 pub mod limits;

@@ -7,6 +7,7 @@ use crate::ids::unix_now;
 use crate::limits::Accounting;
 use crate::providers::openai::usage_chunk;
 use crate::providers::{openai, AuthPlacement, RequestContext};
+use crate::experiments::Arm;
 use crate::registry::{Model, Registry};
 use crate::upstream::budget::RequestBudget;
 use bytes::Bytes;
@@ -62,6 +63,8 @@ pub struct PlannedCall {
     /// What the client's request may spend upstream, shared by all the calls planned for it
     /// (fallbacks get the first call's: see [`PlannedCall::sharing_budget`]).
     pub budget: Arc<RequestBudget>,
+    /// The experiment arm the client's request was assigned to, when it named an experiment.
+    pub variant: Option<Arc<Arm>>,
 }
 
 /// The parts of a plan that depend on the endpoint and the provider.
@@ -74,17 +77,8 @@ struct UpstreamBody {
 }
 
 impl PlannedCall {
-    /// Plans the call for a client's request, to the model it named.
-    pub fn plan(
-        registry: &Arc<Registry>,
-        request: &ClientRequest,
-        accounting: Option<&Arc<Accounting>>,
-    ) -> Result<PlannedCall, GatewayError> {
-        Self::plan_for(registry, request, None, accounting)
-    }
-
-    /// Plans the same client request for another model (`model` overrides the one the client
-    /// named), as fallbacks need.
+    /// Plans the call for a client's request, to the model it named, or to `model` instead (an
+    /// experiment's arm, a fallback).
     pub fn plan_for(
         registry: &Arc<Registry>,
         request: &ClientRequest,
@@ -156,7 +150,14 @@ impl PlannedCall {
             response_mode: mode,
             created: unix_now(),
             instances_in_use: Default::default(),
+            variant: None,
         })
+    }
+
+    /// This call, for a request assigned to an experiment's arm.
+    pub fn in_variant(mut self, variant: Option<Arc<Arm>>) -> PlannedCall {
+        self.variant = variant;
+        self
     }
 
     /// This call, spending `budget` (the client's request's) instead of its own: fallbacks are

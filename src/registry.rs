@@ -7,6 +7,7 @@ use crate::config::{
     EdgeSettings, FallbackCondition, HealthCheckConfig, HedgeConfig, InstanceUrl, ProviderSettings,
     Settings,
 };
+use crate::experiments::Experiment;
 use crate::limits::{Limiter, ScopeKind, ScopeLimits};
 use crate::providers::{AuthPlacement, Dialect, ProviderKind, UpstreamPaths};
 use crate::upstream::balance::{BalanceMode, LoadTracker};
@@ -77,6 +78,8 @@ pub struct Model {
 
 pub struct Registry {
     pub models: HashMap<String, Arc<Model>>,
+    /// Model names served by one of several models, by user.
+    pub experiments: HashMap<String, Arc<Experiment>>,
     /// `GET /v1/models`, rendered once.
     pub model_list: Bytes,
     /// Gateway keys; empty when anyone who reaches the listener may call.
@@ -137,6 +140,16 @@ impl Registry {
                 }),
             );
         }
+        let mut experiments = HashMap::new();
+        for e in &settings.experiments {
+            listed.push(serde_json::json!({
+                "id": e.name,
+                "object": "model",
+                "created": 0,
+                "owned_by": "dragoman",
+            }));
+            experiments.insert(e.name.clone(), Arc::new(Experiment::new(e)));
+        }
         let render = |listed: Vec<&serde_json::Value>| {
             Bytes::from(serde_json::json!({ "object": "list", "data": listed }).to_string())
         };
@@ -164,6 +177,7 @@ impl Registry {
         let model_list = render(listed.iter().collect());
         Registry {
             models,
+            experiments,
             model_list,
             keys,
             providers: providers.into_iter().map(|(p, _)| p).collect(),

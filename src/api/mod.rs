@@ -10,6 +10,7 @@ use openai::chat::{ChatRequest, RawChatRequest};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use serde_json::Value;
+use std::borrow::Cow;
 use std::ops::Range;
 
 /// A client endpoint that the gateway serves.
@@ -154,6 +155,26 @@ impl<'a> ClientRequest<'a> {
             RequestForm::Members(members) => members.member(name),
             RequestForm::Chat(_) => None,
         }
+    }
+
+    /// Who the request says it is for: OpenAI's `user`, Anthropic's `metadata.user_id`.
+    pub fn user_id(&self) -> Option<Cow<'a, str>> {
+        let user = match self.endpoint.protocol() {
+            ClientProtocol::OpenAi => self.member("user")?,
+            ClientProtocol::Anthropic => {
+                #[derive(Deserialize)]
+                struct Metadata<'m> {
+                    #[serde(borrow)]
+                    user_id: Option<&'m RawValue>,
+                }
+                serde_json::from_str::<Metadata>(self.member("metadata")?.get())
+                    .ok()?
+                    .user_id?
+            }
+        };
+        serde_json::from_str::<Cow<str>>(user.get())
+            .ok()
+            .filter(|u| !u.is_empty())
     }
 
     /// The most output tokens the client asked for (`max_tokens`, `max_completion_tokens`), for

@@ -496,6 +496,7 @@ impl LegFailure {
             provider: &self.model.provider.name,
             attempts: call.budget.calls_made(),
             limits: call.accounting.as_deref().map(|a| &a.headers),
+            variant: call.variant.as_ref().map(|a| &a.variant),
         };
         local_response::write_error(session, &self.error, protocol, Some(served_by)).await;
     }

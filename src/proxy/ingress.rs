@@ -14,6 +14,7 @@ use crate::api::{self, ClientEndpoint, ClientProtocol, ClientRequest};
 use crate::buffers::{Exhausted, Held};
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
+use crate::experiments::UserIdentity;
 use crate::limits;
 use crate::plan::PlannedCall;
 use crate::registry::Registry;
@@ -99,7 +100,18 @@ pub async fn handle(
         reject(session, &e, protocol).await;
         return Handled::Answered;
     }
-    let admission = match admit(&registry, key, &request, body.len()).await {
+    // A request for an experiment is served by the arm its user is assigned to.
+    let variant = registry.experiments.get(&request.envelope.model).map(|e| {
+        let user_field = request.user_id();
+        e.assign(&UserIdentity {
+            header: e.user_header(session.req_header()),
+            user_field: user_field.as_deref(),
+            key_name: key.map(|k| k.name.as_str()),
+        })
+        .clone()
+    });
+    let served = variant.as_ref().map(|arm| arm.model.as_str());
+    let admission = match admit(&registry, key, &request, served, body.len()).await {
         Ok(a) => a,
         Err(e) => {
             reject(session, &e, protocol).await;
@@ -109,8 +121,8 @@ pub async fn handle(
     let accounting = admission.as_ref().map(|a| a.accounting.clone());
     // Held until the request ends: its concurrency slots, and the settling of its tokens.
     ctx.admission = admission;
-    let call = match PlannedCall::plan(&registry, &request, accounting.as_ref()) {
-        Ok(c) => Arc::new(c),
+    let call = match PlannedCall::plan_for(&registry, &request, served, accounting.as_ref()) {
+        Ok(c) => Arc::new(c.in_variant(variant.clone())),
         Err(e) => {
             reject(session, &e, protocol).await;
             return Handled::Answered;
@@ -129,23 +141,29 @@ pub async fn handle(
         ctx.is_upstream_leg = true;
         return Handled::ProxyHere;
     }
-    let replan =
-        |model: &str| PlannedCall::plan_for(&registry, &request, Some(model), accounting.as_ref());
+    let replan = |model: &str| {
+        PlannedCall::plan_for(&registry, &request, Some(model), accounting.as_ref())
+            .map(|c| c.in_variant(variant.clone()))
+    };
     dispatch::run(session, call, &replan).await;
     Handled::Answered
 }
 
-/// Admits the request under the limits of its key, its model and the model's provider.
+/// Admits the request under the limits of its key, the model serving it (`served`, else the one
+/// it named) and the model's provider.
 async fn admit(
     registry: &Registry,
     key: Option<&access::GatewayKey>,
     request: &ClientRequest<'_>,
+    served: Option<&str>,
     body_len: usize,
 ) -> Result<Option<limits::Admission>, GatewayError> {
     if !registry.has_limits {
         return Ok(None);
     }
-    let model = registry.models.get(&request.envelope.model);
+    let model = registry
+        .models
+        .get(served.unwrap_or(&request.envelope.model));
     let scopes = [
         key.and_then(|k| k.limits.as_ref()),
         model.and_then(|m| m.limits.as_ref()),

@@ -17,7 +17,12 @@ pub struct ServedBy<'a> {
     pub attempts: u32,
     /// The request's rate-limit readings, when limits apply to it.
     pub limits: Option<&'a RateLimitHeaders>,
+    /// The experiment arm the request was assigned to.
+    pub variant: Option<&'a http::HeaderValue>,
 }
+
+/// The experiment arm a request was assigned to.
+pub const VARIANT_HEADER: &str = "x-dragoman-variant";
 
 pub async fn write_json(
     session: &mut Session,
@@ -46,6 +51,9 @@ async fn write_json_with(
         resp.insert_header("x-dragoman-provider", a.provider)?;
         if a.attempts > 0 {
             resp.insert_header(super::dispatch::ATTEMPTS_HEADER, a.attempts)?;
+        }
+        if let Some(variant) = a.variant {
+            resp.insert_header(VARIANT_HEADER, variant.clone())?;
         }
         if let Some(limits) = a.limits {
             limits.apply(&mut resp);

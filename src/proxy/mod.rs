@@ -226,6 +226,7 @@ impl ProxyHttp for Gateway {
                     provider,
                     attempts: ctx.attempts,
                     limits: call.accounting.as_deref().map(|a| &a.headers),
+                    variant: call.variant.as_ref().map(|a| &a.variant),
                 };
                 local_response::write_error(
                     session,

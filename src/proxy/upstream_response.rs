@@ -2,6 +2,7 @@
 //! already in the client's protocol (translated answers and streams, and every error).
 
 use super::ctx::{RequestCtx, ResponseHandling};
+use super::local_response::VARIANT_HEADER;
 use crate::api::anthropic::{self, AnthropicEventSink};
 use crate::api::openai::stream::OpenAiEventSink;
 use crate::api::{ClientEndpoint, ClientProtocol};
@@ -46,6 +47,9 @@ pub fn on_response_header(
     resp.insert_header("x-dragoman-model", call.model.name.as_str())?;
     resp.insert_header("x-dragoman-provider", call.model.provider.name.as_str())?;
     resp.insert_header(super::dispatch::ATTEMPTS_HEADER, ctx.attempts.max(1))?;
+    if let Some(arm) = &call.variant {
+        resp.insert_header(VARIANT_HEADER, arm.variant.clone())?;
+    }
     if let Some(accounting) = &call.accounting {
         accounting.headers.apply(resp);
     }
