@@ -1573,7 +1573,12 @@ fn validate_experiments(
                     format!("`{}` is already an arm of this experiment", arm.model),
                 ));
             }
-            within(&format!("{at}.weight"), arm.weight.into(), 0, MAX_ARM_WEIGHT)?;
+            within(
+                &format!("{at}.weight"),
+                arm.weight.into(),
+                0,
+                MAX_ARM_WEIGHT,
+            )?;
             arms.push((arm.model.clone(), arm.weight));
         }
         if arms.iter().all(|(_, w)| *w == 0) {
@@ -2153,7 +2158,11 @@ models:
     fn experiments_are_validated_naming_the_key() {
         let base = "providers:\n  p: { kind: openai, api_key: k }\nmodels:\n  a: { provider: p }\n  b: { provider: p }\n";
         for (experiments, key, needle) in [
-            ("  x: { split: [] }", "experiments.x.split", "at least one arm"),
+            (
+                "  x: { split: [] }",
+                "experiments.x.split",
+                "at least one arm",
+            ),
             (
                 "  x: { split: [{ model: ghost, weight: 1 }] }",
                 "experiments.x.split[0].model",

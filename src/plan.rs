@@ -3,11 +3,11 @@
 
 use crate::api::{ClientEndpoint, ClientProtocol, ClientRequest};
 use crate::error::GatewayError;
+use crate::experiments::Arm;
 use crate::ids::unix_now;
 use crate::limits::Accounting;
 use crate::providers::openai::usage_chunk;
 use crate::providers::{openai, AuthPlacement, RequestContext};
-use crate::experiments::Arm;
 use crate::registry::{Model, Registry};
 use crate::upstream::budget::RequestBudget;
 use bytes::Bytes;
