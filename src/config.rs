@@ -124,6 +124,89 @@ pub struct GatewayConfig {
     /// same one.
     #[serde(default)]
     pub experiments: BTreeMap<String, ExperimentConfig>,
+    /// `POST /v1/compare`.
+    #[serde(default)]
+    pub compare: CompareConfig,
+    /// `POST /v1/batch`.
+    #[serde(default)]
+    pub batch: BatchConfig,
+}
+
+/// `compare: {max_models: 8}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CompareConfig {
+    /// The most models one compare request may name.
+    #[serde(default)]
+    pub max_models: Option<u32>,
+}
+
+/// `batch: {max_requests: 1000, concurrency: 16, global_concurrency: 64}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct BatchConfig {
+    /// The most requests one batch may hold.
+    #[serde(default)]
+    pub max_requests: Option<u32>,
+    /// The most requests of one batch running at once.
+    #[serde(default)]
+    pub concurrency: Option<u32>,
+    /// The most batched requests running at once, over all batches.
+    #[serde(default)]
+    pub global_concurrency: Option<u32>,
+}
+
+/// Validated `compare` and `batch` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct FanoutSettings {
+    pub compare_max_models: usize,
+    pub batch_max_requests: usize,
+    pub batch_concurrency: usize,
+    pub batch_global_concurrency: usize,
+}
+
+impl Default for FanoutSettings {
+    fn default() -> Self {
+        FanoutSettings {
+            compare_max_models: 8,
+            batch_max_requests: 1000,
+            batch_concurrency: 16,
+            batch_global_concurrency: 64,
+        }
+    }
+}
+
+/// The bound on each of the fan-out settings: far above any sensible value, far below what would
+/// exhaust the process (each running request holds a leg, a socket and its buffers).
+const MAX_FANOUT: u64 = 100_000;
+
+fn validate_fanout(
+    compare: &CompareConfig,
+    batch: &BatchConfig,
+) -> Result<FanoutSettings, ConfigError> {
+    let d = FanoutSettings::default();
+    let setting = |key: &str, value: Option<u32>, default: usize| match value {
+        None => Ok(default),
+        Some(v) => within(key, v.into(), 1, MAX_FANOUT).map(|()| v as usize),
+    };
+    Ok(FanoutSettings {
+        compare_max_models: setting(
+            "compare.max_models",
+            compare.max_models,
+            d.compare_max_models,
+        )?,
+        batch_max_requests: setting(
+            "batch.max_requests",
+            batch.max_requests,
+            d.batch_max_requests,
+        )?,
+        batch_concurrency: setting("batch.concurrency", batch.concurrency, d.batch_concurrency)?,
+        batch_global_concurrency: setting(
+            "batch.global_concurrency",
+            batch.global_concurrency,
+            d.batch_global_concurrency,
+        )?,
+    })
 }
 
 /// `experiments.<name>`: clients ask for `<name>` as a model; each user is served by one arm.
@@ -1099,6 +1182,7 @@ pub struct Settings {
     pub models: Vec<ModelSettings>,
     pub experiments: Vec<ExperimentSettings>,
     pub keys: Vec<KeySettings>,
+    pub fanout: FanoutSettings,
     pub limit_store: LimitStoreSettings,
     pub edge: EdgeSettings,
 }
@@ -1222,6 +1306,8 @@ impl Settings {
             limits: LimitStoreConfig::default(),
             edge: EdgeConfig::default(),
             experiments: BTreeMap::new(),
+            compare: CompareConfig::default(),
+            batch: BatchConfig::default(),
         };
         let presets: [(&str, ProviderKind, &str, &[&str]); 3] = [
             (
@@ -1318,6 +1404,7 @@ impl Settings {
                 models: vec![],
                 experiments: vec![],
                 keys: vec![],
+                fanout: FanoutSettings::default(),
                 limit_store: LimitStoreSettings {
                     redis_url: None,
                     store_timeout: DEFAULT_STORE_TIMEOUT,
@@ -1483,6 +1570,7 @@ impl GatewayConfig {
             models,
             experiments,
             keys,
+            fanout: validate_fanout(&self.compare, &self.batch)?,
             limit_store: self.limits.validate()?,
             edge: self.edge.validate(self.max_request_bytes)?,
         })

@@ -100,8 +100,9 @@ impl PlannedCall {
             }
             ClientEndpoint::CountTokens => plan_count_tokens(request, &model)?,
             ClientEndpoint::Embeddings => plan_embeddings(request, &model)?,
-            ClientEndpoint::Models => {
-                return Err(GatewayError::new(500, "models are listed, not proxied"));
+            ClientEndpoint::Models | ClientEndpoint::Compare | ClientEndpoint::Batch => {
+                // Listed, or split into chat requests, each planned on its own.
+                return Err(GatewayError::new(500, "not an upstream call"));
             }
         };
         let UpstreamBody {

@@ -4,8 +4,8 @@
 
 use crate::access::GatewayKey;
 use crate::config::{
-    EdgeSettings, FallbackCondition, HealthCheckConfig, HedgeConfig, InstanceUrl, ProviderSettings,
-    Settings,
+    EdgeSettings, FallbackCondition, FanoutSettings, HealthCheckConfig, HedgeConfig, InstanceUrl,
+    ProviderSettings, Settings,
 };
 use crate::experiments::Experiment;
 use crate::limits::{Limiter, ScopeKind, ScopeLimits};
@@ -93,6 +93,10 @@ pub struct Registry {
     pub has_limits: bool,
     /// Client-side deadlines and limits.
     pub edge: EdgeSettings,
+    /// Compare and batch bounds.
+    pub fanout: FanoutSettings,
+    /// Batched requests running now, over all batches (`batch.global_concurrency`).
+    pub batch_slots: Arc<tokio::sync::Semaphore>,
 }
 
 impl Registry {
@@ -192,6 +196,10 @@ impl Registry {
                 Limiter::local()
             })),
             edge: settings.edge,
+            fanout: settings.fanout,
+            batch_slots: Arc::new(tokio::sync::Semaphore::new(
+                settings.fanout.batch_global_concurrency,
+            )),
         }
     }
 

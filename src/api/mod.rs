@@ -2,6 +2,7 @@
 //! client protocol's own module (`openai`, `anthropic`).
 
 pub mod anthropic;
+pub mod fanout;
 pub mod openai;
 
 use crate::error::ErrorCode;
@@ -28,6 +29,10 @@ pub enum ClientEndpoint {
     Messages,
     /// `POST /v1/messages/count_tokens` (Anthropic upstreams only).
     CountTokens,
+    /// `POST /v1/compare`: one chat request to several models at once.
+    Compare,
+    /// `POST /v1/batch`: several chat requests at once.
+    Batch,
 }
 
 /// The protocol a client speaks, which decides the shape of its errors and streams.
@@ -68,6 +73,8 @@ pub fn endpoint_for(method: &http::Method, path: &str) -> Result<ClientEndpoint,
         "/embeddings" => (ClientEndpoint::Embeddings, http::Method::POST),
         "/messages" => (ClientEndpoint::Messages, http::Method::POST),
         "/messages/count_tokens" => (ClientEndpoint::CountTokens, http::Method::POST),
+        "/compare" => (ClientEndpoint::Compare, http::Method::POST),
+        "/batch" => (ClientEndpoint::Batch, http::Method::POST),
         _ => {
             return Err(GatewayError::new(404, format!("Unknown endpoint: {path}"))
                 .with_code(ErrorCode::UnknownUrl))

@@ -307,6 +307,65 @@ pub async fn run(
     }
 }
 
+/// A call's whole answer, collected instead of written to the client (compare, batch).
+pub struct Collected {
+    pub status: u16,
+    /// The answer in the client's protocol.
+    pub body: bytes::Bytes,
+    /// The body's share of `edge.max_buffered_bytes`, held while the caller keeps it.
+    pub held: Held,
+}
+
+/// Runs `call` as one leg (its retries across instances; no fallbacks, no hedging) and collects
+/// its whole answer, within the leg's deadline and `max_response_bytes`; the gateway's error when
+/// no whole answer came. Dropping the future cancels the leg.
+pub async fn collect(session: &Session, call: Arc<PlannedCall>) -> Result<Collected, GatewayError> {
+    let chain = call.model.clone();
+    let Some(mut leg) = Leg::spawn(session, call) else {
+        return Err(
+            GatewayError::new(500, "Internal gateway error").with_code(ErrorCode::InternalError)
+        );
+    };
+    let first = tokio::select! {
+        task = leg.rx.recv() => task,
+        () = tokio::time::sleep_until(tokio::time::Instant::from_std(leg.deadline.at)) => {
+            return Err(LegFailure::timed_out(&leg, &chain).error);
+        }
+    };
+    let (status, ended) = match first {
+        Some(HttpTask::Header(header, ended)) => (header.status.as_u16(), ended),
+        Some(HttpTask::Failed(e)) => return Err(LegFailure::broke_off(&leg, Some(e)).error),
+        _ => {
+            let error = leg.error.try_recv().ok();
+            return Err(LegFailure::broke_off(&leg, error).error);
+        }
+    };
+    let mut answer = Answer {
+        leg,
+        tasks: Vec::new(),
+        ended,
+        body_bytes: 0,
+        held: Held::default(),
+    };
+    match answer.complete(&chain, std::future::pending()).await {
+        Completion::Whole => {}
+        Completion::Failed(failure) => return Err(failure.error),
+        // No client watch was given.
+        Completion::ClientGone => return Err(GatewayError::new(499, "client gone")),
+    }
+    let mut body = bytes::BytesMut::with_capacity(answer.body_bytes);
+    for task in &answer.tasks {
+        if let HttpTask::Body(Some(bytes), _) = task {
+            body.extend_from_slice(bytes);
+        }
+    }
+    Ok(Collected {
+        status,
+        body: body.freeze(),
+        held: std::mem::take(&mut answer.held),
+    })
+}
+
 /// Resolves when the client went away: an HTTP/2 client's stream reset, or else `h1_closed`, the
 /// watch on an HTTP/1 client's socket. (An HTTP/2 connection carries other streams: its socket
 /// says nothing of this one.)

@@ -8,6 +8,7 @@
 
 use super::ctx::RequestCtx;
 use super::dispatch;
+use super::fanout;
 use super::local_response;
 use crate::access;
 use crate::api::{self, ClientEndpoint, ClientProtocol, ClientRequest};
@@ -88,6 +89,17 @@ pub async fn handle(
             return Handled::Answered;
         }
     };
+    if matches!(endpoint, ClientEndpoint::Compare | ClientEndpoint::Batch) {
+        let run = if endpoint == ClientEndpoint::Compare {
+            fanout::compare(session, &registry, key, &body).await
+        } else {
+            fanout::batch(session, &registry, key, &body).await
+        };
+        if let Err(e) = run {
+            reject(session, &e, protocol).await;
+        }
+        return Handled::Answered;
+    }
     let request = match ClientRequest::read(endpoint, &body) {
         Ok(r) => r,
         Err(e) => {
@@ -95,39 +107,16 @@ pub async fn handle(
             return Handled::Answered;
         }
     };
-    if let Some(key) = key.filter(|k| !k.may_use(&request.envelope.model)) {
-        let e = access::model_not_allowed(key, &request.envelope.model);
-        reject(session, &e, protocol).await;
-        return Handled::Answered;
-    }
-    // A request for an experiment is served by the arm its user is assigned to.
-    let variant = registry.experiments.get(&request.envelope.model).map(|e| {
-        let user_field = request.user_id();
-        e.assign(&UserIdentity {
-            header: e.user_header(session.req_header()),
-            user_field: user_field.as_deref(),
-            key_name: key.map(|k| k.name.as_str()),
-        })
-        .clone()
-    });
-    let served = variant.as_ref().map(|arm| arm.model.as_str());
-    let admission = match admit(&registry, key, &request, served, body.len()).await {
-        Ok(a) => a,
+    let (admission, call) = match admit_and_plan(session, &registry, key, &request).await {
+        Ok(planned) => planned,
         Err(e) => {
             reject(session, &e, protocol).await;
             return Handled::Answered;
         }
     };
-    let accounting = admission.as_ref().map(|a| a.accounting.clone());
     // Held until the request ends: its concurrency slots, and the settling of its tokens.
     ctx.admission = admission;
-    let call = match PlannedCall::plan_for(&registry, &request, served, accounting.as_ref()) {
-        Ok(c) => Arc::new(c.in_variant(variant.clone())),
-        Err(e) => {
-            reject(session, &e, protocol).await;
-            return Handled::Answered;
-        }
-    };
+    let call = Arc::new(call);
     // The planned body is a buffer of its own (spliced or translated), held as long as the call.
     if let Err(e) = ctx.held.grow(call.body.len()) {
         reject(session, &overloaded(e), protocol).await;
@@ -141,12 +130,41 @@ pub async fn handle(
         ctx.is_upstream_leg = true;
         return Handled::ProxyHere;
     }
+    let (accounting, variant) = (call.accounting.clone(), call.variant.clone());
     let replan = |model: &str| {
         PlannedCall::plan_for(&registry, &request, Some(model), accounting.as_ref())
             .map(|c| c.in_variant(variant.clone()))
     };
     dispatch::run(session, call, &replan).await;
     Handled::Answered
+}
+
+/// Checks the model the request names against its key, assigns an experiment's arm, admits the
+/// request under its limits and plans its upstream call.
+pub(super) async fn admit_and_plan(
+    session: &Session,
+    registry: &Arc<Registry>,
+    key: Option<&access::GatewayKey>,
+    request: &ClientRequest<'_>,
+) -> Result<(Option<limits::Admission>, PlannedCall), GatewayError> {
+    if let Some(key) = key.filter(|k| !k.may_use(&request.envelope.model)) {
+        return Err(access::model_not_allowed(key, &request.envelope.model));
+    }
+    // A request for an experiment is served by the arm its user is assigned to.
+    let variant = registry.experiments.get(&request.envelope.model).map(|e| {
+        let user_field = request.user_id();
+        e.assign(&UserIdentity {
+            header: e.user_header(session.req_header()),
+            user_field: user_field.as_deref(),
+            key_name: key.map(|k| k.name.as_str()),
+        })
+        .clone()
+    });
+    let served = variant.as_ref().map(|arm| arm.model.as_str());
+    let admission = admit(registry, key, request, served, request.body.len()).await?;
+    let accounting = admission.as_ref().map(|a| a.accounting.clone());
+    let call = PlannedCall::plan_for(registry, request, served, accounting.as_ref())?;
+    Ok((admission, call.in_variant(variant)))
 }
 
 /// Admits the request under the limits of its key, the model serving it (`served`, else the one

@@ -11,6 +11,7 @@ mod cork;
 pub mod ctx;
 pub mod dispatch;
 pub mod edge;
+mod fanout;
 mod headers;
 pub mod ingress;
 pub mod local_response;

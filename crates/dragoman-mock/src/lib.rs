@@ -176,6 +176,12 @@ impl MockProvider {
         self.shared.request_count.load(Ordering::Relaxed)
     }
 
+    /// The most requests the mock was answering at once (from a request's arrival until its
+    /// answer's head was sent: a [`Behaviour::Delay`] counts whole).
+    pub fn most_concurrent(&self) -> usize {
+        self.shared.most_answering.load(Ordering::Acquire)
+    }
+
     /// Turns recording on or off.
     pub fn set_record(&self, record: bool) {
         self.shared.record.store(record, Ordering::Relaxed);

@@ -63,6 +63,10 @@ pub(crate) struct Shared {
     pub record: AtomicBool,
     pub requests: Mutex<Vec<RecordedRequest>>,
     pub request_count: AtomicUsize,
+    /// Requests being answered now (from arrival until the answer's head is sent), and the most
+    /// seen at once.
+    pub answering: AtomicUsize,
+    pub most_answering: AtomicUsize,
     queue: Mutex<VecDeque<Behaviour>>,
     /// Length of `queue`, so the common case (empty queue) takes no lock.
     queued: AtomicUsize,
@@ -150,6 +154,8 @@ pub(crate) async fn spawn(
         record: AtomicBool::new(opts.record),
         requests: Mutex::new(Vec::new()),
         request_count: AtomicUsize::new(0),
+        answering: AtomicUsize::new(0),
+        most_answering: AtomicUsize::new(0),
         queue: Mutex::new(VecDeque::new()),
         queued: AtomicUsize::new(0),
         default: ArcSwap::from_pointee(Behaviour::Reply),
@@ -254,8 +260,26 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> io::Result<Respo
         body,
     };
     shared.record(&rec);
+    let _answering = Answering::start(&shared);
     let b = shared.next_behaviour();
     let resp = behaviour::render(b, &shared, &rec, release_gen).await;
     in_flight.done = true;
     resp
+}
+
+/// Counts a request as being answered while it lives.
+struct Answering<'a>(&'a Shared);
+
+impl<'a> Answering<'a> {
+    fn start(shared: &'a Shared) -> Self {
+        let now = shared.answering.fetch_add(1, Ordering::AcqRel) + 1;
+        shared.most_answering.fetch_max(now, Ordering::AcqRel);
+        Answering(shared)
+    }
+}
+
+impl Drop for Answering<'_> {
+    fn drop(&mut self) {
+        self.0.answering.fetch_sub(1, Ordering::AcqRel);
+    }
 }

@@ -291,6 +291,26 @@ impl<'a> RawChatRequest<'a> {
         self.members.last(name)
     }
 
+    /// The same request for `model`, without the members named in `without`: each model's own
+    /// request of a compare. The other members are copied as they came.
+    pub fn for_model(&self, model: &str, without: &[&str]) -> Vec<u8> {
+        let mut out = Vec::with_capacity(self.text.len() + model.len() + 16);
+        out.extend_from_slice(b"{\"model\":");
+        // Writing a string into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, model);
+        for (key, raw) in &self.members.0 {
+            if key == "model" || without.contains(&key.as_ref()) {
+                continue;
+            }
+            out.push(b',');
+            let _ = serde_json::to_writer(&mut out, key.as_ref());
+            out.push(b':');
+            out.extend_from_slice(raw.get().as_bytes());
+        }
+        out.push(b'}');
+        out
+    }
+
     /// What routing reads: `model` (and where it is, for splicing) and `stream`.
     pub fn envelope(&self) -> Result<crate::api::ChatEnvelope, GatewayError> {
         let mut model = None;

@@ -1,0 +1,238 @@
+//! `POST /v1/compare` (one request to several models at once, each translated for its provider)
+//! and `POST /v1/batch` (many requests at once, under a per-batch and a global bound, answered in
+//! input order).
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::time::Duration;
+
+async fn post(gw: &GatewayProcess, path: &str, body: &Value, key: &str) -> (u16, Value) {
+    let resp = client()
+        .post(gw.url(path))
+        .header("authorization", format!("Bearer {key}"))
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let text = resp.text().await.unwrap_or_default();
+    (
+        status,
+        serde_json::from_str(&text).unwrap_or(Value::String(text)),
+    )
+}
+
+#[tokio::test]
+async fn compare_answers_every_model_also_when_one_fails() {
+    let openai = MockProvider::start().await.unwrap();
+    let anthropic = MockProvider::start().await.unwrap();
+    let broken = MockProvider::start().await.unwrap();
+    broken.set_default(Behaviour::json(
+        400,
+        json!({"error": {"message": "unsupported parameter", "type": "invalid_request_error", "code": null}}),
+    ));
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  po: {{ kind: openai, api_key: key-o, endpoints: [\"{}/v1\"] }}\n  \
+         pa: {{ kind: anthropic, api_key: key-a, endpoints: [\"{}\"] }}\n  \
+         pb: {{ kind: openai, api_key: key-b, endpoints: [\"{}/v1\"] }}\n\
+         models:\n  gpt: {{ provider: po, model: gpt-upstream }}\n  claude: {{ provider: pa }}\n  broken: {{ provider: pb }}\n\
+         keys:\n  all: {{ key: key-all }}\n  gpt-only: {{ key: key-gpt, models: [gpt] }}\n",
+        openai.url(),
+        anthropic.url(),
+        broken.url()
+    ));
+    let request = json!({
+        "models": ["gpt", "claude", "broken"],
+        "messages": [{"role": "user", "content": "Say hi"}],
+        "max_tokens": 20,
+        "temperature": 0.2,
+    });
+    let (status, body) = post(&gw, "/v1/compare", &request, "key-all").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["object"], "compare");
+    let results = body["results"].as_array().expect("results");
+    let models: Vec<&str> = results
+        .iter()
+        .map(|r| r["model"].as_str().unwrap())
+        .collect();
+    assert_eq!(models, ["gpt", "claude", "broken"]);
+    for ok in &results[..2] {
+        assert_eq!(ok["status"], 200, "{ok}");
+        // Each model's answer in OpenAI's format, the Anthropic one translated.
+        assert_eq!(ok["response"]["object"], "chat.completion", "{ok}");
+        assert!(ok["usage"]["total_tokens"].as_u64().is_some(), "{ok}");
+        assert!(ok["latency_ms"].as_f64().is_some_and(|ms| ms > 0.0), "{ok}");
+        assert!(ok.get("error").is_none(), "{ok}");
+    }
+    assert_eq!(results[2]["status"], 400);
+    assert_eq!(results[2]["error"]["message"], "unsupported parameter");
+    assert!(results[2].get("response").is_none());
+    // Each model got the request once, as its own provider speaks it.
+    let sent = openai.last_request().expect("openai request");
+    assert_eq!(openai.request_count(), 1);
+    assert_eq!(sent.json()["model"], "gpt-upstream");
+    assert!(sent.json().get("models").is_none(), "{}", sent.body_text());
+    assert_eq!(sent.json()["temperature"], 0.2);
+    let sent = anthropic.last_request().expect("anthropic request");
+    assert_eq!(sent.path_only(), "/v1/messages");
+    assert_eq!(sent.json()["max_tokens"], 20);
+    assert_eq!(broken.request_count(), 1);
+
+    // A key answers for each model on its own: the model it may not use gets its 403, the other
+    // its answer.
+    let request =
+        json!({"models": ["gpt", "claude"], "messages": [{"role": "user", "content": "hi"}]});
+    let (status, body) = post(&gw, "/v1/compare", &request, "key-gpt").await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(body["results"][0]["status"], 200);
+    assert_eq!(body["results"][1]["status"], 403);
+    assert_eq!(body["results"][1]["error"]["code"], "model_not_allowed");
+    assert_eq!(anthropic.request_count(), 1, "a forbidden model was called");
+}
+
+#[tokio::test]
+async fn malformed_compare_and_batch_requests_are_refused_whole() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  p: {{ kind: openai, api_key: k, endpoints: [\"{}/v1\"] }}\n\
+         models:\n  m: {{ provider: p }}\n\
+         compare: {{ max_models: 2 }}\nbatch: {{ max_requests: 3 }}\n",
+        mock.url()
+    ));
+    let messages = json!([{"role": "user", "content": "hi"}]);
+    for (path, body, needle) in [
+        (
+            "/v1/compare",
+            json!({"messages": messages}),
+            "`models` is required",
+        ),
+        (
+            "/v1/compare",
+            json!({"model": "m", "messages": messages}),
+            "not `model`",
+        ),
+        (
+            "/v1/compare",
+            json!({"models": ["m", "m"], "messages": messages}),
+            "twice",
+        ),
+        (
+            "/v1/compare",
+            json!({"models": ["a", "b", "c"], "messages": messages}),
+            "from 1 to 2",
+        ),
+        (
+            "/v1/compare",
+            json!({"models": ["m"], "messages": messages, "stream": true}),
+            "cannot stream",
+        ),
+        ("/v1/batch", json!({"requests": []}), "from 1 to 3"),
+        (
+            "/v1/batch",
+            json!({"requests": [{}, {}, {}, {}]}),
+            "from 1 to 3",
+        ),
+        ("/v1/batch", json!([]), "`requests`"),
+    ] {
+        let (status, answer) = post(&gw, path, &body, "unused").await;
+        assert_eq!(status, 400, "{path} {body}: {answer}");
+        let message = answer["error"]["message"].as_str().unwrap_or_default();
+        assert!(message.contains(needle), "{path} {body}: {answer}");
+    }
+    assert_eq!(mock.request_count(), 0);
+}
+
+#[tokio::test]
+async fn a_batch_of_500_keeps_its_order_and_its_concurrency_bound() {
+    let mock = MockProvider::start().await.unwrap();
+    mock.set_record(false);
+    // Slow enough that, unbounded, hundreds would be waiting on it at once.
+    mock.set_default(Behaviour::Delay {
+        delay: Duration::from_millis(100),
+        then: Box::new(Behaviour::Reply),
+    });
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  p: {{ kind: openai, api_key: k, endpoints: [\"{}/v1\"] }}\n\
+         models:\n  m: {{ provider: p }}\n\
+         batch: {{ max_requests: 500, concurrency: 16 }}\n",
+        mock.url()
+    ));
+    // Every seventh request names a model that does not exist, and every eleventh wants a
+    // stream: their results must be at exactly those places.
+    let requests: Vec<Value> = (0..500)
+        .map(|i| {
+            let model = if i % 7 == 3 { "ghost" } else { "m" };
+            let mut r = json!({"model": model, "messages": [{"role": "user", "content": format!("request {i}")}]});
+            if i % 11 == 5 {
+                r["stream"] = json!(true);
+            }
+            r
+        })
+        .collect();
+    let (status, body) = post(&gw, "/v1/batch", &json!({"requests": requests}), "unused").await;
+    assert_eq!(status, 200);
+    assert_eq!(body["object"], "batch");
+    let results = body["results"].as_array().expect("results");
+    assert_eq!(results.len(), 500);
+    let mut answered = 0;
+    for (i, r) in results.iter().enumerate() {
+        assert_eq!(r["index"], i, "{r}");
+        // A request that wants a stream is refused before its model is looked up.
+        let want = match i {
+            _ if i % 11 == 5 => 400,
+            _ if i % 7 == 3 => 404,
+            _ => 200,
+        };
+        assert_eq!(r["status"], want, "request {i}: {r}");
+        if want == 200 {
+            answered += 1;
+            assert_eq!(r["response"]["object"], "chat.completion");
+        } else {
+            assert!(r["error"]["message"].is_string(), "{r}");
+        }
+    }
+    assert_eq!(mock.request_count(), answered);
+    let most = mock.most_concurrent();
+    assert!(most <= 16, "the mock saw {most} requests at once");
+    // And the batch did run requests side by side.
+    assert!(most >= 2, "the mock saw {most} requests at once");
+}
+
+#[tokio::test]
+async fn batches_together_stay_under_the_global_bound() {
+    let mock = MockProvider::start().await.unwrap();
+    mock.set_record(false);
+    mock.set_default(Behaviour::Delay {
+        delay: Duration::from_millis(100),
+        then: Box::new(Behaviour::Reply),
+    });
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  p: {{ kind: openai, api_key: k, endpoints: [\"{}/v1\"] }}\n\
+         models:\n  m: {{ provider: p }}\n\
+         batch: {{ concurrency: 8, global_concurrency: 5 }}\n",
+        mock.url()
+    ));
+    let batch = json!({"requests": (0..20).map(|i| json!({"model": "m", "messages": [{"role": "user", "content": format!("{i}")}]})).collect::<Vec<_>>()});
+    let (a, b, c) = tokio::join!(
+        post(&gw, "/v1/batch", &batch, "unused"),
+        post(&gw, "/v1/batch", &batch, "unused"),
+        post(&gw, "/v1/batch", &batch, "unused"),
+    );
+    for (status, body) in [a, b, c] {
+        assert_eq!(status, 200);
+        assert!(
+            body["results"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .all(|r| r["status"] == 200),
+            "{body}"
+        );
+    }
+    assert_eq!(mock.request_count(), 60);
+    let most = mock.most_concurrent();
+    assert!(
+        (2..=5).contains(&most),
+        "the mock saw {most} requests at once"
+    );
+}
