@@ -121,11 +121,6 @@ async fn malformed_compare_and_batch_requests_are_refused_whole() {
             json!({"models": ["a", "b", "c"], "messages": messages}),
             "from 1 to 2",
         ),
-        (
-            "/v1/compare",
-            json!({"models": ["m"], "messages": messages, "stream": true}),
-            "cannot stream",
-        ),
         ("/v1/batch", json!({"requests": []}), "from 1 to 3"),
         (
             "/v1/batch",
@@ -235,4 +230,78 @@ async fn batches_together_stay_under_the_global_bound() {
         (2..=5).contains(&most),
         "the mock saw {most} requests at once"
     );
+}
+
+#[tokio::test]
+async fn a_streamed_compare_tags_every_models_chunks_and_failures() {
+    let openai = MockProvider::start().await.unwrap();
+    let anthropic = MockProvider::start().await.unwrap();
+    let broken = MockProvider::start().await.unwrap();
+    broken.set_default(Behaviour::json(
+        400,
+        json!({"error": {"message": "no streams here", "type": "invalid_request_error", "code": null}}),
+    ));
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  po: {{ kind: openai, api_key: key-o, endpoints: [\"{}/v1\"] }}\n  \
+         pa: {{ kind: anthropic, api_key: key-a, endpoints: [\"{}\"] }}\n  \
+         pb: {{ kind: openai, api_key: key-b, endpoints: [\"{}/v1\"] }}\n\
+         models:\n  gpt: {{ provider: po }}\n  claude: {{ provider: pa }}\n  broken: {{ provider: pb }}\n",
+        openai.url(),
+        anthropic.url(),
+        broken.url()
+    ));
+    let request = json!({
+        "models": ["gpt", "claude", "broken", "ghost"],
+        "messages": [{"role": "user", "content": "Say hi"}],
+        "stream": true,
+    });
+    let resp = client()
+        .post(gw.url("/v1/compare"))
+        .json(&request)
+        .send()
+        .await
+        .expect("request");
+    assert_eq!(resp.status(), 200);
+    assert_eq!(header(resp.headers(), "content-type"), "text/event-stream");
+    let text = resp.text().await.expect("stream");
+    let events: Vec<&str> = text
+        .split("\n\n")
+        .filter(|e| !e.is_empty())
+        .map(|e| e.strip_prefix("data: ").expect("a data line"))
+        .collect();
+    assert_eq!(events.last(), Some(&"[DONE]"), "{text}");
+    let events: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("JSON event"))
+        .collect();
+    let of =
+        |model: &str| -> Vec<&Value> { events.iter().filter(|e| e["model"] == model).collect() };
+    for model in ["gpt", "claude"] {
+        let mine = of(model);
+        let (last, chunks) = mine.split_last().expect("events");
+        assert_eq!(last["done"], true, "{model}: {text}");
+        assert!(!chunks.is_empty(), "{model}: {text}");
+        // Each chunk as the model's stream gave it, in OpenAI's format (Anthropic's translated).
+        for c in chunks {
+            assert_eq!(
+                c["chunk"]["object"], "chat.completion.chunk",
+                "{model}: {c}"
+            );
+        }
+        let content: String = chunks
+            .iter()
+            .filter_map(|c| c["chunk"]["choices"][0]["delta"]["content"].as_str())
+            .collect();
+        assert!(!content.is_empty(), "{model}: {text}");
+    }
+    let broken_events = of("broken");
+    assert_eq!(broken_events.len(), 1, "{text}");
+    assert_eq!(broken_events[0]["status"], 400);
+    assert_eq!(broken_events[0]["error"]["message"], "no streams here");
+    let ghost = of("ghost");
+    assert_eq!(ghost.len(), 1, "{text}");
+    assert_eq!(ghost[0]["status"], 404);
+    assert_eq!(ghost[0]["error"]["code"], "model_not_found");
+    assert_eq!(openai.last_request().unwrap().json()["stream"], true);
+    assert_eq!(anthropic.last_request().unwrap().json()["stream"], true);
 }

@@ -4,7 +4,8 @@
 //! - Compare: an OpenAI chat completion request with `models: [...]` in place of `model`. Every
 //!   model gets the same request (translated for its own provider), all at once.
 //!   `{"object": "compare", "results": [{"model", "status", "latency_ms", "usage", "response"}
-//!   or {"model", "status", "latency_ms", "error"}, ...]}`, in the order of `models`.
+//!   or {"model", "status", "latency_ms", "error"}, ...]}`, in the order of `models`; streamed,
+//!   every model's events in one stream, each tagged with its model ([`StreamEvent`]).
 //! - Batch: `{"requests": [chat completion request, ...]}`.
 //!   `{"object": "batch", "results": [{"index", "model", "status", "latency_ms", "response" or
 //!   "error"}, ...]}`, in input order.
@@ -150,6 +151,66 @@ pub fn render_batch(results: &[ItemResult]) -> Bytes {
         })
         .collect();
     Bytes::from(json!({"object": "batch", "results": results}).to_string())
+}
+
+/// One event of a streamed compare, tagged with its model:
+/// `{"model": "a", "chunk": {...}}` (a chunk of its stream, as the model's stream gave it),
+/// `{"model": "a", "done": true}` (its stream ended), or `{"model": "b", "status": 502,
+/// "error": {...}}` (it failed, before or during its stream).
+pub enum StreamEvent<'m> {
+    Chunk(&'m str, String),
+    Done(&'m str),
+    /// An upstream's error answer: its status and body.
+    UpstreamError(&'m str, u16, Vec<u8>),
+    /// The gateway's error for the model.
+    Failed(&'m str, u16, Value),
+}
+
+impl<'m> StreamEvent<'m> {
+    pub fn failed(model: &'m str, e: &GatewayError) -> Self {
+        let error = serde_json::from_slice::<Value>(&e.to_openai_body())
+            .ok()
+            .and_then(|mut v| v.get_mut("error").map(Value::take))
+            .unwrap_or(Value::Null);
+        StreamEvent::Failed(model, e.status, error)
+    }
+
+    fn to_json(&self) -> Value {
+        match self {
+            StreamEvent::Chunk(model, data) => {
+                let chunk: Value =
+                    serde_json::from_str(data).unwrap_or_else(|_| Value::String(data.clone()));
+                json!({"model": model, "chunk": chunk})
+            }
+            StreamEvent::Done(model) => json!({"model": model, "done": true}),
+            StreamEvent::UpstreamError(model, status, body) => {
+                let answer: Value = serde_json::from_slice(body)
+                    .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(body).into()));
+                let error = match answer {
+                    Value::Object(mut o) if o.contains_key("error") => {
+                        o.remove("error").unwrap_or(Value::Null)
+                    }
+                    other => json!({"message": other, "type": "upstream_error"}),
+                };
+                json!({"model": model, "status": status, "error": error})
+            }
+            StreamEvent::Failed(model, status, error) => {
+                json!({"model": model, "status": status, "error": error})
+            }
+        }
+    }
+}
+
+/// Events as SSE `data:` lines.
+pub fn render_stream_events(events: &[StreamEvent]) -> Bytes {
+    let mut out = Vec::new();
+    for e in events {
+        out.extend_from_slice(b"data: ");
+        // Writing a value into a Vec cannot fail.
+        let _ = serde_json::to_writer(&mut out, &e.to_json());
+        out.extend_from_slice(b"\n\n");
+    }
+    Bytes::from(out)
 }
 
 #[cfg(test)]

@@ -44,19 +44,19 @@ use tokio::sync::{mpsc, oneshot};
 pub const ATTEMPTS_HEADER: &str = "x-dragoman-attempts";
 
 /// One running subrequest.
-struct Leg {
-    call: Arc<PlannedCall>,
-    rx: mpsc::Receiver<HttpTask>,
+pub(super) struct Leg {
+    pub(super) call: Arc<PlannedCall>,
+    pub(super) rx: mpsc::Receiver<HttpTask>,
     /// Held so the subrequest keeps its input open; dropping it is a cancellation signal.
     _tx: mpsc::Sender<HttpTask>,
     /// The error the leg failed with, which Pingora sends before the leg's output closes.
-    error: oneshot::Receiver<Box<Error>>,
-    deadline: budget::LegDeadline,
+    pub(super) error: oneshot::Receiver<Box<Error>>,
+    pub(super) deadline: budget::LegDeadline,
     task: tokio::task::JoinHandle<()>,
 }
 
 impl Leg {
-    fn spawn(session: &Session, call: Arc<PlannedCall>) -> Option<Leg> {
+    pub(super) fn spawn(session: &Session, call: Arc<PlannedCall>) -> Option<Leg> {
         let spawner = session.subrequest_spawner.as_ref()?;
         // The subrequest gets a context of its own, whose `started` (now) the upstream hooks
         // count the same `timeout` from.
@@ -470,15 +470,15 @@ enum Failure {
 }
 
 /// A leg that ran out of time or broke off before its answer was whole.
-struct LegFailure {
+pub(super) struct LegFailure {
     condition: FallbackCondition,
-    error: GatewayError,
+    pub(super) error: GatewayError,
     /// The leg's model, for the `x-dragoman-*` headers.
     model: Arc<Model>,
 }
 
 impl LegFailure {
-    fn timed_out(leg: &Leg, chain: &Model) -> LegFailure {
+    pub(super) fn timed_out(leg: &Leg, chain: &Model) -> LegFailure {
         let model = leg.call.model.clone();
         let message = if !leg.deadline.total {
             format!(
@@ -503,7 +503,7 @@ impl LegFailure {
         }
     }
 
-    fn broke_off(leg: &Leg, error: Option<Box<Error>>) -> LegFailure {
+    pub(super) fn broke_off(leg: &Leg, error: Option<Box<Error>>) -> LegFailure {
         let model = leg.call.model.clone();
         let provider = &model.provider.name;
         let condition = retry::broken_leg_condition(error.as_ref().map(|e| e.etype()));

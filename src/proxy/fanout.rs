@@ -11,12 +11,16 @@ use super::dispatch;
 use super::ingress;
 use super::local_response;
 use crate::access::GatewayKey;
-use crate::api::fanout::{self, ItemResult};
+use crate::api::fanout::{self, ItemResult, StreamEvent};
 use crate::api::{ClientEndpoint, ClientRequest};
 use crate::buffers::Held;
-use crate::error::GatewayError;
+use crate::error::{ErrorCode, GatewayError};
 use crate::registry::Registry;
+use crate::stream::sse::SseParser;
 use bytes::Bytes;
+use futures::future::select_all;
+use pingora_core::protocols::http::HttpTask;
+use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use serde_json::value::RawValue;
 use std::future::Future;
@@ -31,12 +35,11 @@ pub async fn compare(
     body: &[u8],
 ) -> Result<(), GatewayError> {
     let compare = fanout::read_compare(body, registry.fanout.compare_max_models)?;
-    if compare.stream {
-        return Err(GatewayError::bad_request(
-            "A compare request cannot stream: leave `stream` out, or ask each model on its own",
-        ));
-    }
     prepare_legs(session);
+    if compare.stream {
+        compare_streams(session, registry, key, &compare.requests).await;
+        return Ok(());
+    }
     let results = {
         let session = &*session;
         let all = compare
@@ -53,6 +56,217 @@ pub async fn compare(
     let (results, _held): (Vec<ItemResult>, Vec<Held>) = results.into_iter().unzip();
     answer(session, fanout::render_compare(&results)).await;
     Ok(())
+}
+
+/// A streamed compare: every model's stream at once, each event passed on as it comes, tagged with
+/// its model (`api::fanout::StreamEvent`), then `data: [DONE]`.
+async fn compare_streams(
+    session: &mut Session,
+    registry: &Arc<Registry>,
+    key: Option<&GatewayKey>,
+    requests: &[(String, Vec<u8>)],
+) {
+    let mut events = Vec::new();
+    let mut streams = Vec::new();
+    for (model, body) in requests {
+        let planned = match ClientRequest::read(ClientEndpoint::ChatCompletions, body) {
+            Ok(request) => ingress::admit_and_plan(session, registry, key, &request).await,
+            Err(e) => Err(e),
+        };
+        let leg = planned.and_then(|(admission, call)| {
+            let leg = dispatch::Leg::spawn(session, Arc::new(call)).ok_or_else(|| {
+                GatewayError::new(500, "Internal gateway error").with_code(ErrorCode::InternalError)
+            })?;
+            Ok((admission, leg))
+        });
+        match leg {
+            Ok((admission, leg)) => streams.push(ModelStream::new(model, leg, admission)),
+            Err(e) => events.push(StreamEvent::failed(model, &e)),
+        }
+    }
+    let mut header = match ResponseHeader::build(200, Some(3)) {
+        Ok(h) => h,
+        Err(_) => return,
+    };
+    let _ = header.insert_header(http::header::CONTENT_TYPE, "text/event-stream");
+    let _ = header.insert_header(http::header::CACHE_CONTROL, "no-cache");
+    if session
+        .write_response_header(Box::new(header), false)
+        .await
+        .is_err()
+    {
+        return;
+    }
+    let client_socket = client_watch::duplicate_client_socket(session);
+    let gone = async move {
+        match client_socket {
+            Some(socket) => client_watch::closed(socket).await,
+            None => std::future::pending().await,
+        }
+    };
+    tokio::pin!(gone);
+    loop {
+        if !events.is_empty() {
+            let bytes = fanout::render_stream_events(&events);
+            events.clear();
+            if session
+                .write_response_body(Some(bytes), false)
+                .await
+                .is_err()
+            {
+                return; // gone: dropping the streams cancels their legs
+            }
+        }
+        if streams.is_empty() {
+            break;
+        }
+        // Until its head comes, a leg is bounded by its model's timeout; after, by its
+        // upstream's stream idle timeout, in the leg itself.
+        let deadline = streams.iter().filter_map(ModelStream::deadline).min();
+        let timer = async {
+            match deadline {
+                Some(at) => tokio::time::sleep_until(tokio::time::Instant::from_std(at)).await,
+                None => std::future::pending().await,
+            }
+        };
+        enum Woke {
+            Task(usize, Option<HttpTask>),
+            Deadline,
+            ClientGone,
+        }
+        let woke = tokio::select! {
+            (task, index, _) = select_all(streams.iter_mut().map(|s| Box::pin(s.leg.rx.recv()))) => {
+                Woke::Task(index, task)
+            }
+            () = timer => Woke::Deadline,
+            () = &mut gone => Woke::ClientGone,
+        };
+        match woke {
+            Woke::Task(index, task) => {
+                if streams[index].take(task, &mut events) {
+                    streams.swap_remove(index);
+                }
+            }
+            Woke::Deadline => {
+                let now = Instant::now();
+                streams.retain(|s| match s.deadline() {
+                    Some(at) if at <= now => {
+                        let chain = s.leg.call.model.clone();
+                        let error = dispatch::LegFailure::timed_out(&s.leg, &chain).error;
+                        events.push(StreamEvent::failed(s.model, &error));
+                        false
+                    }
+                    _ => true,
+                });
+            }
+            // Dropping the streams cancels their legs.
+            Woke::ClientGone => return,
+        }
+    }
+    let _ = session
+        .write_response_body(Some(Bytes::from_static(b"data: [DONE]\n\n")), true)
+        .await;
+}
+
+/// One model's leg in a streamed compare.
+struct ModelStream<'m> {
+    model: &'m str,
+    leg: dispatch::Leg,
+    /// Its rate limits, held until its stream ends.
+    _admission: Option<crate::limits::Admission>,
+    /// The answer's status, once its head came.
+    status: Option<u16>,
+    events: SseParser,
+    /// An error answer's body, collected whole (up to `max_response_bytes`).
+    error_body: Vec<u8>,
+}
+
+impl<'m> ModelStream<'m> {
+    fn new(
+        model: &'m str,
+        leg: dispatch::Leg,
+        admission: Option<crate::limits::Admission>,
+    ) -> Self {
+        let max_event = leg.call.registry.max_response_bytes;
+        ModelStream {
+            model,
+            leg,
+            _admission: admission,
+            status: None,
+            events: SseParser::new(max_event),
+            error_body: Vec::new(),
+        }
+    }
+
+    fn deadline(&self) -> Option<Instant> {
+        self.status.is_none().then_some(self.leg.deadline.at)
+    }
+
+    /// Takes one task of the leg, adding what it says to `out`; true when the leg is over.
+    fn take(&mut self, task: Option<HttpTask>, out: &mut Vec<StreamEvent<'m>>) -> bool {
+        let task = match task {
+            Some(HttpTask::Failed(e)) => {
+                let error = dispatch::LegFailure::broke_off(&self.leg, Some(e)).error;
+                out.push(StreamEvent::failed(self.model, &error));
+                return true;
+            }
+            Some(task) => task,
+            None => {
+                // Closed without an end: a failure if Pingora says so.
+                match self.leg.error.try_recv() {
+                    Ok(e) => {
+                        let error = dispatch::LegFailure::broke_off(&self.leg, Some(e)).error;
+                        out.push(StreamEvent::failed(self.model, &error));
+                    }
+                    Err(_) => self.finish(out),
+                }
+                return true;
+            }
+        };
+        let ended = task.is_end();
+        match task {
+            HttpTask::Header(header, _) => self.status = Some(header.status.as_u16()),
+            HttpTask::Body(Some(bytes), _) => match self.status {
+                Some(200) => {
+                    let mut parsed = Vec::new();
+                    if let Err(e) = self.events.push(&bytes, &mut parsed) {
+                        let error = GatewayError::bad_upstream(e.to_string());
+                        out.push(StreamEvent::failed(self.model, &error));
+                        return true;
+                    }
+                    out.extend(
+                        parsed
+                            .into_iter()
+                            .filter(|e| e.data != "[DONE]")
+                            .map(|e| StreamEvent::Chunk(self.model, e.data)),
+                    );
+                }
+                _ => {
+                    let limit = self.leg.call.registry.max_response_bytes;
+                    let room = limit.saturating_sub(self.error_body.len());
+                    self.error_body
+                        .extend_from_slice(&bytes[..bytes.len().min(room)]);
+                }
+            },
+            _ => {}
+        }
+        if ended {
+            self.finish(out);
+        }
+        ended
+    }
+
+    /// The leg's answer ended: its stream is done, or its error answer is whole.
+    fn finish(&mut self, out: &mut Vec<StreamEvent<'m>>) {
+        match self.status {
+            Some(200) => out.push(StreamEvent::Done(self.model)),
+            status => out.push(StreamEvent::UpstreamError(
+                self.model,
+                status.unwrap_or(502),
+                std::mem::take(&mut self.error_body),
+            )),
+        }
+    }
 }
 
 /// `POST /v1/batch`.
