@@ -175,6 +175,31 @@ impl Credentials {
         }
     }
 
+    /// Whether these credentials were built from the same key settings (a file's by its path,
+    /// not the content it had when the config was read). A reload keeps such credentials: their
+    /// renewed values and the keys set aside stay, and no command runs again.
+    pub fn same_config(
+        &self,
+        provider: &str,
+        keys: &[ProviderKey],
+        placement: &AuthPlacement,
+        cooldown: Duration,
+        poll: Duration,
+    ) -> bool {
+        let same_source = |a: &KeySource, b: &KeySource| match (a, b) {
+            (KeySource::File { path: a, .. }, KeySource::File { path: b, .. }) => a == b,
+            (a, b) => a == b,
+        };
+        self.provider == provider
+            && self.placement == *placement
+            && self.cooldown == cooldown
+            && self.poll == poll
+            && self.slots.len() == keys.len()
+            && self.slots.iter().zip(keys).all(|(slot, k)| {
+                slot.config_key == k.config_key && same_source(&slot.source, &k.source)
+            })
+    }
+
     /// Whether a key comes from a file or a command, and so needs [`Credentials::refresh`].
     pub fn changes(&self) -> bool {
         self.slots
