@@ -101,7 +101,7 @@ impl Load {
                     let mut i = 0usize;
                     // Bounded: each worker stops at the flag, or after 20,000 requests at most.
                     while !stop.load(Ordering::Relaxed) && i < 20_000 {
-                        let stream = (i + w) % 2 == 0;
+                        let stream = (i + w).is_multiple_of(2);
                         i += 1;
                         let outcome = async {
                             let resp = client
