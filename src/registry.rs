@@ -373,3 +373,79 @@ fn health_check(
     }));
     Box::new(hc)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(yaml: &str) -> Settings {
+        Settings::from_yaml(yaml, &|_| None).expect("valid")
+    }
+
+    const BASE: &str = r#"
+providers:
+  a: { kind: openai, endpoints: ["http://127.0.0.1:1"], api_key: key-a, limits: { rpm: 10 } }
+  b: { kind: openai, endpoints: ["http://127.0.0.1:2"], auth: none }
+models:
+  m: { provider: a, limits: { rpm: 5 } }
+keys:
+  k: { key: client-key, limits: { rpm: 7 } }
+"#;
+
+    #[test]
+    fn a_rebuild_keeps_what_did_not_change() {
+        let old = Registry::build(&settings(BASE));
+        // b's endpoint moves; a's timeout and its model's limits change.
+        let changed = BASE
+            .replace("127.0.0.1:2", "127.0.0.1:3")
+            .replace(
+                "limits: { rpm: 10 } }",
+                "limits: { rpm: 10 }, timeout: 9s }",
+            )
+            .replace("limits: { rpm: 5 }", "limits: { rpm: 6 }");
+        let new = Registry::rebuild(Some(&old), &settings(&changed));
+        let (oa, na) = (old.provider("a").unwrap(), new.provider("a").unwrap());
+        assert!(
+            Arc::ptr_eq(&oa.upstreams, &na.upstreams),
+            "same endpoints: same pool"
+        );
+        assert!(Arc::ptr_eq(&oa.credentials, &na.credentials));
+        assert!(Arc::ptr_eq(&oa.load, &na.load));
+        assert!(Arc::ptr_eq(
+            oa.limits.as_ref().unwrap(),
+            na.limits.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(&old.limiter, &new.limiter));
+        let key_limits = |r: &Registry| r.keys[0].limits.clone().unwrap();
+        assert!(Arc::ptr_eq(&key_limits(&old), &key_limits(&new)));
+        // Changed limits are new buckets.
+        let model_limits = |r: &Registry| r.models["m"].limits.clone().unwrap();
+        assert!(!Arc::ptr_eq(&model_limits(&old), &model_limits(&new)));
+        // A moved endpoint is a new pool; its breakers still carry over by address.
+        let (ob, nb) = (old.provider("b").unwrap(), new.provider("b").unwrap());
+        assert!(!Arc::ptr_eq(&ob.upstreams, &nb.upstreams));
+        let addr = "127.0.0.1:2".parse().unwrap();
+        let now = std::time::Instant::now();
+        for _ in 0..5 {
+            ob.breakers.on_failure(
+                addr,
+                crate::upstream::breaker::FailureKind::Connect,
+                None,
+                now,
+            );
+        }
+        assert_eq!(
+            nb.breakers.state(addr, now),
+            crate::upstream::breaker::CircuitState::Open
+        );
+    }
+
+    #[test]
+    fn a_changed_key_is_new_credentials() {
+        let old = Registry::build(&settings(BASE));
+        let new = Registry::rebuild(Some(&old), &settings(&BASE.replace("key-a", "key-a2")));
+        let (oa, na) = (old.provider("a").unwrap(), new.provider("a").unwrap());
+        assert!(!Arc::ptr_eq(&oa.credentials, &na.credentials));
+        assert!(Arc::ptr_eq(&oa.upstreams, &na.upstreams));
+    }
+}

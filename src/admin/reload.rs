@@ -265,3 +265,45 @@ impl BackgroundService for ReloadOnHangup {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use crate::config::{pingora_changes, restart_only_changes, Settings};
+
+    fn settings(yaml: &str) -> Settings {
+        Settings::from_yaml(yaml, &|_| None).expect("valid")
+    }
+
+    #[test]
+    fn restart_only_keys_are_named_and_kept() {
+        let running = settings("listen: 127.0.0.1:8080\nadmin_listen: 127.0.0.1:9090\n");
+        let mut new = settings(
+            "listen: 127.0.0.1:8081\nadmin_listen: 127.0.0.1:9091\n\
+             edge: { max_connections: 5, idle_timeout: 5s, body_timeout: 5s }\n",
+        );
+        assert_eq!(
+            restart_only_changes(&running, &new),
+            [
+                "listen",
+                "admin_listen",
+                "edge.idle_timeout",
+                "edge.max_connections"
+            ]
+        );
+        new.keep_restart_only(&running);
+        assert!(restart_only_changes(&running, &new).is_empty());
+        // What a reload can change stays changed.
+        assert_eq!(new.edge.body_timeout, std::time::Duration::from_secs(5));
+    }
+
+    #[test]
+    fn changed_pingora_keys_are_named() {
+        let before = "threads: 2\npid_file: /tmp/a\nmodels: {}\n";
+        let after = "threads: 4\npid_file: /tmp/a\nmodels: { }\nerror_log: /tmp/e\n";
+        assert_eq!(
+            pingora_changes(before, after).unwrap(),
+            ["error_log", "threads"]
+        );
+        assert!(pingora_changes(before, before).unwrap().is_empty());
+    }
+}
