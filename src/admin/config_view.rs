@@ -7,7 +7,7 @@
 //! credentials and the admin token.
 
 use super::status::endpoint_url;
-use crate::config::{KeySource, LimitsConfig, Secret, Settings};
+use crate::config::{FallbackCondition, KeySource, LimitsConfig, Secret, Settings};
 use crate::providers::AuthPlacement;
 use serde_json::{json, Map, Value};
 use std::time::Duration;
@@ -54,6 +54,15 @@ fn key_source(source: &KeySource) -> Value {
             "refresh_every": duration(c.refresh_every),
             "timeout": duration(c.timeout),
         }),
+    }
+}
+
+fn fallback_condition(c: FallbackCondition) -> &'static str {
+    match c {
+        FallbackCondition::RateLimited => "rate_limited",
+        FallbackCondition::ServerError => "server_error",
+        FallbackCondition::Timeout => "timeout",
+        FallbackCondition::ContextLength => "context_length",
     }
 }
 
@@ -107,7 +116,7 @@ pub fn render(s: &Settings) -> Value {
                 "stream_idle_timeout": duration(p.stream_idle_timeout),
                 "max_attempts": p.max_attempts,
                 "retry_backoff": duration(p.retry_backoff),
-                "balance": format!("{:?}", p.balance),
+                "balance": p.balance.as_str(),
                 "health_check": p.health_check.as_ref().map(|h| json!({
                     "path": h.path, "interval": duration(h.interval.0), "expect_status": h.expect_status,
                 })),
@@ -137,7 +146,7 @@ pub fn render(s: &Settings) -> Value {
                 "connect_timeout": duration(m.connect_timeout),
                 "stream_idle_timeout": duration(m.stream_idle_timeout),
                 "fallbacks": m.fallbacks,
-                "fallback_on": m.fallback_on.iter().map(|c| format!("{c:?}")).collect::<Vec<_>>(),
+                "fallback_on": m.fallback_on.iter().map(|c| fallback_condition(*c)).collect::<Vec<_>>(),
                 "hedge": m.hedge.map(|h| json!({"after": duration(h.after.0), "max": h.max})),
                 "limits": limits(&m.limits),
             }),

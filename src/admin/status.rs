@@ -152,7 +152,7 @@ pub fn status(registry: &Registry, reloader: &Reloader, now: Instant) -> Value {
         providers.push(json!({
             "name": p.name,
             "kind": p.kind.as_str(),
-            "balance": format!("{:?}", p.balance),
+            "balance": p.balance.as_str(),
             "models": models_of(registry, p),
             "usable_instances": list.iter().filter(|i| i.usable()).count(),
             "in_flight": sum(&|i| u64::from(i.load.inflight)),

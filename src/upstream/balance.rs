@@ -22,6 +22,17 @@ pub enum BalanceMode {
     Ewma,
 }
 
+impl BalanceMode {
+    /// The mode as the config names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalanceMode::RoundRobin => "round_robin",
+            BalanceMode::LeastInflight => "least_inflight",
+            BalanceMode::Ewma => "ewma",
+        }
+    }
+}
+
 /// Weight of a new latency sample in the moving average.
 const EWMA_ALPHA: f64 = 0.3;
 
