@@ -448,3 +448,87 @@ async fn sighup_with_a_broken_file_keeps_the_process_running() {
     let (status, report) = reload_by_api(&gw).await;
     assert_eq!((status, report["status"].as_str()), (200, Some("reloaded")));
 }
+
+/// Kills a daemonized gateway (by the pid its pid file names) when the test ends.
+struct Daemon {
+    pid_file: std::path::PathBuf,
+    dir: std::path::PathBuf,
+}
+
+impl Daemon {
+    fn pid(&self) -> Option<libc::pid_t> {
+        std::fs::read_to_string(&self.pid_file)
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Some(pid) = self.pid() {
+            // SAFETY: kill has no memory effects; the pid is the daemon this test started.
+            unsafe { libc::kill(pid, libc::SIGKILL) };
+        }
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+#[tokio::test]
+async fn a_daemonized_gateway_reloads_on_sighup() {
+    let mock = MockProvider::start().await.unwrap();
+    let (port, admin_port) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("dragoman-daemon-{port}"));
+    std::fs::create_dir_all(&dir).unwrap();
+    let daemon = Daemon {
+        pid_file: dir.join("pid"),
+        dir: dir.clone(),
+    };
+    let config = |models: &str| {
+        format!(
+            "threads: 1\npid_file: {pid}\nupgrade_sock: {dir}/upgrade.sock\nerror_log: {dir}/error.log\n\
+             grace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n\
+             listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin_port}\n\
+             providers:\n  p: {{ kind: openai, endpoints: [\"{url}\"], auth: none }}\nmodels:\n{models}",
+            pid = daemon.pid_file.display(),
+            dir = dir.display(),
+            url = mock.url(),
+        )
+    };
+    let path = dir.join("dragoman.yaml");
+    std::fs::write(&path, config("  one: { provider: p }\n")).unwrap();
+    // `-d` forks: the command returns once the daemon is on its way.
+    let (started, out) = run_dragoman_within(
+        &["-d", "-c", path.to_str().unwrap()],
+        &[],
+        Duration::from_secs(20),
+    );
+    assert_ne!(started, Some(false), "{out}");
+    let models = format!("http://127.0.0.1:{port}/v1/models");
+    let listed = async |name: &str| match client().get(&models).send().await {
+        Ok(resp) => resp.text().await.unwrap_or_default().contains(name),
+        Err(_) => false,
+    };
+    wait_for("the daemon serving", Duration::from_secs(20), async || {
+        daemon.pid().is_some() && listed("\"one\"").await
+    })
+    .await;
+    let pid = daemon.pid().unwrap();
+
+    std::fs::write(
+        &path,
+        config("  one: { provider: p }\n  two: { provider: p }\n"),
+    )
+    .unwrap();
+    // SAFETY: kill has no memory effects; the pid is the daemon this test started.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGHUP) }, 0);
+    wait_for("the reloaded model", Duration::from_secs(10), async || {
+        listed("\"two\"").await
+    })
+    .await;
+    // The same process: it was reloaded, not restarted.
+    assert_eq!(daemon.pid(), Some(pid));
+    // SAFETY: as above; 0 only checks that the process exists.
+    assert_eq!(unsafe { libc::kill(pid, 0) }, 0);
+}
