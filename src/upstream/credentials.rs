@@ -4,7 +4,7 @@
 //! The request path only reads: each key's current value sits in an `ArcSwapOption`, with the
 //! header value (or query pair) it is sent as rendered once when the key changes, so an attempt
 //! takes one atomic load and a reference count. Files and commands are read and run by
-//! [`Credentials::refresh`], a background task; a key that cannot be renewed keeps its last good
+//! [`Credentials::refresh`], a background task (run by `upkeep`); a key that cannot be renewed keeps its last good
 //! value (a command's token only until its stated lifetime ends).
 //!
 //! With several keys (`api_keys`) attempts take them in turn. A key answered 401, or 429, is set
@@ -471,17 +471,6 @@ impl Credentials {
                 }
             }
         }
-    }
-}
-
-/// [`Credentials::refresh`] as one of Pingora's background services: off the request path,
-/// stopped with the server.
-pub struct Renewal(pub Arc<Credentials>);
-
-#[async_trait::async_trait]
-impl pingora_core::services::background::BackgroundService for Renewal {
-    async fn start(&self, shutdown: pingora_core::server::ShutdownWatch) {
-        self.0.clone().refresh(shutdown).await;
     }
 }
 
