@@ -4,8 +4,8 @@
 //! The request path only reads: each key's current value sits in an `ArcSwapOption`, with the
 //! header value (or query pair) it is sent as rendered once when the key changes, so an attempt
 //! takes one atomic load and a reference count. Files and commands are read and run by
-//! [`Credentials::refresh`], a background task (run by `upkeep`); a key that cannot be renewed keeps its last good
-//! value (a command's token only until its stated lifetime ends).
+//! [`Credentials::refresh`], a background task (run by `upkeep`); a key that cannot be renewed
+//! keeps its last good value (a command's token only until its stated lifetime ends).
 //!
 //! With several keys (`api_keys`) attempts take them in turn. A key answered 401, or 429, is set
 //! aside for `key_cooldown` (a 429's `Retry-After` when it gives one, at most
