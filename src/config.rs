@@ -98,6 +98,10 @@ pub struct GatewayConfig {
     /// Admin listener: `/healthz`, `/readyz`, `/metrics`. `null` turns it off.
     #[serde(default = "default_admin_listen")]
     pub admin_listen: Option<SocketAddr>,
+    /// Bearer token the admin endpoints require (all but `/healthz` and `/readyz`); required
+    /// when `admin_listen` is not a loopback address.
+    #[serde(default)]
+    pub admin_token: Option<Secret>,
     /// Largest accepted request body, in bytes.
     #[serde(default = "default_max_request_bytes")]
     pub max_request_bytes: usize,
@@ -318,7 +322,7 @@ impl LimitStoreConfig {
 }
 
 /// The validated rate-limit store.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct LimitStoreSettings {
     /// `None`: in-process buckets only.
     pub redis_url: Option<Secret>,
@@ -1176,6 +1180,8 @@ pub struct Settings {
     /// The listeners of `listen` that terminate TLS, with their certificate files.
     pub tls: BTreeMap<SocketAddr, TlsFiles>,
     pub admin_listen: Option<SocketAddr>,
+    /// What the admin endpoints require, when set.
+    pub admin_token: Option<Secret>,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
     pub providers: Vec<ProviderSettings>,
@@ -1297,6 +1303,7 @@ impl Settings {
         let mut config = GatewayConfig {
             listen: default_listen(),
             admin_listen: default_admin_listen(),
+            admin_token: None,
             max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
             max_response_bytes: default_max_response_bytes(),
             providers: BTreeMap::new(),
@@ -1398,6 +1405,7 @@ impl Settings {
                 listen: vec![SocketAddr::from(([127, 0, 0, 1], 8080))],
                 tls: BTreeMap::new(),
                 admin_listen: default_admin_listen(),
+                admin_token: None,
                 max_request_bytes: DEFAULT_MAX_REQUEST_BYTES,
                 max_response_bytes: default_max_response_bytes(),
                 providers: vec![],
@@ -1560,10 +1568,15 @@ impl GatewayConfig {
                 ));
             }
         }
+        if self.admin_token.as_ref().is_some_and(Secret::is_empty) {
+            return Err(ConfigError::new("admin_token", "must not be empty"));
+        }
+        check_admin_token(self.admin_listen, self.admin_token.as_ref())?;
         Ok(Settings {
             listen,
             tls,
             admin_listen: self.admin_listen,
+            admin_token: self.admin_token,
             max_request_bytes: self.max_request_bytes,
             max_response_bytes: self.max_response_bytes,
             providers,
@@ -1575,6 +1588,80 @@ impl GatewayConfig {
             edge: self.edge.validate(self.max_request_bytes)?,
         })
     }
+}
+
+/// An admin listener other hosts can reach needs `admin_token`: the admin endpoints show the
+/// configuration and reload it.
+pub fn check_admin_token(
+    admin_listen: Option<SocketAddr>,
+    token: Option<&Secret>,
+) -> Result<(), ConfigError> {
+    match admin_listen {
+        Some(addr) if !addr.ip().is_loopback() && token.is_none() => Err(ConfigError::new(
+            "admin_token",
+            format!(
+                "required when admin_listen is {addr}, which other hosts can reach                  (e.g. admin_token: \"${{DRAGOMAN_ADMIN_TOKEN}}\")"
+            ),
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// What a reload cannot change in a running process: the listeners (bound at start, the TLS
+/// ones with their certificate files), and the connection-level `edge` limits the listeners were
+/// built with. Each key whose value differs between `running` and `new` is named.
+pub fn restart_only_changes(running: &Settings, new: &Settings) -> Vec<String> {
+    let mut changed = Vec::new();
+    let mut note = |key: &str, differs: bool| {
+        if differs {
+            changed.push(key.to_string());
+        }
+    };
+    note(
+        "listen",
+        running.listen != new.listen || running.tls != new.tls,
+    );
+    note("admin_listen", running.admin_listen != new.admin_listen);
+    let (a, b) = (&running.edge, &new.edge);
+    note("edge.header_timeout", a.header_timeout != b.header_timeout);
+    note("edge.idle_timeout", a.idle_timeout != b.idle_timeout);
+    note(
+        "edge.max_connections",
+        a.max_connections != b.max_connections,
+    );
+    changed
+}
+
+impl Settings {
+    /// Puts back the restart-only values of `running` (see [`restart_only_changes`]), so that
+    /// these settings say what is in force after a reload.
+    pub fn keep_restart_only(&mut self, running: &Settings) {
+        self.listen = running.listen.clone();
+        self.tls = running.tls.clone();
+        self.admin_listen = running.admin_listen;
+        self.edge.header_timeout = running.edge.header_timeout;
+        self.edge.idle_timeout = running.edge.idle_timeout;
+        self.edge.max_connections = running.edge.max_connections;
+    }
+}
+
+/// Pingora's top-level keys whose value differs between two files: Pingora reads them once, at
+/// start.
+pub fn pingora_changes(running: &str, new: &str) -> Result<Vec<String>, ConfigError> {
+    let section = |text: &str| -> Result<serde_yaml::Mapping, ConfigError> {
+        let doc: serde_yaml::Value = serde_yaml::from_str(&pingora_section(text)?)
+            .map_err(|e| ConfigError::new("", format!("invalid YAML: {e}")))?;
+        Ok(match doc {
+            serde_yaml::Value::Mapping(m) => m,
+            _ => serde_yaml::Mapping::new(),
+        })
+    };
+    let (a, b) = (section(running)?, section(new)?);
+    Ok(PINGORA_KEYS
+        .iter()
+        .filter(|k| a.get(**k) != b.get(**k))
+        .map(|k| k.to_string())
+        .collect())
 }
 
 /// The client listeners' addresses, each once, and the TLS files of those that terminate TLS, each

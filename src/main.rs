@@ -2,13 +2,14 @@
 //! both Pingora and the gateway, the proxy service and the admin service.
 
 use arc_swap::ArcSwap;
+use dragoman::admin::reload::{ReloadOnHangup, Reloader};
 use dragoman::admin::AdminApp;
 use dragoman::config::{self, Settings};
 use dragoman::proxy::edge::EdgeApp;
 use dragoman::proxy::Gateway;
 use dragoman::registry::Registry;
 use dragoman::tls::CertificateReloader;
-use dragoman::upstream::credentials::Renewal;
+use dragoman::upstream::upkeep::Upkeep;
 use pingora::apps::HttpServerOptions;
 use pingora::server::configuration::{Opt, ServerConf};
 use pingora::server::Server;
@@ -24,6 +25,13 @@ use std::sync::Arc;
 static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
 
 fn main() -> ExitCode {
+    // SIGHUP reloads the configuration (`admin::reload::ReloadOnHangup`), but Pingora does not
+    // handle it and its default action ends the process. Ignored from here until that service
+    // takes it over; the disposition, unlike a handler thread, survives `-d`'s fork.
+    // SAFETY: setting a signal's disposition to SIG_IGN touches no memory of ours.
+    unsafe {
+        libc::signal(libc::SIGHUP, libc::SIG_IGN);
+    }
     env_logger::Builder::from_env(env_logger::Env::default().default_filter_or("info")).init();
     let opt = Opt::parse_args();
     match run(opt) {
@@ -56,7 +64,7 @@ fn check_addresses_free(settings: &Settings) -> Result<(), String> {
 
 fn run(opt: Opt) -> Result<(), String> {
     let env = |name: &str| std::env::var(name).ok();
-    let (settings, mut server_conf) = match &opt.conf {
+    let (settings, mut server_conf, text) = match &opt.conf {
         Some(path) => {
             let settings = Settings::load(Path::new(path)).map_err(|e| format!("{path}: {e}"))?;
             let text = std::fs::read_to_string(path).map_err(|e| format!("{path}: {e}"))?;
@@ -67,9 +75,13 @@ fn run(opt: Opt) -> Result<(), String> {
                 let why = e.root_cause().to_string();
                 format!("{path}: a Pingora setting is invalid: {why}")
             })?;
-            (settings, conf)
+            (settings, conf, text)
         }
-        None => (Settings::default_from_env(&env), ServerConf::default()),
+        None => (
+            Settings::default_from_env(&env),
+            ServerConf::default(),
+            String::new(),
+        ),
     };
     if opt.test {
         println!("dragoman: configuration is valid");
@@ -102,22 +114,15 @@ fn run(opt: Opt) -> Result<(), String> {
         .map_err(|e| format!("cannot start resolver runtime: {e}"))?
         .block_on(async {
             // A key command that fails its first run stops the start, naming its key.
-            registry.load_credentials().await?;
-            registry.resolve_all().await;
-            Ok::<(), String>(())
+            registry.prepare(None).await
         })?;
-    let renewals: Vec<_> = registry
-        .providers
-        .iter()
-        .filter(|p| p.credentials.changes())
-        .map(|p| (p.name.clone(), p.credentials.clone()))
-        .collect();
-    let lbs: Vec<_> = registry
-        .providers
-        .iter()
-        .map(|p| p.upstreams.clone())
-        .collect();
     let registry = Arc::new(ArcSwap::from_pointee(registry));
+    let reloader = Arc::new(Reloader::new(
+        opt.conf.as_ref().map(std::path::PathBuf::from),
+        registry.clone(),
+        settings.clone(),
+        text,
+    ));
 
     let mut opt_for_server = opt;
     opt_for_server.conf = None;
@@ -164,20 +169,24 @@ fn run(opt: Opt) -> Result<(), String> {
     }
 
     if let Some(admin_addr) = settings.admin_listen {
-        let mut admin = Service::new("dragoman admin".into(), AdminApp::new(registry.clone()));
+        let mut admin = Service::new(
+            "dragoman admin".into(),
+            AdminApp::new(registry.clone(), reloader.clone()),
+        );
         admin.add_tcp(&admin_addr.to_string());
         admin.threads = Some(1);
         server.add_service(admin);
     }
-    for (i, lb) in lbs.into_iter().enumerate() {
-        server.add_service(GenBackgroundService::new(format!("dns refresh {i}"), lb));
-    }
-    for (name, credentials) in renewals {
-        server.add_service(GenBackgroundService::new(
-            format!("keys of {name}"),
-            Arc::new(Renewal(credentials)),
-        ));
-    }
+    // Every pool's DNS refresh and health checks, and every provider's key renewals, for the
+    // registry in force: after a reload, new ones start and those no longer in use stop.
+    server.add_service(GenBackgroundService::new(
+        "pools and keys".into(),
+        Arc::new(Upkeep::new(registry.clone(), reloader.subscribe())),
+    ));
+    server.add_service(GenBackgroundService::new(
+        "reload on SIGHUP".into(),
+        Arc::new(ReloadOnHangup(reloader)),
+    ));
     log::info!(
         "dragoman listening on {:?} (admin {:?}) with {} models",
         settings.listen,

@@ -1,11 +1,17 @@
 //! The running gateway's view of its configuration: models and providers with their load
 //! balancers. Held behind an `ArcSwap` so a reload can replace it while requests in flight keep
 //! the one they started with.
+//!
+//! A reload builds the next registry from the previous one ([`Registry::rebuild`]): what did not
+//! change is carried over as the same shared object, so it keeps its state: a provider's pool
+//! (load balancer with its health, when its endpoints and health check are unchanged), its
+//! circuit breakers and load counts (by instance address, always), its credentials (when its key
+//! settings are unchanged), and every rate-limit scope whose limits are unchanged.
 
 use crate::access::GatewayKey;
 use crate::config::{
     EdgeSettings, FallbackCondition, FanoutSettings, HealthCheckConfig, HedgeConfig, InstanceUrl,
-    ProviderSettings, Settings,
+    LimitStoreSettings, ProviderSettings, Settings,
 };
 use crate::experiments::Experiment;
 use crate::limits::{Limiter, ScopeKind, ScopeLimits};
@@ -35,6 +41,10 @@ pub struct Provider {
     /// Sent upstream on every request: the dialect's version headers, then the configured ones.
     pub headers: Vec<(http::HeaderName, http::HeaderValue)>,
     pub upstreams: Arc<LoadBalancer<RoundRobin>>,
+    /// The endpoints `upstreams` resolves, and its active health check: what a reload compares
+    /// to keep the pool.
+    pub endpoints: Vec<Arc<InstanceUrl>>,
+    pub health_check: Option<HealthCheckConfig>,
     /// Distinct endpoints.
     pub endpoint_count: usize,
     /// Attempts per request across instances, the first one included.
@@ -89,6 +99,8 @@ pub struct Registry {
     pub max_response_bytes: usize,
     /// Where the rate-limit buckets live.
     pub limiter: Arc<Limiter>,
+    /// What `limiter` was built from.
+    pub limit_store: LimitStoreSettings,
     /// Whether any key, model or provider has limits (if not, requests skip admission).
     pub has_limits: bool,
     /// Client-side deadlines and limits.
@@ -100,12 +112,22 @@ pub struct Registry {
 }
 
 impl Registry {
-    /// Builds the registry. Load balancers start empty; [`Registry::resolve_all`] fills them.
+    /// Builds the registry. Load balancers start empty; [`Registry::prepare`] fills them.
     pub fn build(settings: &Settings) -> Registry {
+        Self::rebuild(None, settings)
+    }
+
+    /// Builds the registry for `settings`, keeping from `old` what did not change (see the
+    /// module's documentation). New load balancers start empty and new key commands have not
+    /// run: [`Registry::prepare`] does both before the registry takes traffic.
+    pub fn rebuild(old: Option<&Registry>, settings: &Settings) -> Registry {
         let providers: Vec<(Arc<Provider>, &ProviderSettings)> = settings
             .providers
             .iter()
-            .map(|p| (Arc::new(build_provider(p)), p))
+            .map(|p| {
+                let previous = old.and_then(|o| o.provider(&p.name));
+                (Arc::new(build_provider(p, previous)), p)
+            })
             .collect();
         let mut models = HashMap::new();
         let mut listed = Vec::new();
@@ -140,7 +162,13 @@ impl Registry {
                     fallbacks: m.fallbacks.clone(),
                     fallback_on: m.fallback_on.clone(),
                     hedge: m.hedge,
-                    limits: ScopeLimits::new(ScopeKind::Model, &m.name, m.limits),
+                    limits: ScopeLimits::reuse_or_new(
+                        old.and_then(|o| o.models.get(&m.name))
+                            .and_then(|m| m.limits.as_ref()),
+                        ScopeKind::Model,
+                        &m.name,
+                        m.limits,
+                    ),
                 }),
             );
         }
@@ -175,7 +203,13 @@ impl Registry {
                     k.models.as_deref(),
                     render(visible),
                 )
-                .with_limits(ScopeLimits::new(ScopeKind::Key, &k.name, k.limits))
+                .with_limits(ScopeLimits::reuse_or_new(
+                    old.and_then(|o| o.keys.iter().find(|old| old.name == k.name))
+                        .and_then(|k| k.limits.as_ref()),
+                    ScopeKind::Key,
+                    &k.name,
+                    k.limits,
+                ))
             })
             .collect();
         let model_list = render(listed.iter().collect());
@@ -190,50 +224,89 @@ impl Registry {
             has_limits: settings.keys.iter().any(|k| !k.limits.is_empty())
                 || settings.models.iter().any(|m| !m.limits.is_empty())
                 || settings.providers.iter().any(|p| !p.limits.is_empty()),
-            limiter: Arc::new(Limiter::new(&settings.limit_store).unwrap_or_else(|e| {
-                // Validation opened the same URL: this is not expected.
-                log::error!("limits.store: {e}; limiting in this process only");
-                Limiter::local()
-            })),
+            limiter: match old {
+                Some(old) if old.limit_store == settings.limit_store => old.limiter.clone(),
+                _ => Arc::new(Limiter::new(&settings.limit_store).unwrap_or_else(|e| {
+                    // Validation opened the same URL: this is not expected.
+                    log::error!("limits.store: {e}; limiting in this process only");
+                    Limiter::local()
+                })),
+            },
+            limit_store: settings.limit_store.clone(),
             edge: settings.edge,
             fanout: settings.fanout,
-            batch_slots: Arc::new(tokio::sync::Semaphore::new(
-                settings.fanout.batch_global_concurrency,
-            )),
+            // Batches running across a reload share one bound, unless the bound changed.
+            batch_slots: match old {
+                Some(old)
+                    if old.fanout.batch_global_concurrency
+                        == settings.fanout.batch_global_concurrency =>
+                {
+                    old.batch_slots.clone()
+                }
+                _ => Arc::new(tokio::sync::Semaphore::new(
+                    settings.fanout.batch_global_concurrency,
+                )),
+            },
         }
     }
 
-    /// Runs every provider's key commands once (at start, before traffic); the first failure
-    /// is returned, naming its config key.
-    pub async fn load_credentials(&self) -> Result<(), String> {
+    pub fn provider(&self, name: &str) -> Option<&Arc<Provider>> {
+        self.providers.iter().find(|p| p.name == name)
+    }
+
+    /// Makes what is new since `old` ready for traffic (at start, `old` is `None`): runs the key
+    /// commands of new credentials (the first failure is returned, naming its config key) and
+    /// resolves the endpoints of new pools. Never on the request path.
+    pub async fn prepare(&self, old: Option<&Registry>) -> Result<(), String> {
+        let kept = |p: &Provider| {
+            let in_old = |f: &dyn Fn(&Provider) -> bool| {
+                old.is_some_and(|o| o.providers.iter().any(|q| f(q)))
+            };
+            (
+                in_old(&|q| Arc::ptr_eq(&q.credentials, &p.credentials)),
+                in_old(&|q| Arc::ptr_eq(&q.upstreams, &p.upstreams)),
+            )
+        };
         for p in &self.providers {
-            p.credentials.load().await?;
+            if !kept(p).0 {
+                p.credentials.load().await?;
+            }
+        }
+        for p in &self.providers {
+            if !kept(p).1 {
+                if let Err(e) = p.upstreams.update().await {
+                    log::warn!("provider {}: {e}", p.name);
+                }
+            }
         }
         Ok(())
     }
-
-    /// Resolves every provider's endpoints once (at start, before traffic).
-    pub async fn resolve_all(&self) {
-        for p in &self.providers {
-            if let Err(e) = p.upstreams.update().await {
-                log::warn!("provider {}: {e}", p.name);
-            }
-        }
-    }
 }
 
-fn build_provider(p: &ProviderSettings) -> Provider {
+fn build_provider(p: &ProviderSettings, old: Option<&Arc<Provider>>) -> Provider {
     let endpoints: Vec<Arc<InstanceUrl>> = p.endpoints.iter().cloned().map(Arc::new).collect();
     let endpoint_count = endpoints.len();
     let first_host = endpoints.first().map(|e| (e.host.clone(), e.tls));
-    let backends = Backends::new(Box::new(EndpointDiscovery::new(endpoints)));
-    let mut lb = LoadBalancer::from_backends(backends);
-    lb.update_frequency = Some(DNS_REFRESH);
-    if let (Some(hc), Some((host, tls))) = (&p.health_check, first_host) {
-        lb.set_health_check(health_check(hc, &host, tls));
-        lb.health_check_frequency = Some(hc.interval.0);
-        lb.parallel_health_check = true;
-    }
+    // The same endpoints under the same health check: the same pool, with its health.
+    let same_pool = old.filter(|o| {
+        o.health_check == p.health_check
+            && o.endpoints.len() == endpoints.len()
+            && o.endpoints.iter().zip(&endpoints).all(|(a, b)| a == b)
+    });
+    let upstreams = match same_pool {
+        Some(o) => o.upstreams.clone(),
+        None => {
+            let backends = Backends::new(Box::new(EndpointDiscovery::new(endpoints.clone())));
+            let mut lb = LoadBalancer::from_backends(backends);
+            lb.update_frequency = Some(DNS_REFRESH);
+            if let (Some(hc), Some((host, tls))) = (&p.health_check, first_host) {
+                lb.set_health_check(health_check(hc, &host, tls));
+                lb.health_check_frequency = Some(hc.interval.0);
+                lb.parallel_health_check = true;
+            }
+            Arc::new(lb)
+        }
+    };
     let defaults = BreakerConfig::default();
     let o = &p.circuit_breaker;
     let breaker_config = BreakerConfig {
@@ -253,27 +326,52 @@ fn build_provider(p: &ProviderSettings) -> Provider {
     let dialect = p.kind.dialect();
     let mut headers = dialect.fixed_headers(p);
     headers.extend(p.headers.iter().cloned());
-    Provider {
-        name: p.name.clone(),
-        kind: p.kind,
-        dialect,
-        credentials: Arc::new(Credentials::new(
+    let credentials = match old {
+        Some(o)
+            if o.credentials.same_config(
+                &p.name,
+                &p.keys,
+                &p.auth,
+                p.key_cooldown,
+                p.key_file_poll,
+            ) =>
+        {
+            o.credentials.clone()
+        }
+        _ => Arc::new(Credentials::new(
             &p.name,
             &p.keys,
             p.auth.clone(),
             p.key_cooldown,
             p.key_file_poll,
         )),
+    };
+    Provider {
+        name: p.name.clone(),
+        kind: p.kind,
+        dialect,
+        credentials,
         auth: p.auth.clone(),
         headers,
-        upstreams: Arc::new(lb),
+        upstreams,
+        endpoints,
+        health_check: p.health_check.clone(),
         endpoint_count,
         max_attempts: p.max_attempts,
         retry_backoff: p.retry_backoff,
-        breakers: Breakers::new(breaker_config),
+        // Keyed by instance address: a pool rebuilt for new weights keeps its instances' circuits.
+        breakers: match old {
+            Some(o) => o.breakers.carry_over(breaker_config),
+            None => Breakers::new(breaker_config),
+        },
         balance: p.balance,
-        load: Arc::default(),
-        limits: ScopeLimits::new(ScopeKind::Provider, &p.name, p.limits),
+        load: old.map_or_else(Arc::default, |o| o.load.clone()),
+        limits: ScopeLimits::reuse_or_new(
+            old.and_then(|o| o.limits.as_ref()),
+            ScopeKind::Provider,
+            &p.name,
+            p.limits,
+        ),
         forward_headers: p.forward_headers.clone(),
     }
 }
@@ -305,4 +403,80 @@ fn health_check(
         }
     }));
     Box::new(hc)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn settings(yaml: &str) -> Settings {
+        Settings::from_yaml(yaml, &|_| None).expect("valid")
+    }
+
+    const BASE: &str = r#"
+providers:
+  a: { kind: openai, endpoints: ["http://127.0.0.1:1"], api_key: key-a, limits: { rpm: 10 } }
+  b: { kind: openai, endpoints: ["http://127.0.0.1:2"], auth: none }
+models:
+  m: { provider: a, limits: { rpm: 5 } }
+keys:
+  k: { key: client-key, limits: { rpm: 7 } }
+"#;
+
+    #[test]
+    fn a_rebuild_keeps_what_did_not_change() {
+        let old = Registry::build(&settings(BASE));
+        // b's endpoint moves; a's timeout and its model's limits change.
+        let changed = BASE
+            .replace("127.0.0.1:2", "127.0.0.1:3")
+            .replace(
+                "limits: { rpm: 10 } }",
+                "limits: { rpm: 10 }, timeout: 9s }",
+            )
+            .replace("limits: { rpm: 5 }", "limits: { rpm: 6 }");
+        let new = Registry::rebuild(Some(&old), &settings(&changed));
+        let (oa, na) = (old.provider("a").unwrap(), new.provider("a").unwrap());
+        assert!(
+            Arc::ptr_eq(&oa.upstreams, &na.upstreams),
+            "same endpoints: same pool"
+        );
+        assert!(Arc::ptr_eq(&oa.credentials, &na.credentials));
+        assert!(Arc::ptr_eq(&oa.load, &na.load));
+        assert!(Arc::ptr_eq(
+            oa.limits.as_ref().unwrap(),
+            na.limits.as_ref().unwrap()
+        ));
+        assert!(Arc::ptr_eq(&old.limiter, &new.limiter));
+        let key_limits = |r: &Registry| r.keys[0].limits.clone().unwrap();
+        assert!(Arc::ptr_eq(&key_limits(&old), &key_limits(&new)));
+        // Changed limits are new buckets.
+        let model_limits = |r: &Registry| r.models["m"].limits.clone().unwrap();
+        assert!(!Arc::ptr_eq(&model_limits(&old), &model_limits(&new)));
+        // A moved endpoint is a new pool; its breakers still carry over by address.
+        let (ob, nb) = (old.provider("b").unwrap(), new.provider("b").unwrap());
+        assert!(!Arc::ptr_eq(&ob.upstreams, &nb.upstreams));
+        let addr = "127.0.0.1:2".parse().unwrap();
+        let now = std::time::Instant::now();
+        for _ in 0..5 {
+            ob.breakers.on_failure(
+                addr,
+                crate::upstream::breaker::FailureKind::Connect,
+                None,
+                now,
+            );
+        }
+        assert_eq!(
+            nb.breakers.state(addr, now),
+            crate::upstream::breaker::CircuitState::Open
+        );
+    }
+
+    #[test]
+    fn a_changed_key_is_new_credentials() {
+        let old = Registry::build(&settings(BASE));
+        let new = Registry::rebuild(Some(&old), &settings(&BASE.replace("key-a", "key-a2")));
+        let (oa, na) = (old.provider("a").unwrap(), new.provider("a").unwrap());
+        assert!(!Arc::ptr_eq(&oa.credentials, &na.credentials));
+        assert!(Arc::ptr_eq(&oa.upstreams, &na.upstreams));
+    }
 }

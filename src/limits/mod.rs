@@ -46,6 +46,8 @@ pub struct ScopeLimits {
     rpm: Option<TokenBucket>,
     tpm: Option<TokenBucket>,
     concurrency: Option<Concurrency>,
+    /// What the buckets were built from (a reload keeps them when it is unchanged).
+    config: LimitsConfig,
     /// The buckets' names in the shared store.
     rpm_key: String,
     tpm_key: String,
@@ -64,9 +66,27 @@ impl ScopeLimits {
             rpm: config.rpm.map(TokenBucket::per_minute),
             tpm: config.tpm.map(TokenBucket::per_minute),
             concurrency: config.concurrency.map(Concurrency::new),
+            config,
             rpm_key: format!("{prefix}:rpm"),
             tpm_key: format!("{prefix}:tpm"),
         }))
+    }
+
+    /// Like [`ScopeLimits::new`], but keeps `old` (its buckets' levels and the requests it counts
+    /// in flight) when it was built for the same scope and limits: a reload does not hand out a
+    /// fresh minute's worth.
+    pub fn reuse_or_new(
+        old: Option<&Arc<ScopeLimits>>,
+        kind: ScopeKind,
+        name: &str,
+        config: LimitsConfig,
+    ) -> Option<Arc<ScopeLimits>> {
+        match old {
+            Some(old) if old.kind == kind && old.name == name && old.config == config => {
+                Some(old.clone())
+            }
+            _ => ScopeLimits::new(kind, name, config),
+        }
     }
 
     pub fn counts_tokens(&self) -> bool {

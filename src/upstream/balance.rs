@@ -22,6 +22,17 @@ pub enum BalanceMode {
     Ewma,
 }
 
+impl BalanceMode {
+    /// The mode as the config names it.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            BalanceMode::RoundRobin => "round_robin",
+            BalanceMode::LeastInflight => "least_inflight",
+            BalanceMode::Ewma => "ewma",
+        }
+    }
+}
+
 /// Weight of a new latency sample in the moving average.
 const EWMA_ALPHA: f64 = 0.3;
 
@@ -30,6 +41,17 @@ struct InstanceLoad {
     inflight: u32,
     /// Moving average of time to first byte, in milliseconds; 0 until the first sample.
     ewma_ms: f64,
+    /// Attempts started since the instance was first seen (for the admin endpoints' rates).
+    attempts: u64,
+}
+
+/// One instance's load as the admin endpoints show it.
+#[derive(Debug, Default, Clone, Copy, PartialEq)]
+pub struct LoadSnapshot {
+    pub inflight: u32,
+    /// Moving average of time to first byte, in milliseconds; `None` before the first answer.
+    pub latency_ms: Option<f64>,
+    pub attempts: u64,
 }
 
 #[derive(Debug, Default)]
@@ -44,7 +66,12 @@ impl LoadTracker {
 
     /// Counts an attempt to `addr` in flight until the guard drops.
     pub fn start(self: &Arc<Self>, addr: SocketAddr) -> InflightGuard {
-        self.lock().entry(addr).or_default().inflight += 1;
+        {
+            let mut loads = self.lock();
+            let load = loads.entry(addr).or_default();
+            load.inflight += 1;
+            load.attempts += 1;
+        }
         InflightGuard {
             tracker: self.clone(),
             addr,
@@ -95,6 +122,15 @@ impl LoadTracker {
 
     pub fn inflight(&self, addr: SocketAddr) -> u32 {
         self.lock().get(&addr).map_or(0, |l| l.inflight)
+    }
+
+    pub fn snapshot(&self, addr: SocketAddr) -> LoadSnapshot {
+        let load = self.lock().get(&addr).copied().unwrap_or_default();
+        LoadSnapshot {
+            inflight: load.inflight,
+            latency_ms: (load.ewma_ms > 0.0).then_some(load.ewma_ms),
+            attempts: load.attempts,
+        }
     }
 }
 

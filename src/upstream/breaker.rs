@@ -81,7 +81,7 @@ pub enum FailureKind {
 }
 
 impl FailureKind {
-    const ALL: [FailureKind; 4] = [
+    pub const ALL: [FailureKind; 4] = [
         FailureKind::Connect,
         FailureKind::Timeout,
         FailureKind::Status5xx,
@@ -103,6 +103,16 @@ pub enum CircuitState {
     Closed,
     Open,
     HalfOpen,
+}
+
+impl CircuitState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            CircuitState::Closed => "closed",
+            CircuitState::Open => "open",
+            CircuitState::HalfOpen => "half_open",
+        }
+    }
 }
 
 /// Number of buckets the sliding window is split into. Buckets keep memory
@@ -375,14 +385,62 @@ impl Drop for ProbeGuard {
 #[derive(Debug)]
 pub struct Breakers {
     config: BreakerConfig,
-    map: RwLock<HashMap<SocketAddr, Arc<InstanceBreaker>>>,
+    /// Shared with the breakers a reload builds for the same provider ([`Breakers::carry_over`]).
+    map: Arc<RwLock<HashMap<SocketAddr, Arc<InstanceBreaker>>>>,
+}
+
+/// One instance's circuit as the admin endpoints show it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct BreakerSnapshot {
+    pub state: CircuitState,
+    /// Failures in a row (while closed).
+    pub consecutive: u32,
+    /// Attempts and failures reported in the current window (while closed).
+    pub window_attempts: u64,
+    pub window_failures: u64,
+    /// Failures by kind since the instance was first seen: connect, timeout, 5xx, 429.
+    pub failures: [u64; 4],
 }
 
 impl Breakers {
     pub fn new(config: BreakerConfig) -> Self {
         Breakers {
             config,
-            map: RwLock::new(HashMap::new()),
+            map: Arc::default(),
+        }
+    }
+
+    /// Breakers under `config` that keep these ones' instances: their circuits, windows and
+    /// counts. A reload keeps a provider's breakers this way, whatever else changed.
+    pub fn carry_over(&self, config: BreakerConfig) -> Self {
+        Breakers {
+            config,
+            map: self.map.clone(),
+        }
+    }
+
+    /// The circuit of `addr` now, for the admin endpoints (no probe claimed).
+    pub fn snapshot(&self, addr: SocketAddr, now: Instant) -> BreakerSnapshot {
+        let Some(b) = self.get(addr) else {
+            return BreakerSnapshot {
+                state: CircuitState::Closed,
+                consecutive: 0,
+                window_attempts: 0,
+                window_failures: 0,
+                failures: [0; 4],
+            };
+        };
+        let failures = FailureKind::ALL.map(|k| b.failures[k.index()].load(Ordering::Relaxed));
+        let mut inner = b.lock();
+        let state = inner.refresh(&self.config, now);
+        inner.window.evict(now, self.config.window);
+        let (window_attempts, window_failures) = inner.window.counts();
+        BreakerSnapshot {
+            state,
+            consecutive: inner.consecutive,
+            window_attempts,
+            window_failures,
+            failures,
         }
     }
 

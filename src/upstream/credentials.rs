@@ -4,8 +4,8 @@
 //! The request path only reads: each key's current value sits in an `ArcSwapOption`, with the
 //! header value (or query pair) it is sent as rendered once when the key changes, so an attempt
 //! takes one atomic load and a reference count. Files and commands are read and run by
-//! [`Credentials::refresh`], a background task; a key that cannot be renewed keeps its last good
-//! value (a command's token only until its stated lifetime ends).
+//! [`Credentials::refresh`], a background task (run by `upkeep`); a key that cannot be renewed
+//! keeps its last good value (a command's token only until its stated lifetime ends).
 //!
 //! With several keys (`api_keys`) attempts take them in turn. A key answered 401, or 429, is set
 //! aside for `key_cooldown` (a 429's `Retry-After` when it gives one, at most
@@ -173,6 +173,31 @@ impl Credentials {
             poll,
             epoch: Instant::now(),
         }
+    }
+
+    /// Whether these credentials were built from the same key settings (a file's by its path,
+    /// not the content it had when the config was read). A reload keeps such credentials: their
+    /// renewed values and the keys set aside stay, and no command runs again.
+    pub fn same_config(
+        &self,
+        provider: &str,
+        keys: &[ProviderKey],
+        placement: &AuthPlacement,
+        cooldown: Duration,
+        poll: Duration,
+    ) -> bool {
+        let same_source = |a: &KeySource, b: &KeySource| match (a, b) {
+            (KeySource::File { path: a, .. }, KeySource::File { path: b, .. }) => a == b,
+            (a, b) => a == b,
+        };
+        self.provider == provider
+            && self.placement == *placement
+            && self.cooldown == cooldown
+            && self.poll == poll
+            && self.slots.len() == keys.len()
+            && self.slots.iter().zip(keys).all(|(slot, k)| {
+                slot.config_key == k.config_key && same_source(&slot.source, &k.source)
+            })
     }
 
     /// Whether a key comes from a file or a command, and so needs [`Credentials::refresh`].
@@ -446,17 +471,6 @@ impl Credentials {
                 }
             }
         }
-    }
-}
-
-/// [`Credentials::refresh`] as one of Pingora's background services: off the request path,
-/// stopped with the server.
-pub struct Renewal(pub Arc<Credentials>);
-
-#[async_trait::async_trait]
-impl pingora_core::services::background::BackgroundService for Renewal {
-    async fn start(&self, shutdown: pingora_core::server::ShutdownWatch) {
-        self.0.clone().refresh(shutdown).await;
     }
 }
 

@@ -8,3 +8,4 @@ pub mod credentials;
 pub mod discovery;
 pub mod retry;
 pub mod select;
+pub mod upkeep;

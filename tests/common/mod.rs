@@ -16,6 +16,8 @@ pub struct GatewayProcess {
     dir: PathBuf,
     /// The keys in its config (provider and gateway keys): none may appear in what it logs.
     secrets: Vec<String>,
+    /// The listeners and Pingora's keys written before the test's body ([`Self::rewrite_config`]).
+    preamble: String,
 }
 
 /// The key every helper here sends as the client's own: it must never be logged either.
@@ -37,7 +39,7 @@ pub fn secrets_in(config: &str) -> Vec<String> {
                 }
             }
             serde_yaml::Value::String(text)
-                if matches!(under, Some("api_key" | "key" | "api_keys"))
+                if matches!(under, Some("api_key" | "key" | "api_keys" | "admin_token"))
                     && text.len() >= 6
                     && !text.contains("${") =>
             {
@@ -85,13 +87,14 @@ impl GatewayProcess {
         let dir =
             std::env::temp_dir().join(format!("dragoman-test-{}-{}", std::process::id(), port));
         std::fs::create_dir_all(&dir).expect("temp dir");
-        let config = format!(
+        let preamble = format!(
             "threads: 2\npid_file: {dir}/pid\nupgrade_sock: {dir}/upgrade.sock\n\
              grace_period_seconds: 0\ngraceful_shutdown_timeout_seconds: 1\n\
-             listen: {listen}\nadmin_listen: 127.0.0.1:{admin_port}\n{body}",
+             listen: {listen}\nadmin_listen: 127.0.0.1:{admin_port}\n",
             dir = dir.display(),
             listen = listen(port)
         );
+        let config = format!("{preamble}{body}");
         let path = dir.join("dragoman.yaml");
         std::fs::write(&path, &config).expect("write config");
         let log = std::fs::File::create(dir.join("stderr.log")).expect("log file");
@@ -109,6 +112,7 @@ impl GatewayProcess {
             admin_port,
             dir,
             secrets: secrets_in(&config),
+            preamble,
         };
         gw.wait_ready();
         gw
@@ -141,6 +145,25 @@ impl GatewayProcess {
     /// The gateway's process id (for `/proc/PID/...`).
     pub fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// The config file the gateway was started with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("dragoman.yaml")
+    }
+
+    /// Replaces the config file's body (the listeners and Pingora's keys stay), for a reload.
+    pub fn rewrite_config(&mut self, body: &str) {
+        let config = format!("{}{body}", self.preamble);
+        self.secrets.extend(secrets_in(&config));
+        std::fs::write(self.config_path(), config).expect("write config");
+    }
+
+    /// Sends the gateway a signal (`libc::SIGHUP`, ...).
+    pub fn signal(&self, signal: libc::c_int) {
+        let pid = libc::pid_t::try_from(self.child.id()).expect("pid");
+        // SAFETY: kill has no memory effects; the pid is our own child's.
+        assert_eq!(unsafe { libc::kill(pid, signal) }, 0, "kill");
     }
 
     pub fn stderr(&self) -> String {
