@@ -120,6 +120,67 @@ pub struct GatewayConfig {
     /// Client-side deadlines and limits.
     #[serde(default)]
     pub edge: EdgeConfig,
+    /// Prometheus series on the admin listener's `/metrics` (default on).
+    #[serde(default = "default_metrics")]
+    pub metrics: bool,
+    /// One JSON line per request: `stderr`, or `{path: FILE, buffer: LINES}`. Absent: off.
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
+}
+
+fn default_metrics() -> bool {
+    true
+}
+
+/// `access_log: stderr`, `access_log: /var/log/dragoman/access.log`, or
+/// `access_log: {path: ..., buffer: 8192}`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(untagged)]
+pub enum AccessLogConfig {
+    Path(String),
+    Detailed {
+        path: String,
+        #[serde(default)]
+        buffer: Option<usize>,
+    },
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stderr,
+    File(std::path::PathBuf),
+}
+
+/// The validated `access_log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    pub target: AccessLogTarget,
+    /// Lines waiting for the writer at most; past it lines are dropped (and counted).
+    pub buffer: usize,
+}
+
+pub const DEFAULT_ACCESS_LOG_BUFFER: usize = 8192;
+
+impl AccessLogConfig {
+    fn validate(&self) -> Result<AccessLogSettings, ConfigError> {
+        let (path, buffer) = match self {
+            AccessLogConfig::Path(path) => (path, None),
+            AccessLogConfig::Detailed { path, buffer } => (path, *buffer),
+        };
+        let key = match self {
+            AccessLogConfig::Path(_) => "access_log",
+            AccessLogConfig::Detailed { .. } => "access_log.path",
+        };
+        let target = match path.as_str() {
+            "stderr" => AccessLogTarget::Stderr,
+            "" => return Err(ConfigError::new(key, "must name a file, or `stderr`")),
+            file => AccessLogTarget::File(file.into()),
+        };
+        let buffer = buffer.unwrap_or(DEFAULT_ACCESS_LOG_BUFFER);
+        within("access_log.buffer", buffer as u64, 1, 1 << 20)?;
+        Ok(AccessLogSettings { target, buffer })
+    }
 }
 
 /// `limits: {store: "redis://127.0.0.1:6379", store_timeout: 50ms}` at the top level.
@@ -1066,6 +1127,9 @@ pub struct Settings {
     pub keys: Vec<KeySettings>,
     pub limit_store: LimitStoreSettings,
     pub edge: EdgeSettings,
+    /// Whether requests are counted for `/metrics`.
+    pub metrics: bool,
+    pub access_log: Option<AccessLogSettings>,
 }
 
 /// Pingora's own top-level keys, which share the file with the gateway's.
@@ -1186,6 +1250,8 @@ impl Settings {
             auth: None,
             limits: LimitStoreConfig::default(),
             edge: EdgeConfig::default(),
+            metrics: true,
+            access_log: None,
         };
         let presets: [(&str, ProviderKind, &str, &[&str]); 3] = [
             (
@@ -1286,6 +1352,8 @@ impl Settings {
                     store_timeout: DEFAULT_STORE_TIMEOUT,
                 },
                 edge: EdgeSettings::default(),
+                metrics: true,
+                access_log: None,
             }
         })
     }
@@ -1446,6 +1514,8 @@ impl GatewayConfig {
             keys,
             limit_store: self.limits.validate()?,
             edge: self.edge.validate(self.max_request_bytes)?,
+            metrics: self.metrics,
+            access_log: self.access_log.as_ref().map(|a| a.validate()).transpose()?,
         })
     }
 }

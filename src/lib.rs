@@ -14,6 +14,7 @@ pub mod error;
 pub mod header_policy;
 pub mod ids;
 pub mod limits;
+pub mod observe;
 pub mod plan;
 pub mod providers;
 pub mod proxy;

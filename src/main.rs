@@ -93,6 +93,11 @@ fn run(opt: Opt) -> Result<(), String> {
         check_addresses_free(&settings)?;
     }
 
+    // The log's file is opened now, so a bad path stops the start naming the key.
+    let access_log = match &settings.access_log {
+        Some(a) => Some(dragoman::observe::access_log::start(a)?),
+        None => None,
+    };
     let registry = Registry::build(&settings);
     // Resolve endpoint names before taking traffic; the load balancers' background services
     // refresh them afterwards, off the request path.
@@ -168,6 +173,12 @@ fn run(opt: Opt) -> Result<(), String> {
         admin.add_tcp(&admin_addr.to_string());
         admin.threads = Some(1);
         server.add_service(admin);
+    }
+    if let Some(writer) = access_log {
+        server.add_service(GenBackgroundService::new(
+            "access log".into(),
+            Arc::new(writer),
+        ));
     }
     for (i, lb) in lbs.into_iter().enumerate() {
         server.add_service(GenBackgroundService::new(format!("dns refresh {i}"), lb));

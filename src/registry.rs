@@ -73,6 +73,8 @@ pub struct Model {
     pub hedge: Option<HedgeConfig>,
     /// This model's rate limits, over all keys.
     pub limits: Option<Arc<ScopeLimits>>,
+    /// Its Prometheus series, resolved once; `None` with `metrics: false`.
+    pub metrics: Option<Arc<crate::observe::metrics::ModelMetrics>>,
 }
 
 pub struct Registry {
@@ -90,6 +92,8 @@ pub struct Registry {
     pub has_limits: bool,
     /// Client-side deadlines and limits.
     pub edge: EdgeSettings,
+    /// Metrics on or off, and the series of requests for no configured model.
+    pub observe: crate::observe::RegistryObserve,
 }
 
 impl Registry {
@@ -102,6 +106,7 @@ impl Registry {
             .collect();
         let mut models = HashMap::new();
         let mut listed = Vec::new();
+        let observe = crate::observe::RegistryObserve::new(settings);
         for m in &settings.models {
             let Some((provider, provider_settings)) =
                 providers.iter().find(|(p, _)| p.name == m.provider)
@@ -134,6 +139,7 @@ impl Registry {
                     fallback_on: m.fallback_on.clone(),
                     hedge: m.hedge,
                     limits: ScopeLimits::new(ScopeKind::Model, &m.name, m.limits),
+                    metrics: observe.model(&m.name, &provider.name),
                 }),
             );
         }
@@ -178,6 +184,7 @@ impl Registry {
                 Limiter::local()
             })),
             edge: settings.edge,
+            observe,
         }
     }
 

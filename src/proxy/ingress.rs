@@ -64,6 +64,7 @@ pub async fn handle(
             }
         }
     };
+    ctx.observe.authenticated(&registry, key);
     if endpoint == ClientEndpoint::Models {
         let body = key.map_or(&registry.model_list, |k| &k.model_list).clone();
         if let Err(e) = local_response::write_json(session, 200, body, None).await {
@@ -87,6 +88,7 @@ pub async fn handle(
             return Handled::Answered;
         }
     };
+    ctx.observe.body_read();
     let request = match ClientRequest::read(endpoint, &body) {
         Ok(r) => r,
         Err(e) => {
@@ -94,6 +96,7 @@ pub async fn handle(
             return Handled::Answered;
         }
     };
+    ctx.observe.named_model(&registry, &request.envelope.model);
     if let Some(key) = key.filter(|k| !k.may_use(&request.envelope.model)) {
         let e = access::model_not_allowed(key, &request.envelope.model);
         reject(session, &e, protocol).await;
@@ -131,7 +134,7 @@ pub async fn handle(
     }
     let replan =
         |model: &str| PlannedCall::plan_for(&registry, &request, Some(model), accounting.as_ref());
-    dispatch::run(session, call, &replan).await;
+    dispatch::run(session, call, &replan, &mut ctx.observe.legs).await;
     Handled::Answered
 }
 
@@ -257,6 +260,6 @@ pub fn call_of_subrequest(session: &Session) -> Option<Arc<PlannedCall>> {
         .subrequest_ctx
         .as_ref()?
         .user_ctx()?
-        .downcast_ref::<Arc<PlannedCall>>()
-        .cloned()
+        .downcast_ref::<dispatch::LegStart>()
+        .map(|start| start.call.clone())
 }
