@@ -91,13 +91,22 @@ pub enum LegKind {
 #[derive(Debug)]
 pub struct LegReport {
     kind: LegKind,
+    /// The client request's id: Pingora builds an HTTP/1 client's subrequest from the bytes it
+    /// received, without the id the gateway may have set since.
+    request_id: Option<http::HeaderValue>,
     served: Mutex<Served>,
 }
 
 impl LegReport {
-    pub fn new(kind: LegKind) -> Arc<LegReport> {
+    /// A leg of the client request in `session`.
+    pub fn new(kind: LegKind, session: &Session) -> Arc<LegReport> {
         Arc::new(LegReport {
             kind,
+            request_id: session
+                .req_header()
+                .headers
+                .get(request_id::HEADER)
+                .cloned(),
             served: Mutex::new(Served::default()),
         })
     }
@@ -217,6 +226,16 @@ pub fn begin(session: &mut Session, registry: &Arc<Registry>, ctx: &mut RequestC
     }
 }
 
+/// A dispatcher's leg begins, reporting to `report`: its request carries the client request's id.
+pub fn begin_leg(session: &mut Session, ctx: &mut RequestCtx, report: Option<Arc<LegReport>>) {
+    if let Some(id) = report.as_ref().and_then(|r| r.request_id.clone()) {
+        let _ = session
+            .req_header_mut()
+            .insert_header(request_id::HEADER, id);
+    }
+    ctx.observe.report = report;
+}
+
 /// An upstream attempt started (its instance chosen).
 pub fn attempt_started(call: &PlannedCall, ctx: &mut RequestCtx) {
     if ctx.attempts > 1 {
@@ -228,6 +247,11 @@ pub fn attempt_started(call: &PlannedCall, ctx: &mut RequestCtx) {
     if served.first_attempt.is_none() {
         served.first_attempt = ctx.attempt_started;
     }
+    // The status handling takes the attempt's backend when it fails: note it now.
+    served.instance = ctx
+        .backend
+        .as_ref()
+        .and_then(|b| crate::upstream::select::inet(&b.addr));
 }
 
 /// The current attempt's upstream answered with `status`.
@@ -274,10 +298,6 @@ pub fn response_header(
     }
     let obs = &mut ctx.observe;
     obs.served.header_at = Some(Instant::now());
-    obs.served.instance = ctx
-        .backend
-        .as_ref()
-        .and_then(|b| crate::upstream::select::inet(&b.addr));
     if call.stream && resp.status.as_u16() < 400 && call.model.metrics.is_some() {
         obs.stream = metrics::families().map(|f| InFlight::start(&f.streams_in_flight));
     }

@@ -81,7 +81,7 @@ impl Leg {
         tally: &mut LegTally,
     ) -> Option<Leg> {
         let spawner = session.subrequest_spawner.as_ref()?;
-        let report = LegReport::new(kind);
+        let report = LegReport::new(kind, session);
         // The subrequest gets a context of its own, whose `started` (now) the upstream hooks
         // count the same `timeout` from.
         let deadline =

@@ -63,7 +63,7 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if session.subrequest_ctx.is_some() {
             ctx.call = ingress::call_of_subrequest(session);
-            ctx.observe.report = dispatch::report_of_subrequest(session);
+            crate::observe::begin_leg(session, ctx, dispatch::report_of_subrequest(session));
             ctx.is_upstream_leg = true;
             return match ctx.call {
                 Some(_) => Ok(false),
