@@ -133,8 +133,11 @@ pub fn get() -> Option<&'static AccessLog> {
 /// The writer, handed to Pingora as a background service: its thread starts with the services,
 /// after Pingora has daemonized (a thread started before the fork would not survive it).
 pub struct AccessLogWriter {
-    parts: Mutex<Option<(Receiver<AccessRecord>, Box<dyn Write + Send>)>>,
+    parts: Mutex<Option<WriterParts>>,
 }
+
+/// What the writer thread takes: the channel's end, and where lines go.
+type WriterParts = (Receiver<AccessRecord>, Box<dyn Write + Send>);
 
 #[async_trait::async_trait]
 impl pingora_core::services::background::BackgroundService for AccessLogWriter {
