@@ -762,3 +762,50 @@ async fn metrics_off_counts_nothing_and_ids_still_work() {
         .unwrap();
     assert_eq!(stream["input_tokens"], 10);
 }
+
+#[tokio::test]
+async fn refused_connections_and_timeouts_are_attempt_outcomes() {
+    let slow = MockProvider::start().await.unwrap();
+    slow.set_default(Behaviour::delay(Duration::from_secs(5), Behaviour::Reply));
+    // A port nothing listens on: the connection is refused.
+    let closed = free_port();
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n\
+         \x20 dead: {{ kind: openai, auth: none, max_attempts: 1, health_check: {{ enabled: false }}, endpoints: [\"http://127.0.0.1:{closed}/v1\"] }}\n\
+         \x20 slow: {{ kind: openai, auth: none, max_attempts: 1, endpoints: [\"{}/v1\"] }}\n\
+         models:\n  refused: {{ provider: dead }}\n  stalled: {{ provider: slow, timeout: 300ms }}\n",
+        slow.url()
+    ));
+    let (status, _, _) = send(&gw, CLIENT_KEY, &chat("refused", false), None).await;
+    assert_eq!(status, 502);
+    let (status, _, _) = send(&gw, CLIENT_KEY, &chat("stalled", false), None).await;
+    assert_eq!(status, 504);
+    let (_, m) = settled_metrics(&gw).await;
+    let attempts = |model, provider, outcome| {
+        get(
+            &m,
+            "dragoman_upstream_attempts_total",
+            &[
+                ("model", model),
+                ("provider", provider),
+                ("outcome", outcome),
+            ],
+        )
+    };
+    assert_eq!(attempts("refused", "dead", "connect_error"), 1.0);
+    assert_eq!(attempts("stalled", "slow", "timeout"), 1.0);
+    let requests = |model, provider| {
+        get(
+            &m,
+            "dragoman_requests_total",
+            &[
+                ("model", model),
+                ("provider", provider),
+                ("key", ""),
+                ("status_class", "5xx"),
+            ],
+        )
+    };
+    assert_eq!(requests("refused", "dead"), 1.0);
+    assert_eq!(requests("stalled", "slow"), 1.0);
+}
