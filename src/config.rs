@@ -134,15 +134,36 @@ fn default_metrics() -> bool {
 
 /// `access_log: stderr`, `access_log: /var/log/dragoman/access.log`, or
 /// `access_log: {path: ..., buffer: 8192}`.
-#[derive(Debug, Clone, Deserialize)]
-#[serde(untagged)]
+#[derive(Debug, Clone)]
 pub enum AccessLogConfig {
     Path(String),
-    Detailed {
-        path: String,
-        #[serde(default)]
-        buffer: Option<usize>,
-    },
+    Detailed { path: String, buffer: Option<usize> },
+}
+
+impl<'de> Deserialize<'de> for AccessLogConfig {
+    // By hand rather than untagged, so that a mistake is named ("unknown field `bufer`") instead
+    // of "data did not match any variant".
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Detailed {
+            path: String,
+            #[serde(default)]
+            buffer: Option<usize>,
+        }
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(path) => Ok(AccessLogConfig::Path(path)),
+            table @ serde_yaml::Value::Mapping(_) => Detailed::deserialize(table)
+                .map(|t| AccessLogConfig::Detailed {
+                    path: t.path,
+                    buffer: t.buffer,
+                })
+                .map_err(serde::de::Error::custom),
+            _ => Err(serde::de::Error::custom(
+                "expected `stderr`, a file path, or {path: FILE, buffer: LINES}",
+            )),
+        }
+    }
 }
 
 /// Where access log lines go.
@@ -2205,6 +2226,55 @@ models:
                 .expect("allowed");
         }
         Settings::from_yaml(&format!("listen: \"[::1]:8080\"\n{base}"), &env).expect("loopback");
+    }
+
+    #[test]
+    fn metrics_and_the_access_log_are_read_and_validated() {
+        let s = Settings::from_yaml("", &env).unwrap();
+        assert!(s.metrics);
+        assert_eq!(s.access_log, None);
+        let s = Settings::from_yaml("metrics: false\naccess_log: stderr\n", &env).unwrap();
+        assert!(!s.metrics);
+        assert_eq!(
+            s.access_log,
+            Some(AccessLogSettings {
+                target: AccessLogTarget::Stderr,
+                buffer: DEFAULT_ACCESS_LOG_BUFFER
+            })
+        );
+        let s =
+            Settings::from_yaml("access_log: { path: /tmp/a.log, buffer: 16 }\n", &env).unwrap();
+        assert_eq!(
+            s.access_log,
+            Some(AccessLogSettings {
+                target: AccessLogTarget::File("/tmp/a.log".into()),
+                buffer: 16
+            })
+        );
+        for (yaml, key, needle) in [
+            ("access_log: \"\"\n", "access_log", "must name a file"),
+            (
+                "access_log: { path: \"\" }\n",
+                "access_log.path",
+                "must name a file",
+            ),
+            (
+                "access_log: { path: a, buffer: 0 }\n",
+                "access_log.buffer",
+                "from 1",
+            ),
+            (
+                "access_log: { path: a, bufer: 1 }\n",
+                "access_log",
+                "unknown field `bufer`",
+            ),
+            ("access_log: 5\n", "access_log", "expected `stderr`"),
+            ("metrics: maybe\n", "metrics", ""),
+        ] {
+            let e = err(yaml);
+            assert_eq!(e.key, key, "{yaml}");
+            assert!(e.to_string().contains(needle), "{yaml}: {e}");
+        }
     }
 
     #[test]

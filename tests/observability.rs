@@ -809,3 +809,32 @@ async fn refused_connections_and_timeouts_are_attempt_outcomes() {
     assert_eq!(requests("refused", "dead"), 1.0);
     assert_eq!(requests("stalled", "slow"), 1.0);
 }
+
+#[test]
+fn an_access_log_that_cannot_be_opened_stops_the_start_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!(
+        "dragoman-obs-{}-{}",
+        std::process::id(),
+        free_port()
+    ));
+    std::fs::create_dir_all(&dir).unwrap();
+    let config = dir.join("dragoman.yaml");
+    let (port, admin) = (free_port(), free_port());
+    std::fs::write(
+        &config,
+        format!(
+            "listen: 127.0.0.1:{port}\nadmin_listen: 127.0.0.1:{admin}\npid_file: {d}/pid\n\
+             upgrade_sock: {d}/upgrade.sock\naccess_log: {d}/no/such/dir/access.log\n",
+            d = dir.display()
+        ),
+    )
+    .unwrap();
+    let (status, out) = run_dragoman_within(
+        &["-c", config.to_str().unwrap()],
+        &[],
+        Duration::from_secs(20),
+    );
+    let _ = std::fs::remove_dir_all(&dir);
+    assert_eq!(status, Some(false), "{out}");
+    assert!(out.contains("access_log.path: cannot open"), "{out}");
+}
