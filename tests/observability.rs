@@ -838,3 +838,52 @@ fn an_access_log_that_cannot_be_opened_stops_the_start_naming_the_key() {
     assert_eq!(status, Some(false), "{out}");
     assert!(out.contains("access_log.path: cannot open"), "{out}");
 }
+
+#[tokio::test]
+async fn a_hedge_that_wins_is_counted_and_logged() {
+    let (slow, fast) = (
+        MockProvider::start().await.unwrap(),
+        MockProvider::start().await.unwrap(),
+    );
+    slow.set_default(Behaviour::delay(Duration::from_secs(3), Behaviour::Reply));
+    let log = std::env::temp_dir().join(format!(
+        "dragoman-access-{}-{}.log",
+        std::process::id(),
+        free_port()
+    ));
+    // One instance: the hedge goes to the next fallback.
+    let gw = GatewayProcess::start(&format!(
+        "access_log: {{ path: {} }}\nproviders:\n\
+         \x20 slow: {{ kind: openai, auth: none, endpoints: [\"{}/v1\"] }}\n\
+         \x20 fast: {{ kind: openai, auth: none, endpoints: [\"{}/v1\"] }}\n\
+         models:\n  h: {{ provider: slow, fallbacks: [f], hedge: {{ after: 100ms }} }}\n  f: {{ provider: fast }}\n",
+        log.display(),
+        slow.url(),
+        fast.url()
+    ));
+    let (status, headers, body) = send(&gw, CLIENT_KEY, &chat("h", true), None).await;
+    assert_eq!(status, 200, "{body}");
+    assert_eq!(header(&headers, "x-dragoman-model"), "f");
+    let (_, m) = settled_metrics(&gw).await;
+    assert_eq!(
+        get(
+            &m,
+            "dragoman_hedges_total",
+            &[("model", "h"), ("outcome", "won")]
+        ),
+        1.0
+    );
+    assert!(!m.keys().any(|k| k.starts_with("dragoman_fallbacks_total{")));
+    let lines = access_lines(&log, 1).await;
+    let _ = std::fs::remove_file(&log);
+    let l = &lines[0];
+    assert_eq!(
+        (&l["model"], &l["served_model"], &l["hedge"], &l["fallback"]),
+        (&json!("h"), &json!("f"), &json!(true), &json!(false))
+    );
+    assert_eq!(l["instance"], fast.addr().to_string());
+    assert_eq!(
+        (&l["input_tokens"], &l["output_tokens"]),
+        (&json!(10), &json!(5))
+    );
+}
