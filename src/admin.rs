@@ -151,6 +151,7 @@ impl ServeHttp for AdminApp {
             "/metrics" if get => {
                 use prometheus::Encoder;
                 let mut out = Vec::new();
+                crate::observe::metrics::refresh_instances(&self.registry.load());
                 let encoder = prometheus::TextEncoder::new();
                 match encoder.encode(&prometheus::gather(), &mut out) {
                     Ok(()) => reply(200, encoder.format_type(), out),

@@ -134,6 +134,88 @@ pub struct GatewayConfig {
     /// `POST /v1/batch`.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// Prometheus series on the admin listener's `/metrics` (default on).
+    #[serde(default = "default_metrics")]
+    pub metrics: bool,
+    /// One JSON line per request: `stderr`, or `{path: FILE, buffer: LINES}`. Absent: off.
+    #[serde(default)]
+    pub access_log: Option<AccessLogConfig>,
+}
+
+fn default_metrics() -> bool {
+    true
+}
+
+/// `access_log: stderr`, `access_log: /var/log/dragoman/access.log`, or
+/// `access_log: {path: ..., buffer: 8192}`.
+#[derive(Debug, Clone)]
+pub enum AccessLogConfig {
+    Path(String),
+    Detailed { path: String, buffer: Option<usize> },
+}
+
+impl<'de> Deserialize<'de> for AccessLogConfig {
+    // By hand rather than untagged, so that a mistake is named ("unknown field `bufer`") instead
+    // of "data did not match any variant".
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Detailed {
+            path: String,
+            #[serde(default)]
+            buffer: Option<usize>,
+        }
+        match serde_yaml::Value::deserialize(d)? {
+            serde_yaml::Value::String(path) => Ok(AccessLogConfig::Path(path)),
+            table @ serde_yaml::Value::Mapping(_) => Detailed::deserialize(table)
+                .map(|t| AccessLogConfig::Detailed {
+                    path: t.path,
+                    buffer: t.buffer,
+                })
+                .map_err(serde::de::Error::custom),
+            _ => Err(serde::de::Error::custom(
+                "expected `stderr`, a file path, or {path: FILE, buffer: LINES}",
+            )),
+        }
+    }
+}
+
+/// Where access log lines go.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AccessLogTarget {
+    Stderr,
+    File(std::path::PathBuf),
+}
+
+/// The validated `access_log`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AccessLogSettings {
+    pub target: AccessLogTarget,
+    /// Lines waiting for the writer at most; past it lines are dropped (and counted).
+    pub buffer: usize,
+}
+
+pub const DEFAULT_ACCESS_LOG_BUFFER: usize = 8192;
+
+impl AccessLogConfig {
+    fn validate(&self) -> Result<AccessLogSettings, ConfigError> {
+        let (path, buffer) = match self {
+            AccessLogConfig::Path(path) => (path, None),
+            AccessLogConfig::Detailed { path, buffer } => (path, *buffer),
+        };
+        let key = match self {
+            AccessLogConfig::Path(_) => "access_log",
+            AccessLogConfig::Detailed { .. } => "access_log.path",
+        };
+        let target = match path.as_str() {
+            "stderr" => AccessLogTarget::Stderr,
+            "" => return Err(ConfigError::new(key, "must name a file, or `stderr`")),
+            file => AccessLogTarget::File(file.into()),
+        };
+        let buffer = buffer.unwrap_or(DEFAULT_ACCESS_LOG_BUFFER);
+        within("access_log.buffer", buffer as u64, 1, 1 << 20)?;
+        Ok(AccessLogSettings { target, buffer })
+    }
 }
 
 /// `compare: {max_models: 8}`.
@@ -1191,6 +1273,9 @@ pub struct Settings {
     pub fanout: FanoutSettings,
     pub limit_store: LimitStoreSettings,
     pub edge: EdgeSettings,
+    /// Whether requests are counted for `/metrics`.
+    pub metrics: bool,
+    pub access_log: Option<AccessLogSettings>,
 }
 
 /// Pingora's own top-level keys, which share the file with the gateway's.
@@ -1315,6 +1400,8 @@ impl Settings {
             experiments: BTreeMap::new(),
             compare: CompareConfig::default(),
             batch: BatchConfig::default(),
+            metrics: true,
+            access_log: None,
         };
         let presets: [(&str, ProviderKind, &str, &[&str]); 3] = [
             (
@@ -1418,6 +1505,8 @@ impl Settings {
                     store_timeout: DEFAULT_STORE_TIMEOUT,
                 },
                 edge: EdgeSettings::default(),
+                metrics: true,
+                access_log: None,
             }
         })
     }
@@ -1586,6 +1675,8 @@ impl GatewayConfig {
             fanout: validate_fanout(&self.compare, &self.batch)?,
             limit_store: self.limits.validate()?,
             edge: self.edge.validate(self.max_request_bytes)?,
+            metrics: self.metrics,
+            access_log: self.access_log.as_ref().map(|a| a.validate()).transpose()?,
         })
     }
 }
@@ -2491,6 +2582,55 @@ models:
                 .expect("allowed");
         }
         Settings::from_yaml(&format!("listen: \"[::1]:8080\"\n{base}"), &env).expect("loopback");
+    }
+
+    #[test]
+    fn metrics_and_the_access_log_are_read_and_validated() {
+        let s = Settings::from_yaml("", &env).unwrap();
+        assert!(s.metrics);
+        assert_eq!(s.access_log, None);
+        let s = Settings::from_yaml("metrics: false\naccess_log: stderr\n", &env).unwrap();
+        assert!(!s.metrics);
+        assert_eq!(
+            s.access_log,
+            Some(AccessLogSettings {
+                target: AccessLogTarget::Stderr,
+                buffer: DEFAULT_ACCESS_LOG_BUFFER
+            })
+        );
+        let s =
+            Settings::from_yaml("access_log: { path: /tmp/a.log, buffer: 16 }\n", &env).unwrap();
+        assert_eq!(
+            s.access_log,
+            Some(AccessLogSettings {
+                target: AccessLogTarget::File("/tmp/a.log".into()),
+                buffer: 16
+            })
+        );
+        for (yaml, key, needle) in [
+            ("access_log: \"\"\n", "access_log", "must name a file"),
+            (
+                "access_log: { path: \"\" }\n",
+                "access_log.path",
+                "must name a file",
+            ),
+            (
+                "access_log: { path: a, buffer: 0 }\n",
+                "access_log.buffer",
+                "from 1",
+            ),
+            (
+                "access_log: { path: a, bufer: 1 }\n",
+                "access_log",
+                "unknown field `bufer`",
+            ),
+            ("access_log: 5\n", "access_log", "expected `stderr`"),
+            ("metrics: maybe\n", "metrics", ""),
+        ] {
+            let e = err(yaml);
+            assert_eq!(e.key, key, "{yaml}");
+            assert!(e.to_string().contains(needle), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -15,6 +15,7 @@ pub mod experiments;
 pub mod header_policy;
 pub mod ids;
 pub mod limits;
+pub mod observe;
 pub mod plan;
 pub mod providers;
 pub mod proxy;

@@ -105,6 +105,11 @@ fn run(opt: Opt) -> Result<(), String> {
         check_addresses_free(&settings)?;
     }
 
+    // The log's file is opened now, so a bad path stops the start naming the key.
+    let access_log = match &settings.access_log {
+        Some(a) => Some(dragoman::observe::access_log::start(a)?),
+        None => None,
+    };
     let registry = Registry::build(&settings);
     // Resolve endpoint names before taking traffic; the load balancers' background services
     // refresh them afterwards, off the request path.
@@ -187,6 +192,12 @@ fn run(opt: Opt) -> Result<(), String> {
         "reload on SIGHUP".into(),
         Arc::new(ReloadOnHangup(reloader)),
     ));
+    if let Some(writer) = access_log {
+        server.add_service(GenBackgroundService::new(
+            "access log".into(),
+            Arc::new(writer),
+        ));
+    }
     log::info!(
         "dragoman listening on {:?} (admin {:?}) with {} models",
         settings.listen,

@@ -95,7 +95,9 @@ impl PlannedCall {
             ClientEndpoint::ChatCompletions
             | ClientEndpoint::Complete
             | ClientEndpoint::Messages => {
-                let counts_tokens = accounting.is_some_and(|a| a.counts_tokens);
+                // Streams are asked for their usage when something counts it.
+                let counts_tokens = accounting.is_some_and(|a| a.counts_tokens)
+                    || crate::observe::wants_usage(&model);
                 plan_chat(request, &model, counts_tokens)?
             }
             ClientEndpoint::CountTokens => plan_count_tokens(request, &model)?,

@@ -84,6 +84,8 @@ pub struct Model {
     pub hedge: Option<HedgeConfig>,
     /// This model's rate limits, over all keys.
     pub limits: Option<Arc<ScopeLimits>>,
+    /// Its Prometheus series, resolved once; `None` with `metrics: false`.
+    pub metrics: Option<Arc<crate::observe::metrics::ModelMetrics>>,
 }
 
 pub struct Registry {
@@ -109,6 +111,8 @@ pub struct Registry {
     pub fanout: FanoutSettings,
     /// Batched requests running now, over all batches (`batch.global_concurrency`).
     pub batch_slots: Arc<tokio::sync::Semaphore>,
+    /// Metrics on or off, and the series of requests for no configured model.
+    pub observe: crate::observe::RegistryObserve,
 }
 
 impl Registry {
@@ -131,6 +135,7 @@ impl Registry {
             .collect();
         let mut models = HashMap::new();
         let mut listed = Vec::new();
+        let observe = crate::observe::RegistryObserve::new(settings);
         for m in &settings.models {
             let Some((provider, provider_settings)) =
                 providers.iter().find(|(p, _)| p.name == m.provider)
@@ -169,6 +174,7 @@ impl Registry {
                         &m.name,
                         m.limits,
                     ),
+                    metrics: observe.model(&m.name, &provider.name),
                 }),
             );
         }
@@ -247,6 +253,7 @@ impl Registry {
                     settings.fanout.batch_global_concurrency,
                 )),
             },
+            observe,
         }
     }
 

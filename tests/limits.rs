@@ -286,8 +286,9 @@ async fn token_estimates_are_corrected_by_the_usage_of_a_stream() {
 #[tokio::test]
 async fn the_upstream_is_asked_for_stream_usage_only_when_tokens_are_counted() {
     let mock = MockProvider::start().await.unwrap();
+    // Metrics count every stream's tokens: with them off, only a `tpm` asks for usage.
     let gw = GatewayProcess::start(&format!(
-        "providers:\n  p: {}\nmodels:\n  m: {{ provider: p }}\n\
+        "metrics: false\nproviders:\n  p: {}\nmodels:\n  m: {{ provider: p }}\n\
          keys:\n  counted: {{ key: k-c, limits: {{ tpm: 100000 }} }}\n  free: {{ key: k-f }}\n",
         provider("openai", &mock)
     ));

@@ -51,6 +51,8 @@ pub struct ScopeLimits {
     /// The buckets' names in the shared store.
     rpm_key: String,
     tpm_key: String,
+    /// `dragoman_rate_limit_rejections_total` for this scope, resolved once.
+    rejections: Option<prometheus::IntCounter>,
 }
 
 impl ScopeLimits {
@@ -69,6 +71,7 @@ impl ScopeLimits {
             config,
             rpm_key: format!("{prefix}:rpm"),
             tpm_key: format!("{prefix}:tpm"),
+            rejections: crate::observe::metrics::rate_limit_counter(kind.as_str(), name),
         }))
     }
 
@@ -91,6 +94,13 @@ impl ScopeLimits {
 
     pub fn counts_tokens(&self) -> bool {
         self.tpm.is_some()
+    }
+
+    /// Counts a request this scope refused.
+    fn refused(&self) {
+        if let Some(c) = &self.rejections {
+            c.inc();
+        }
     }
 
     fn describe(&self) -> String {
@@ -296,6 +306,7 @@ async fn admit_sharing(
         if let Some(gauge) = &scope.concurrency {
             // On refusal the slots already taken are given back as `slots` drops.
             *slot = Some(gauge.try_acquire().ok_or_else(|| {
+                scope.refused();
                 limited(
                     format!(
                         "Too many concurrent requests for {}: the limit is {}",
@@ -308,6 +319,7 @@ async fn admit_sharing(
         }
         if let Some(tpm) = &scope.tpm {
             if estimate > tpm.capacity() {
+                scope.refused();
                 return Err(GatewayError::new(
                     429,
                     format!(
@@ -375,6 +387,7 @@ fn over_limit(
     bucket: &TokenBucket,
     wait: Duration,
 ) -> GatewayError {
+    scope.refused();
     limited(
         format!(
             "Rate limit reached for {}: {} {unit} per minute. Retry after {:.1} s",
@@ -566,12 +579,10 @@ mod tests {
         a.accounting.record_usage(usage::TokenUsage {
             input: 100,
             output: 50,
+            ..Default::default()
         });
         // Settled at once, and only once.
-        a.accounting.record_usage(usage::TokenUsage {
-            input: 0,
-            output: 0,
-        });
+        a.accounting.record_usage(usage::TokenUsage::default());
         drop(a);
         // 1000 - 150 left (within refill noise).
         let left = tokens_left(&key);

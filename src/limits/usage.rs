@@ -10,6 +10,10 @@ pub struct TokenUsage {
     /// Prompt tokens, cached ones included.
     pub input: u64,
     pub output: u64,
+    /// Of `input`, those read from the provider's prompt cache.
+    pub cached_input: u64,
+    /// Of `output`, the model's reasoning (thinking) tokens, when the provider says.
+    pub reasoning: u64,
 }
 
 impl TokenUsage {
@@ -27,6 +31,20 @@ struct WireUsage {
     output_tokens: Option<u64>,
     cache_creation_input_tokens: Option<u64>,
     cache_read_input_tokens: Option<u64>,
+    prompt_tokens_details: Option<PromptDetails>,
+    completion_tokens_details: Option<CompletionDetails>,
+}
+
+/// OpenAI's `usage.prompt_tokens_details`.
+#[derive(Debug, Default, Deserialize)]
+struct PromptDetails {
+    cached_tokens: Option<u64>,
+}
+
+/// OpenAI's `usage.completion_tokens_details`.
+#[derive(Debug, Default, Deserialize)]
+struct CompletionDetails {
+    reasoning_tokens: Option<u64>,
 }
 
 impl WireUsage {
@@ -49,6 +67,19 @@ impl WireUsage {
 
     fn output(&self) -> Option<u64> {
         self.completion_tokens.or(self.output_tokens)
+    }
+
+    fn cached_input(&self) -> Option<u64> {
+        self.prompt_tokens_details
+            .as_ref()
+            .and_then(|d| d.cached_tokens)
+            .or(self.cache_read_input_tokens)
+    }
+
+    fn reasoning(&self) -> Option<u64> {
+        self.completion_tokens_details
+            .as_ref()
+            .and_then(|d| d.reasoning_tokens)
     }
 }
 
@@ -93,10 +124,14 @@ impl UsageScan {
     /// one when the last lacks it (an Anthropic stream's `message_delta`).
     pub fn usage(&self) -> Option<TokenUsage> {
         let last = last_usage(&self.tail)?;
-        let input = last.input().or_else(|| first_usage(&self.head)?.input());
+        let first = || first_usage(&self.head);
+        let input = last.input().or_else(|| first()?.input());
+        let cached_input = last.cached_input().or_else(|| first()?.cached_input());
         Some(TokenUsage {
             input: input.unwrap_or(0),
             output: last.output().unwrap_or(0),
+            cached_input: cached_input.unwrap_or(0),
+            reasoning: last.reasoning().unwrap_or(0),
         })
     }
 }
@@ -139,7 +174,9 @@ mod tests {
             scan(&[answer]),
             Some(TokenUsage {
                 input: 12,
-                output: 5
+                output: 5,
+                cached_input: 3,
+                reasoning: 0,
             })
         );
         let stream = b"data: {\"choices\":[{\"delta\":{\"content\":\"a\"}}],\"usage\":null}\n\n\
@@ -151,7 +188,8 @@ mod tests {
                 scan(&[&stream[..cut], &stream[cut..]]),
                 Some(TokenUsage {
                     input: 7,
-                    output: 2
+                    output: 2,
+                    ..Default::default()
                 }),
                 "cut at {cut}"
             );
@@ -165,7 +203,9 @@ mod tests {
             scan(&[answer]),
             Some(TokenUsage {
                 input: 100,
-                output: 4
+                output: 4,
+                cached_input: 90,
+                reasoning: 0,
             })
         );
         let start = br#"event: message_start
@@ -184,7 +224,8 @@ data: {"type":"message_stop"}
             scan(&[start, &filler, end]),
             Some(TokenUsage {
                 input: 25,
-                output: 15
+                output: 15,
+                ..Default::default()
             })
         );
     }

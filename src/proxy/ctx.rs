@@ -57,6 +57,8 @@ pub struct RequestCtx {
     pub stream_redactor: Option<StreamRedactor>,
     /// This request's share of `edge.max_buffered_bytes`: its body, and its buffered answer.
     pub held: Held,
+    /// Its id, and what the metrics and the access log are told of it.
+    pub observe: crate::observe::Observation,
 }
 
 /// What the response body filter does with the upstream's bytes.

@@ -26,6 +26,7 @@ use crate::config::FallbackCondition;
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
 use crate::limits;
+use crate::observe::{LegKind, LegReport, LegTally};
 use crate::plan::PlannedCall;
 use crate::registry::Model;
 use crate::upstream::budget::{self, RequestBudget};
@@ -43,9 +44,26 @@ use tokio::sync::{mpsc, oneshot};
 /// Response header naming how many upstream attempts a request took, over all its legs.
 pub const ATTEMPTS_HEADER: &str = "x-dragoman-attempts";
 
+/// What a leg's subrequest is given: the call it makes, and where it reports what it saw.
+pub struct LegStart {
+    pub call: Arc<PlannedCall>,
+    pub report: Arc<LegReport>,
+}
+
+/// In the subrequest: where it reports to the dispatcher.
+pub fn report_of_subrequest(session: &Session) -> Option<Arc<LegReport>> {
+    session
+        .subrequest_ctx
+        .as_ref()?
+        .user_ctx()?
+        .downcast_ref::<LegStart>()
+        .map(|start| start.report.clone())
+}
+
 /// One running subrequest.
 pub(super) struct Leg {
     pub(super) call: Arc<PlannedCall>,
+    report: Arc<LegReport>,
     pub(super) rx: mpsc::Receiver<HttpTask>,
     /// Held so the subrequest keeps its input open; dropping it is a cancellation signal.
     _tx: mpsc::Sender<HttpTask>,
@@ -56,20 +74,31 @@ pub(super) struct Leg {
 }
 
 impl Leg {
-    pub(super) fn spawn(session: &Session, call: Arc<PlannedCall>) -> Option<Leg> {
+    pub(super) fn spawn(
+        session: &Session,
+        call: Arc<PlannedCall>,
+        kind: LegKind,
+        tally: &mut LegTally,
+    ) -> Option<Leg> {
         let spawner = session.subrequest_spawner.as_ref()?;
+        let report = LegReport::new(kind, session);
         // The subrequest gets a context of its own, whose `started` (now) the upstream hooks
         // count the same `timeout` from.
         let deadline =
             budget::leg_deadline(Instant::now(), call.model.timeout, call.budget.deadline);
         let ctx = SubrequestCtx::builder()
             .body_mode(BodyMode::NoBody)
-            .user_ctx(Box::new(call.clone()))
+            .user_ctx(Box::new(LegStart {
+                call: call.clone(),
+                report: report.clone(),
+            }))
             .build();
         let (subrequest, handle) = spawner.create_subrequest(session.as_downstream(), ctx);
         let task = tokio::spawn(subrequest.run());
+        tally.started(&report);
         Some(Leg {
             call,
+            report,
             rx: handle.rx,
             _tx: handle.tx,
             error: handle.subreq_proxy_error,
@@ -91,6 +120,7 @@ pub async fn run(
     session: &mut Session,
     call: Arc<PlannedCall>,
     replan: &(dyn Fn(&str) -> Result<PlannedCall, GatewayError> + Send + Sync),
+    tally: &mut LegTally,
 ) {
     let protocol = call.endpoint.protocol();
     // Pingora 0.9.1 builds each subrequest from the client's request head written out as HTTP/1
@@ -117,7 +147,7 @@ pub async fn run(
     .fuse();
     tokio::pin!(client_gone);
 
-    let Some(first) = Leg::spawn(session, call.clone()) else {
+    let Some(first) = Leg::spawn(session, call.clone(), LegKind::First, tally) else {
         let e =
             GatewayError::new(500, "Internal gateway error").with_code(ErrorCode::InternalError);
         return local_response::write_error(session, &e, protocol, None).await;
@@ -135,7 +165,8 @@ pub async fn run(
                 if budget::may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
                     let next =
                         next_fallback(&mut fallbacks, replan, &budget, &mut admissions).await;
-                    if let Some(leg) = next.and_then(|call| Leg::spawn(session, call)) {
+                    let leg = next.and_then(|c| Leg::spawn(session, c, LegKind::Fallback, tally));
+                    if let Some(leg) = leg {
                         legs.push(leg);
                         continue;
                     }
@@ -225,11 +256,11 @@ pub async fn run(
                     // Another instance of the same model, or else the next fallback, which the
                     // hedge then uses up (a later failure moves on to the one after it).
                     let hedge = if chain.provider.endpoint_count > 1 {
-                        Leg::spawn(session, call.clone())
+                        Leg::spawn(session, call.clone(), LegKind::Hedge, tally)
                     } else {
                         next_fallback(&mut fallbacks, replan, &budget, &mut admissions)
                             .await
-                            .and_then(|call| Leg::spawn(session, call))
+                            .and_then(|call| Leg::spawn(session, call, LegKind::Hedge, tally))
                     };
                     if let Some(leg) = hedge {
                         log::debug!("hedging {} after no first byte", chain.name);
@@ -260,6 +291,7 @@ pub async fn run(
                 retry::Next::Keep => last_failure = Some(failure),
             }
         };
+        tally.serving(&answer.leg.report);
         // Hedges that lost, and failures that the answer made moot.
         legs.clear();
         drop(last_failure.take());
@@ -321,7 +353,7 @@ pub struct Collected {
 /// no whole answer came. Dropping the future cancels the leg.
 pub async fn collect(session: &Session, call: Arc<PlannedCall>) -> Result<Collected, GatewayError> {
     let chain = call.model.clone();
-    let Some(mut leg) = Leg::spawn(session, call) else {
+    let Some(mut leg) = Leg::spawn(session, call, LegKind::First, &mut LegTally::default()) else {
         return Err(
             GatewayError::new(500, "Internal gateway error").with_code(ErrorCode::InternalError)
         );

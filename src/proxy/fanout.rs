@@ -15,6 +15,7 @@ use crate::api::fanout::{self, ItemResult, StreamEvent};
 use crate::api::{ClientEndpoint, ClientRequest};
 use crate::buffers::Held;
 use crate::error::{ErrorCode, GatewayError};
+use crate::observe::{LegKind, LegTally};
 use crate::registry::Registry;
 use crate::stream::sse::SseParser;
 use bytes::Bytes;
@@ -74,7 +75,13 @@ async fn compare_streams(
             Err(e) => Err(e),
         };
         let leg = planned.and_then(|(admission, call)| {
-            let leg = dispatch::Leg::spawn(session, Arc::new(call)).ok_or_else(|| {
+            let leg = dispatch::Leg::spawn(
+                session,
+                Arc::new(call),
+                LegKind::First,
+                &mut LegTally::default(),
+            )
+            .ok_or_else(|| {
                 GatewayError::new(500, "Internal gateway error").with_code(ErrorCode::InternalError)
             })?;
             Ok((admission, leg))

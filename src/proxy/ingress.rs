@@ -66,6 +66,7 @@ pub async fn handle(
             }
         }
     };
+    ctx.observe.authenticated(&registry, key);
     if endpoint == ClientEndpoint::Models {
         let body = key.map_or(&registry.model_list, |k| &k.model_list).clone();
         if let Err(e) = local_response::write_json(session, 200, body, None).await {
@@ -89,6 +90,7 @@ pub async fn handle(
             return Handled::Answered;
         }
     };
+    ctx.observe.body_read();
     if matches!(endpoint, ClientEndpoint::Compare | ClientEndpoint::Batch) {
         let run = if endpoint == ClientEndpoint::Compare {
             fanout::compare(session, &registry, key, &body).await
@@ -107,6 +109,7 @@ pub async fn handle(
             return Handled::Answered;
         }
     };
+    ctx.observe.named_model(&registry, &request.envelope.model);
     let (admission, call) = match admit_and_plan(session, &registry, key, &request).await {
         Ok(planned) => planned,
         Err(e) => {
@@ -116,6 +119,10 @@ pub async fn handle(
     };
     // Held until the request ends: its concurrency slots, and the settling of its tokens.
     ctx.admission = admission;
+    if call.variant.is_some() {
+        // An experiment's arm serves it: counted under that model.
+        ctx.observe.named_model(&registry, &call.model.name);
+    }
     let call = Arc::new(call);
     // The planned body is a buffer of its own (spliced or translated), held as long as the call.
     if let Err(e) = ctx.held.grow(call.body.len()) {
@@ -135,7 +142,7 @@ pub async fn handle(
         PlannedCall::plan_for(&registry, &request, Some(model), accounting.as_ref())
             .map(|c| c.in_variant(variant.clone()))
     };
-    dispatch::run(session, call, &replan).await;
+    dispatch::run(session, call, &replan, &mut ctx.observe.legs).await;
     Handled::Answered
 }
 
@@ -293,6 +300,6 @@ pub fn call_of_subrequest(session: &Session) -> Option<Arc<PlannedCall>> {
         .subrequest_ctx
         .as_ref()?
         .user_ctx()?
-        .downcast_ref::<Arc<PlannedCall>>()
-        .cloned()
+        .downcast_ref::<dispatch::LegStart>()
+        .map(|start| start.call.clone())
 }

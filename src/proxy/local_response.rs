@@ -46,6 +46,13 @@ async fn write_json_with(
     if let Some(seconds) = retry_after {
         resp.insert_header(http::header::RETRY_AFTER, seconds)?;
     }
+    if let Some(id) = session
+        .req_header()
+        .headers
+        .get(crate::observe::request_id::HEADER)
+    {
+        resp.insert_header(crate::observe::request_id::HEADER, id.clone())?;
+    }
     if let Some(a) = served_by {
         resp.insert_header("x-dragoman-model", a.model)?;
         resp.insert_header("x-dragoman-provider", a.provider)?;

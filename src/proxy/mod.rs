@@ -64,13 +64,16 @@ impl ProxyHttp for Gateway {
     async fn request_filter(&self, session: &mut Session, ctx: &mut RequestCtx) -> Result<bool> {
         if session.subrequest_ctx.is_some() {
             ctx.call = ingress::call_of_subrequest(session);
+            crate::observe::begin_leg(session, ctx, dispatch::report_of_subrequest(session));
             ctx.is_upstream_leg = true;
             return match ctx.call {
                 Some(_) => Ok(false),
                 None => Err(no_call()),
             };
         }
-        match ingress::handle(session, self.registry.load_full(), ctx).await {
+        let registry = self.registry.load_full();
+        crate::observe::begin(session, &registry, ctx);
+        match ingress::handle(session, registry, ctx).await {
             ingress::Handled::Answered => Ok(true),
             ingress::Handled::ProxyHere => Ok(false),
         }
@@ -82,7 +85,9 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Box<HttpPeer>> {
         let call = ctx.call.clone().ok_or_else(no_call)?;
-        upstream::select_peer(&call, ctx).await
+        let peer = upstream::select_peer(&call, ctx).await?;
+        crate::observe::attempt_started(&call, ctx);
+        Ok(peer)
     }
 
     async fn upstream_request_filter(
@@ -145,7 +150,10 @@ impl ProxyHttp for Gateway {
         e: Box<Error>,
     ) -> Box<Error> {
         match ctx.call.clone() {
-            Some(call) => upstream::on_connect_failure(&call, ctx, e),
+            Some(call) => {
+                crate::observe::attempt_failed(&call, &e);
+                upstream::on_connect_failure(&call, ctx, e)
+            }
             None => e,
         }
     }
@@ -160,7 +168,12 @@ impl ProxyHttp for Gateway {
     ) -> Box<Error> {
         let started = session.response_written().is_some();
         match ctx.call.clone() {
-            Some(call) => upstream::on_proxy_error(&call, ctx, started, client_reused, e),
+            Some(call) => {
+                if !started && *e.esource() == pingora_error::ErrorSource::Upstream {
+                    crate::observe::attempt_failed(&call, &e);
+                }
+                upstream::on_proxy_error(&call, ctx, started, client_reused, e)
+            }
             None => e,
         }
     }
@@ -172,8 +185,10 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         let call = ctx.call.clone().ok_or_else(no_call)?;
+        crate::observe::attempt_answered(&call, resp.status.as_u16());
         upstream::on_response_status(&call, ctx, resp)?;
         upstream_response::on_response_header(resp, &call, ctx)?;
+        crate::observe::response_header(session, resp, &call, ctx);
         cork::coalesce_unsized_response(session, resp, ctx);
         Ok(())
     }
@@ -186,6 +201,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<Option<Duration>> {
         let call = ctx.call.clone().ok_or_else(no_call)?;
+        crate::observe::response_body(ctx, body, end_of_stream);
         upstream_response::on_response_body(body, end_of_stream, &call, ctx)?;
         Ok(None)
     }
@@ -245,9 +261,12 @@ impl ProxyHttp for Gateway {
         }
     }
 
-    async fn logging(&self, _session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
+    async fn logging(&self, session: &mut Session, _e: Option<&Error>, ctx: &mut RequestCtx) {
         // The response has been written and flushed by now.
         cork::release_response(ctx);
+        if session.subrequest_ctx.is_none() {
+            crate::observe::finish(session, ctx);
+        }
     }
 
     fn suppress_error_log(&self, _session: &Session, ctx: &RequestCtx, _e: &Error) -> bool {

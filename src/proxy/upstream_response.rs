@@ -77,7 +77,8 @@ pub fn on_response_header(
         }
     };
     ctx.response_buffer.clear();
-    let counts_tokens = call.accounting.as_ref().is_some_and(|a| a.counts_tokens);
+    let counts_tokens = call.accounting.as_ref().is_some_and(|a| a.counts_tokens)
+        || crate::observe::wants_usage(&call.model);
     ctx.usage_scan = (counts_tokens && status < 400)
         .then(|| UsageScan::new(call.stream && protocol == ClientProtocol::Anthropic));
     // Translated streams redact the errors they write; a stream passed through is redacted as
@@ -174,9 +175,10 @@ fn scan_and_forward(
     result
 }
 
-/// Notes the usage the answer reported, for the request's rate limits.
+/// Notes the usage the answer reported, for the request's rate limits, its metrics and its
+/// access log line.
 fn record_usage(call: &PlannedCall, ctx: &mut RequestCtx) {
-    let (Some(accounting), Some(scan)) = (&call.accounting, ctx.usage_scan.take()) else {
+    let Some(scan) = ctx.usage_scan.take() else {
         return;
     };
     let usage = match &ctx.response {
@@ -188,9 +190,11 @@ fn record_usage(call: &PlannedCall, ctx: &mut RequestCtx) {
         }
         _ => scan.usage(),
     };
-    if let Some(usage) = usage {
+    let Some(usage) = usage else { return };
+    if let Some(accounting) = &call.accounting {
         accounting.record_usage(usage);
     }
+    crate::observe::usage(call, ctx, usage);
 }
 
 fn forward_body(

@@ -106,6 +106,8 @@ impl Usage {
                 .saturating_add(self.cache_read_input_tokens.unwrap_or(0))
                 .saturating_add(self.cache_creation_input_tokens.unwrap_or(0)),
             output: self.output_tokens.unwrap_or(0),
+            cached_input: self.cache_read_input_tokens.unwrap_or(0),
+            reasoning: 0,
         }
     }
 

@@ -172,6 +172,8 @@ impl ChunkSource for GeminiChunkSource {
             input: count(meta.prompt_token_count),
             output: count(meta.candidates_token_count)
                 .saturating_add(count(meta.thoughts_token_count)),
+            cached_input: count(meta.cached_content_token_count),
+            reasoning: count(meta.thoughts_token_count),
         })
     }
 

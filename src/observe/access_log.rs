@@ -1,0 +1,227 @@
+//! The access log: one JSON line per client request, written by a thread of its own so the
+//! proxy's threads never wait on a disk. Requests hand their record over a bounded channel (a
+//! full channel drops the line and counts it in `dragoman_access_log_dropped_total`); the writer
+//! serializes each into one reused buffer and flushes whenever the channel runs empty.
+//!
+//! A record holds no prompt, completion or credential: the gateway key's configured name, never
+//! the key; the model names; numbers.
+
+use crate::config::{AccessLogSettings, AccessLogTarget};
+use crate::limits::usage::TokenUsage;
+use crate::registry::{Model, Registry};
+use serde::Serialize;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::{Duration, SystemTime};
+
+/// The longest requested model name written as the client sent it (an unknown one).
+pub const MAX_MODEL_LEN: usize = 256;
+
+/// What the log says of one request; serialized on the writer thread.
+pub struct AccessRecord {
+    pub time: SystemTime,
+    pub request_id: Option<http::HeaderValue>,
+    /// Keeps the key names alive; `key` indexes them.
+    pub registry: Arc<Registry>,
+    pub key: Option<usize>,
+    pub protocol: &'static str,
+    pub endpoint: &'static str,
+    /// The configured model the client named.
+    pub model: Option<Arc<Model>>,
+    /// The name the client sent, when no configured model has it.
+    pub unknown_model: Option<Box<str>>,
+    pub served_model: Option<Arc<Model>>,
+    pub instance: Option<SocketAddr>,
+    pub status: u16,
+    pub attempts: u32,
+    pub fallback: bool,
+    pub hedge: bool,
+    pub stream: bool,
+    pub tokens: Option<TokenUsage>,
+    pub ttfb: Option<Duration>,
+    pub duration: Duration,
+    pub overhead: Duration,
+}
+
+#[derive(Serialize)]
+struct Line<'a> {
+    time: &'a str,
+    request_id: Option<&'a str>,
+    key: Option<&'a str>,
+    protocol: &'a str,
+    endpoint: &'a str,
+    model: Option<&'a str>,
+    served_model: Option<&'a str>,
+    provider: Option<&'a str>,
+    instance: Option<String>,
+    status: u16,
+    attempts: u32,
+    fallback: bool,
+    hedge: bool,
+    stream: bool,
+    input_tokens: Option<u64>,
+    output_tokens: Option<u64>,
+    cached_tokens: Option<u64>,
+    reasoning_tokens: Option<u64>,
+    ttfb_ms: Option<f64>,
+    duration_ms: f64,
+    overhead_ms: f64,
+}
+
+fn millis(d: Duration) -> f64 {
+    // Microsecond precision is plenty, and keeps the numbers short.
+    (d.as_micros() as f64) / 1000.0
+}
+
+impl AccessRecord {
+    fn write_json(&self, time: &mut String, out: &mut Vec<u8>) -> serde_json::Result<()> {
+        use std::fmt::Write as _;
+        time.clear();
+        let utc: chrono::DateTime<chrono::Utc> = self.time.into();
+        let _ = write!(time, "{}", utc.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+        let served = self.served_model.as_deref();
+        let line = Line {
+            time,
+            request_id: self.request_id.as_ref().and_then(|v| v.to_str().ok()),
+            key: self
+                .key
+                .and_then(|k| self.registry.keys.get(k))
+                .map(|k| k.name.as_str()),
+            protocol: self.protocol,
+            endpoint: self.endpoint,
+            model: self
+                .model
+                .as_deref()
+                .map(|m| m.name.as_str())
+                .or(self.unknown_model.as_deref()),
+            served_model: served.map(|m| m.name.as_str()),
+            provider: served.map(|m| m.provider.name.as_str()),
+            instance: self.instance.map(|a| a.to_string()),
+            status: self.status,
+            attempts: self.attempts,
+            fallback: self.fallback,
+            hedge: self.hedge,
+            stream: self.stream,
+            input_tokens: self.tokens.map(|t| t.input),
+            output_tokens: self.tokens.map(|t| t.output),
+            cached_tokens: self.tokens.map(|t| t.cached_input),
+            reasoning_tokens: self.tokens.map(|t| t.reasoning),
+            ttfb_ms: self.ttfb.map(millis),
+            duration_ms: millis(self.duration),
+            overhead_ms: millis(self.overhead),
+        };
+        serde_json::to_writer(&mut *out, &line)?;
+        out.push(b'\n');
+        Ok(())
+    }
+}
+
+/// The running access log: where records are handed over.
+pub struct AccessLog {
+    tx: SyncSender<AccessRecord>,
+}
+
+static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
+
+/// The access log, when one is configured and started.
+pub fn get() -> Option<&'static AccessLog> {
+    ACCESS_LOG.get()
+}
+
+/// The writer, handed to Pingora as a background service: its thread starts with the services,
+/// after Pingora has daemonized (a thread started before the fork would not survive it).
+pub struct AccessLogWriter {
+    parts: Mutex<Option<WriterParts>>,
+}
+
+/// What the writer thread takes: the channel's end, and where lines go.
+type WriterParts = (Receiver<AccessRecord>, Box<dyn Write + Send>);
+
+#[async_trait::async_trait]
+impl pingora_core::services::background::BackgroundService for AccessLogWriter {
+    async fn start(&self, _shutdown: pingora_core::server::ShutdownWatch) {
+        let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner()).take();
+        let Some((rx, sink)) = parts else { return };
+        // A thread of its own, never joined: it ends with the process, having flushed each
+        // time the channel ran empty.
+        if let Err(e) = std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_lines(rx, sink))
+        {
+            log::error!("access_log: cannot start its writer: {e}");
+        }
+    }
+}
+
+/// Opens the log's file (an error names the key) and sets up the channel lines go through; the
+/// returned writer must be added to the server. Once per process: a reload does not move the
+/// log.
+pub fn start(settings: &AccessLogSettings) -> Result<AccessLogWriter, String> {
+    let sink: Box<dyn Write + Send> = match &settings.target {
+        AccessLogTarget::Stderr => Box::new(std::io::stderr()),
+        AccessLogTarget::File(path) => Box::new(
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map_err(|e| format!("access_log.path: cannot open {}: {e}", path.display()))?,
+        ),
+    };
+    let (tx, rx) = sync_channel(settings.buffer);
+    ACCESS_LOG
+        .set(AccessLog { tx })
+        .map_err(|_| "access_log: started twice".to_string())?;
+    Ok(AccessLogWriter {
+        parts: Mutex::new(Some((rx, sink))),
+    })
+}
+
+impl AccessLog {
+    /// Hands a record to the writer; never waits.
+    pub fn send(&self, record: AccessRecord) {
+        match self.tx.try_send(record) {
+            Ok(()) => {}
+            Err(TrySendError::Full(_)) => {
+                if let Some(f) = super::metrics::families() {
+                    f.access_log_dropped.inc();
+                }
+            }
+            Err(TrySendError::Disconnected(_)) => {}
+        }
+    }
+}
+
+fn write_lines(rx: Receiver<AccessRecord>, sink: Box<dyn Write + Send>) {
+    let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
+    let mut line = Vec::with_capacity(1024);
+    let mut time = String::with_capacity(32);
+    let mut failed = false;
+    while let Ok(first) = rx.recv() {
+        let mut next = Some(first);
+        while let Some(record) = next {
+            line.clear();
+            if record.write_json(&mut time, &mut line).is_ok() {
+                if let Err(e) = out.write_all(&line) {
+                    report(&mut failed, &e);
+                }
+            }
+            // Dropped here, on this thread: the registry and models it held go with it.
+            drop(record);
+            next = rx.try_recv().ok();
+        }
+        match out.flush() {
+            Ok(()) => failed = false,
+            Err(e) => report(&mut failed, &e),
+        }
+    }
+}
+
+/// Logs a write failure once until writing works again (a full disk must not flood the log).
+fn report(failed: &mut bool, e: &std::io::Error) {
+    if !*failed {
+        log::error!("access log: cannot write: {e}");
+        *failed = true;
+    }
+}
