@@ -4,6 +4,7 @@
 use arc_swap::ArcSwap;
 use dragoman::admin::AdminApp;
 use dragoman::config::{self, Settings};
+use dragoman::drain::{self, DrainService};
 use dragoman::proxy::edge::EdgeApp;
 use dragoman::proxy::Gateway;
 use dragoman::registry::Registry;
@@ -17,6 +18,7 @@ use pingora::services::listening::Service;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
+use std::time::Duration;
 
 // glibc's malloc serialises worker threads on its arena locks under load; jemalloc does not
 // (and is what Pingora's own examples use).
@@ -92,6 +94,20 @@ fn run(opt: Opt) -> Result<(), String> {
     if !opt.upgrade {
         check_addresses_free(&settings)?;
     }
+    // Requests in flight get the grace period; Pingora drops what is left a little later, once
+    // their terminal events are out (see `dragoman::drain`).
+    let grace = server_conf
+        .grace_period_seconds
+        .map_or(drain::PINGORA_DEFAULT_GRACE, Duration::from_secs);
+    server_conf.grace_period_seconds = Some((grace + drain::FINAL_WRITE).as_secs());
+
+    // With `-u`, the listening sockets are taken over here, before the slower start-up below (key
+    // commands, name resolution): the running instance, told by SIGQUIT first (as the systemd
+    // unit does), offers them for about 5 s only. Meanwhile the kernel queues new connections.
+    let mut opt_for_server = opt;
+    opt_for_server.conf = None;
+    let mut server = Server::new_with_opt_and_conf(opt_for_server, server_conf);
+    server.bootstrap();
 
     let registry = Registry::build(&settings);
     // Resolve endpoint names before taking traffic; the load balancers' background services
@@ -119,11 +135,6 @@ fn run(opt: Opt) -> Result<(), String> {
         .collect();
     let registry = Arc::new(ArcSwap::from_pointee(registry));
 
-    let mut opt_for_server = opt;
-    opt_for_server.conf = None;
-    let mut server = Server::new_with_opt_and_conf(opt_for_server, server_conf);
-    server.bootstrap();
-
     // One service over all the worker threads. One single-threaded service per thread on the same
     // socket did 16-27% more pass-through requests per second on 2 cores, but which thread takes
     // a connection is whoever wins the accept race: a burst of new connections can all land on
@@ -135,7 +146,9 @@ fn run(opt: Opt) -> Result<(), String> {
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(settings.edge.idle_timeout);
     gateway.server_options = Some(options);
-    let mut proxy = Service::new("dragoman".into(), EdgeApp::new(gateway, settings.edge));
+    let edge = EdgeApp::new(gateway, settings.edge);
+    let connections = edge.open_connections();
+    let mut proxy = Service::new("dragoman".into(), edge);
     let mut reloaders = Vec::new();
     for addr in &settings.listen {
         match settings.tls.get(addr) {
@@ -156,6 +169,10 @@ fn run(opt: Opt) -> Result<(), String> {
         }
     }
     server.add_service(proxy);
+    server.add_service(GenBackgroundService::new(
+        "drain".into(),
+        Arc::new(DrainService { grace, connections }),
+    ));
     for (i, reloader) in reloaders.into_iter().enumerate() {
         server.add_service(GenBackgroundService::new(
             format!("tls certificate reload {i}"),

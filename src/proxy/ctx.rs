@@ -57,6 +57,8 @@ pub struct RequestCtx {
     pub stream_redactor: Option<StreamRedactor>,
     /// This request's share of `edge.max_buffered_bytes`: its body, and its buffered answer.
     pub held: Held,
+    /// The current attempt's upstream socket, ended if a shutdown's grace period runs out.
+    pub upstream_socket: Option<crate::drain::UpstreamSocket>,
 }
 
 /// What the response body filter does with the upstream's bytes.

@@ -57,6 +57,10 @@ struct Leg {
 
 impl Leg {
     fn spawn(session: &Session, call: Arc<PlannedCall>) -> Option<Leg> {
+        // No fallback or hedge starts once a shutdown's grace period has ended.
+        if crate::drain::DRAIN.is_grace_over() {
+            return None;
+        }
         let spawner = session.subrequest_spawner.as_ref()?;
         // The subrequest gets a context of its own, whose `started` (now) the upstream hooks
         // count the same `timeout` from.
@@ -118,8 +122,11 @@ pub async fn run(
     tokio::pin!(client_gone);
 
     let Some(first) = Leg::spawn(session, call.clone()) else {
-        let e =
-            GatewayError::new(500, "Internal gateway error").with_code(ErrorCode::InternalError);
+        let e = if crate::drain::DRAIN.is_grace_over() {
+            crate::drain::shutting_down()
+        } else {
+            GatewayError::new(500, "Internal gateway error").with_code(ErrorCode::InternalError)
+        };
         return local_response::write_error(session, &e, protocol, None).await;
     };
     let mut legs = vec![first];

@@ -118,6 +118,7 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         cork::hold_request(fd, ctx);
+        ctx.upstream_socket = Some(crate::drain::DRAIN.hold_upstream(fd));
         Ok(())
     }
 
@@ -208,6 +209,8 @@ impl ProxyHttp for Gateway {
             .flatten()
         {
             Some(error) => Some(error),
+            // The drain ended this request's upstream call.
+            None if crate::drain::DRAIN.is_grace_over() => Some(crate::drain::shutting_down()),
             None => local_response::error_for_proxy_failure(e, provider),
         };
         let status = error.as_ref().map_or(0, |e| e.status);

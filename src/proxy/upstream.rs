@@ -34,6 +34,12 @@ pub async fn select_peer(call: &PlannedCall, ctx: &mut RequestCtx) -> Result<Box
     let provider = &model.provider;
     // The previous attempt is over; had its probe's outcome been reported, the guard is gone.
     ctx.probe = None;
+    if crate::drain::DRAIN.is_grace_over() {
+        // No retry once a shutdown's grace period has ended.
+        let refusal = crate::drain::shutting_down();
+        let message = refusal.message.clone();
+        return Err(Error::because(ErrorType::HTTPStatus(503), message, refusal));
+    }
     if ctx.attempts > 0 {
         tokio::time::sleep(retry::backoff(provider.retry_backoff, ctx.attempts)).await;
     }
