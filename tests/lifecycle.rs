@@ -218,17 +218,19 @@ fn chat(model: &str, stream: bool) -> serde_json::Value {
 }
 
 /// A stream the `slow` mock begins and then holds: the response with its first event read.
+/// `interval` spaces its events (once released, the rest then takes 4 intervals).
 async fn held_stream(
     setup: &Setup,
     slow: &MockProvider,
     path: &str,
+    interval: Duration,
 ) -> (
     impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>,
     String,
 ) {
     slow.push(Behaviour::Sse {
         events: anthropic_events(),
-        interval: Duration::ZERO,
+        interval,
         hold_after: Some(3),
     });
     let resp = client()
@@ -250,6 +252,10 @@ async fn held_stream(
     }
     (body, seen)
 }
+
+/// Events this far apart make a released stream outlast the drain's 1 s wait for connections
+/// still in their handshake: a drain that did not count it would cut it.
+const SPACED: Duration = Duration::from_millis(400);
 
 /// Reads the rest of a stream: its text, and whether it ended cleanly (not cut).
 async fn rest_of(
@@ -408,7 +414,7 @@ async fn an_upgrade_in_the_units_order_under_load_fails_no_request_and_finishes_
     daemons.add(old);
     setup.wait_listening().await;
 
-    let (stream, seen) = held_stream(&setup, &slow, "/v1/messages").await;
+    let (stream, seen) = held_stream(&setup, &slow, "/v1/messages", Duration::ZERO).await;
     let load = Load::start(setup.url("/v1/chat/completions"));
     load.wait_more(500).await;
 
@@ -460,7 +466,7 @@ async fn sigterm_refuses_new_connections_and_lets_a_stream_in_flight_finish() {
     let setup = Setup::new(30, &fast, &slow);
     let mut gateway = setup.spawn(&[], "gateway.log");
     setup.wait_listening().await;
-    let (stream, seen) = held_stream(&setup, &slow, "/v1/chat/completions").await;
+    let (stream, seen) = held_stream(&setup, &slow, "/v1/chat/completions", SPACED).await;
 
     signal(gateway.id() as i32, libc::SIGTERM);
     setup.wait_refusing().await;
@@ -487,7 +493,7 @@ async fn a_kept_alive_connections_next_request_during_the_drain_is_answered_then
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("connection: keep-alive"), "{head}");
     // A stream keeps the process draining while the idle connection is used again.
-    let (stream, seen) = held_stream(&setup, &slow, "/v1/messages").await;
+    let (stream, seen) = held_stream(&setup, &slow, "/v1/messages", SPACED).await;
 
     signal(gateway.id() as i32, libc::SIGTERM);
     setup.wait_refusing().await;
@@ -524,8 +530,8 @@ async fn what_is_left_when_the_grace_period_ends_gets_an_error_in_its_protocol_n
 
     // An Anthropic stream passed through, an OpenAI stream translated, a whole answer still
     // awaited, and an idle kept-alive connection.
-    let anthropic = held_stream(&setup, &slow, "/v1/messages").await;
-    let openai = held_stream(&setup, &slow, "/v1/chat/completions").await;
+    let anthropic = held_stream(&setup, &slow, "/v1/messages", Duration::ZERO).await;
+    let openai = held_stream(&setup, &slow, "/v1/chat/completions", Duration::ZERO).await;
     slow.push(Behaviour::delay(Duration::from_secs(60), Behaviour::Reply));
     let before = slow.request_count();
     let url = setup.url("/v1/chat/completions");
