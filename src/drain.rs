@@ -16,6 +16,7 @@
 //!   Pingora's sleep, which is set [`FINAL_WRITE`] past the grace period as a backstop.
 
 use async_trait::async_trait;
+use pingora_core::server::configuration::ServerConf;
 use pingora_core::server::ShutdownWatch;
 use pingora_core::services::background::BackgroundService;
 use slab::Slab;
@@ -31,9 +32,30 @@ pub const PINGORA_DEFAULT_GRACE: Duration = Duration::from_secs(300);
 /// How much longer than the grace period Pingora waits before it drops every task: the time the
 /// last terminal events and 503s have to reach their clients.
 pub const FINAL_WRITE: Duration = Duration::from_secs(2);
+/// The longest grace period accepted, as for every duration in the config: past it a value can
+/// only be a typo (and would overflow the deadlines computed from it).
+pub const MAX_GRACE: Duration = Duration::from_secs(24 * 60 * 60);
 /// Connections accepted just before the signal may still be in their (TLS) handshake, which the
 /// edge does not count yet: the process does not exit for lack of connections before this.
 const HANDSHAKE_SETTLE: Duration = Duration::from_secs(1);
+
+/// Refuses a `grace_period_seconds` past [`MAX_GRACE`], naming the key.
+pub fn check_grace(conf: &ServerConf) -> Result<(), String> {
+    match conf.grace_period_seconds {
+        Some(s) if s > MAX_GRACE.as_secs() => Err(format!(
+            "grace_period_seconds: {s} is more than {} (24 h)",
+            MAX_GRACE.as_secs()
+        )),
+        _ => Ok(()),
+    }
+}
+
+/// The grace period requests in flight get ([`check_grace`] has bounded it).
+pub fn grace_period(conf: &ServerConf) -> Duration {
+    conf.grace_period_seconds
+        .map_or(PINGORA_DEFAULT_GRACE, Duration::from_secs)
+        .min(MAX_GRACE)
+}
 
 /// The process's drain state.
 pub struct Drain {

@@ -69,6 +69,7 @@ fn run(opt: Opt) -> Result<(), String> {
                 let why = e.root_cause().to_string();
                 format!("{path}: a Pingora setting is invalid: {why}")
             })?;
+            drain::check_grace(&conf).map_err(|e| format!("{path}: {e}"))?;
             (settings, conf)
         }
         None => (Settings::default_from_env(&env), ServerConf::default()),
@@ -96,9 +97,7 @@ fn run(opt: Opt) -> Result<(), String> {
     }
     // Requests in flight get the grace period; Pingora drops what is left a little later, once
     // their terminal events are out (see `dragoman::drain`).
-    let grace = server_conf
-        .grace_period_seconds
-        .map_or(drain::PINGORA_DEFAULT_GRACE, Duration::from_secs);
+    let grace = drain::grace_period(&server_conf);
     server_conf.grace_period_seconds = Some((grace + drain::FINAL_WRITE).as_secs());
 
     // With `-u`, the listening sockets are taken over here, before the slower start-up below (key

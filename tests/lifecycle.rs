@@ -39,7 +39,8 @@ impl Setup {
              \x20 slow: {{ kind: anthropic, endpoints: [\"{slow}\"], api_key: slow-key-123, timeout: 120s }}\n\
              models:\n\
              \x20 fast: {{ provider: fast, model: gpt-4o-mini }}\n\
-             \x20 slow: {{ provider: slow, model: claude-3-5-haiku-latest }}\n",
+             \x20 slow: {{ provider: slow, model: claude-3-5-haiku-latest }}\n\
+             \x20 chain: {{ provider: slow, model: claude-3-5-haiku-latest, fallbacks: [fast] }}\n",
             dir = dir.display(),
             fast = fast.url(),
             slow = slow.url(),
@@ -223,6 +224,7 @@ async fn held_stream(
     setup: &Setup,
     slow: &MockProvider,
     path: &str,
+    model: &str,
     interval: Duration,
 ) -> (
     impl futures_util::Stream<Item = reqwest::Result<bytes::Bytes>>,
@@ -235,7 +237,7 @@ async fn held_stream(
     });
     let resp = client()
         .post(setup.url(path))
-        .json(&chat("slow", true))
+        .json(&chat(model, true))
         .send()
         .await
         .expect("stream request");
@@ -414,7 +416,7 @@ async fn an_upgrade_in_the_units_order_under_load_fails_no_request_and_finishes_
     daemons.add(old);
     setup.wait_listening().await;
 
-    let (stream, seen) = held_stream(&setup, &slow, "/v1/messages", Duration::ZERO).await;
+    let (stream, seen) = held_stream(&setup, &slow, "/v1/messages", "slow", Duration::ZERO).await;
     let load = Load::start(setup.url("/v1/chat/completions"));
     load.wait_more(500).await;
 
@@ -466,7 +468,7 @@ async fn sigterm_refuses_new_connections_and_lets_a_stream_in_flight_finish() {
     let setup = Setup::new(30, &fast, &slow);
     let mut gateway = setup.spawn(&[], "gateway.log");
     setup.wait_listening().await;
-    let (stream, seen) = held_stream(&setup, &slow, "/v1/chat/completions", SPACED).await;
+    let (stream, seen) = held_stream(&setup, &slow, "/v1/chat/completions", "slow", SPACED).await;
 
     signal(gateway.id() as i32, libc::SIGTERM);
     setup.wait_refusing().await;
@@ -493,7 +495,7 @@ async fn a_kept_alive_connections_next_request_during_the_drain_is_answered_then
     assert!(head.starts_with("http/1.1 200"), "{head}");
     assert!(head.contains("connection: keep-alive"), "{head}");
     // A stream keeps the process draining while the idle connection is used again.
-    let (stream, seen) = held_stream(&setup, &slow, "/v1/messages", SPACED).await;
+    let (stream, seen) = held_stream(&setup, &slow, "/v1/messages", "slow", SPACED).await;
 
     signal(gateway.id() as i32, libc::SIGTERM);
     setup.wait_refusing().await;
@@ -528,10 +530,19 @@ async fn what_is_left_when_the_grace_period_ends_gets_an_error_in_its_protocol_n
     let mut gateway = setup.spawn(&[], "gateway.log");
     setup.wait_listening().await;
 
-    // An Anthropic stream passed through, an OpenAI stream translated, a whole answer still
-    // awaited, and an idle kept-alive connection.
-    let anthropic = held_stream(&setup, &slow, "/v1/messages", Duration::ZERO).await;
-    let openai = held_stream(&setup, &slow, "/v1/chat/completions", Duration::ZERO).await;
+    // An Anthropic stream passed through, an OpenAI stream translated, a stream of a model with
+    // a fallback (run by the dispatcher), a whole answer still awaited, and an idle kept-alive
+    // connection.
+    let anthropic = held_stream(&setup, &slow, "/v1/messages", "slow", Duration::ZERO).await;
+    let openai = held_stream(
+        &setup,
+        &slow,
+        "/v1/chat/completions",
+        "slow",
+        Duration::ZERO,
+    )
+    .await;
+    let chained = held_stream(&setup, &slow, "/v1/messages", "chain", Duration::ZERO).await;
     slow.push(Behaviour::delay(Duration::from_secs(60), Behaviour::Reply));
     let before = slow.request_count();
     let url = setup.url("/v1/chat/completions");
@@ -562,6 +573,14 @@ async fn what_is_left_when_the_grace_period_ends_gets_an_error_in_its_protocol_n
     assert!(text.contains("gateway_shutting_down"), "{text}");
     assert!(!text.contains("[DONE]"), "{text}");
 
+    let (text, clean) = rest_of(Box::pin(chained.0), chained.1).await;
+    assert!(clean, "stream cut: {text}");
+    let last = text.trim_end().rsplit("\n\n").next().unwrap_or_default();
+    assert!(last.starts_with("event: error\ndata: "), "{text}");
+    assert!(last.contains("shutting down"), "{text}");
+    // No fallback started for it, nor for anything else.
+    assert_eq!(fast.request_count(), 0);
+
     let (status, _, body) = whole.await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "gateway_shutting_down", "{body}");
@@ -579,5 +598,20 @@ async fn what_is_left_when_the_grace_period_ends_gets_an_error_in_its_protocol_n
         signalled.elapsed() < Duration::from_secs(6),
         "took {:?} to exit",
         signalled.elapsed()
+    );
+}
+
+#[test]
+fn a_grace_period_past_a_day_is_refused_naming_the_key() {
+    let dir = std::env::temp_dir().join(format!("dragoman-grace-{}", free_port()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = dir.join("dragoman.yaml");
+    std::fs::write(&path, "grace_period_seconds: 86401\nlisten: 127.0.0.1:1\n").unwrap();
+    let (ok, out) = run_dragoman(&["-t", "-c", path.to_str().unwrap()], &[]);
+    let _ = std::fs::remove_dir_all(&dir);
+    assert!(!ok, "{out}");
+    assert!(
+        out.contains("grace_period_seconds: 86401 is more than 86400"),
+        "{out}"
     );
 }
