@@ -531,8 +531,8 @@ async fn what_is_left_when_the_grace_period_ends_gets_an_error_in_its_protocol_n
     setup.wait_listening().await;
 
     // An Anthropic stream passed through, an OpenAI stream translated, a stream of a model with
-    // a fallback (run by the dispatcher), a whole answer still awaited, and an idle kept-alive
-    // connection.
+    // a fallback (run by the dispatcher), a whole answer of that model still awaited (whose
+    // failure would start the fallback), and an idle kept-alive connection.
     let anthropic = held_stream(&setup, &slow, "/v1/messages", "slow", Duration::ZERO).await;
     let openai = held_stream(
         &setup,
@@ -546,7 +546,7 @@ async fn what_is_left_when_the_grace_period_ends_gets_an_error_in_its_protocol_n
     slow.push(Behaviour::delay(Duration::from_secs(60), Behaviour::Reply));
     let before = slow.request_count();
     let url = setup.url("/v1/chat/completions");
-    let whole = tokio::spawn(async move { post_json(&url, &chat("slow", false)).await });
+    let whole = tokio::spawn(async move { post_json(&url, &chat("chain", false)).await });
     let deadline = Instant::now() + Duration::from_secs(10);
     while slow.request_count() == before {
         assert!(Instant::now() < deadline, "request never reached the mock");

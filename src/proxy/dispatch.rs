@@ -455,12 +455,17 @@ impl LegFailure {
         let model = leg.call.model.clone();
         let provider = &model.provider.name;
         let condition = retry::broken_leg_condition(error.as_ref().map(|e| e.etype()));
-        let error = error
-            .and_then(|e| local_response::error_for_proxy_failure(&e, provider))
-            .unwrap_or_else(|| {
-                GatewayError::new(502, format!("Provider `{provider}` gave no whole answer"))
-                    .with_code(ErrorCode::UpstreamError)
-            });
+        let error = if crate::drain::DRAIN.is_grace_over() {
+            // The end of a shutdown's grace period broke it off.
+            crate::drain::shutting_down()
+        } else {
+            error
+                .and_then(|e| local_response::error_for_proxy_failure(&e, provider))
+                .unwrap_or_else(|| {
+                    GatewayError::new(502, format!("Provider `{provider}` gave no whole answer"))
+                        .with_code(ErrorCode::UpstreamError)
+                })
+        };
         LegFailure {
             condition,
             error,
