@@ -18,7 +18,6 @@ use pingora::services::listening::Service;
 use std::path::Path;
 use std::process::ExitCode;
 use std::sync::Arc;
-use std::time::Duration;
 
 // glibc's malloc serialises worker threads on its arena locks under load; jemalloc does not
 // (and is what Pingora's own examples use).

@@ -532,7 +532,8 @@ async fn what_is_left_when_the_grace_period_ends_gets_an_error_in_its_protocol_n
 
     // An Anthropic stream passed through, an OpenAI stream translated, a stream of a model with
     // a fallback (run by the dispatcher), a whole answer of that model still awaited (whose
-    // failure would start the fallback), and an idle kept-alive connection.
+    // failure would start the fallback), a request whose body is still coming, and an idle
+    // kept-alive connection.
     let anthropic = held_stream(&setup, &slow, "/v1/messages", "slow", Duration::ZERO).await;
     let openai = held_stream(
         &setup,
@@ -554,6 +555,14 @@ async fn what_is_left_when_the_grace_period_ends_gets_an_error_in_its_protocol_n
     }
     let mut idle = TcpStream::connect(("127.0.0.1", setup.port)).await.unwrap();
     exchange(&mut idle, "/v1/models").await.unwrap();
+    let mut upload = TcpStream::connect(("127.0.0.1", setup.port)).await.unwrap();
+    upload
+        .write_all(
+            b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n\
+              content-type: application/json\r\ncontent-length: 1000\r\n\r\n{\"model\"",
+        )
+        .await
+        .unwrap();
 
     let signalled = Instant::now();
     signal(gateway.id() as i32, libc::SIGTERM);
@@ -584,6 +593,15 @@ async fn what_is_left_when_the_grace_period_ends_gets_an_error_in_its_protocol_n
     let (status, _, body) = whole.await.unwrap();
     assert_eq!(status, 503, "{body}");
     assert_eq!(body["error"]["code"], "gateway_shutting_down", "{body}");
+
+    let mut answer = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), upload.read_to_end(&mut answer))
+        .await
+        .expect("unfinished upload left open past the grace period")
+        .expect("unfinished upload reset");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
+    assert!(answer.contains("gateway_shutting_down"), "{answer}");
 
     let mut rest = [0u8; 16];
     let n = tokio::time::timeout(Duration::from_secs(10), idle.read(&mut rest))
