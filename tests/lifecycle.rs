@@ -555,7 +555,10 @@ async fn what_is_left_when_the_grace_period_ends_gets_an_error_in_its_protocol_n
     }
     let mut idle = TcpStream::connect(("127.0.0.1", setup.port)).await.unwrap();
     exchange(&mut idle, "/v1/models").await.unwrap();
+    // Accepted (it has had an answer) before the signal: connections still in the listen queue
+    // when the listener closes are reset by the kernel.
     let mut upload = TcpStream::connect(("127.0.0.1", setup.port)).await.unwrap();
+    exchange(&mut upload, "/v1/models").await.unwrap();
     upload
         .write_all(
             b"POST /v1/chat/completions HTTP/1.1\r\nhost: gateway\r\n\
@@ -598,7 +601,13 @@ async fn what_is_left_when_the_grace_period_ends_gets_an_error_in_its_protocol_n
     tokio::time::timeout(Duration::from_secs(10), upload.read_to_end(&mut answer))
         .await
         .expect("unfinished upload left open past the grace period")
-        .expect("unfinished upload reset");
+        .unwrap_or_else(|e| {
+            panic!(
+                "unfinished upload reset ({e}) after {:?}: {}",
+                String::from_utf8_lossy(&answer),
+                std::fs::read_to_string(setup.log("gateway.log")).unwrap_or_default()
+            )
+        });
     let answer = String::from_utf8_lossy(&answer);
     assert!(answer.starts_with("HTTP/1.1 503"), "{answer}");
     assert!(answer.contains("gateway_shutting_down"), "{answer}");

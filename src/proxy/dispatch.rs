@@ -139,7 +139,10 @@ pub async fn run(
         // Phase 1: wait for an answer worth delivering.
         let mut answer = loop {
             if legs.is_empty() {
-                if budget::may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
+                // No fallback is planned once a shutdown's grace period has ended.
+                if !crate::drain::DRAIN.is_grace_over()
+                    && budget::may_start_leg(Instant::now(), total_deadline, budget.calls_left())
+                {
                     let next =
                         next_fallback(&mut fallbacks, replan, &budget, &mut admissions).await;
                     if let Some(leg) = next.and_then(|call| Leg::spawn(session, call)) {
@@ -226,7 +229,13 @@ pub async fn run(
                 Event::Hedge => {
                     hedges_left -= 1;
                     hedge_at = hedge.map(|h| Instant::now() + h.after.0);
-                    if !budget::may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
+                    if crate::drain::DRAIN.is_grace_over()
+                        || !budget::may_start_leg(
+                            Instant::now(),
+                            total_deadline,
+                            budget.calls_left(),
+                        )
+                    {
                         continue;
                     }
                     // Another instance of the same model, or else the next fallback, which the
