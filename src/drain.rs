@@ -10,8 +10,9 @@
 //!   (`proxy::edge`);
 //! - at the end of the grace period the upstream sockets still in use are shut down, which
 //!   ends each stream with a terminal error event in the client's protocol and each request still
-//!   waiting with a 503 `gateway_shutting_down` (no retry or fallback starts then), and idle
-//!   connections are closed;
+//!   waiting for its answer with a 503 `gateway_shutting_down` (no attempt, retry or fallback
+//!   starts after it), a request body still coming gets the same 503, and idle connections are
+//!   closed;
 //! - the process exits as soon as no client connection is left, without waiting out the rest of
 //!   Pingora's sleep, which is set [`FINAL_WRITE`] past the grace period as a backstop.
 
@@ -102,7 +103,8 @@ impl Drain {
     }
 
     /// Keeps `fd`, the upstream socket of an attempt, to shut down if the grace period ends
-    /// while the attempt runs. Released when the returned guard drops.
+    /// while the attempt runs. Released when the returned guard drops. The caller checks
+    /// [`Self::is_grace_over`] after this, for an end that came while it connected.
     pub fn hold_upstream(&'static self, fd: RawFd) -> UpstreamSocket {
         let key = lock(&self.upstream_sockets).insert(fd);
         UpstreamSocket { drain: self, key }

@@ -119,6 +119,11 @@ impl ProxyHttp for Gateway {
     ) -> Result<()> {
         cork::hold_request(fd, ctx);
         ctx.upstream_socket = Some(crate::drain::DRAIN.hold_upstream(fd));
+        // Held first, then checked: an end of the grace period either sees this socket or is
+        // seen here (a connection that was still being made when it ended).
+        if crate::drain::DRAIN.is_grace_over() {
+            return Err(upstream::shutting_down_error());
+        }
         Ok(())
     }
 
