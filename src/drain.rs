@@ -223,3 +223,55 @@ impl BackgroundService for DrainService {
         std::process::exit(0);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Read;
+    use std::os::unix::io::AsRawFd;
+    use std::os::unix::net::UnixStream;
+
+    #[tokio::test]
+    async fn the_end_of_the_grace_period_ends_held_sockets_only_and_wakes_waiters() {
+        // A drain of its own: the process-wide one must not end for the other tests.
+        let drain: &'static Drain = Box::leak(Box::new(Drain::new()));
+        let (held, mut held_peer) = UnixStream::pair().unwrap();
+        let (released, mut released_peer) = UnixStream::pair().unwrap();
+        held_peer.set_nonblocking(true).unwrap();
+        released_peer.set_nonblocking(true).unwrap();
+        let _held = drain.hold_upstream(held.as_raw_fd());
+        drop(drain.hold_upstream(released.as_raw_fd()));
+        let waiter = tokio::spawn(drain.grace_over());
+        assert!(!drain.is_grace_over());
+
+        drain.end_grace();
+        assert!(drain.is_grace_over());
+        tokio::time::timeout(Duration::from_secs(5), waiter)
+            .await
+            .expect("a waiter was not woken")
+            .unwrap();
+        // After its end, waiting returns at once.
+        drain.grace_over().await;
+        let mut buf = [0u8; 1];
+        assert_eq!(
+            held_peer.read(&mut buf).unwrap(),
+            0,
+            "held socket not shut down"
+        );
+        let still_open = released_peer.read(&mut buf).unwrap_err();
+        assert_eq!(still_open.kind(), std::io::ErrorKind::WouldBlock);
+        assert_eq!(lock(&drain.upstream_sockets).len(), 1);
+    }
+
+    #[test]
+    fn a_grace_period_past_a_day_is_refused_and_none_means_pingoras_default() {
+        let mut conf = ServerConf::default();
+        assert_eq!(grace_period(&conf), PINGORA_DEFAULT_GRACE);
+        conf.grace_period_seconds = Some(86_400);
+        assert!(check_grace(&conf).is_ok());
+        conf.grace_period_seconds = Some(86_401);
+        let e = check_grace(&conf).unwrap_err();
+        assert!(e.starts_with("grace_period_seconds: 86401"), "{e}");
+        assert_eq!(grace_period(&conf), MAX_GRACE);
+    }
+}
