@@ -43,6 +43,8 @@ pub enum ErrorCode {
     TooManyConnections,
     /// A stream ran past `edge.max_stream_duration`.
     StreamDurationExceeded,
+    /// The process is shutting down and its grace period ended before the answer did.
+    GatewayShuttingDown,
 }
 
 impl ErrorCode {
@@ -65,6 +67,7 @@ impl ErrorCode {
             ErrorCode::GatewayOverloaded => "gateway_overloaded",
             ErrorCode::TooManyConnections => "too_many_connections",
             ErrorCode::StreamDurationExceeded => "stream_duration_exceeded",
+            ErrorCode::GatewayShuttingDown => "gateway_shutting_down",
         }
     }
 }

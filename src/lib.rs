@@ -10,6 +10,7 @@ pub mod admin;
 pub mod api;
 pub mod buffers;
 pub mod config;
+pub mod drain;
 pub mod error;
 pub mod experiments;
 pub mod header_policy;

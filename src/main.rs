@@ -5,6 +5,7 @@ use arc_swap::ArcSwap;
 use dragoman::admin::reload::{ReloadOnHangup, Reloader};
 use dragoman::admin::AdminApp;
 use dragoman::config::{self, Settings};
+use dragoman::drain::{self, DrainService};
 use dragoman::proxy::edge::EdgeApp;
 use dragoman::proxy::Gateway;
 use dragoman::registry::Registry;
@@ -75,6 +76,7 @@ fn run(opt: Opt) -> Result<(), String> {
                 let why = e.root_cause().to_string();
                 format!("{path}: a Pingora setting is invalid: {why}")
             })?;
+            drain::check_grace(&conf).map_err(|e| format!("{path}: {e}"))?;
             (settings, conf, text)
         }
         None => (
@@ -104,6 +106,19 @@ fn run(opt: Opt) -> Result<(), String> {
     if !opt.upgrade {
         check_addresses_free(&settings)?;
     }
+    // Requests in flight get the grace period; Pingora drops what is left a little later, once
+    // their terminal events are out (see `dragoman::drain`).
+    let grace = drain::grace_period(&server_conf);
+    server_conf.grace_period_seconds = Some((grace + drain::FINAL_WRITE).as_secs());
+
+    // With `-u`, the listening sockets are taken over here, before the slower start-up below (key
+    // commands, name resolution): the running instance, told by SIGQUIT first (as the systemd
+    // unit does), offers them for about 5 s only. Meanwhile the kernel queues new connections.
+    let config_path = opt.conf.as_ref().map(std::path::PathBuf::from);
+    let mut opt_for_server = opt;
+    opt_for_server.conf = None;
+    let mut server = Server::new_with_opt_and_conf(opt_for_server, server_conf);
+    server.bootstrap();
 
     // The log's file is opened now, so a bad path stops the start naming the key.
     let access_log = match &settings.access_log {
@@ -123,16 +138,11 @@ fn run(opt: Opt) -> Result<(), String> {
         })?;
     let registry = Arc::new(ArcSwap::from_pointee(registry));
     let reloader = Arc::new(Reloader::new(
-        opt.conf.as_ref().map(std::path::PathBuf::from),
+        config_path,
         registry.clone(),
         settings.clone(),
         text,
     ));
-
-    let mut opt_for_server = opt;
-    opt_for_server.conf = None;
-    let mut server = Server::new_with_opt_and_conf(opt_for_server, server_conf);
-    server.bootstrap();
 
     // One service over all the worker threads. One single-threaded service per thread on the same
     // socket did 16-27% more pass-through requests per second on 2 cores, but which thread takes
@@ -145,7 +155,9 @@ fn run(opt: Opt) -> Result<(), String> {
     let mut options = HttpServerOptions::default();
     options.h2_idle_timeout = Some(settings.edge.idle_timeout);
     gateway.server_options = Some(options);
-    let mut proxy = Service::new("dragoman".into(), EdgeApp::new(gateway, settings.edge));
+    let edge = EdgeApp::new(gateway, settings.edge);
+    let connections = edge.open_connections();
+    let mut proxy = Service::new("dragoman".into(), edge);
     let mut reloaders = Vec::new();
     for addr in &settings.listen {
         match settings.tls.get(addr) {
@@ -166,6 +178,10 @@ fn run(opt: Opt) -> Result<(), String> {
         }
     }
     server.add_service(proxy);
+    server.add_service(GenBackgroundService::new(
+        "drain".into(),
+        Arc::new(DrainService { grace, connections }),
+    ));
     for (i, reloader) in reloaders.into_iter().enumerate() {
         server.add_service(GenBackgroundService::new(
             format!("tls certificate reload {i}"),

@@ -63,6 +63,11 @@ return out
 /// How long the store is left alone after it failed.
 const RETRY_AFTER_FAILURE: Duration = Duration::from_secs(1);
 
+/// The most the first call may take: it connects and loads the script, several round trips that
+/// `store_timeout`, meant for one, would cut short on a busy host (the gateway would then limit
+/// locally, unshared, while its first requests come in).
+const FIRST_CALL: Duration = Duration::from_secs(1);
+
 /// One bucket in a store call.
 pub struct StoreBucket<'a> {
     pub key: &'a str,
@@ -85,6 +90,8 @@ pub struct RedisStore {
     connection: OnceLock<ConnectionManager>,
     /// Whether the last call failed (for the log: one line when it goes, one when it is back).
     down: AtomicBool,
+    /// Whether a call has ever been answered.
+    answered_once: AtomicBool,
     /// Milliseconds since `epoch` before which the store is not tried again.
     retry_at_ms: AtomicU64,
     epoch: Instant,
@@ -103,6 +110,7 @@ impl RedisStore {
             script: Script::new(BUCKETS_LUA),
             connection: OnceLock::new(),
             down: AtomicBool::new(false),
+            answered_once: AtomicBool::new(false),
             retry_at_ms: AtomicU64::new(0),
             epoch: Instant::now(),
         })
@@ -113,7 +121,7 @@ impl RedisStore {
             return Some(c.clone());
         }
         let config = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(self.timeout))
+            .set_connection_timeout(Some(self.timeout.max(FIRST_CALL)))
             .set_response_timeout(Some(self.timeout))
             .set_number_of_retries(1)
             .set_max_delay(Duration::from_secs(1));
@@ -148,6 +156,7 @@ impl RedisStore {
     }
 
     fn answered(&self) {
+        self.answered_once.store(true, Ordering::Release);
         if self.down.swap(false, Ordering::AcqRel) {
             log::info!("rate-limit store is back: limits are shared again");
         }
@@ -166,8 +175,13 @@ impl RedisStore {
                 .arg(b.capacity as f64 / 60_000.0)
                 .arg(b.amount);
         }
+        let timeout = if self.answered_once.load(Ordering::Acquire) {
+            self.timeout
+        } else {
+            self.timeout.max(FIRST_CALL)
+        };
         let answer = tokio::time::timeout(
-            self.timeout,
+            timeout,
             invocation.invoke_async::<Vec<i64>>(&mut connection),
         )
         .await;

@@ -121,6 +121,9 @@ impl AccessRecord {
 /// The running access log: where records are handed over.
 pub struct AccessLog {
     tx: SyncSender<AccessRecord>,
+    /// Records handed over, and records written and flushed: equal when nothing waits.
+    sent: std::sync::atomic::AtomicU64,
+    written: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
@@ -137,18 +140,24 @@ pub struct AccessLogWriter {
 }
 
 /// What the writer thread takes: the channel's end, and where lines go.
-type WriterParts = (Receiver<AccessRecord>, Box<dyn Write + Send>);
+type WriterParts = (
+    Receiver<AccessRecord>,
+    Box<dyn Write + Send>,
+    std::sync::Arc<std::sync::atomic::AtomicU64>,
+);
 
 #[async_trait::async_trait]
 impl pingora_core::services::background::BackgroundService for AccessLogWriter {
     async fn start(&self, _shutdown: pingora_core::server::ShutdownWatch) {
         let parts = self.parts.lock().unwrap_or_else(|e| e.into_inner()).take();
-        let Some((rx, sink)) = parts else { return };
+        let Some((rx, sink, written)) = parts else {
+            return;
+        };
         // A thread of its own, never joined: it ends with the process, having flushed each
         // time the channel ran empty.
         if let Err(e) = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_lines(rx, sink))
+            .spawn(move || write_lines(rx, sink, &written))
         {
             log::error!("access_log: cannot start its writer: {e}");
         }
@@ -170,11 +179,16 @@ pub fn start(settings: &AccessLogSettings) -> Result<AccessLogWriter, String> {
         ),
     };
     let (tx, rx) = sync_channel(settings.buffer);
+    let written = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
     ACCESS_LOG
-        .set(AccessLog { tx })
+        .set(AccessLog {
+            tx,
+            sent: Default::default(),
+            written: written.clone(),
+        })
         .map_err(|_| "access_log: started twice".to_string())?;
     Ok(AccessLogWriter {
-        parts: Mutex::new(Some((rx, sink))),
+        parts: Mutex::new(Some((rx, sink, written))),
     })
 }
 
@@ -182,7 +196,9 @@ impl AccessLog {
     /// Hands a record to the writer; never waits.
     pub fn send(&self, record: AccessRecord) {
         match self.tx.try_send(record) {
-            Ok(()) => {}
+            Ok(()) => {
+                self.sent.fetch_add(1, std::sync::atomic::Ordering::AcqRel);
+            }
             Err(TrySendError::Full(_)) => {
                 if let Some(f) = super::metrics::families() {
                     f.access_log_dropped.inc();
@@ -193,14 +209,34 @@ impl AccessLog {
     }
 }
 
-fn write_lines(rx: Receiver<AccessRecord>, sink: Box<dyn Write + Send>) {
+impl AccessLog {
+    /// Waits (up to `limit`) until every record handed over so far is written and flushed: before
+    /// the process exits at the end of a drain, which runs no destructor.
+    pub async fn written(&self, limit: std::time::Duration) {
+        let until = std::time::Instant::now() + limit;
+        let sent = self.sent.load(std::sync::atomic::Ordering::Acquire);
+        while self.written.load(std::sync::atomic::Ordering::Acquire) < sent
+            && std::time::Instant::now() < until
+        {
+            tokio::time::sleep(std::time::Duration::from_millis(2)).await;
+        }
+    }
+}
+
+fn write_lines(
+    rx: Receiver<AccessRecord>,
+    sink: Box<dyn Write + Send>,
+    written: &std::sync::atomic::AtomicU64,
+) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let mut line = Vec::with_capacity(1024);
     let mut time = String::with_capacity(32);
     let mut failed = false;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
+        let mut taken = 0;
         while let Some(record) = next {
+            taken += 1;
             line.clear();
             if record.write_json(&mut time, &mut line).is_ok() {
                 if let Err(e) = out.write_all(&line) {
@@ -215,6 +251,7 @@ fn write_lines(rx: Receiver<AccessRecord>, sink: Box<dyn Write + Send>) {
             Ok(()) => failed = false,
             Err(e) => report(&mut failed, &e),
         }
+        written.fetch_add(taken, std::sync::atomic::Ordering::AcqRel);
     }
 }
 

@@ -59,6 +59,8 @@ pub struct RequestCtx {
     pub held: Held,
     /// Its id, and what the metrics and the access log are told of it.
     pub observe: crate::observe::Observation,
+    /// The current attempt's upstream socket, ended if a shutdown's grace period runs out.
+    pub upstream_socket: Option<crate::drain::UpstreamSocket>,
 }
 
 /// What the response body filter does with the upstream's bytes.

@@ -80,6 +80,10 @@ impl Leg {
         kind: LegKind,
         tally: &mut LegTally,
     ) -> Option<Leg> {
+        // No fallback or hedge starts once a shutdown's grace period has ended.
+        if crate::drain::DRAIN.is_grace_over() {
+            return None;
+        }
         let spawner = session.subrequest_spawner.as_ref()?;
         let report = LegReport::new(kind, session);
         // The subrequest gets a context of its own, whose `started` (now) the upstream hooks
@@ -148,8 +152,11 @@ pub async fn run(
     tokio::pin!(client_gone);
 
     let Some(first) = Leg::spawn(session, call.clone(), LegKind::First, tally) else {
-        let e =
-            GatewayError::new(500, "Internal gateway error").with_code(ErrorCode::InternalError);
+        let e = if crate::drain::DRAIN.is_grace_over() {
+            crate::drain::shutting_down()
+        } else {
+            GatewayError::new(500, "Internal gateway error").with_code(ErrorCode::InternalError)
+        };
         return local_response::write_error(session, &e, protocol, None).await;
     };
     let mut legs = vec![first];
@@ -162,7 +169,10 @@ pub async fn run(
         // Phase 1: wait for an answer worth delivering.
         let mut answer = loop {
             if legs.is_empty() {
-                if budget::may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
+                // No fallback is planned once a shutdown's grace period has ended.
+                if !crate::drain::DRAIN.is_grace_over()
+                    && budget::may_start_leg(Instant::now(), total_deadline, budget.calls_left())
+                {
                     let next =
                         next_fallback(&mut fallbacks, replan, &budget, &mut admissions).await;
                     let leg = next.and_then(|c| Leg::spawn(session, c, LegKind::Fallback, tally));
@@ -250,7 +260,13 @@ pub async fn run(
                 Event::Hedge => {
                     hedges_left -= 1;
                     hedge_at = hedge.map(|h| Instant::now() + h.after.0);
-                    if !budget::may_start_leg(Instant::now(), total_deadline, budget.calls_left()) {
+                    if crate::drain::DRAIN.is_grace_over()
+                        || !budget::may_start_leg(
+                            Instant::now(),
+                            total_deadline,
+                            budget.calls_left(),
+                        )
+                    {
                         continue;
                     }
                     // Another instance of the same model, or else the next fallback, which the
@@ -539,12 +555,17 @@ impl LegFailure {
         let model = leg.call.model.clone();
         let provider = &model.provider.name;
         let condition = retry::broken_leg_condition(error.as_ref().map(|e| e.etype()));
-        let error = error
-            .and_then(|e| local_response::error_for_proxy_failure(&e, provider))
-            .unwrap_or_else(|| {
-                GatewayError::new(502, format!("Provider `{provider}` gave no whole answer"))
-                    .with_code(ErrorCode::UpstreamError)
-            });
+        let error = if crate::drain::DRAIN.is_grace_over() {
+            // The end of a shutdown's grace period broke it off.
+            crate::drain::shutting_down()
+        } else {
+            error
+                .and_then(|e| local_response::error_for_proxy_failure(&e, provider))
+                .unwrap_or_else(|| {
+                    GatewayError::new(502, format!("Provider `{provider}` gave no whole answer"))
+                        .with_code(ErrorCode::UpstreamError)
+                })
+        };
         LegFailure {
             condition,
             error,

@@ -13,9 +13,15 @@
 //!
 //! HTTP/2 connections (TLS with ALPN `h2`, or h2c when enabled) go to Pingora's app as they are:
 //! the limit on connections holds for them too, and `h2_idle_timeout` bounds their idle time.
+//!
+//! While the process drains (see [`crate::drain`]), a kept-alive connection waiting for its next
+//! request is not closed under a client that may be sending it: the request is read and answered
+//! (Pingora marks the answer `Connection: close`), and only the idle timeout or the end of the
+//! grace period closes a connection that stays idle.
 
 use crate::api::{self, ClientProtocol};
 use crate::config::EdgeSettings;
+use crate::drain::DRAIN;
 use crate::error::{ErrorCode, GatewayError};
 use async_trait::async_trait;
 use bytes::BytesMut;
@@ -40,7 +46,7 @@ const REFUSAL_HEADER_WAIT: Duration = Duration::from_secs(1);
 pub struct EdgeApp<A> {
     inner: Arc<A>,
     limits: EdgeSettings,
-    connections: AtomicUsize,
+    connections: Arc<AtomicUsize>,
 }
 
 impl<A> EdgeApp<A> {
@@ -48,8 +54,13 @@ impl<A> EdgeApp<A> {
         EdgeApp {
             inner: Arc::new(inner),
             limits,
-            connections: AtomicUsize::new(0),
+            connections: Arc::new(AtomicUsize::new(0)),
         }
+    }
+
+    /// The count of client connections open, for the drain to know when none is left.
+    pub fn open_connections(&self) -> Arc<AtomicUsize> {
+        self.connections.clone()
     }
 }
 
@@ -68,7 +79,9 @@ impl<'a> ConnectionSlot<'a> {
 
 impl Drop for ConnectionSlot<'_> {
     fn drop(&mut self) {
-        self.0.fetch_sub(1, Ordering::AcqRel);
+        if self.0.fetch_sub(1, Ordering::AcqRel) == 1 && DRAIN.is_draining() {
+            DRAIN.last_connection_closed();
+        }
     }
 }
 
@@ -99,7 +112,7 @@ where
         let mut persisted: Option<HttpPersistentSettings> = None;
         let mut first = true;
         loop {
-            let head = match read_head(&mut stream, &self.limits, first, shutdown).await {
+            let head = match read_head(&mut stream, &self.limits, first).await {
                 Head::Ready(head) => head,
                 Head::Gone => return None,
                 Head::Late(head) => {
@@ -153,7 +166,8 @@ where
 enum Head {
     /// The whole header block (and whatever followed it in the same reads).
     Ready(BytesMut),
-    /// Closed, failed, idle past `idle_timeout`, or the server is shutting down: close quietly.
+    /// Closed, failed, idle past `idle_timeout`, or idle when a drain's grace period ended:
+    /// close quietly.
     Gone,
     /// Some bytes, but not the whole header by its deadline.
     Late(BytesMut),
@@ -162,16 +176,11 @@ enum Head {
 /// Reads one request's header block within its deadlines. `first`: the connection's first
 /// request, whose deadline counts from the connection's start; later ones wait up to
 /// `idle_timeout` for their first byte and count their deadline from it.
-async fn read_head(
-    stream: &mut Stream,
-    limits: &EdgeSettings,
-    first: bool,
-    shutdown: &ShutdownWatch,
-) -> Head {
-    if *shutdown.borrow() {
-        return Head::Gone;
-    }
-    let mut shutdown = shutdown.clone();
+///
+/// A drain does not end the wait: a client may be sending on a kept-alive connection as the
+/// process stops accepting, and closing it then would reset that request. Its answer closes the
+/// connection instead; only the end of the grace period closes one still idle.
+async fn read_head(stream: &mut Stream, limits: &EdgeSettings, first: bool) -> Head {
     let mut buf = BytesMut::with_capacity(HEAD_BUFFER);
     let started = Instant::now();
     let first_wait = if first {
@@ -181,7 +190,7 @@ async fn read_head(
     };
     let first_read = tokio::select! {
         read = tokio::time::timeout(first_wait, stream.read_buf(&mut buf)) => read,
-        _ = shutdown.changed() => return Head::Gone,
+        () = DRAIN.grace_over() => return Head::Gone,
     };
     if !matches!(first_read, Ok(Ok(n)) if n > 0) {
         return Head::Gone;

@@ -272,13 +272,18 @@ async fn read_body(
             None => first.unwrap_or_default(),
         })
     };
-    match tokio::time::timeout(deadline, read).await {
-        Ok(body) => body,
-        Err(_) => Err(GatewayError::new(
-            408,
-            format!("The request body did not arrive within {deadline:?}"),
-        )
-        .with_code(ErrorCode::RequestTimeout)),
+    // Biased: a body already here is taken without waiting on the drain at all.
+    tokio::select! {
+        biased;
+        read = tokio::time::timeout(deadline, read) => match read {
+            Ok(body) => body,
+            Err(_) => Err(GatewayError::new(
+                408,
+                format!("The request body did not arrive within {deadline:?}"),
+            )
+            .with_code(ErrorCode::RequestTimeout)),
+        },
+        () = crate::drain::DRAIN.grace_over() => Err(crate::drain::shutting_down()),
     }
 }
 

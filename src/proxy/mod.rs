@@ -124,6 +124,12 @@ impl ProxyHttp for Gateway {
         ctx: &mut RequestCtx,
     ) -> Result<()> {
         cork::hold_request(fd, ctx);
+        ctx.upstream_socket = Some(crate::drain::DRAIN.hold_upstream(fd));
+        // Held first, then checked: an end of the grace period either sees this socket or is
+        // seen here (a connection that was still being made when it ended).
+        if crate::drain::DRAIN.is_grace_over() {
+            return Err(upstream::shutting_down_error());
+        }
         Ok(())
     }
 
@@ -225,6 +231,8 @@ impl ProxyHttp for Gateway {
             .flatten()
         {
             Some(error) => Some(error),
+            // The drain ended this request's upstream call.
+            None if crate::drain::DRAIN.is_grace_over() => Some(crate::drain::shutting_down()),
             None => local_response::error_for_proxy_failure(e, provider),
         };
         let status = error.as_ref().map_or(0, |e| e.status);

@@ -37,6 +37,10 @@ pub async fn select_peer(call: &PlannedCall, ctx: &mut RequestCtx) -> Result<Box
     if ctx.attempts > 0 {
         tokio::time::sleep(retry::backoff(provider.retry_backoff, ctx.attempts)).await;
     }
+    if crate::drain::DRAIN.is_grace_over() {
+        // No attempt, and so no retry, once a shutdown's grace period has ended.
+        return Err(shutting_down_error());
+    }
     let now = Instant::now();
     let remaining = budget::time_left(
         ctx.started.unwrap_or(now),
@@ -172,6 +176,13 @@ fn no_instance(call: &PlannedCall, ctx: &RequestCtx, now: Instant) -> Box<Error>
 /// answers as a model set aside everywhere does (a 429 with `Retry-After`, so `rate_limited`
 /// fallbacks apply); no valid key at all (a key command failing past its token's lifetime) is
 /// a 503.
+/// The end of a shutdown's grace period, as a refusal the client reads as it is.
+pub fn shutting_down_error() -> Box<Error> {
+    let refusal = crate::drain::shutting_down();
+    let message = refusal.message.clone();
+    Error::because(ErrorType::HTTPStatus(503), message, refusal)
+}
+
 fn no_key_error(call: &PlannedCall, no_key: NoKey) -> Box<Error> {
     let provider = &call.model.provider;
     match no_key {
