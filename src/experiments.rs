@@ -14,16 +14,21 @@
 use crate::config::ExperimentSettings;
 use http::{HeaderName, HeaderValue};
 use pingora_http::RequestHeader;
+use prometheus::IntCounter;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 
 /// One arm: the model that serves its users.
 #[derive(Debug)]
 pub struct Arm {
+    /// The experiment's name.
+    pub experiment: String,
     pub model: String,
     weight: f64,
     /// `x-dragoman-variant`: the arm's model name, rendered once.
     pub variant: HeaderValue,
+    /// Its requests, when metrics are on.
+    pub requests: Option<IntCounter>,
 }
 
 #[derive(Debug)]
@@ -48,7 +53,11 @@ pub struct UserIdentity<'a> {
 static ANONYMOUS: AtomicU64 = AtomicU64::new(0);
 
 impl Experiment {
-    pub fn new(settings: &ExperimentSettings) -> Experiment {
+    /// `counter`: the request counter of an arm (its variant name), when metrics are on.
+    pub fn new(
+        settings: &ExperimentSettings,
+        counter: impl Fn(&str) -> Option<IntCounter>,
+    ) -> Experiment {
         Experiment {
             name: settings.name.clone(),
             arms: settings
@@ -57,6 +66,8 @@ impl Experiment {
                 .filter(|(_, weight)| *weight > 0)
                 .map(|(model, weight)| {
                     Arc::new(Arm {
+                        experiment: settings.name.clone(),
+                        requests: counter(model),
                         model: model.clone(),
                         weight: f64::from(*weight),
                         // Model names come from a YAML key: a name that is no valid header
@@ -129,11 +140,12 @@ mod tests {
     use super::*;
 
     fn experiment(arms: &[(&str, u32)]) -> Experiment {
-        Experiment::new(&ExperimentSettings {
+        let settings = ExperimentSettings {
             name: "exp".into(),
             arms: arms.iter().map(|(m, w)| (m.to_string(), *w)).collect(),
             sticky_header: None,
-        })
+        };
+        Experiment::new(&settings, |_| None)
     }
 
     fn arm_of<'e>(e: &'e Experiment, user: &str) -> &'e str {

@@ -186,7 +186,8 @@ impl Registry {
                 "created": 0,
                 "owned_by": "dragoman",
             }));
-            experiments.insert(e.name.clone(), Arc::new(Experiment::new(e)));
+            let counter = |variant: &str| observe.experiment_arm(&e.name, variant);
+            experiments.insert(e.name.clone(), Arc::new(Experiment::new(e, counter)));
         }
         let render = |listed: Vec<&serde_json::Value>| {
             Bytes::from(serde_json::json!({ "object": "list", "data": listed }).to_string())

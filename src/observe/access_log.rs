@@ -33,6 +33,8 @@ pub struct AccessRecord {
     /// The name the client sent, when no configured model has it.
     pub unknown_model: Option<Box<str>>,
     pub served_model: Option<Arc<Model>>,
+    /// The experiment's arm, for a request that named an experiment.
+    pub variant: Option<Arc<crate::experiments::Arm>>,
     pub instance: Option<SocketAddr>,
     pub status: u16,
     pub attempts: u32,
@@ -54,6 +56,8 @@ struct Line<'a> {
     endpoint: &'a str,
     model: Option<&'a str>,
     served_model: Option<&'a str>,
+    experiment: Option<&'a str>,
+    variant: Option<&'a str>,
     provider: Option<&'a str>,
     instance: Option<String>,
     status: u16,
@@ -97,6 +101,8 @@ impl AccessRecord {
                 .map(|m| m.name.as_str())
                 .or(self.unknown_model.as_deref()),
             served_model: served.map(|m| m.name.as_str()),
+            experiment: self.variant.as_ref().map(|a| a.experiment.as_str()),
+            variant: self.variant.as_ref().map(|a| a.model.as_str()),
             provider: served.map(|m| m.provider.name.as_str()),
             instance: self.instance.map(|a| a.to_string()),
             status: self.status,

@@ -49,6 +49,10 @@ pub struct Families {
     pub access_log_dropped: IntCounter,
     instance_up: IntGaugeVec,
     circuit_state: IntGaugeVec,
+    experiment_requests: IntCounterVec,
+    pub batch_waiting: IntGauge,
+    pub batch_running: IntGauge,
+    batch_done: IntCounterVec,
 }
 
 const GEN_AI: [&str; 3] = [
@@ -150,8 +154,30 @@ impl Families {
                 ),
                 &["provider", "instance"],
             )?,
+            experiment_requests: counter(
+                "dragoman_experiment_requests_total",
+                "Requests for an experiment, by the experiment and the arm (variant) assigned",
+                &["experiment", "variant"],
+            )?,
+            batch_waiting: IntGauge::new(
+                "dragoman_batch_requests_waiting",
+                "Requests of batches waiting for their turn",
+            )?,
+            batch_running: IntGauge::new(
+                "dragoman_batch_requests_running",
+                "Requests of batches running",
+            )?,
+            batch_done: counter(
+                "dragoman_batch_requests_total",
+                "Requests of batches done, by their answer's status class",
+                &["status_class"],
+            )?,
         };
         let registry = prometheus::default_registry();
+        registry.register(Box::new(families.experiment_requests.clone()))?;
+        registry.register(Box::new(families.batch_waiting.clone()))?;
+        registry.register(Box::new(families.batch_running.clone()))?;
+        registry.register(Box::new(families.batch_done.clone()))?;
         registry.register(Box::new(families.duration.clone()))?;
         registry.register(Box::new(families.ttft.clone()))?;
         registry.register(Box::new(families.tokens.clone()))?;
@@ -168,6 +194,21 @@ impl Families {
         registry.register(Box::new(families.instance_up.clone()))?;
         registry.register(Box::new(families.circuit_state.clone()))?;
         Ok(families)
+    }
+}
+
+impl Families {
+    /// The counter of one experiment's arm, resolved once per registry.
+    pub fn experiment_arm(&self, experiment: &str, variant: &str) -> IntCounter {
+        self.experiment_requests
+            .with_label_values(&[experiment, variant])
+    }
+
+    /// A batch's request is done, with this status.
+    pub fn batch_done(&self, status: u16) {
+        self.batch_done
+            .with_label_values(&[STATUS_CLASSES[status_class(status)]])
+            .inc();
     }
 }
 

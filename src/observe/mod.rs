@@ -21,6 +21,7 @@ use metrics::{AttemptOutcome, InFlight, ModelMetrics, OperationKind};
 use pingora_error::{Error, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
+use prometheus::IntCounter;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant, SystemTime};
@@ -49,6 +50,17 @@ impl RegistryObserve {
             }),
             key_names,
         }
+    }
+
+    /// The request counter of an experiment's arm, when metrics are on.
+    pub fn experiment_arm(&self, experiment: &str, variant: &str) -> Option<IntCounter> {
+        let families = self.metrics.then(metrics::families).flatten()?;
+        Some(families.experiment_arm(experiment, variant))
+    }
+
+    /// The batch series, when metrics are on.
+    pub fn batches(&self) -> Option<&'static metrics::Families> {
+        self.metrics.then(metrics::families).flatten()
     }
 
     /// The series of one configured model, when metrics are on.
@@ -418,6 +430,7 @@ pub fn finish(session: &Session, ctx: &mut RequestCtx) {
             model: model.cloned(),
             unknown_model: obs.unknown_model.take(),
             served_model,
+            variant: call.and_then(|c| c.variant.clone()),
             instance: served.instance,
             status,
             attempts: call.map_or(0, |c| c.budget.calls_made()),

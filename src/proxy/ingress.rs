@@ -167,6 +167,9 @@ pub(super) async fn admit_and_plan(
         })
         .clone()
     });
+    if let Some(requests) = variant.as_ref().and_then(|arm| arm.requests.as_ref()) {
+        requests.inc();
+    }
     let served = variant.as_ref().map(|arm| arm.model.as_str());
     let admission = admit(registry, key, request, served, request.body.len()).await?;
     let accounting = admission.as_ref().map(|a| a.accounting.clone());
