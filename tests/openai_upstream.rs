@@ -206,12 +206,19 @@ async fn client_errors_are_openai_errors() {
         assert!(err["error"].as_object().unwrap().contains_key("param"));
         assert!(err["error"].as_object().unwrap().contains_key("code"));
     }
-    let resp = client()
-        .get(gw.url("/v1/nothing-here"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
+    // An unknown path and a wrong method: the README's `unknown_url`, in OpenAI's shape.
+    for (request, want) in [
+        (client().get(gw.url("/v1/nothing-here")), 404),
+        (client().get(gw.url("/v1/chat/completions")), 405),
+        (client().post(gw.url("/v1/models")), 405),
+    ] {
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), want);
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "unknown_url", "{err}");
+        assert!(err["error"]["type"].is_string(), "{err}");
+        assert!(err["error"]["message"].is_string(), "{err}");
+    }
     assert!(
         mock.requests().is_empty(),
         "no bad request may reach the upstream"
