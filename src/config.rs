@@ -96,7 +96,10 @@ pub struct GatewayConfig {
     #[serde(default = "default_listen")]
     pub listen: OneOrMany<ListenConfig>,
     /// Admin listener: `/healthz`, `/readyz`, `/metrics`. `null` turns it off.
-    #[serde(default = "default_admin_listen")]
+    #[serde(
+        default = "default_admin_listen",
+        deserialize_with = "admin_listen_address"
+    )]
     pub admin_listen: Option<SocketAddr>,
     /// Largest accepted request body, in bytes.
     #[serde(default = "default_max_request_bytes")]
@@ -378,32 +381,69 @@ impl<'de> Deserialize<'de> for ListenConfig {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Full {
-            address: SocketAddr,
+            address: String,
             #[serde(default)]
             tls: Option<TlsFiles>,
         }
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Repr {
-            Plain(SocketAddr),
+            Plain(String),
             Full(Full),
         }
-        match Repr::deserialize(d).map_err(|_| {
+        let (address, tls) = match Repr::deserialize(d).map_err(|_| {
             serde::de::Error::custom(
                 "expected an address (127.0.0.1:8080) or {address, tls: {cert, key}}",
             )
         })? {
-            Repr::Plain(a)
-            | Repr::Full(Full {
-                address: a,
-                tls: None,
-            }) => Ok(ListenConfig::Plain(a)),
-            Repr::Full(Full {
-                address,
-                tls: Some(tls),
-            }) => Ok(ListenConfig::Tls { address, tls }),
-        }
+            Repr::Plain(a) => (a, None),
+            Repr::Full(Full { address, tls }) => (address, tls),
+        };
+        let address = listen_address(&address).map_err(serde::de::Error::custom)?;
+        Ok(match tls {
+            None => ListenConfig::Plain(address),
+            Some(tls) => ListenConfig::Tls { address, tls },
+        })
     }
+}
+
+/// A listener's address: `IP:PORT`, or `HOST:PORT` with the name resolved once, when the file is
+/// loaded, to its first IPv4 address (its first address when it has none): `localhost:8080` is
+/// `127.0.0.1:8080`. One name is one socket, as an address is; list `[::1]:8080` beside it to
+/// take IPv6 connections too.
+pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let example = "write IP:PORT or HOST:PORT, e.g. 127.0.0.1:8080 or localhost:8080";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("`{text}` has no port: {example}"));
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(format!("`{text}` has no valid port: {example}"));
+    };
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_';
+    if host.is_empty() || !host.chars().all(is_name) {
+        return Err(format!("`{text}` is not an address: {example}"));
+    }
+    let resolved: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| resolved.first())
+        .copied()
+        .ok_or_else(|| format!("`{host}` resolves to no address"))
+}
+
+/// `admin_listen`: an address as [`listen_address`] reads it, or `null`.
+fn admin_listen_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|text| listen_address(&text).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// A TLS listener's certificate chain and private key, PEM files read at start and re-read when
@@ -431,17 +471,32 @@ fn default_max_response_bytes() -> usize {
 pub struct OneOrMany<T>(pub Vec<T>);
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    /// A list, or one item (a string or a mapping). Not an untagged enum: that would replace the
+    /// item's own error (`cannot resolve ...`) with "data did not match any variant".
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr<T> {
-            One(T),
-            Many(Vec<T>),
+        use serde::de::value::{MapAccessDeserializer, StrDeserializer};
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+        struct OneOrManyVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for OneOrManyVisitor<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("one entry or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(StrDeserializer::new(v)).map(|x| OneOrMany(vec![x]))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(|x| OneOrMany(vec![x]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany(items))
+            }
         }
-        match Repr::deserialize(d)? {
-            Repr::One(x) => Ok(OneOrMany(vec![x])),
-            Repr::Many(v) => Ok(OneOrMany(v)),
-        }
+        d.deserialize_any(OneOrManyVisitor(std::marker::PhantomData))
     }
 }
 
@@ -2219,6 +2274,50 @@ models:
         let e = err("listen: { address: \"127.0.0.1:2\", tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem } }\n");
         assert_eq!(e.key, "listen.tls.cert");
         assert!(e.message.contains("/nonexistent/c.pem"), "{e}");
+    }
+
+    #[test]
+    fn listeners_take_host_names_resolved_at_load() {
+        let s = Settings::from_yaml(
+            "listen: [localhost:1, { address: \"localhost:2\" }]\nadmin_listen: localhost:3\n",
+            &env,
+        )
+        .unwrap();
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(s.listen, vec![loopback(1), loopback(2)]);
+        assert_eq!(s.admin_listen, Some(loopback(3)));
+        let s = Settings::from_yaml("listen: localhost:1\n", &env).unwrap();
+        assert_eq!(s.listen, vec![loopback(1)]);
+        // Addresses still read as addresses; `null` still turns the admin listener off.
+        let s = Settings::from_yaml("listen: \"[::1]:4\"\nadmin_listen: null\n", &env).unwrap();
+        assert_eq!(s.listen, vec!["[::1]:4".parse().unwrap()]);
+        assert_eq!(s.admin_listen, None);
+        // What cannot be a listener's address is named, with the reason.
+        for (yaml, key, why) in [
+            ("listen: localhost\n", "listen", "has no port"),
+            ("listen: localhost:http\n", "listen", "no valid port"),
+            (
+                "listen: [127.0.0.1:1, \"local host:2\"]\n",
+                "listen[1]",
+                "not an address",
+            ),
+            ("listen: 8080\n", "listen", "a list"),
+            (
+                "admin_listen: localhost:99999\n",
+                "admin_listen",
+                "no valid port",
+            ),
+            (
+                "admin_listen: \"[::1:9090\"\n",
+                "admin_listen",
+                "not an address",
+            ),
+        ] {
+            let e = err(yaml);
+            assert_eq!(e.key, key, "{yaml}: {e}");
+            assert!(e.message.contains(why), "{yaml}: {e}");
+            assert!(!e.message.contains("untagged"), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -312,3 +312,59 @@ fn a_port_in_use_stops_the_start_naming_the_key() {
     }
     drop(taken);
 }
+
+/// `listen: localhost:PORT` and `admin_listen: localhost:PORT` are resolved when the file is
+/// loaded (to 127.0.0.1): `-t` accepts them, and the gateway serves on both.
+#[tokio::test]
+async fn listeners_may_be_host_names() {
+    let (port, admin) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("dragoman-cli-{}-names", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = write_config(
+        "names",
+        &format!(
+            "pid_file: {dir}/pid\nupgrade_sock: {dir}/upgrade.sock\n\
+             listen: localhost:{port}\nadmin_listen: localhost:{admin}\n",
+            dir = dir.display()
+        ),
+    );
+    let (ok, out) = run_dragoman(&["-t", "-c", path.to_str().unwrap()], &[]);
+    assert!(ok, "{out}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dragoman"))
+        .arg("-c")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let health = loop {
+        assert!(guard.0.try_wait().unwrap().is_none(), "dragoman exited");
+        if let Ok(resp) = client()
+            .get(format!("http://127.0.0.1:{admin}/healthz"))
+            .send()
+            .await
+        {
+            break resp;
+        }
+        assert!(std::time::Instant::now() < deadline, "never came up");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(health.status(), 200);
+    let models = client()
+        .get(format!("http://127.0.0.1:{port}/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&path);
+}
