@@ -569,6 +569,10 @@ pub struct ProviderConfig {
     /// reach this provider; the others are dropped (see `header_policy`).
     #[serde(default)]
     pub forward_headers: Vec<String>,
+    /// `true`: a `${VAR}` in this provider's entry that is unset or empty leaves the provider
+    /// out, with its models, instead of failing the start (see `leave_out_optional_providers`).
+    #[serde(default)]
+    pub optional: bool,
 }
 
 /// Active health checks: `tcp` (default) or HTTP `{path, interval, expect_status}`.
@@ -1218,6 +1222,26 @@ impl Settings {
         check_pingora_threads(map.get("threads"))?;
         // Pingora's keys are Pingora's to read; everything else must be ours.
         map.retain(|k, _| !k.as_str().is_some_and(|k| PINGORA_KEYS.contains(&k)));
+        let model_count = |map: &serde_yaml::Mapping| {
+            map.get("models")
+                .and_then(serde_yaml::Value::as_mapping)
+                .map_or(0, serde_yaml::Mapping::len)
+        };
+        let models_before = model_count(map);
+        let left_out = leave_out_optional_providers(map, env);
+        if models_before > 0 && model_count(map) == 0 {
+            // Serving nothing at all is never what a file with models meant.
+            return Err(ConfigError::new(
+                "providers",
+                format!(
+                    "every model's provider was left out: {}",
+                    left_out.join("; ")
+                ),
+            ));
+        }
+        for note in left_out {
+            log::warn!("{note}");
+        }
         expand_env(&mut doc, &mut String::new(), env)?;
         let config: GatewayConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
             let key = e.path().to_string();
@@ -1302,6 +1326,7 @@ impl Settings {
                     balance: BalanceMode::default(),
                     limits: LimitsConfig::default(),
                     forward_headers: vec![],
+                    optional: false,
                 },
             );
             for model in models {
@@ -1928,6 +1953,113 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
     })
 }
 
+/// Takes out of the file, before `${VAR}`s are expanded, each provider marked `optional: true`
+/// whose entry refers to an environment variable that is unset or empty (an empty line in a
+/// systemd `EnvironmentFile` counts as unset), with the models it serves, and those models'
+/// mentions in other models' `fallbacks` and in keys' `models`. Returns one message per provider
+/// left out, naming the variable and the models. Providers not marked optional are left alone: an
+/// unset variable there stays an error, so a typo in a name cannot turn a provider off unseen.
+fn leave_out_optional_providers(
+    map: &mut serde_yaml::Mapping,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    use serde_yaml::Value;
+    let mut left_out = Vec::new();
+    if let Some(Value::Mapping(providers)) = map.get_mut("providers") {
+        providers.retain(|name, entry| {
+            if entry.get("optional") != Some(&Value::Bool(true)) {
+                return true;
+            }
+            let unset = first_unset_variable(entry, env);
+            if let (Some(var), Some(name)) = (unset, name.as_str()) {
+                left_out.push((name.to_string(), var, Vec::new()));
+                return false;
+            }
+            true
+        });
+    }
+    if left_out.is_empty() {
+        return Vec::new();
+    }
+    let mut dropped_models = Vec::new();
+    if let Some(Value::Mapping(models)) = map.get_mut("models") {
+        models.retain(|name, model| {
+            let provider = model.get("provider").and_then(Value::as_str);
+            match left_out
+                .iter_mut()
+                .find(|(p, _, _)| Some(p.as_str()) == provider)
+            {
+                Some((_, _, models)) => {
+                    let name = name.as_str().unwrap_or("?").to_string();
+                    models.push(name.clone());
+                    dropped_models.push(name);
+                    false
+                }
+                None => true,
+            }
+        });
+        for (_, model) in models.iter_mut() {
+            if let Some(Value::Sequence(fallbacks)) = model.get_mut("fallbacks") {
+                fallbacks.retain(|f| {
+                    !f.as_str()
+                        .is_some_and(|f| dropped_models.iter().any(|d| d == f))
+                });
+            }
+        }
+    }
+    if let Some(Value::Mapping(keys)) = map.get_mut("keys") {
+        for (_, key) in keys.iter_mut() {
+            if let Some(Value::Sequence(allowed)) = key.get_mut("models") {
+                allowed.retain(|m| {
+                    !m.as_str()
+                        .is_some_and(|m| dropped_models.iter().any(|d| d == m))
+                });
+            }
+        }
+    }
+    left_out
+        .into_iter()
+        .map(|(provider, var, models)| {
+            let models = if models.is_empty() {
+                String::from("no models")
+            } else {
+                format!("its models {}", models.join(", "))
+            };
+            format!(
+                "providers.{provider}: left out (optional), with {models}: environment variable \
+                 {var} is not set or empty"
+            )
+        })
+        .collect()
+}
+
+/// The first `${VAR}` in `value`'s strings whose variable is unset or empty.
+fn first_unset_variable(
+    value: &serde_yaml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<String> {
+    match value {
+        serde_yaml::Value::String(s) => {
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                let after = &rest[start + 2..];
+                let end = after.find('}')?;
+                let name = &after[..end];
+                if env(name).is_none_or(|v| v.is_empty()) {
+                    return Some(name.to_string());
+                }
+                rest = &after[end + 1..];
+            }
+            None
+        }
+        serde_yaml::Value::Mapping(map) => map.values().find_map(|v| first_unset_variable(v, env)),
+        serde_yaml::Value::Sequence(items) => {
+            items.iter().find_map(|v| first_unset_variable(v, env))
+        }
+        _ => None,
+    }
+}
+
 /// Replaces `${VAR}` in every string value; an unset variable is an error naming the key.
 fn expand_env(
     value: &mut serde_yaml::Value,
@@ -2274,6 +2406,71 @@ models:
         let e = err("listen: { address: \"127.0.0.1:2\", tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem } }\n");
         assert_eq!(e.key, "listen.tls.cert");
         assert!(e.message.contains("/nonexistent/c.pem"), "{e}");
+    }
+
+    #[test]
+    fn an_optional_provider_whose_variable_is_unset_or_empty_is_left_out_with_its_models() {
+        let yaml = r#"
+providers:
+  openai: { kind: openai, api_key: "${OPENAI_API_KEY}", optional: true }
+  gemini: { kind: gemini, api_key: "${GEMINI_API_KEY}", optional: true }
+  azure: { kind: azure-openai, endpoints: ["https://${AZURE_NAME}.openai.azure.com"], api_key: k, api_version: "1", optional: true }
+models:
+  gpt: { provider: openai, fallbacks: [flash, az] }
+  flash: { provider: gemini }
+  az: { provider: azure }
+keys:
+  team: { key: "team-key-123", models: [gpt, flash] }
+"#;
+        let env_with = |empty_gemini: bool| {
+            move |name: &str| match name {
+                "OPENAI_API_KEY" => Some("sk-test".to_string()),
+                "GEMINI_API_KEY" if empty_gemini => Some(String::new()),
+                _ => None,
+            }
+        };
+        for empty_gemini in [false, true] {
+            let env = env_with(empty_gemini);
+            let s = Settings::from_yaml(yaml, &env).unwrap();
+            let providers: Vec<_> = s.providers.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(providers, ["openai"]);
+            let models: Vec<_> = s.models.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(models, ["gpt"]);
+            assert!(s.models[0].fallbacks.is_empty());
+            assert_eq!(s.keys[0].models.as_deref(), Some(&["gpt".to_string()][..]));
+        }
+        // The message names the variable and the models that went with the provider.
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let serde_yaml::Value::Mapping(map) = &mut doc else {
+            unreachable!()
+        };
+        let notes = leave_out_optional_providers(map, &env_with(false));
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].contains("providers.gemini")
+                && notes[0].contains("GEMINI_API_KEY")
+                && notes[0].contains("flash"),
+            "{notes:?}"
+        );
+        assert!(notes[1].contains("AZURE_NAME"), "{notes:?}");
+        // Not optional: an unset variable is still an error naming the key.
+        let strict = yaml.replace(", optional: true", "");
+        let e = Settings::from_yaml(&strict, &env_with(false)).unwrap_err();
+        assert_eq!(e.key, "providers.gemini.api_key", "{e}");
+        // Optional, with every variable set: served.
+        let all = |name: &str| Some(format!("{name}-value"));
+        let s = Settings::from_yaml(yaml, &all).unwrap();
+        assert_eq!(s.providers.len(), 3);
+        assert_eq!(s.models.len(), 3);
+        // Serving nothing at all is never what a file with models meant.
+        let e = Settings::from_yaml(yaml, &|_: &str| None).unwrap_err();
+        assert_eq!(e.key, "providers", "{e}");
+        assert!(
+            e.message.contains("OPENAI_API_KEY") && e.message.contains("GEMINI_API_KEY"),
+            "{e}"
+        );
+        let e = err("providers:\n  p: { kind: openai, api_key: k, optional: yes-please }\n");
+        assert_eq!(e.key, "providers.p.optional", "{e}");
     }
 
     #[test]

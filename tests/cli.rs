@@ -78,10 +78,65 @@ fn shipped_config_is_valid() {
     ];
     let (ok, out) = run_dragoman(&["-t", "-c", path], &keys);
     assert!(ok, "{out}");
-    // Without the keys, the file names the first unset variable.
+    assert!(!out.contains("left out"), "{out}");
+    // Its providers are optional: any one key (or any two) is enough, and each provider whose
+    // key is missing or empty is named, with its variable and its models.
+    let models = |p: &str| match p {
+        "openai" => "gpt-4o-mini",
+        "anthropic" => "claude-haiku",
+        _ => "gemini-flash",
+    };
+    for set in [&[0][..], &[1], &[2], &[0, 2]] {
+        let env: Vec<(&str, &str)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (var, value))| (*var, if set.contains(&i) { *value } else { "" }))
+            .collect();
+        let (ok, out) = run_dragoman(&["-t", "-c", path], &env);
+        assert!(ok, "{set:?}: {out}");
+        for (i, provider) in ["openai", "anthropic", "gemini"].iter().enumerate() {
+            let named = out.contains(&format!("providers.{provider}: left out"));
+            assert_eq!(named, !set.contains(&i), "{set:?} {provider}: {out}");
+            if named {
+                assert!(
+                    out.contains(keys[i].0) && out.contains(models(provider)),
+                    "{out}"
+                );
+            }
+        }
+        assert!(!out.contains("sk-x") && !out.contains("gem-x"), "{out}");
+    }
+    // A variable left unset (not only empty) is the same.
+    let (ok, out) = run_dragoman(&["-t", "-c", path], &[("ANTHROPIC_API_KEY", "ant-x")]);
+    assert!(ok, "{out}");
+    // With none, nothing would be served: that is an error naming the three variables.
     let (ok, out) = run_dragoman(&["-t", "-c", path], &[]);
-    assert!(!ok);
-    assert!(out.contains("_API_KEY"), "{out}");
+    assert!(!ok, "{out}");
+    for (var, _) in keys {
+        assert!(out.contains(var), "{out}");
+    }
+}
+
+/// Without `optional: true`, a provider's unset variable stays an error (a typo in a variable's
+/// name must not turn a provider off unseen).
+#[test]
+fn only_an_optional_provider_is_left_out_when_its_variable_is_unset() {
+    let text = "providers:\n  a: { kind: anthropic, api_key: \"${DRAGOMAN_TEST_A}\" }\n  \
+                o: { kind: openai, api_key: \"${DRAGOMAN_TEST_O}\", optional: true }\n\
+                models:\n  ma: { provider: a }\n  mo: { provider: o }\n";
+    let path = write_config("optional", text);
+    let path = path.to_str().unwrap();
+    let (ok, out) = run_dragoman(&["-t", "-c", path], &[("DRAGOMAN_TEST_A", "k")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("providers.o: left out"), "{out}");
+    assert!(
+        out.contains("DRAGOMAN_TEST_O") && out.contains("mo"),
+        "{out}"
+    );
+    let (ok, out) = run_dragoman(&["-t", "-c", path], &[("DRAGOMAN_TEST_O", "k")]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("providers.a.api_key"), "{out}");
+    assert!(out.contains("DRAGOMAN_TEST_A"), "{out}");
 }
 
 #[tokio::test]
