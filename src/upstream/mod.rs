@@ -6,5 +6,6 @@ pub mod breaker;
 pub mod budget;
 pub mod credentials;
 pub mod discovery;
+pub mod report;
 pub mod retry;
 pub mod select;
