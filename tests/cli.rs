@@ -141,7 +141,13 @@ fn only_an_optional_provider_is_left_out_when_its_variable_is_unset() {
 
 #[tokio::test]
 async fn default_config_serves_the_providers_whose_keys_are_set() {
-    // The embedded default listens on 127.0.0.1:8080 (admin 9090).
+    // The embedded default listens on 127.0.0.1:8080 (admin 9090): say so if they are taken
+    // (a gateway from the README's Quick start, still running) rather than "dragoman exited".
+    for port in [8080, 9090] {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            panic!("this test needs 127.0.0.1:{port}, which is taken ({e}): is a gateway running?");
+        }
+    }
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dragoman"))
         .env_remove("OPENAI_API_KEY")
         .env_remove("GEMINI_API_KEY")
