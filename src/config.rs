@@ -96,7 +96,10 @@ pub struct GatewayConfig {
     #[serde(default = "default_listen")]
     pub listen: OneOrMany<ListenConfig>,
     /// Admin listener: `/healthz`, `/readyz`, `/metrics`. `null` turns it off.
-    #[serde(default = "default_admin_listen")]
+    #[serde(
+        default = "default_admin_listen",
+        deserialize_with = "admin_listen_address"
+    )]
     pub admin_listen: Option<SocketAddr>,
     /// Bearer token the admin endpoints require (all but `/healthz` and `/readyz`); required
     /// when `admin_listen` is not a loopback address.
@@ -581,32 +584,69 @@ impl<'de> Deserialize<'de> for ListenConfig {
         #[derive(Deserialize)]
         #[serde(deny_unknown_fields)]
         struct Full {
-            address: SocketAddr,
+            address: String,
             #[serde(default)]
             tls: Option<TlsFiles>,
         }
         #[derive(Deserialize)]
         #[serde(untagged)]
         enum Repr {
-            Plain(SocketAddr),
+            Plain(String),
             Full(Full),
         }
-        match Repr::deserialize(d).map_err(|_| {
+        let (address, tls) = match Repr::deserialize(d).map_err(|_| {
             serde::de::Error::custom(
                 "expected an address (127.0.0.1:8080) or {address, tls: {cert, key}}",
             )
         })? {
-            Repr::Plain(a)
-            | Repr::Full(Full {
-                address: a,
-                tls: None,
-            }) => Ok(ListenConfig::Plain(a)),
-            Repr::Full(Full {
-                address,
-                tls: Some(tls),
-            }) => Ok(ListenConfig::Tls { address, tls }),
-        }
+            Repr::Plain(a) => (a, None),
+            Repr::Full(Full { address, tls }) => (address, tls),
+        };
+        let address = listen_address(&address).map_err(serde::de::Error::custom)?;
+        Ok(match tls {
+            None => ListenConfig::Plain(address),
+            Some(tls) => ListenConfig::Tls { address, tls },
+        })
     }
+}
+
+/// A listener's address: `IP:PORT`, or `HOST:PORT` with the name resolved once, when the file is
+/// loaded, to its first IPv4 address (its first address when it has none): `localhost:8080` is
+/// `127.0.0.1:8080`. One name is one socket, as an address is; list `[::1]:8080` beside it to
+/// take IPv6 connections too.
+pub fn listen_address(text: &str) -> Result<SocketAddr, String> {
+    use std::net::ToSocketAddrs;
+    if let Ok(address) = text.parse::<SocketAddr>() {
+        return Ok(address);
+    }
+    let example = "write IP:PORT or HOST:PORT, e.g. 127.0.0.1:8080 or localhost:8080";
+    let Some((host, port)) = text.rsplit_once(':') else {
+        return Err(format!("`{text}` has no port: {example}"));
+    };
+    let Ok(port) = port.parse::<u16>() else {
+        return Err(format!("`{text}` has no valid port: {example}"));
+    };
+    let is_name = |c: char| c.is_ascii_alphanumeric() || c == '-' || c == '.' || c == '_';
+    if host.is_empty() || !host.chars().all(is_name) {
+        return Err(format!("`{text}` is not an address: {example}"));
+    }
+    let resolved: Vec<SocketAddr> = (host, port)
+        .to_socket_addrs()
+        .map_err(|e| format!("cannot resolve `{host}`: {e}"))?
+        .collect();
+    resolved
+        .iter()
+        .find(|a| a.is_ipv4())
+        .or_else(|| resolved.first())
+        .copied()
+        .ok_or_else(|| format!("`{host}` resolves to no address"))
+}
+
+/// `admin_listen`: an address as [`listen_address`] reads it, or `null`.
+fn admin_listen_address<'de, D: Deserializer<'de>>(d: D) -> Result<Option<SocketAddr>, D::Error> {
+    Option::<String>::deserialize(d)?
+        .map(|text| listen_address(&text).map_err(serde::de::Error::custom))
+        .transpose()
 }
 
 /// A TLS listener's certificate chain and private key, PEM files read at start and re-read when
@@ -634,17 +674,32 @@ fn default_max_response_bytes() -> usize {
 pub struct OneOrMany<T>(pub Vec<T>);
 
 impl<'de, T: Deserialize<'de>> Deserialize<'de> for OneOrMany<T> {
+    /// A list, or one item (a string or a mapping). Not an untagged enum: that would replace the
+    /// item's own error (`cannot resolve ...`) with "data did not match any variant".
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Repr<T> {
-            One(T),
-            Many(Vec<T>),
+        use serde::de::value::{MapAccessDeserializer, StrDeserializer};
+        use serde::de::{MapAccess, SeqAccess, Visitor};
+        struct OneOrManyVisitor<T>(std::marker::PhantomData<T>);
+        impl<'de, T: Deserialize<'de>> Visitor<'de> for OneOrManyVisitor<T> {
+            type Value = OneOrMany<T>;
+            fn expecting(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str("one entry or a list of them")
+            }
+            fn visit_str<E: serde::de::Error>(self, v: &str) -> Result<Self::Value, E> {
+                T::deserialize(StrDeserializer::new(v)).map(|x| OneOrMany(vec![x]))
+            }
+            fn visit_map<A: MapAccess<'de>>(self, map: A) -> Result<Self::Value, A::Error> {
+                T::deserialize(MapAccessDeserializer::new(map)).map(|x| OneOrMany(vec![x]))
+            }
+            fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<Self::Value, A::Error> {
+                let mut items = Vec::new();
+                while let Some(item) = seq.next_element()? {
+                    items.push(item);
+                }
+                Ok(OneOrMany(items))
+            }
         }
-        match Repr::deserialize(d)? {
-            Repr::One(x) => Ok(OneOrMany(vec![x])),
-            Repr::Many(v) => Ok(OneOrMany(v)),
-        }
+        d.deserialize_any(OneOrManyVisitor(std::marker::PhantomData))
     }
 }
 
@@ -717,6 +772,10 @@ pub struct ProviderConfig {
     /// reach this provider; the others are dropped (see `header_policy`).
     #[serde(default)]
     pub forward_headers: Vec<String>,
+    /// `true`: a `${VAR}` in this provider's entry that is unset or empty leaves the provider
+    /// out, with its models, instead of failing the start (see `leave_out_optional_providers`).
+    #[serde(default)]
+    pub optional: bool,
 }
 
 /// Active health checks: `tcp` (default) or HTTP `{path, interval, expect_status}`.
@@ -1373,6 +1432,26 @@ impl Settings {
         check_pingora_threads(map.get("threads"))?;
         // Pingora's keys are Pingora's to read; everything else must be ours.
         map.retain(|k, _| !k.as_str().is_some_and(|k| PINGORA_KEYS.contains(&k)));
+        let model_count = |map: &serde_yaml::Mapping| {
+            map.get("models")
+                .and_then(serde_yaml::Value::as_mapping)
+                .map_or(0, serde_yaml::Mapping::len)
+        };
+        let models_before = model_count(map);
+        let left_out = leave_out_optional_providers(map, env);
+        if models_before > 0 && model_count(map) == 0 {
+            // Serving nothing at all is never what a file with models meant.
+            return Err(ConfigError::new(
+                "providers",
+                format!(
+                    "every model's provider was left out: {}",
+                    left_out.join("; ")
+                ),
+            ));
+        }
+        for note in left_out {
+            log::warn!("{note}");
+        }
         expand_env(&mut doc, &mut String::new(), env)?;
         let config: GatewayConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
             let key = e.path().to_string();
@@ -1463,6 +1542,7 @@ impl Settings {
                     balance: BalanceMode::default(),
                     limits: LimitsConfig::default(),
                     forward_headers: vec![],
+                    optional: false,
                 },
             );
             for model in models {
@@ -2253,6 +2333,113 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
     })
 }
 
+/// Takes out of the file, before `${VAR}`s are expanded, each provider marked `optional: true`
+/// whose entry refers to an environment variable that is unset or empty (an empty line in a
+/// systemd `EnvironmentFile` counts as unset), with the models it serves, and those models'
+/// mentions in other models' `fallbacks` and in keys' `models`. Returns one message per provider
+/// left out, naming the variable and the models. Providers not marked optional are left alone: an
+/// unset variable there stays an error, so a typo in a name cannot turn a provider off unseen.
+fn leave_out_optional_providers(
+    map: &mut serde_yaml::Mapping,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Vec<String> {
+    use serde_yaml::Value;
+    let mut left_out = Vec::new();
+    if let Some(Value::Mapping(providers)) = map.get_mut("providers") {
+        providers.retain(|name, entry| {
+            if entry.get("optional") != Some(&Value::Bool(true)) {
+                return true;
+            }
+            let unset = first_unset_variable(entry, env);
+            if let (Some(var), Some(name)) = (unset, name.as_str()) {
+                left_out.push((name.to_string(), var, Vec::new()));
+                return false;
+            }
+            true
+        });
+    }
+    if left_out.is_empty() {
+        return Vec::new();
+    }
+    let mut dropped_models = Vec::new();
+    if let Some(Value::Mapping(models)) = map.get_mut("models") {
+        models.retain(|name, model| {
+            let provider = model.get("provider").and_then(Value::as_str);
+            match left_out
+                .iter_mut()
+                .find(|(p, _, _)| Some(p.as_str()) == provider)
+            {
+                Some((_, _, models)) => {
+                    let name = name.as_str().unwrap_or("?").to_string();
+                    models.push(name.clone());
+                    dropped_models.push(name);
+                    false
+                }
+                None => true,
+            }
+        });
+        for (_, model) in models.iter_mut() {
+            if let Some(Value::Sequence(fallbacks)) = model.get_mut("fallbacks") {
+                fallbacks.retain(|f| {
+                    !f.as_str()
+                        .is_some_and(|f| dropped_models.iter().any(|d| d == f))
+                });
+            }
+        }
+    }
+    if let Some(Value::Mapping(keys)) = map.get_mut("keys") {
+        for (_, key) in keys.iter_mut() {
+            if let Some(Value::Sequence(allowed)) = key.get_mut("models") {
+                allowed.retain(|m| {
+                    !m.as_str()
+                        .is_some_and(|m| dropped_models.iter().any(|d| d == m))
+                });
+            }
+        }
+    }
+    left_out
+        .into_iter()
+        .map(|(provider, var, models)| {
+            let models = if models.is_empty() {
+                String::from("no models")
+            } else {
+                format!("its models {}", models.join(", "))
+            };
+            format!(
+                "providers.{provider}: left out (optional), with {models}: environment variable \
+                 {var} is not set or empty"
+            )
+        })
+        .collect()
+}
+
+/// The first `${VAR}` in `value`'s strings whose variable is unset or empty.
+fn first_unset_variable(
+    value: &serde_yaml::Value,
+    env: &dyn Fn(&str) -> Option<String>,
+) -> Option<String> {
+    match value {
+        serde_yaml::Value::String(s) => {
+            let mut rest = s.as_str();
+            while let Some(start) = rest.find("${") {
+                let after = &rest[start + 2..];
+                let end = after.find('}')?;
+                let name = &after[..end];
+                if env(name).is_none_or(|v| v.is_empty()) {
+                    return Some(name.to_string());
+                }
+                rest = &after[end + 1..];
+            }
+            None
+        }
+        serde_yaml::Value::Mapping(map) => map.values().find_map(|v| first_unset_variable(v, env)),
+        serde_yaml::Value::Sequence(items) => {
+            items.iter().find_map(|v| first_unset_variable(v, env))
+        }
+        _ => None,
+    }
+}
+
 /// Replaces `${VAR}` in every string value; an unset variable is an error naming the key.
 fn expand_env(
     value: &mut serde_yaml::Value,
@@ -2715,6 +2902,115 @@ models:
         let e = err("listen: { address: \"127.0.0.1:2\", tls: { cert: /nonexistent/c.pem, key: /nonexistent/k.pem } }\n");
         assert_eq!(e.key, "listen.tls.cert");
         assert!(e.message.contains("/nonexistent/c.pem"), "{e}");
+    }
+
+    #[test]
+    fn an_optional_provider_whose_variable_is_unset_or_empty_is_left_out_with_its_models() {
+        let yaml = r#"
+providers:
+  openai: { kind: openai, api_key: "${OPENAI_API_KEY}", optional: true }
+  gemini: { kind: gemini, api_key: "${GEMINI_API_KEY}", optional: true }
+  azure: { kind: azure-openai, endpoints: ["https://${AZURE_NAME}.openai.azure.com"], api_key: k, api_version: "1", optional: true }
+models:
+  gpt: { provider: openai, fallbacks: [flash, az] }
+  flash: { provider: gemini }
+  az: { provider: azure }
+keys:
+  team: { key: "team-key-123", models: [gpt, flash] }
+"#;
+        let env_with = |empty_gemini: bool| {
+            move |name: &str| match name {
+                "OPENAI_API_KEY" => Some("sk-test".to_string()),
+                "GEMINI_API_KEY" if empty_gemini => Some(String::new()),
+                _ => None,
+            }
+        };
+        for empty_gemini in [false, true] {
+            let env = env_with(empty_gemini);
+            let s = Settings::from_yaml(yaml, &env).unwrap();
+            let providers: Vec<_> = s.providers.iter().map(|p| p.name.as_str()).collect();
+            assert_eq!(providers, ["openai"]);
+            let models: Vec<_> = s.models.iter().map(|m| m.name.as_str()).collect();
+            assert_eq!(models, ["gpt"]);
+            assert!(s.models[0].fallbacks.is_empty());
+            assert_eq!(s.keys[0].models.as_deref(), Some(&["gpt".to_string()][..]));
+        }
+        // The message names the variable and the models that went with the provider.
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(yaml).unwrap();
+        let serde_yaml::Value::Mapping(map) = &mut doc else {
+            unreachable!()
+        };
+        let notes = leave_out_optional_providers(map, &env_with(false));
+        assert_eq!(notes.len(), 2, "{notes:?}");
+        assert!(
+            notes[0].contains("providers.gemini")
+                && notes[0].contains("GEMINI_API_KEY")
+                && notes[0].contains("flash"),
+            "{notes:?}"
+        );
+        assert!(notes[1].contains("AZURE_NAME"), "{notes:?}");
+        // Not optional: an unset variable is still an error naming the key.
+        let strict = yaml.replace(", optional: true", "");
+        let e = Settings::from_yaml(&strict, &env_with(false)).unwrap_err();
+        assert_eq!(e.key, "providers.gemini.api_key", "{e}");
+        // Optional, with every variable set: served.
+        let all = |name: &str| Some(format!("{name}-value"));
+        let s = Settings::from_yaml(yaml, &all).unwrap();
+        assert_eq!(s.providers.len(), 3);
+        assert_eq!(s.models.len(), 3);
+        // Serving nothing at all is never what a file with models meant.
+        let e = Settings::from_yaml(yaml, &|_: &str| None).unwrap_err();
+        assert_eq!(e.key, "providers", "{e}");
+        assert!(
+            e.message.contains("OPENAI_API_KEY") && e.message.contains("GEMINI_API_KEY"),
+            "{e}"
+        );
+        let e = err("providers:\n  p: { kind: openai, api_key: k, optional: yes-please }\n");
+        assert_eq!(e.key, "providers.p.optional", "{e}");
+    }
+
+    #[test]
+    fn listeners_take_host_names_resolved_at_load() {
+        let s = Settings::from_yaml(
+            "listen: [localhost:1, { address: \"localhost:2\" }]\nadmin_listen: localhost:3\n",
+            &env,
+        )
+        .unwrap();
+        let loopback = |port| SocketAddr::from(([127, 0, 0, 1], port));
+        assert_eq!(s.listen, vec![loopback(1), loopback(2)]);
+        assert_eq!(s.admin_listen, Some(loopback(3)));
+        let s = Settings::from_yaml("listen: localhost:1\n", &env).unwrap();
+        assert_eq!(s.listen, vec![loopback(1)]);
+        // Addresses still read as addresses; `null` still turns the admin listener off.
+        let s = Settings::from_yaml("listen: \"[::1]:4\"\nadmin_listen: null\n", &env).unwrap();
+        assert_eq!(s.listen, vec!["[::1]:4".parse().unwrap()]);
+        assert_eq!(s.admin_listen, None);
+        // What cannot be a listener's address is named, with the reason.
+        for (yaml, key, why) in [
+            ("listen: localhost\n", "listen", "has no port"),
+            ("listen: localhost:http\n", "listen", "no valid port"),
+            (
+                "listen: [127.0.0.1:1, \"local host:2\"]\n",
+                "listen[1]",
+                "not an address",
+            ),
+            ("listen: 8080\n", "listen", "a list"),
+            (
+                "admin_listen: localhost:99999\n",
+                "admin_listen",
+                "no valid port",
+            ),
+            (
+                "admin_listen: \"[::1:9090\"\n",
+                "admin_listen",
+                "not an address",
+            ),
+        ] {
+            let e = err(yaml);
+            assert_eq!(e.key, key, "{yaml}: {e}");
+            assert!(e.message.contains(why), "{yaml}: {e}");
+            assert!(!e.message.contains("untagged"), "{yaml}: {e}");
+        }
     }
 
     #[test]

@@ -308,7 +308,10 @@ fn build_provider(p: &ProviderSettings, old: Option<&Arc<Provider>>) -> Provider
             let mut lb = LoadBalancer::from_backends(backends);
             lb.update_frequency = Some(DNS_REFRESH);
             if let (Some(hc), Some((host, tls))) = (&p.health_check, first_host) {
-                lb.set_health_check(health_check(hc, &host, tls));
+                lb.set_health_check(Box::new(crate::upstream::report::Reported {
+                    check: health_check(hc, &host, tls),
+                    provider: p.name.clone(),
+                }));
                 lb.health_check_frequency = Some(hc.interval.0);
                 lb.parallel_health_check = true;
             }

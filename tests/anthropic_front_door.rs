@@ -177,6 +177,18 @@ async fn count_tokens_for_anthropic_models_only() {
     let got = mock.last_request().unwrap();
     assert_eq!(got.path, "/v1/messages/count_tokens");
     assert_eq!(got.json()["model"], "claude-3-5-haiku-latest");
+    // The mock's own answer (what the offline demo gets), through the gateway.
+    let resp = client()
+        .post(gw.url("/v1/messages/count_tokens"))
+        .json(&req)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    assert_eq!(
+        resp.json::<Value>().await.unwrap(),
+        json!({"input_tokens": 10})
+    );
     let resp = client()
         .post(gw.url("/v1/messages/count_tokens"))
         .json(&json!({"model": "m", "messages": []}))
@@ -201,6 +213,32 @@ async fn errors_are_in_anthropic_shape() {
     assert_eq!(err["type"], "error");
     assert_eq!(err["error"]["type"], "not_found_error");
     assert!(err["error"]["message"].as_str().unwrap().contains("nope"));
+
+    // A wrong method, or an Anthropic path the gateway does not serve: Anthropic's shape still.
+    for (request, want, kind) in [
+        (
+            client().get(gw.url("/v1/messages")),
+            405,
+            "invalid_request_error",
+        ),
+        (
+            client().get(gw.url("/v1/messages/count_tokens")),
+            405,
+            "invalid_request_error",
+        ),
+        (
+            client().post(gw.url("/v1/messages/batches")),
+            404,
+            "not_found_error",
+        ),
+    ] {
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), want);
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["type"], "error", "{err}");
+        assert_eq!(err["error"]["type"], kind, "{err}");
+        assert!(err["error"]["message"].is_string(), "{err}");
+    }
 
     let (status, _, err) = post_messages(
         &gw,

@@ -78,15 +78,76 @@ fn shipped_config_is_valid() {
     ];
     let (ok, out) = run_dragoman(&["-t", "-c", path], &keys);
     assert!(ok, "{out}");
-    // Without the keys, the file names the first unset variable.
+    assert!(!out.contains("left out"), "{out}");
+    // Its providers are optional: any one key (or any two) is enough, and each provider whose
+    // key is missing or empty is named, with its variable and its models.
+    let models = |p: &str| match p {
+        "openai" => "gpt-4o-mini",
+        "anthropic" => "claude-haiku",
+        _ => "gemini-flash",
+    };
+    for set in [&[0][..], &[1], &[2], &[0, 2]] {
+        let env: Vec<(&str, &str)> = keys
+            .iter()
+            .enumerate()
+            .map(|(i, (var, value))| (*var, if set.contains(&i) { *value } else { "" }))
+            .collect();
+        let (ok, out) = run_dragoman(&["-t", "-c", path], &env);
+        assert!(ok, "{set:?}: {out}");
+        for (i, provider) in ["openai", "anthropic", "gemini"].iter().enumerate() {
+            let named = out.contains(&format!("providers.{provider}: left out"));
+            assert_eq!(named, !set.contains(&i), "{set:?} {provider}: {out}");
+            if named {
+                assert!(
+                    out.contains(keys[i].0) && out.contains(models(provider)),
+                    "{out}"
+                );
+            }
+        }
+        assert!(!out.contains("sk-x") && !out.contains("gem-x"), "{out}");
+    }
+    // A variable left unset (not only empty) is the same.
+    let (ok, out) = run_dragoman(&["-t", "-c", path], &[("ANTHROPIC_API_KEY", "ant-x")]);
+    assert!(ok, "{out}");
+    // With none, nothing would be served: that is an error naming the three variables.
     let (ok, out) = run_dragoman(&["-t", "-c", path], &[]);
-    assert!(!ok);
-    assert!(out.contains("_API_KEY"), "{out}");
+    assert!(!ok, "{out}");
+    for (var, _) in keys {
+        assert!(out.contains(var), "{out}");
+    }
+}
+
+/// Without `optional: true`, a provider's unset variable stays an error (a typo in a variable's
+/// name must not turn a provider off unseen).
+#[test]
+fn only_an_optional_provider_is_left_out_when_its_variable_is_unset() {
+    let text = "providers:\n  a: { kind: anthropic, api_key: \"${DRAGOMAN_TEST_A}\" }\n  \
+                o: { kind: openai, api_key: \"${DRAGOMAN_TEST_O}\", optional: true }\n\
+                models:\n  ma: { provider: a }\n  mo: { provider: o }\n";
+    let path = write_config("optional", text);
+    let path = path.to_str().unwrap();
+    let (ok, out) = run_dragoman(&["-t", "-c", path], &[("DRAGOMAN_TEST_A", "k")]);
+    assert!(ok, "{out}");
+    assert!(out.contains("providers.o: left out"), "{out}");
+    assert!(
+        out.contains("DRAGOMAN_TEST_O") && out.contains("mo"),
+        "{out}"
+    );
+    let (ok, out) = run_dragoman(&["-t", "-c", path], &[("DRAGOMAN_TEST_O", "k")]);
+    assert!(!ok, "{out}");
+    assert!(out.contains("providers.a.api_key"), "{out}");
+    assert!(out.contains("DRAGOMAN_TEST_A"), "{out}");
 }
 
 #[tokio::test]
 async fn default_config_serves_the_providers_whose_keys_are_set() {
-    // The embedded default listens on 127.0.0.1:8080 (admin 9090).
+    // The embedded default listens on 127.0.0.1:8080 (admin 9090): say so if they are taken
+    // (a gateway from the README's Quick start, still running) rather than "dragoman exited".
+    for port in [8080, 9090] {
+        if let Err(e) = std::net::TcpListener::bind(("127.0.0.1", port)) {
+            panic!("this test needs 127.0.0.1:{port}, which is taken ({e}): is a gateway running?");
+        }
+    }
     let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dragoman"))
         .env_remove("OPENAI_API_KEY")
         .env_remove("GEMINI_API_KEY")
@@ -311,4 +372,60 @@ fn a_port_in_use_stops_the_start_naming_the_key() {
         assert!(ok, "{out}");
     }
     drop(taken);
+}
+
+/// `listen: localhost:PORT` and `admin_listen: localhost:PORT` are resolved when the file is
+/// loaded (to 127.0.0.1): `-t` accepts them, and the gateway serves on both.
+#[tokio::test]
+async fn listeners_may_be_host_names() {
+    let (port, admin) = (free_port(), free_port());
+    let dir = std::env::temp_dir().join(format!("dragoman-cli-{}-names", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let path = write_config(
+        "names",
+        &format!(
+            "pid_file: {dir}/pid\nupgrade_sock: {dir}/upgrade.sock\n\
+             listen: localhost:{port}\nadmin_listen: localhost:{admin}\n",
+            dir = dir.display()
+        ),
+    );
+    let (ok, out) = run_dragoman(&["-t", "-c", path.to_str().unwrap()], &[]);
+    assert!(ok, "{out}");
+    let mut child = std::process::Command::new(env!("CARGO_BIN_EXE_dragoman"))
+        .arg("-c")
+        .arg(&path)
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    struct Kill<'a>(&'a mut std::process::Child);
+    impl Drop for Kill<'_> {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let guard = Kill(&mut child);
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let health = loop {
+        assert!(guard.0.try_wait().unwrap().is_none(), "dragoman exited");
+        if let Ok(resp) = client()
+            .get(format!("http://127.0.0.1:{admin}/healthz"))
+            .send()
+            .await
+        {
+            break resp;
+        }
+        assert!(std::time::Instant::now() < deadline, "never came up");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    assert_eq!(health.status(), 200);
+    let models = client()
+        .get(format!("http://127.0.0.1:{port}/v1/models"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(models.status(), 200);
+    drop(guard);
+    let _ = std::fs::remove_dir_all(&dir);
+    let _ = std::fs::remove_file(&path);
 }

@@ -252,6 +252,24 @@ async fn anthropic_messages_reply_is_exact() {
 }
 
 #[tokio::test]
+async fn anthropic_count_tokens_answers_in_anthropics_shape() {
+    let mock = MockProvider::start_with(keyed()).await.unwrap();
+    let path = "/v1/messages/count_tokens";
+    let body = json!({"model": "claude-test", "messages": [{"role": "user", "content": "x"}]});
+    let headers = [AV, ("x-api-key", "sekret")];
+    let (status, v) = json_of(post_with(&mock, path, &headers, body.clone()).await).await;
+    assert_eq!((status, v), (200, json!({"input_tokens": 10})));
+    // Anthropic's auth and validation, as for `/v1/messages`.
+    let (status, v) = json_of(post_with(&mock, path, &[AV], body).await).await;
+    assert_eq!(status, 401);
+    assert_eq!(v["error"]["type"], "authentication_error");
+    let (status, v) =
+        json_of(post_with(&mock, path, &headers, json!({"model": "claude-test"})).await).await;
+    assert_eq!(status, 400);
+    assert_eq!(v["error"]["type"], "invalid_request_error");
+}
+
+#[tokio::test]
 async fn anthropic_requires_version_header_and_max_tokens() {
     let mock = MockProvider::start().await.unwrap();
     let (status, v) = json_of(post(&mock, "/v1/messages", anthropic_body("x")).await).await;

@@ -206,12 +206,19 @@ async fn client_errors_are_openai_errors() {
         assert!(err["error"].as_object().unwrap().contains_key("param"));
         assert!(err["error"].as_object().unwrap().contains_key("code"));
     }
-    let resp = client()
-        .get(gw.url("/v1/nothing-here"))
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(resp.status(), 404);
+    // An unknown path and a wrong method: the README's `unknown_url`, in OpenAI's shape.
+    for (request, want) in [
+        (client().get(gw.url("/v1/nothing-here")), 404),
+        (client().get(gw.url("/v1/chat/completions")), 405),
+        (client().post(gw.url("/v1/models")), 405),
+    ] {
+        let resp = request.send().await.unwrap();
+        assert_eq!(resp.status().as_u16(), want);
+        let err: Value = resp.json().await.unwrap();
+        assert_eq!(err["error"]["code"], "unknown_url", "{err}");
+        assert!(err["error"]["type"].is_string(), "{err}");
+        assert!(err["error"]["message"].is_string(), "{err}");
+    }
     assert!(
         mock.requests().is_empty(),
         "no bad request may reach the upstream"
@@ -306,6 +313,53 @@ async fn timeout_is_504_and_connect_failure_is_502() {
         !err.to_string().contains("127.0.0.1"),
         "internal addresses leak: {err}"
     );
+}
+
+/// An unreachable instance is logged in one short line per event, naming the provider and the
+/// instance, never Pingora's dump of the peer and its options (over 1 KB a line): both when a
+/// request's connect fails and when an active health check marks the instance down.
+#[tokio::test]
+async fn an_unreachable_instance_is_logged_in_one_short_line() {
+    let dead = free_port();
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  \
+         gone: {{ kind: openai, endpoints: [\"http://127.0.0.1:{dead}/v1\"], api_key: sk-gone-key-1, health_check: {{ enabled: false }} }}\n  \
+         checked: {{ kind: anthropic, endpoints: [\"http://127.0.0.1:{dead}\"], api_key: sk-checked-key-1, health_check: {{ interval: 100ms }} }}\n\
+         models:\n  m: {{ provider: gone }}\n"
+    ));
+    let (status, _, err) = post_json(
+        &gw.url("/v1/chat/completions"),
+        &json!({"model": "m", "messages": [{"role": "user", "content": "x"}]}),
+    )
+    .await;
+    assert_eq!(status, 502, "{err}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let log = loop {
+        let log = gw.stderr();
+        if log.contains("Fail to proxy") && log.contains("becomes unhealthy") {
+            break log;
+        }
+        assert!(std::time::Instant::now() < deadline, "{log}");
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    };
+    let about =
+        |needle: &str| -> Vec<&str> { log.lines().filter(|l| l.contains(needle)).collect() };
+    let failed = about("Fail to proxy");
+    let unhealthy = about("becomes unhealthy");
+    assert_eq!(failed.len(), 1, "{log}");
+    assert_eq!(unhealthy.len(), 1, "{log}");
+    let instance = format!("instance http://127.0.0.1:{dead}");
+    for (line, provider) in [(failed[0], "gone"), (unhealthy[0], "checked")] {
+        assert!(line.len() < 300, "{} bytes: {line}", line.len());
+        assert!(
+            line.contains(&format!("provider `{provider}` {instance}")),
+            "{line}"
+        );
+        assert!(line.contains("ConnectRefused"), "{line}");
+    }
+    for line in log.lines() {
+        assert!(line.len() < 300, "{} bytes: {line}", line.len());
+    }
 }
 
 #[tokio::test]

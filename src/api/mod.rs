@@ -85,9 +85,23 @@ pub fn endpoint_for(method: &http::Method, path: &str) -> Result<ClientEndpoint,
             405,
             format!("Method {method} is not allowed here; use {allowed}"),
         )
-        .with_kind("invalid_request_error"));
+        .with_kind("invalid_request_error")
+        .with_code(ErrorCode::UnknownUrl));
     }
     Ok(endpoint)
+}
+
+/// The protocol a request's path speaks, whatever its method: an answer to a request for no
+/// endpoint (a wrong method, an Anthropic path the gateway does not serve) is still written in
+/// the shape the client's SDK reads.
+pub fn protocol_of_path(path: &str) -> ClientProtocol {
+    let path = path.split('?').next().unwrap_or("");
+    let path = path.strip_prefix("/v1").unwrap_or(path);
+    if path == "/messages" || path.starts_with("/messages/") {
+        ClientProtocol::Anthropic
+    } else {
+        ClientProtocol::OpenAi
+    }
 }
 
 /// A client's request, read once from its body: what the planner needs to route it and, for
@@ -339,6 +353,24 @@ mod tests {
         assert_eq!(
             endpoint_for(&Method::GET, "/admin").unwrap_err().status,
             404
+        );
+        // Both carry the code the README's error table gives them.
+        for (method, path) in [(Method::GET, "/v1/messages"), (Method::PUT, "/nowhere")] {
+            let e = endpoint_for(&method, path).unwrap_err();
+            assert_eq!(e.code.as_deref(), Some("unknown_url"), "{method} {path}");
+        }
+        assert_eq!(
+            protocol_of_path("/v1/messages?beta=true"),
+            ClientProtocol::Anthropic
+        );
+        assert_eq!(
+            protocol_of_path("/messages/batches"),
+            ClientProtocol::Anthropic
+        );
+        assert_eq!(protocol_of_path("/v1/messagesx"), ClientProtocol::OpenAi);
+        assert_eq!(
+            protocol_of_path("/v1/chat/completions"),
+            ClientProtocol::OpenAi
         );
     }
 }

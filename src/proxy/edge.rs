@@ -269,7 +269,7 @@ fn protocol_of(head: &[u8]) -> ClientProtocol {
     else {
         return ClientProtocol::OpenAi;
     };
-    api::endpoint_for(&method, path).map_or(ClientProtocol::OpenAi, |e| e.protocol())
+    api::endpoint_for(&method, path).map_or_else(|_| api::protocol_of_path(path), |e| e.protocol())
 }
 
 /// Past `max_connections`: tells an HTTP/1 client 503 in its protocol (once its header is in, or

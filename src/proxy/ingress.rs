@@ -50,7 +50,8 @@ pub async fn handle(
     let endpoint = match api::endpoint_for(&req.method, req.uri.path()) {
         Ok(e) => e,
         Err(e) => {
-            reject(session, &e, ClientProtocol::OpenAi).await;
+            let protocol = api::protocol_of_path(req.uri.path());
+            reject(session, &e, protocol).await;
             return Handled::Answered;
         }
     };

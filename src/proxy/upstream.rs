@@ -10,6 +10,7 @@ use crate::providers::AuthPlacement;
 use crate::upstream::breaker::{parse_retry_after, FailureKind, ProbeGuard};
 use crate::upstream::budget;
 use crate::upstream::credentials::{self, AttemptKey, NoKey};
+use crate::upstream::report;
 use crate::upstream::retry::{self, StatusClass};
 use crate::upstream::select::{self, inet};
 use bytes::Bytes;
@@ -342,12 +343,11 @@ pub fn record_success(call: &PlannedCall, ctx: &mut RequestCtx) {
     }
 }
 
-/// A failed connection: retry on another instance while attempts remain.
-pub fn on_connect_failure(
-    call: &PlannedCall,
-    ctx: &mut RequestCtx,
-    mut e: Box<Error>,
-) -> Box<Error> {
+/// A failed connection: retry on another instance while attempts remain. The error Pingora logs
+/// (once per attempt) becomes one line naming the instance and the cause.
+pub fn on_connect_failure(call: &PlannedCall, ctx: &mut RequestCtx, e: Box<Error>) -> Box<Error> {
+    let provider = &call.model.provider.name;
+    let mut e = report::connect_failure(&e, provider, ctx.backend.as_ref());
     record_failure(call, ctx, retry::failure_kind(e.etype()), None);
     e.set_retry(may_retry(call, ctx));
     e

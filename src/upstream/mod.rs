@@ -6,6 +6,7 @@ pub mod breaker;
 pub mod budget;
 pub mod credentials;
 pub mod discovery;
+pub mod report;
 pub mod retry;
 pub mod select;
 pub mod upkeep;

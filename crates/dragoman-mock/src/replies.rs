@@ -11,6 +11,7 @@
 //! | `POST /openai/deployments/{d}/embeddings?api-version=V` | Azure OpenAI |
 //! | `POST {any}/chat/completions` | OpenAI |
 //! | `POST {any}/v1/messages` | Anthropic |
+//! | `POST {any}/v1/messages/count_tokens` | Anthropic (`{"input_tokens": 10}`) |
 //! | `POST {any}/embeddings` | OpenAI |
 //! | `POST {any}/models/{m}:generateContent`, `:streamGenerateContent`, `:embedContent`, `:batchEmbedContents` | Gemini |
 //! | `GET {any}/models` | OpenAI (Azure under `/openai/`) |
@@ -54,6 +55,7 @@ enum Route {
     AzureEmbeddings(String),
     Models { azure: bool },
     AnthropicMessages,
+    AnthropicCountTokens,
     GeminiGenerate(String),
     GeminiStream(String),
     GeminiEmbed(String),
@@ -69,7 +71,7 @@ impl Route {
             Route::AzureChat(_) | Route::AzureEmbeddings(_) | Route::Models { azure: true } => {
                 ProviderKind::AzureOpenai
             }
-            Route::AnthropicMessages => ProviderKind::Anthropic,
+            Route::AnthropicMessages | Route::AnthropicCountTokens => ProviderKind::Anthropic,
             Route::GeminiGenerate(_)
             | Route::GeminiStream(_)
             | Route::GeminiEmbed(_)
@@ -97,6 +99,9 @@ fn route(method: &str, path: &str) -> Option<Route> {
             }
             if path.ends_with("/v1/messages") {
                 return Some(Route::AnthropicMessages);
+            }
+            if path.ends_with("/v1/messages/count_tokens") {
+                return Some(Route::AnthropicCountTokens);
             }
             if path.ends_with("/embeddings") {
                 return Some(Route::OpenaiEmbeddings);
@@ -154,6 +159,7 @@ pub(crate) fn reply(req: &RecordedRequest, keys: &Keys) -> Behaviour {
         Route::OpenaiEmbeddings => embeddings(&body, None),
         Route::AzureEmbeddings(d) => embeddings(&body, Some(d)),
         Route::AnthropicMessages => messages(&body),
+        Route::AnthropicCountTokens => count_tokens(&body),
         Route::GeminiGenerate(m) => generate(&body, &m, None),
         Route::GeminiStream(m) => {
             generate(&body, &m, Some(req.query("alt").as_deref() == Some("sse")))
@@ -415,6 +421,16 @@ fn messages(body: &Value) -> Result<Behaviour, String> {
     Ok(stream_of(events))
 }
 
+/// Anthropic's token count of a Messages request (model and messages required, as Anthropic's
+/// API does; no `max_tokens`): the prompt tokens every reply's usage reports.
+fn count_tokens(body: &Value) -> Result<Behaviour, String> {
+    model_field(body).ok_or("model: Field required")?;
+    body.get("messages")
+        .and_then(Value::as_array)
+        .ok_or("messages: Field required")?;
+    Ok(Behaviour::json(200, json!({"input_tokens": PROMPT_TOKENS})))
+}
+
 /// Text of the last Gemini content with role `user` (or no role).
 fn gemini_last_user_text(contents: &[Value]) -> String {
     contents
@@ -589,6 +605,10 @@ mod tests {
                 "/v1beta/models/gemini-2.0-flash:streamGenerateContent"
             ),
             Some(Route::GeminiStream("gemini-2.0-flash".into()))
+        );
+        assert_eq!(
+            route("POST", "/v1/messages/count_tokens"),
+            Some(Route::AnthropicCountTokens)
         );
         assert_eq!(route("POST", "/v1beta/models/x:nope"), None);
         assert_eq!(route("GET", "/v1/chat/completions"), None);
