@@ -97,6 +97,15 @@ async fn each_user_stays_in_one_arm_and_the_arms_get_their_weights() {
     let again_in_b = (0..AGAIN).filter(|u| arm_of[u] == "model-b").count();
     assert_eq!(b.request_count(), in_b + again_in_b);
     assert_eq!(a.request_count(), USERS + AGAIN - in_b - again_in_b);
+    // The arms, in the metrics.
+    for (variant, count) in [
+        ("model-a", a.request_count()),
+        ("model-b", b.request_count()),
+    ] {
+        let labels = [("experiment", "chat"), ("variant", variant)];
+        let counted = metric(&gw, "dragoman_experiment_requests_total", &labels).await;
+        assert_eq!(counted, Some(count as f64), "{variant}");
+    }
 }
 
 #[tokio::test]

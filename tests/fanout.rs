@@ -187,6 +187,20 @@ async fn a_batch_of_500_keeps_its_order_and_its_concurrency_bound() {
         }
     }
     assert_eq!(mock.request_count(), answered);
+    // Its progress, in the metrics: all done, by status class; nothing waiting or running.
+    let done = "dragoman_batch_requests_total";
+    let ok = metric(&gw, done, &[("status_class", "2xx")]).await;
+    assert_eq!(ok, Some(answered as f64));
+    let refused = metric(&gw, done, &[("status_class", "4xx")]).await;
+    assert_eq!(refused, Some((500 - answered) as f64));
+    assert_eq!(
+        metric(&gw, "dragoman_batch_requests_waiting", &[]).await,
+        Some(0.0)
+    );
+    assert_eq!(
+        metric(&gw, "dragoman_batch_requests_running", &[]).await,
+        Some(0.0)
+    );
     let most = mock.most_concurrent();
     assert!(most <= 16, "the mock saw {most} requests at once");
     // And the batch did run requests side by side.

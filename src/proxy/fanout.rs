@@ -312,10 +312,38 @@ async fn batch_item(
     batch_slots: &tokio::sync::Semaphore,
     request: &RawValue,
 ) -> (ItemResult, Held) {
+    let metrics = registry.observe.batches();
+    let _waiting = metrics.map(|m| Gauged::new(&m.batch_waiting));
     // Held while the request runs. Neither semaphore is ever closed.
     let _in_batch = batch_slots.acquire().await;
     let _in_all = registry.batch_slots.acquire().await;
-    run_one(session, registry, key, None, request.get().as_bytes()).await
+    drop(_waiting);
+    let _running = metrics.map(|m| Gauged::new(&m.batch_running));
+    let (result, held) = run_one(session, registry, key, None, request.get().as_bytes()).await;
+    if let Some(m) = metrics {
+        m.batch_done(match &result.outcome {
+            Ok((status, _)) => *status,
+            Err(e) => e.status,
+        });
+    }
+    (result, held)
+}
+
+/// Counts one in a gauge while it lives (a batch's request waiting, or running), also when the
+/// batch is cancelled.
+struct Gauged<'a>(&'a prometheus::IntGauge);
+
+impl<'a> Gauged<'a> {
+    fn new(gauge: &'a prometheus::IntGauge) -> Self {
+        gauge.inc();
+        Gauged(gauge)
+    }
+}
+
+impl Drop for Gauged<'_> {
+    fn drop(&mut self) {
+        self.0.dec();
+    }
 }
 
 /// Pingora 0.9.1 builds each leg from the client's request head written out as HTTP/1 text, with

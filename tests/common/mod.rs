@@ -358,3 +358,27 @@ pub async fn leave_mid_request(mock: &MockProvider, request: reqwest::RequestBui
         pending.abort();
     }
 }
+
+/// One series' value from the gateway's `/metrics`: the line of metric `name` that has every
+/// label in `labels` (`None` when there is none).
+pub async fn metric(gw: &GatewayProcess, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+    let text = client()
+        .get(gw.admin_url("/metrics"))
+        .send()
+        .await
+        .expect("scrape")
+        .text()
+        .await
+        .expect("metrics text");
+    text.lines().find_map(|line| {
+        let (series, value) = line.rsplit_once(' ')?;
+        let rest = series.strip_prefix(name)?;
+        if !(rest.is_empty() || rest.starts_with('{')) {
+            return None;
+        }
+        labels
+            .iter()
+            .all(|(k, v)| rest.contains(&format!("{k}=\"{v}\"")))
+            .then(|| value.parse().ok())?
+    })
+}
