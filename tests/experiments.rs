@@ -239,3 +239,44 @@ async fn errors_name_the_variant_and_the_experiment_is_listed_and_permitted_by_n
     assert_eq!(list("key-arms").await, ["model-a", "model-b"]);
     assert_eq!(a.request_count(), 0, "an arm of weight 0 was used");
 }
+
+#[tokio::test]
+async fn the_access_log_names_the_experiment_and_the_arm() {
+    let (a, b) = two_arms().await;
+    let log = std::env::temp_dir().join(format!(
+        "dragoman-experiment-access-{}-{}.log",
+        std::process::id(),
+        free_port()
+    ));
+    let gw = GatewayProcess::start(&format!(
+        "access_log: {}\n{}",
+        log.display(),
+        config(
+            &a,
+            &b,
+            "chat: { split: [{ model: model-a, weight: 1 }, { model: model-b, weight: 1 }] }",
+        )
+    ));
+    let (status, variant, _) = ask(
+        &gw,
+        "/v1/chat/completions",
+        &chat("chat", Some("someone")),
+        &[],
+    )
+    .await;
+    assert_eq!(status, 200);
+    // The line is written when the request ends, just after its answer: poll for it.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    let line: Value = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if let Some(line) = text.lines().next() {
+            break serde_json::from_str(line).expect("a JSON line");
+        }
+        assert!(std::time::Instant::now() < deadline, "no access log line");
+        tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+    };
+    let _ = std::fs::remove_file(&log);
+    assert_eq!(line["experiment"], "chat", "{line}");
+    assert_eq!(line["variant"], variant.as_str(), "{line}");
+    assert_eq!(line["served_model"], variant.as_str(), "{line}");
+}

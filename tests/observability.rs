@@ -493,6 +493,8 @@ async fn the_access_log_has_one_line_per_request_with_every_field() {
             "endpoint",
             "model",
             "served_model",
+            "experiment",
+            "variant",
             "provider",
             "instance",
             "status",
