@@ -8,6 +8,7 @@
 #   bash benches/wrk/instructions.sh                       # every variant, plain first
 #   bash benches/wrk/instructions.sh plain key-limits      # these variants, ratios to the first
 #   MEASURE=20s bash benches/wrk/instructions.sh plain keys
+#   KEEP=/tmp/profiles bash benches/wrk/instructions.sh observe-off observe-on   # keep the profiles
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 ROOT=$PWD
@@ -87,6 +88,8 @@ YAML
   [ "$errors" = 0 ] || { echo "$1: $errors errors (non-2xx or socket errors)" >&2; exit 1; }
   file=$(ls -t "$WORK"/callgrind."$1"* | head -1)
   instructions=$(grep -E '^(summary|totals):' "$file" | head -1 | awk '{print $2}')
+  # KEEP=DIR keeps each variant's profile, for callgrind_annotate.
+  [ -n "${KEEP:-}" ] && cp "$file" "$KEEP/callgrind.$1.out" && echo "$requests" >"$KEEP/requests.$1"
   kill -9 "$PID"; wait "$PID" 2>/dev/null || true; PID=
   echo $((instructions / requests))
 }

@@ -3,6 +3,7 @@
 //! stream, the input count in its first event).
 
 use serde::Deserialize;
+use std::sync::LazyLock;
 
 /// Tokens one request used, as its answer reported them.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -146,13 +147,22 @@ fn usage_at(bytes: &[u8], at: usize) -> Option<WireUsage> {
     values.next()?.ok()
 }
 
+/// The searchers for [`NEEDLE`], built once: building one costs more than a search of a short
+/// answer.
+static FORWARD: LazyLock<memchr::memmem::Finder<'static>> =
+    LazyLock::new(|| memchr::memmem::Finder::new(NEEDLE));
+static BACKWARD: LazyLock<memchr::memmem::FinderRev<'static>> =
+    LazyLock::new(|| memchr::memmem::FinderRev::new(NEEDLE));
+
 /// The last `"usage": {...}` object in `bytes` (an object, not `null`).
 fn last_usage(bytes: &[u8]) -> Option<WireUsage> {
-    memchr::memmem::rfind_iter(bytes, NEEDLE).find_map(|at| usage_at(bytes, at))
+    BACKWARD
+        .rfind_iter(bytes)
+        .find_map(|at| usage_at(bytes, at))
 }
 
 fn first_usage(bytes: &[u8]) -> Option<WireUsage> {
-    memchr::memmem::find_iter(bytes, NEEDLE).find_map(|at| usage_at(bytes, at))
+    FORWARD.find_iter(bytes).find_map(|at| usage_at(bytes, at))
 }
 
 #[cfg(test)]

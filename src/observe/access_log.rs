@@ -9,7 +9,6 @@
 use crate::config::{AccessLogSettings, AccessLogTarget};
 use crate::limits::usage::TokenUsage;
 use crate::registry::{Model, Registry};
-use serde::Serialize;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TrySendError};
@@ -47,80 +46,130 @@ pub struct AccessRecord {
     pub overhead: Duration,
 }
 
-#[derive(Serialize)]
-struct Line<'a> {
-    time: &'a str,
-    request_id: Option<&'a str>,
-    key: Option<&'a str>,
-    protocol: &'a str,
-    endpoint: &'a str,
-    model: Option<&'a str>,
-    served_model: Option<&'a str>,
-    experiment: Option<&'a str>,
-    variant: Option<&'a str>,
-    provider: Option<&'a str>,
-    instance: Option<String>,
-    status: u16,
-    attempts: u32,
-    fallback: bool,
-    hedge: bool,
-    stream: bool,
-    input_tokens: Option<u64>,
-    output_tokens: Option<u64>,
-    cached_tokens: Option<u64>,
-    reasoning_tokens: Option<u64>,
-    ttfb_ms: Option<f64>,
-    duration_ms: f64,
-    overhead_ms: f64,
-}
-
-fn millis(d: Duration) -> f64 {
-    // Microsecond precision is plenty, and keeps the numbers short.
-    (d.as_micros() as f64) / 1000.0
-}
-
 impl AccessRecord {
-    fn write_json(&self, time: &mut String, out: &mut Vec<u8>) -> serde_json::Result<()> {
-        use std::fmt::Write as _;
-        time.clear();
-        let utc: chrono::DateTime<chrono::Utc> = self.time.into();
-        let _ = write!(time, "{}", utc.format("%Y-%m-%dT%H:%M:%S%.3fZ"));
+    /// The record as one JSON line. Written by hand: the keys are constant and need no escaping,
+    /// the numbers need no float formatting, and the time's date part is formatted once a second
+    /// (serde's derive and chrono's formatter cost the writer more than the rest of it together).
+    fn write_json(&self, clock: &mut LineClock, out: &mut Vec<u8>) {
         let served = self.served_model.as_deref();
-        let line = Line {
-            time,
-            request_id: self.request_id.as_ref().and_then(|v| v.to_str().ok()),
-            key: self
-                .key
-                .and_then(|k| self.registry.keys.get(k))
-                .map(|k| k.name.as_str()),
-            protocol: self.protocol,
-            endpoint: self.endpoint,
-            model: self
-                .model
-                .as_deref()
-                .map(|m| m.name.as_str())
-                .or(self.unknown_model.as_deref()),
-            served_model: served.map(|m| m.name.as_str()),
-            experiment: self.variant.as_ref().map(|a| a.experiment.as_str()),
-            variant: self.variant.as_ref().map(|a| a.model.as_str()),
-            provider: served.map(|m| m.provider.name.as_str()),
-            instance: self.instance.map(|a| a.to_string()),
-            status: self.status,
-            attempts: self.attempts,
-            fallback: self.fallback,
-            hedge: self.hedge,
-            stream: self.stream,
-            input_tokens: self.tokens.map(|t| t.input),
-            output_tokens: self.tokens.map(|t| t.output),
-            cached_tokens: self.tokens.map(|t| t.cached_input),
-            reasoning_tokens: self.tokens.map(|t| t.reasoning),
-            ttfb_ms: self.ttfb.map(millis),
-            duration_ms: millis(self.duration),
-            overhead_ms: millis(self.overhead),
-        };
-        serde_json::to_writer(&mut *out, &line)?;
-        out.push(b'\n');
-        Ok(())
+        out.extend_from_slice(b"{\"time\":\"");
+        clock.write(self.time, out);
+        out.push(b'"');
+        let request_id = self.request_id.as_ref().and_then(|v| v.to_str().ok());
+        string(out, "request_id", request_id);
+        let key = self.key.and_then(|k| self.registry.keys.get(k));
+        string(out, "key", key.map(|k| k.name.as_str()));
+        string(out, "protocol", Some(self.protocol));
+        string(out, "endpoint", Some(self.endpoint));
+        let model = self.model.as_deref().map(|m| m.name.as_str());
+        string(out, "model", model.or(self.unknown_model.as_deref()));
+        string(out, "served_model", served.map(|m| m.name.as_str()));
+        let arm = self.variant.as_deref();
+        string(out, "experiment", arm.map(|a| a.experiment.as_str()));
+        string(out, "variant", arm.map(|a| a.model.as_str()));
+        string(out, "provider", served.map(|m| m.provider.name.as_str()));
+        name(out, "instance");
+        match self.instance {
+            // An address has nothing to escape.
+            Some(a) => {
+                let _ = write!(out, "\"{a}\"");
+            }
+            None => out.extend_from_slice(b"null"),
+        }
+        number(out, "status", Some(self.status.into()));
+        number(out, "attempts", Some(self.attempts.into()));
+        boolean(out, "fallback", self.fallback);
+        boolean(out, "hedge", self.hedge);
+        boolean(out, "stream", self.stream);
+        let tokens = self.tokens;
+        number(out, "input_tokens", tokens.map(|t| t.input));
+        number(out, "output_tokens", tokens.map(|t| t.output));
+        number(out, "cached_tokens", tokens.map(|t| t.cached_input));
+        number(out, "reasoning_tokens", tokens.map(|t| t.reasoning));
+        millis(out, "ttfb_ms", self.ttfb);
+        millis(out, "duration_ms", Some(self.duration));
+        millis(out, "overhead_ms", Some(self.overhead));
+        out.extend_from_slice(b"}\n");
+    }
+}
+
+/// `,"name":` (the names are constants that need no escaping).
+fn name(out: &mut Vec<u8>, name: &str) {
+    out.extend_from_slice(b",\"");
+    out.extend_from_slice(name.as_bytes());
+    out.extend_from_slice(b"\":");
+}
+
+fn string(out: &mut Vec<u8>, field: &str, value: Option<&str>) {
+    name(out, field);
+    match value {
+        // Writing a string into a Vec cannot fail.
+        Some(v) => {
+            let _ = serde_json::to_writer(&mut *out, v);
+        }
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn number(out: &mut Vec<u8>, field: &str, value: Option<u64>) {
+    name(out, field);
+    match value {
+        Some(n) => out.extend_from_slice(itoa::Buffer::new().format(n).as_bytes()),
+        None => out.extend_from_slice(b"null"),
+    }
+}
+
+fn boolean(out: &mut Vec<u8>, field: &str, value: bool) {
+    name(out, field);
+    out.extend_from_slice(if value { b"true" } else { b"false" });
+}
+
+/// Milliseconds with three decimals (microsecond precision is plenty, and keeps lines short).
+fn millis(out: &mut Vec<u8>, field: &str, value: Option<Duration>) {
+    name(out, field);
+    let Some(d) = value else {
+        out.extend_from_slice(b"null");
+        return;
+    };
+    let micros = d.as_micros();
+    out.extend_from_slice(itoa::Buffer::new().format(micros / 1000).as_bytes());
+    out.push(b'.');
+    three_digits(out, (micros % 1000) as u32);
+}
+
+fn three_digits(out: &mut Vec<u8>, n: u32) {
+    out.extend_from_slice(&[
+        b'0' + (n / 100 % 10) as u8,
+        b'0' + (n / 10 % 10) as u8,
+        b'0' + (n % 10) as u8,
+    ]);
+}
+
+/// RFC 3339 UTC times with milliseconds; the part up to the second is formatted when the second
+/// changes, not for every line.
+#[derive(Default)]
+struct LineClock {
+    second: Option<u64>,
+    prefix: String,
+}
+
+impl LineClock {
+    fn write(&mut self, time: SystemTime, out: &mut Vec<u8>) {
+        use std::fmt::Write as _;
+        let since_epoch = time
+            .duration_since(SystemTime::UNIX_EPOCH)
+            .unwrap_or_default();
+        let second = since_epoch.as_secs();
+        if self.second != Some(second) {
+            self.second = Some(second);
+            self.prefix.clear();
+            let utc: chrono::DateTime<chrono::Utc> = time.into();
+            let _ = write!(self.prefix, "{}", utc.format("%Y-%m-%dT%H:%M:%S"));
+        }
+        out.extend_from_slice(self.prefix.as_bytes());
+        out.push(b'.');
+        three_digits(out, since_epoch.subsec_millis());
+        out.push(b'Z');
     }
 }
 
@@ -236,7 +285,7 @@ fn write_lines(
 ) {
     let mut out = std::io::BufWriter::with_capacity(64 * 1024, sink);
     let mut line = Vec::with_capacity(1024);
-    let mut time = String::with_capacity(32);
+    let mut clock = LineClock::default();
     let mut failed = false;
     while let Ok(first) = rx.recv() {
         let mut next = Some(first);
@@ -244,10 +293,9 @@ fn write_lines(
         while let Some(record) = next {
             taken += 1;
             line.clear();
-            if record.write_json(&mut time, &mut line).is_ok() {
-                if let Err(e) = out.write_all(&line) {
-                    report(&mut failed, &e);
-                }
+            record.write_json(&mut clock, &mut line);
+            if let Err(e) = out.write_all(&line) {
+                report(&mut failed, &e);
             }
             // Dropped here, on this thread: the registry and models it held go with it.
             drop(record);
