@@ -70,10 +70,7 @@ impl AccessRecord {
         string(out, "provider", served.map(|m| m.provider.name.as_str()));
         name(out, "instance");
         match self.instance {
-            // An address has nothing to escape.
-            Some(a) => {
-                let _ = write!(out, "\"{a}\"");
-            }
+            Some(a) => address(out, a),
             None => out.extend_from_slice(b"null"),
         }
         number(out, "status", Some(self.status.into()));
@@ -91,6 +88,30 @@ impl AccessRecord {
         millis(out, "overhead_ms", Some(self.overhead));
         out.extend_from_slice(b"}\n");
     }
+}
+
+/// `"1.2.3.4:5"`: an IPv4 address by hand (`Display` goes through `fmt` for each part, several
+/// times the cost of the rest of the line's numbers); others as `Display` writes them. An address
+/// has nothing to escape.
+fn address(out: &mut Vec<u8>, a: SocketAddr) {
+    out.push(b'"');
+    match a {
+        SocketAddr::V4(v4) => {
+            let mut digits = itoa::Buffer::new();
+            for (i, octet) in v4.ip().octets().into_iter().enumerate() {
+                if i > 0 {
+                    out.push(b'.');
+                }
+                out.extend_from_slice(digits.format(octet).as_bytes());
+            }
+            out.push(b':');
+            out.extend_from_slice(digits.format(v4.port()).as_bytes());
+        }
+        SocketAddr::V6(_) => {
+            let _ = write!(out, "{a}");
+        }
+    }
+    out.push(b'"');
 }
 
 /// `,"name":` (the names are constants that need no escaping).
@@ -314,5 +335,37 @@ fn report(failed: &mut bool, e: &std::io::Error) {
     if !*failed {
         log::error!("access log: cannot write: {e}");
         *failed = true;
+    }
+}
+
+#[cfg(test)]
+mod line_tests {
+    use super::*;
+
+    #[test]
+    fn addresses_and_times_are_written_as_display_and_rfc_3339_would() {
+        for a in [
+            "127.0.0.1:8080",
+            "10.200.3.44:443",
+            "0.0.0.0:0",
+            "[::1]:9000",
+        ] {
+            let a: SocketAddr = a.parse().unwrap();
+            let mut out = Vec::new();
+            address(&mut out, a);
+            assert_eq!(String::from_utf8(out).unwrap(), format!("\"{a}\""));
+        }
+        let mut clock = LineClock::default();
+        for millis in [0u64, 7, 999, 1_000, 86_400_123] {
+            let t = SystemTime::UNIX_EPOCH + Duration::from_millis(1_764_374_400_000 + millis);
+            let mut out = Vec::new();
+            clock.write(t, &mut out);
+            let utc: chrono::DateTime<chrono::Utc> = t.into();
+            let want = utc.format("%Y-%m-%dT%H:%M:%S%.3fZ").to_string();
+            assert_eq!(String::from_utf8(out).unwrap(), want);
+        }
+        let mut out = Vec::new();
+        millis(&mut out, "d", Some(Duration::from_micros(12_005)));
+        assert_eq!(out, b",\"d\":12.005");
     }
 }
