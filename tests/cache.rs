@@ -1,0 +1,229 @@
+//! The response cache through the gateway: identical requests (up to key order and whitespace)
+//! answered without the upstream, what misses, opting out, errors not stored, the byte bound,
+//! expiry.
+mod common;
+use common::*;
+use serde_json::{json, Value};
+use std::time::{Duration, Instant};
+
+fn config(mock: &MockProvider, cache_model: &str, top: &str) -> String {
+    format!(
+        "providers:\n  p: {{ kind: openai, api_key: key-a, endpoints: [\"{}/v1\"] }}\n\
+         models:\n  cached: {{ provider: p, {cache_model} }}\n  plain: {{ provider: p }}\n{top}",
+        mock.url()
+    )
+}
+
+/// Sends `body` as it is (its bytes matter: key order, whitespace) with extra headers; returns
+/// (status, x-dragoman-cache, body).
+async fn send(gw: &GatewayProcess, body: &str, headers: &[(&str, &str)]) -> (u16, String, String) {
+    let mut req = client()
+        .post(gw.url("/v1/chat/completions"))
+        .header("content-type", "application/json")
+        .body(body.to_string());
+    for (name, value) in headers {
+        req = req.header(*name, *value);
+    }
+    let resp = req.send().await.expect("request");
+    let status = resp.status().as_u16();
+    let cache = header(resp.headers(), "x-dragoman-cache").to_string();
+    let text = resp.text().await.expect("body");
+    (status, cache, text)
+}
+
+fn chat(model: &str, prompt: &str) -> String {
+    json!({"model": model, "temperature": 0.5, "messages": [{"role": "user", "content": prompt}]})
+        .to_string()
+}
+
+#[tokio::test]
+async fn an_identical_request_is_answered_from_the_cache() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&config(&mock, "cache: {ttl: 1h}", ""));
+    let first =
+        r#"{"model":"cached","temperature":0.5,"messages":[{"role":"user","content":"hi"}]}"#;
+    let (status, cache, answer) = send(&gw, first, &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "miss"), "{answer}");
+    assert_eq!(mock.request_count(), 1);
+    // The same request, its keys reordered and spaced out.
+    let reordered = "{ \"messages\": [ { \"content\": \"hi\", \"role\": \"user\" } ],\n  \"temperature\": 0.5,  \"model\": \"cached\" }";
+    let (status, cache, again) = send(&gw, reordered, &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "hit"));
+    assert_eq!(again, answer);
+    assert_eq!(mock.request_count(), 1, "a hit must not reach the upstream");
+    // Another temperature is another answer.
+    let warmer = first.replace("0.5", "0.7");
+    let (status, cache, _) = send(&gw, &warmer, &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "miss"));
+    assert_eq!(mock.request_count(), 2);
+    // A model that does not cache says nothing of the cache.
+    let (status, cache, _) = send(&gw, &chat("plain", "hi"), &[]).await;
+    assert_eq!((status, cache.as_str()), (200, ""));
+    let (_, cache, _) = send(&gw, &chat("plain", "hi"), &[]).await;
+    assert_eq!(cache, "");
+    assert_eq!(mock.request_count(), 4);
+    assert_eq!(
+        metric(
+            &gw,
+            "dragoman_cache_requests_total",
+            &[("model", "cached"), ("outcome", "hit")]
+        )
+        .await,
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(
+            &gw,
+            "dragoman_cache_requests_total",
+            &[("model", "cached"), ("outcome", "miss")]
+        )
+        .await,
+        Some(2.0)
+    );
+}
+
+#[tokio::test]
+async fn clients_opt_out_with_cache_control() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&config(&mock, "cache: {ttl: 1h}", ""));
+    let body = chat("cached", "opt out");
+    // no-store: neither read nor stored.
+    let (status, cache, _) = send(&gw, &body, &[("cache-control", "no-store")]).await;
+    assert_eq!((status, cache.as_str()), (200, "bypass"));
+    let (_, cache, _) = send(&gw, &body, &[]).await;
+    assert_eq!(cache, "miss", "a no-store answer must not be stored");
+    assert_eq!(mock.request_count(), 2);
+    // Stored now; no-cache and no-store both go upstream anyway.
+    let (_, cache, _) = send(&gw, &body, &[("cache-control", "no-cache")]).await;
+    assert_eq!(cache, "bypass");
+    let (_, cache, _) = send(&gw, &body, &[("cache-control", "max-age=0, no-store")]).await;
+    assert_eq!(cache, "bypass");
+    assert_eq!(mock.request_count(), 4);
+    let (_, cache, _) = send(&gw, &body, &[]).await;
+    assert_eq!(cache, "hit");
+    assert_eq!(mock.request_count(), 4);
+    assert_eq!(
+        metric(
+            &gw,
+            "dragoman_cache_requests_total",
+            &[("model", "cached"), ("outcome", "bypass")]
+        )
+        .await,
+        Some(3.0)
+    );
+}
+
+#[tokio::test]
+async fn an_error_answer_is_not_stored() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&config(&mock, "cache: {ttl: 1h}", ""));
+    let body = chat("cached", "fail first");
+    mock.push(Behaviour::json(
+        400,
+        json!({"error": {"message": "bad request", "type": "invalid_request_error"}}),
+    ));
+    let (status, cache, _) = send(&gw, &body, &[]).await;
+    assert_eq!((status, cache.as_str()), (400, "miss"));
+    let (status, cache, _) = send(&gw, &body, &[]).await;
+    assert_eq!(
+        (status, cache.as_str()),
+        (200, "miss"),
+        "the error must not be served"
+    );
+    let (status, cache, _) = send(&gw, &body, &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "hit"));
+    assert_eq!(mock.request_count(), 2);
+}
+
+/// A chat completion whose content is `size` bytes.
+fn large_answer(size: usize) -> Value {
+    json!({
+        "id": "chatcmpl-large", "object": "chat.completion", "created": 1700000000,
+        "model": "cached",
+        "choices": [{"index": 0, "finish_reason": "stop",
+                     "message": {"role": "assistant", "content": "x".repeat(size)}}],
+        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2}
+    })
+}
+
+#[tokio::test]
+async fn the_memory_bound_holds_under_many_large_answers() {
+    let mock = MockProvider::start().await.unwrap();
+    mock.set_record(false);
+    mock.set_default(Behaviour::json(200, large_answer(50_000)));
+    let max_bytes = 300_000;
+    let gw = GatewayProcess::start(&config(
+        &mock,
+        "cache: {ttl: 1h}",
+        &format!("cache: {{max_bytes: {max_bytes}, max_entry_bytes: 100000}}\n"),
+    ));
+    for n in 0..30 {
+        let (status, cache, _) = send(&gw, &chat("cached", &format!("prompt {n}")), &[]).await;
+        assert_eq!((status, cache.as_str()), (200, "miss"));
+        let held = metric(&gw, "dragoman_cache_bytes", &[])
+            .await
+            .unwrap_or(-1.0);
+        assert!(
+            held > 0.0 && held <= max_bytes as f64,
+            "{held} bytes held after {n}"
+        );
+    }
+    assert_eq!(mock.request_count(), 30);
+    // The newest answer is still there; the oldest was evicted to make room.
+    let (_, cache, _) = send(&gw, &chat("cached", "prompt 29"), &[]).await;
+    assert_eq!(cache, "hit");
+    let (_, cache, _) = send(&gw, &chat("cached", "prompt 0"), &[]).await;
+    assert_eq!(cache, "miss");
+    // An answer above max_entry_bytes is not stored at all.
+    mock.set_default(Behaviour::json(200, large_answer(150_000)));
+    let (_, cache, _) = send(&gw, &chat("cached", "huge"), &[]).await;
+    assert_eq!(cache, "miss");
+    let (_, cache, _) = send(&gw, &chat("cached", "huge"), &[]).await;
+    assert_eq!(cache, "miss");
+}
+
+#[tokio::test]
+async fn an_answer_expires_after_its_ttl() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&config(&mock, "cache: {ttl: 300ms}", ""));
+    let body = chat("cached", "short lived");
+    let started = Instant::now();
+    let (_, cache, _) = send(&gw, &body, &[]).await;
+    assert_eq!(cache, "miss");
+    // Served from the cache until the ttl passes, then fetched again.
+    let deadline = started + Duration::from_secs(10);
+    let mut hits = 0;
+    loop {
+        let (_, cache, _) = send(&gw, &body, &[]).await;
+        if cache == "miss" {
+            break;
+        }
+        assert_eq!(cache, "hit");
+        hits += 1;
+        assert!(Instant::now() < deadline, "never expired");
+        tokio::task::yield_now().await;
+    }
+    assert!(started.elapsed() >= Duration::from_millis(300));
+    assert!(hits > 0, "the answer was never served from the cache");
+    assert_eq!(mock.request_count(), 2);
+}
+
+#[test]
+fn cache_settings_are_checked_at_start() {
+    for (config, key) in [
+        ("cache: {max_bytes: 0}\n", "cache.max_bytes"),
+        (
+            "cache: {max_bytes: 1000, max_entry_bytes: 2000}\n",
+            "cache.max_entry_bytes",
+        ),
+        ("cache: {max_byte: 1}\n", "max_byte"),
+    ] {
+        let file = format!("providers:\n  p: {{ kind: openai, api_key: k, endpoints: [\"http://127.0.0.1:9/v1\"] }}\n{config}");
+        let path =
+            std::env::temp_dir().join(format!("dragoman-cache-{}-{key}.yaml", std::process::id()));
+        std::fs::write(&path, file).expect("write config");
+        let (ok, out) = run_dragoman(&["-t", "-c", path.to_str().unwrap_or_default()], &[]);
+        let _ = std::fs::remove_file(&path);
+        assert!(!ok && out.contains(key), "{config}: {out}");
+    }
+}
