@@ -227,3 +227,55 @@ fn cache_settings_are_checked_at_start() {
         assert!(!ok && out.contains(key), "{config}: {out}");
     }
 }
+
+#[tokio::test]
+async fn concurrent_identical_misses_make_one_upstream_call() {
+    let mock = MockProvider::start().await.unwrap();
+    // Slow enough that every request arrives while the first is upstream.
+    mock.set_default(Behaviour::delay(
+        Duration::from_millis(1500),
+        Behaviour::Reply,
+    ));
+    let gw = GatewayProcess::start(&config(&mock, "cache: {ttl: 1h}", ""));
+    let body = chat("cached", "all at once");
+    let answers = futures_util::future::join_all((0..8).map(|_| send(&gw, &body, &[]))).await;
+    assert!(
+        answers.iter().all(|(status, _, _)| *status == 200),
+        "{answers:?}"
+    );
+    let misses = answers
+        .iter()
+        .filter(|(_, cache, _)| cache == "miss")
+        .count();
+    let hits = answers
+        .iter()
+        .filter(|(_, cache, _)| cache == "hit")
+        .count();
+    assert_eq!((misses, hits), (1, 7), "{answers:?}");
+    assert!(answers.iter().all(|(_, _, text)| *text == answers[0].2));
+    assert_eq!(mock.request_count(), 1);
+}
+
+#[tokio::test]
+async fn waiting_misses_go_upstream_when_the_leader_fails() {
+    let mock = MockProvider::start().await.unwrap();
+    // The first request fails slowly; the ones waiting for it then ask for themselves.
+    mock.push(Behaviour::delay(
+        Duration::from_millis(700),
+        Behaviour::json(
+            400,
+            json!({"error": {"message": "no", "type": "invalid_request_error"}}),
+        ),
+    ));
+    let gw = GatewayProcess::start(&config(&mock, "cache: {ttl: 1h}", ""));
+    let body = chat("cached", "leader fails");
+    let answers = futures_util::future::join_all((0..4).map(|_| send(&gw, &body, &[]))).await;
+    let mut statuses: Vec<u16> = answers.iter().map(|(s, _, _)| *s).collect();
+    statuses.sort_unstable();
+    assert_eq!(statuses, [200, 200, 200, 400], "{answers:?}");
+    assert!(
+        answers.iter().all(|(_, cache, _)| cache == "miss"),
+        "{answers:?}"
+    );
+    assert_eq!(mock.request_count(), 4);
+}

@@ -6,6 +6,11 @@
 //! `Cache-Control: no-cache` (not served from the cache; its answer may be stored) or `no-store`
 //! (neither). The proxy's hooks only call in here: the lookup after a request is planned, the
 //! collection as the answer's bytes leave.
+//!
+//! Stampede protection: the first miss of a key leads (its request goes upstream); identical
+//! requests that miss while it runs wait for its answer to be stored, at most the model's
+//! `timeout`, then are answered from the cache, or go upstream themselves if the leader's answer
+//! was not stored (an error, too large, the client left).
 
 pub mod key;
 pub mod store;
@@ -15,9 +20,12 @@ use crate::config::CacheSettings;
 use bytes::Bytes;
 use key::CacheKey;
 use prometheus::{IntCounter, IntGauge};
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 use store::MemoryStore;
+use tokio::sync::watch;
 
 /// Response header saying what the cache did: `hit`, `miss` or `bypass`.
 pub const CACHE_HEADER: &str = "x-dragoman-cache";
@@ -73,6 +81,39 @@ pub struct ResponseCache {
     store: MemoryStore,
     pub settings: CacheSettings,
     bytes_held: Option<IntGauge>,
+    /// Keys whose leading miss is upstream now: its id, and what its waiters watch (closed when
+    /// the leader is done). Bounded by the requests in flight.
+    flights: Mutex<HashMap<CacheKey, (u64, watch::Receiver<()>)>>,
+    next_flight: AtomicU64,
+}
+
+/// A leading miss: while it is held, identical misses wait for its answer. Dropped when the
+/// answer is stored, or with the request.
+pub struct FlightGuard {
+    cache: Arc<ResponseCache>,
+    key: CacheKey,
+    id: u64,
+    _done: watch::Sender<()>,
+}
+
+impl Drop for FlightGuard {
+    fn drop(&mut self) {
+        let mut flights = self
+            .cache
+            .flights
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner);
+        if flights.get(&self.key).is_some_and(|(id, _)| *id == self.id) {
+            flights.remove(&self.key);
+        }
+        // Dropping `_done` then wakes the waiters.
+    }
+}
+
+/// The first miss leads; the others follow it.
+enum Flight {
+    Lead(FlightGuard),
+    Follow(watch::Receiver<()>),
 }
 
 impl ResponseCache {
@@ -81,7 +122,25 @@ impl ResponseCache {
             store: MemoryStore::new(settings.max_bytes),
             settings,
             bytes_held,
+            flights: Mutex::new(HashMap::new()),
+            next_flight: AtomicU64::new(0),
         }
+    }
+
+    fn join_flight(self: &Arc<Self>, key: CacheKey) -> Flight {
+        let mut flights = self.flights.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some((_, done)) = flights.get(&key) {
+            return Flight::Follow(done.clone());
+        }
+        let id = self.next_flight.fetch_add(1, Ordering::Relaxed);
+        let (done, watched) = watch::channel(());
+        flights.insert(key, (id, watched));
+        Flight::Lead(FlightGuard {
+            cache: self.clone(),
+            key,
+            id,
+            _done: done,
+        })
     }
 
     /// Stores a whole answer for `ttl`, unless it is larger than `cache.max_entry_bytes`.
@@ -154,6 +213,21 @@ pub struct StoreTarget {
     pub key: CacheKey,
     pub ttl: Duration,
     pub cache: Arc<ResponseCache>,
+    /// Held by a leading miss until its answer is stored (or the request ends).
+    pub flight: Mutex<Option<FlightGuard>>,
+}
+
+impl StoreTarget {
+    /// Stores the whole answer, then lets the identical misses waiting for it go.
+    pub fn store(&self, answer: Bytes) {
+        self.cache.put(self.key, answer, self.ttl);
+        drop(
+            self.flight
+                .lock()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+    }
 }
 
 /// What to do with a request to a model that caches.
@@ -172,12 +246,18 @@ pub struct Request<'a> {
     pub stream: bool,
     pub body: &'a [u8],
     pub directive: Directive,
+    /// How long an identical miss already upstream is waited for (the model's `timeout`).
+    pub wait: Duration,
 }
 
 /// Looks a request up in `cache` for a model whose cache settings are `model`, and counts the
-/// outcome.
-pub fn lookup(cache: &Arc<ResponseCache>, model: &ModelCache, request: &Request<'_>) -> Lookup {
-    let outcome = decide(cache, model, request);
+/// outcome. An identical miss already upstream is waited for (see the module's documentation).
+pub async fn lookup(
+    cache: &Arc<ResponseCache>,
+    model: &ModelCache,
+    request: &Request<'_>,
+) -> Lookup {
+    let outcome = decide(cache, model, request).await;
     model.count(match &outcome {
         Lookup::Hit(_) => CacheStatus::Hit,
         Lookup::Upstream(fill) => fill.status,
@@ -185,7 +265,7 @@ pub fn lookup(cache: &Arc<ResponseCache>, model: &ModelCache, request: &Request<
     outcome
 }
 
-fn decide(cache: &Arc<ResponseCache>, model: &ModelCache, request: &Request<'_>) -> Lookup {
+async fn decide(cache: &Arc<ResponseCache>, model: &ModelCache, request: &Request<'_>) -> Lookup {
     let bypass = Lookup::Upstream(CacheFill {
         status: CacheStatus::Bypass,
         target: None,
@@ -204,23 +284,34 @@ fn decide(cache: &Arc<ResponseCache>, model: &ModelCache, request: &Request<'_>)
     let Some(key) = CacheKey::for_request(&request.model, request.endpoint, request.body) else {
         return bypass;
     };
-    if request.directive.read {
-        if let Some(body) = cache.get(&key) {
-            return Lookup::Hit(body);
+    let fill = |status, flight| {
+        Lookup::Upstream(CacheFill {
+            status,
+            target: Some(StoreTarget {
+                key,
+                ttl: model.ttl,
+                cache: cache.clone(),
+                flight: Mutex::new(flight),
+            }),
+        })
+    };
+    if !request.directive.read {
+        return fill(CacheStatus::Bypass, None);
+    }
+    if let Some(body) = cache.get(&key) {
+        return Lookup::Hit(body);
+    }
+    match cache.join_flight(key) {
+        Flight::Lead(guard) => fill(CacheStatus::Miss, Some(guard)),
+        Flight::Follow(mut done) => {
+            // Ends when the leader is done (its sender dropped), whatever its outcome.
+            let _ = tokio::time::timeout(request.wait, done.changed()).await;
+            match cache.get(&key) {
+                Some(body) => Lookup::Hit(body),
+                None => fill(CacheStatus::Miss, None),
+            }
         }
     }
-    Lookup::Upstream(CacheFill {
-        status: if request.directive.read {
-            CacheStatus::Miss
-        } else {
-            CacheStatus::Bypass
-        },
-        target: Some(StoreTarget {
-            key,
-            ttl: model.ttl,
-            cache: cache.clone(),
-        }),
-    })
 }
 
 /// Gathers the bytes of one attempt's answer as they leave for the client, up to the largest

@@ -38,8 +38,10 @@ pub(super) async fn answer_from_cache(
             stream: call.stream,
             body: request.body,
             directive: cache::Directive::of(&session.req_header().headers),
+            wait: call.model.timeout,
         },
-    );
+    )
+    .await;
     match lookup {
         Lookup::Hit(body) => {
             if let Err(e) = write_hit(session, call, body).await {
@@ -124,6 +126,6 @@ pub(super) fn on_response_body(
     if let (Some(whole), Some(target)) =
         (whole, call.cache.as_ref().and_then(|f| f.target.as_ref()))
     {
-        target.cache.put(target.key, whole, target.ttl);
+        target.store(whole);
     }
 }
