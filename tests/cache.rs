@@ -279,3 +279,112 @@ async fn waiting_misses_go_upstream_when_the_leader_fails() {
     );
     assert_eq!(mock.request_count(), 4);
 }
+
+/// The events of an SSE body, each `data:` payload.
+fn sse_data(text: &str) -> Vec<String> {
+    text.split("\n\n")
+        .filter_map(|e| e.strip_prefix("data: "))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test]
+async fn streams_are_answered_from_whole_answers_and_stored_whole() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&config(&mock, "cache: {ttl: 1h}", ""));
+    // Whole first, then streamed with usage.
+    let (_, cache, whole) = send(&gw, &chat("cached", "whole first"), &[]).await;
+    assert_eq!(cache, "miss");
+    let whole: Value = serde_json::from_str(&whole).expect("json answer");
+    let mut streamed: Value =
+        serde_json::from_str(&chat("cached", "whole first")).unwrap_or_default();
+    streamed["stream"] = json!(true);
+    streamed["stream_options"] = json!({"include_usage": true});
+    let (status, cache, events) = send(&gw, &streamed.to_string(), &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "hit"));
+    let events = sse_data(&events);
+    assert_eq!(
+        events.last().map(String::as_str),
+        Some("[DONE]"),
+        "{events:?}"
+    );
+    let chunks: Vec<Value> = events[..events.len() - 1]
+        .iter()
+        .map(|e| serde_json::from_str(e).expect("chunk"))
+        .collect();
+    assert!(chunks
+        .iter()
+        .all(|c| c["object"] == "chat.completion.chunk"));
+    let content: String = chunks
+        .iter()
+        .filter_map(|c| c["choices"][0]["delta"]["content"].as_str())
+        .collect();
+    assert_eq!(
+        content,
+        whole["choices"][0]["message"]["content"]
+            .as_str()
+            .unwrap_or("?")
+    );
+    assert_eq!(
+        chunks.last().map(|c| c["usage"].clone()),
+        Some(whole["usage"].clone())
+    );
+    assert_eq!(mock.request_count(), 1);
+    // Without include_usage, no usage chunk.
+    streamed["stream_options"] = json!({"include_usage": false});
+    let (_, cache, events) = send(&gw, &streamed.to_string(), &[]).await;
+    assert_eq!(cache, "hit");
+    assert!(!events.contains("\"usage\""), "{events}");
+
+    // Streamed first, then whole.
+    let mut first: Value =
+        serde_json::from_str(&chat("cached", "stream first")).unwrap_or_default();
+    first["stream"] = json!(true);
+    let (_, cache, events) = send(&gw, &first.to_string(), &[]).await;
+    assert_eq!(cache, "miss");
+    let streamed_content: String = sse_data(&events)
+        .iter()
+        .filter_map(|e| serde_json::from_str::<Value>(e).ok())
+        .filter_map(|c| {
+            c["choices"][0]["delta"]["content"]
+                .as_str()
+                .map(str::to_string)
+        })
+        .collect();
+    assert!(!streamed_content.is_empty());
+    let (status, cache, whole) = send(&gw, &chat("cached", "stream first"), &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "hit"));
+    let whole: Value = serde_json::from_str(&whole).expect("json answer");
+    assert_eq!(whole["object"], "chat.completion");
+    assert_eq!(
+        whole["choices"][0]["message"]["content"],
+        json!(streamed_content)
+    );
+    assert_eq!(whole["choices"][0]["finish_reason"], "stop");
+    assert_eq!(mock.request_count(), 2);
+}
+
+#[tokio::test]
+async fn the_openai_sdk_consumes_answers_from_the_cache() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&config(&mock, "cache: {ttl: 1h}", ""));
+    let python = std::env::var("DRAGOMAN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = format!("{}/tests/sdk/test_sdk_cache.py", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(&python)
+        .args([script.as_str(), "-v"])
+        .env("DRAGOMAN_URL", gw.url(""))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let report = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "SDK tests failed:\n{report}\n{}",
+        gw.stderr()
+    );
+    assert!(
+        report.contains("Ran 2 tests") && report.contains("OK"),
+        "{report}"
+    );
+    assert_eq!(mock.request_count(), 2);
+}

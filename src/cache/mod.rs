@@ -14,6 +14,7 @@
 
 pub mod key;
 pub mod store;
+pub mod stream;
 
 use crate::api::ClientEndpoint;
 use crate::config::CacheSettings;
@@ -277,8 +278,9 @@ async fn decide(cache: &Arc<ResponseCache>, model: &ModelCache, request: &Reques
             | ClientEndpoint::Complete
             | ClientEndpoint::Embeddings
     );
-    // Streams are neither served from nor stored in the cache (yet).
-    if !cacheable || request.stream || !request.directive.store {
+    // Streams are served and stored for OpenAI chat clients only (`stream.rs`).
+    let stream_unsupported = request.stream && request.endpoint != ClientEndpoint::ChatCompletions;
+    if !cacheable || stream_unsupported || !request.directive.store {
         return bypass;
     }
     let Some(key) = CacheKey::for_request(&request.model, request.endpoint, request.body) else {
@@ -310,6 +312,39 @@ async fn decide(cache: &Arc<ResponseCache>, model: &ModelCache, request: &Reques
                 Some(body) => Lookup::Hit(body),
                 None => fill(CacheStatus::Miss, None),
             }
+        }
+    }
+}
+
+/// Gathers one attempt's answer as it leaves for the client: a whole answer as it is, a stream
+/// into the whole answer it carries.
+pub enum Gather {
+    Whole(Collector),
+    Stream(Box<stream::StreamGather>),
+}
+
+impl Gather {
+    pub fn new(stream: bool, limit: usize) -> Gather {
+        if stream {
+            Gather::Stream(Box::new(stream::StreamGather::new(limit)))
+        } else {
+            Gather::Whole(Collector::new(limit))
+        }
+    }
+
+    /// Adds a chunk; false once nothing will be stored.
+    pub fn push(&mut self, chunk: &Bytes) -> bool {
+        match self {
+            Gather::Whole(c) => c.push(chunk),
+            Gather::Stream(s) => s.push(chunk),
+        }
+    }
+
+    /// The whole answer, if it is one to store.
+    pub fn finish(self) -> Option<Bytes> {
+        match self {
+            Gather::Whole(c) => c.finish(),
+            Gather::Stream(s) => s.finish(),
         }
     }
 }

@@ -4,7 +4,7 @@
 use super::ctx::RequestCtx;
 use super::local_response::VARIANT_HEADER;
 use crate::api::ClientRequest;
-use crate::cache::{self, CacheStatus, Collector, Lookup, CACHE_HEADER};
+use crate::cache::{self, CacheFill, CacheStatus, Gather, Lookup, CACHE_HEADER};
 use crate::plan::PlannedCall;
 use crate::registry::Registry;
 use bytes::Bytes;
@@ -43,8 +43,26 @@ pub(super) async fn answer_from_cache(
     )
     .await;
     match lookup {
-        Lookup::Hit(body) => {
-            if let Err(e) = write_hit(session, call, body).await {
+        Lookup::Hit(whole) => {
+            let (body, content_type) = if call.stream {
+                match cache::stream::completion_to_sse(
+                    &whole,
+                    cache::stream::asks_for_usage(request.body),
+                ) {
+                    Some(events) => (events, "text/event-stream"),
+                    // Not a chat completion after all: ask the upstream.
+                    None => {
+                        call.cache = Some(CacheFill {
+                            status: CacheStatus::Bypass,
+                            target: None,
+                        });
+                        return false;
+                    }
+                }
+            } else {
+                (whole, "application/json")
+            };
+            if let Err(e) = write_hit(session, call, body, content_type).await {
                 log::debug!("could not send a cached answer: {e}");
             }
             true
@@ -60,9 +78,13 @@ async fn write_hit(
     session: &mut Session,
     call: &PlannedCall,
     body: Bytes,
+    content_type: &'static str,
 ) -> pingora_error::Result<()> {
-    let mut resp = ResponseHeader::build(200, Some(7))?;
-    resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
+    let mut resp = ResponseHeader::build(200, Some(8))?;
+    resp.insert_header(http::header::CONTENT_TYPE, content_type)?;
+    if call.stream {
+        resp.insert_header(http::header::CACHE_CONTROL, "no-cache")?;
+    }
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     if let Some(id) = session
         .req_header()
@@ -95,9 +117,10 @@ pub(super) fn on_response_header(
     };
     resp.insert_header(CACHE_HEADER, fill.status.as_str())?;
     ctx.cache_collector = match &fill.target {
-        Some(target) if resp.status.is_success() => {
-            Some(Collector::new(target.cache.settings.max_entry_bytes))
-        }
+        Some(target) if resp.status.is_success() => Some(Gather::new(
+            call.stream,
+            target.cache.settings.max_entry_bytes,
+        )),
         _ => None,
     };
     Ok(())
@@ -122,7 +145,7 @@ pub(super) fn on_response_body(
     if !end_of_stream {
         return;
     }
-    let whole = ctx.cache_collector.take().and_then(Collector::finish);
+    let whole = ctx.cache_collector.take().and_then(Gather::finish);
     if let (Some(whole), Some(target)) =
         (whole, call.cache.as_ref().and_then(|f| f.target.as_ref()))
     {

@@ -62,7 +62,7 @@ pub struct RequestCtx {
     /// The current attempt's upstream socket, ended if a shutdown's grace period runs out.
     pub upstream_socket: Option<crate::drain::UpstreamSocket>,
     /// The current attempt's answer, gathered for the response cache.
-    pub cache_collector: Option<crate::cache::Collector>,
+    pub cache_collector: Option<crate::cache::Gather>,
 }
 
 /// What the response body filter does with the upstream's bytes.
