@@ -258,6 +258,20 @@ pub struct CacheConfig {
     /// The largest answer stored, in bytes.
     #[serde(default)]
     pub max_entry_bytes: Option<u64>,
+    /// `memory` (default), or `redis`: entries are also shared through `limits.store`.
+    #[serde(default)]
+    pub store: CacheStore,
+}
+
+/// Where cached answers live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStore {
+    /// In this process only.
+    #[default]
+    Memory,
+    /// Also in the Redis of `limits.store`, shared with other gateway processes.
+    Redis,
 }
 
 /// `models.<name>.cache: {ttl: 1h}`.
@@ -273,6 +287,7 @@ pub struct ModelCacheConfig {
 pub struct CacheSettings {
     pub max_bytes: usize,
     pub max_entry_bytes: usize,
+    pub store: CacheStore,
 }
 
 impl Default for CacheSettings {
@@ -280,12 +295,19 @@ impl Default for CacheSettings {
         CacheSettings {
             max_bytes: 256 << 20,
             max_entry_bytes: 1 << 20,
+            store: CacheStore::Memory,
         }
     }
 }
 
 impl CacheConfig {
-    fn validate(&self) -> Result<CacheSettings, ConfigError> {
+    fn validate(&self, limit_store: &LimitStoreSettings) -> Result<CacheSettings, ConfigError> {
+        if self.store == CacheStore::Redis && limit_store.redis_url.is_none() {
+            return Err(ConfigError::new(
+                "cache.store",
+                "`redis` shares the cache through `limits.store`, which is not set",
+            ));
+        }
         let default = CacheSettings::default();
         let max_bytes = self.max_bytes.unwrap_or(default.max_bytes as u64);
         // Far above any sensible value; keeps the sums of weights clear of overflow.
@@ -299,6 +321,7 @@ impl CacheConfig {
                 .map_err(|_| ConfigError::new("cache.max_bytes", "too large"))?,
             max_entry_bytes: usize::try_from(max_entry_bytes)
                 .map_err(|_| ConfigError::new("cache.max_entry_bytes", "too large"))?,
+            store: self.store,
         })
     }
 }
@@ -1778,6 +1801,7 @@ impl GatewayConfig {
                 default_total_timeout(m.timeout, fallbacks)
             });
         }
+        let limit_store = self.limits.validate()?;
         let experiments = validate_experiments(&self.experiments, &models)?;
         let keys = validate_keys(&self.keys, &models, &experiments)?;
         let (listen, tls) = validate_listeners(&self.listen.0)?;
@@ -1821,8 +1845,8 @@ impl GatewayConfig {
             experiments,
             keys,
             fanout: validate_fanout(&self.compare, &self.batch)?,
-            cache: self.cache.validate()?,
-            limit_store: self.limits.validate()?,
+            cache: self.cache.validate(&limit_store)?,
+            limit_store,
             edge: self.edge.validate(self.max_request_bytes)?,
             metrics: self.metrics,
             access_log: self.access_log.as_ref().map(|a| a.validate()).transpose()?,

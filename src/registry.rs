@@ -228,6 +228,14 @@ impl Registry {
             })
             .collect();
         let model_list = render(listed.iter().collect());
+        let limiter = match old {
+            Some(old) if old.limit_store == settings.limit_store => old.limiter.clone(),
+            _ => Arc::new(Limiter::new(&settings.limit_store).unwrap_or_else(|e| {
+                // Validation opened the same URL: this is not expected.
+                log::error!("limits.store: {e}; limiting in this process only");
+                Limiter::local()
+            })),
+        };
         Registry {
             models,
             experiments,
@@ -239,14 +247,7 @@ impl Registry {
             has_limits: settings.keys.iter().any(|k| !k.limits.is_empty())
                 || settings.models.iter().any(|m| !m.limits.is_empty())
                 || settings.providers.iter().any(|p| !p.limits.is_empty()),
-            limiter: match old {
-                Some(old) if old.limit_store == settings.limit_store => old.limiter.clone(),
-                _ => Arc::new(Limiter::new(&settings.limit_store).unwrap_or_else(|e| {
-                    // Validation opened the same URL: this is not expected.
-                    log::error!("limits.store: {e}; limiting in this process only");
-                    Limiter::local()
-                })),
-            },
+            limiter: limiter.clone(),
             limit_store: settings.limit_store.clone(),
             edge: settings.edge,
             fanout: settings.fanout,
@@ -264,10 +265,17 @@ impl Registry {
             },
             // Answers stay cached across a reload, unless the cache's bounds changed.
             cache: match old {
-                Some(old) if old.cache.settings == settings.cache => old.cache.clone(),
+                Some(old)
+                    if old.cache.settings == settings.cache
+                        && Arc::ptr_eq(&old.limiter, &limiter) =>
+                {
+                    old.cache.clone()
+                }
                 _ => Arc::new(crate::cache::ResponseCache::new(
                     settings.cache,
                     observe.cache_bytes(),
+                    (settings.cache.store == crate::config::CacheStore::Redis)
+                        .then(|| limiter.clone()),
                 )),
             },
             observe,

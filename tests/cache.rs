@@ -217,6 +217,7 @@ fn cache_settings_are_checked_at_start() {
             "cache.max_entry_bytes",
         ),
         ("cache: {max_byte: 1}\n", "max_byte"),
+        ("cache: {store: redis}\n", "cache.store"),
     ] {
         let file = format!("providers:\n  p: {{ kind: openai, api_key: k, endpoints: [\"http://127.0.0.1:9/v1\"] }}\n{config}");
         let path =
@@ -273,11 +274,24 @@ async fn waiting_misses_go_upstream_when_the_leader_fails() {
     let mut statuses: Vec<u16> = answers.iter().map(|(s, _, _)| *s).collect();
     statuses.sort_unstable();
     assert_eq!(statuses, [200, 200, 200, 400], "{answers:?}");
-    assert!(
-        answers.iter().all(|(_, cache, _)| cache == "miss"),
-        "{answers:?}"
-    );
-    assert_eq!(mock.request_count(), 4);
+    // Each waiting request asked for itself, unless another's answer was stored first.
+    let mut asked = 0;
+    for (status, cache, text) in &answers {
+        assert!(
+            cache == "miss" || (*status == 200 && cache == "hit"),
+            "{answers:?}"
+        );
+        asked += usize::from(cache == "miss");
+        if *status == 200 {
+            let answer: Value = serde_json::from_str(text).expect("a chat completion");
+            assert_eq!(
+                answer["choices"][0]["message"]["content"],
+                "mock reply to: leader fails"
+            );
+        }
+    }
+    assert_eq!(mock.request_count(), asked);
+    assert!(asked >= 2, "{answers:?}");
 }
 
 /// The events of an SSE body, each `data:` payload.
@@ -386,5 +400,104 @@ async fn the_openai_sdk_consumes_answers_from_the_cache() {
         report.contains("Ran 2 tests") && report.contains("OK"),
         "{report}"
     );
+    assert_eq!(mock.request_count(), 2);
+}
+
+/// A real redis-server on a free loopback port, killed when dropped.
+struct RedisServer {
+    child: std::process::Child,
+    port: u16,
+}
+
+impl RedisServer {
+    fn start() -> RedisServer {
+        let port = free_port();
+        let child = std::process::Command::new("redis-server")
+            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
+            .args(["--save", "", "--appendonly", "no"])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("redis-server (Debian's redis-server package; .ci/run installs it)");
+        let server = RedisServer { child, port };
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        server
+    }
+
+    fn url(&self) -> String {
+        format!("redis://127.0.0.1:{}", self.port)
+    }
+
+    /// Polls until the store holds `n` cache entries (the gateway writes them in the
+    /// background), each with a ttl.
+    async fn wait_for_entries(&self, n: usize) {
+        let client = redis::Client::open(self.url()).expect("redis url");
+        let mut conn = client
+            .get_multiplexed_async_connection()
+            .await
+            .expect("redis connection");
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let keys: Vec<String> = redis::cmd("KEYS")
+                .arg("dragoman:cache:*")
+                .query_async(&mut conn)
+                .await
+                .expect("KEYS");
+            if keys.len() == n {
+                for key in &keys {
+                    let ttl: i64 = redis::cmd("PTTL")
+                        .arg(key)
+                        .query_async(&mut conn)
+                        .await
+                        .expect("PTTL");
+                    assert!(ttl > 0 && ttl <= 3_600_000, "{key}: ttl {ttl}");
+                }
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} entries in redis, not {n}",
+                keys.len()
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
+impl Drop for RedisServer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test]
+async fn two_gateways_serve_each_others_entries_through_redis() {
+    let redis = RedisServer::start();
+    let mock = MockProvider::start().await.unwrap();
+    let top = format!(
+        "limits: {{ store: \"{}\" }}\ncache: {{ store: redis }}\n",
+        redis.url()
+    );
+    let a = GatewayProcess::start(&config(&mock, "cache: {ttl: 1h}", &top));
+    let b = GatewayProcess::start(&config(&mock, "cache: {ttl: 1h}", &top));
+    let first = chat("cached", "shared from a");
+    let (_, cache, from_a) = send(&a, &first, &[]).await;
+    assert_eq!(cache, "miss");
+    redis.wait_for_entries(1).await;
+    let (status, cache, from_b) = send(&b, &first, &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "hit"));
+    assert_eq!(from_b, from_a);
+    // And the other way round.
+    let second = chat("cached", "shared from b");
+    let (_, cache, _) = send(&b, &second, &[]).await;
+    assert_eq!(cache, "miss");
+    redis.wait_for_entries(2).await;
+    let (_, cache, _) = send(&a, &second, &[]).await;
+    assert_eq!(cache, "hit");
     assert_eq!(mock.request_count(), 2);
 }

@@ -45,6 +45,17 @@ impl CacheKey {
         Some(CacheKey(key))
     }
 
+    /// The key's name in the shared store.
+    pub fn store_name(&self) -> String {
+        use std::fmt::Write;
+        self.0
+            .iter()
+            .fold(String::from("dragoman:cache:"), |mut name, b| {
+                let _ = write!(name, "{b:02x}");
+                name
+            })
+    }
+
     /// The first eight bytes, for the LRU's index (the whole key is compared on a hit).
     pub fn short(&self) -> u64 {
         let mut head = [0u8; 8];

@@ -82,6 +82,8 @@ pub struct ResponseCache {
     store: MemoryStore,
     pub settings: CacheSettings,
     bytes_held: Option<IntGauge>,
+    /// With `cache.store: redis`: the rate limits' store, where entries are shared too.
+    pub shared: Option<Arc<crate::limits::Limiter>>,
     /// Keys whose leading miss is upstream now: its id, and what its waiters watch (closed when
     /// the leader is done). Bounded by the requests in flight.
     flights: Mutex<HashMap<CacheKey, (u64, watch::Receiver<()>)>>,
@@ -118,11 +120,16 @@ enum Flight {
 }
 
 impl ResponseCache {
-    pub fn new(settings: CacheSettings, bytes_held: Option<IntGauge>) -> ResponseCache {
+    pub fn new(
+        settings: CacheSettings,
+        bytes_held: Option<IntGauge>,
+        shared: Option<Arc<crate::limits::Limiter>>,
+    ) -> ResponseCache {
         ResponseCache {
             store: MemoryStore::new(settings.max_bytes),
             settings,
             bytes_held,
+            shared,
             flights: Mutex::new(HashMap::new()),
             next_flight: AtomicU64::new(0),
         }
@@ -144,11 +151,25 @@ impl ResponseCache {
         })
     }
 
-    /// Stores a whole answer for `ttl`, unless it is larger than `cache.max_entry_bytes`.
+    /// Stores a whole answer for `ttl`, unless it is larger than `cache.max_entry_bytes`; with
+    /// a shared store, there too (in the background: the answer's bytes are on their way).
     pub fn put(&self, key: CacheKey, body: Bytes, ttl: Duration) {
         if body.len() > self.settings.max_entry_bytes {
             return;
         }
+        if let (Some(shared), Ok(runtime)) = (&self.shared, tokio::runtime::Handle::try_current()) {
+            let (shared, value) = (shared.clone(), body.clone());
+            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX);
+            runtime.spawn(async move {
+                if let Some(store) = shared.shared_store() {
+                    store.set_with_ttl(&key.store_name(), &value, ttl_ms).await;
+                }
+            });
+        }
+        self.put_local(key, body, ttl);
+    }
+
+    fn put_local(&self, key: CacheKey, body: Bytes, ttl: Duration) {
         let Some(expires) = Instant::now().checked_add(ttl) else {
             return;
         };
@@ -156,6 +177,22 @@ impl ResponseCache {
         if let Some(gauge) = &self.bytes_held {
             gauge.set(i64::try_from(self.store.bytes()).unwrap_or(i64::MAX));
         }
+    }
+
+    /// The answer from this process's store, else from the shared one (then kept here too,
+    /// for the time it has left there).
+    async fn get_anywhere(&self, key: &CacheKey) -> Option<Bytes> {
+        if let Some(found) = self.get(key) {
+            return Some(found);
+        }
+        let store = self.shared.as_ref()?.shared_store()?;
+        let (value, ttl_ms) = store.get_with_ttl(&key.store_name()).await?;
+        if value.len() > self.settings.max_entry_bytes {
+            return None;
+        }
+        let value = Bytes::from(value);
+        self.put_local(*key, value.clone(), Duration::from_millis(ttl_ms));
+        Some(value)
     }
 
     fn get(&self, key: &CacheKey) -> Option<Bytes> {
@@ -300,7 +337,7 @@ async fn decide(cache: &Arc<ResponseCache>, model: &ModelCache, request: &Reques
     if !request.directive.read {
         return fill(CacheStatus::Bypass, None);
     }
-    if let Some(body) = cache.get(&key) {
+    if let Some(body) = cache.get_anywhere(&key).await {
         return Lookup::Hit(body);
     }
     match cache.join_flight(key) {
