@@ -137,7 +137,8 @@ pub(super) fn on_response_body(
         return;
     };
     if let Some(chunk) = body {
-        if !collector.push(chunk) {
+        // The gathered copy counts in `edge.max_buffered_bytes` too; no room: not stored.
+        if !collector.push(chunk) || ctx.held.grow(chunk.len()).is_err() {
             ctx.cache_collector = None;
             return;
         }
