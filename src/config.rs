@@ -137,6 +137,9 @@ pub struct GatewayConfig {
     /// `POST /v1/batch`.
     #[serde(default)]
     pub batch: BatchConfig,
+    /// The response cache's bounds (models opt in with `models.<name>.cache`).
+    #[serde(default)]
+    pub cache: CacheConfig,
     /// Prometheus series on the admin listener's `/metrics` (default on).
     #[serde(default = "default_metrics")]
     pub metrics: bool,
@@ -243,6 +246,84 @@ pub struct BatchConfig {
     /// The most batched requests running at once, over all batches.
     #[serde(default)]
     pub global_concurrency: Option<u32>,
+}
+
+/// `cache: {max_bytes: 268435456, max_entry_bytes: 1048576}`.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CacheConfig {
+    /// The most bytes all cached answers may hold together.
+    #[serde(default)]
+    pub max_bytes: Option<u64>,
+    /// The largest answer stored, in bytes.
+    #[serde(default)]
+    pub max_entry_bytes: Option<u64>,
+    /// `memory` (default), or `redis`: entries are also shared through `limits.store`.
+    #[serde(default)]
+    pub store: CacheStore,
+}
+
+/// Where cached answers live.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum CacheStore {
+    /// In this process only.
+    #[default]
+    Memory,
+    /// Also in the Redis of `limits.store`, shared with other gateway processes.
+    Redis,
+}
+
+/// `models.<name>.cache: {ttl: 1h}`.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ModelCacheConfig {
+    /// How long a stored answer is served.
+    pub ttl: HumanDuration,
+}
+
+/// Validated `cache` settings.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CacheSettings {
+    pub max_bytes: usize,
+    pub max_entry_bytes: usize,
+    pub store: CacheStore,
+}
+
+impl Default for CacheSettings {
+    fn default() -> Self {
+        CacheSettings {
+            max_bytes: 256 << 20,
+            max_entry_bytes: 1 << 20,
+            store: CacheStore::Memory,
+        }
+    }
+}
+
+impl CacheConfig {
+    fn validate(&self, limit_store: &LimitStoreSettings) -> Result<CacheSettings, ConfigError> {
+        if self.store == CacheStore::Redis && limit_store.redis_url.is_none() {
+            return Err(ConfigError::new(
+                "cache.store",
+                "`redis` shares the cache through `limits.store`, which is not set",
+            ));
+        }
+        let default = CacheSettings::default();
+        let max_bytes = self.max_bytes.unwrap_or(default.max_bytes as u64);
+        // Far above any sensible value; keeps the sums of weights clear of overflow.
+        within("cache.max_bytes", max_bytes, 1, 1 << 40)?;
+        let max_entry_bytes = self
+            .max_entry_bytes
+            .unwrap_or((default.max_entry_bytes as u64).min(max_bytes));
+        within("cache.max_entry_bytes", max_entry_bytes, 1, max_bytes)?;
+        Ok(CacheSettings {
+            max_bytes: usize::try_from(max_bytes)
+                .map_err(|_| ConfigError::new("cache.max_bytes", "too large"))?,
+            max_entry_bytes: usize::try_from(max_entry_bytes)
+                .map_err(|_| ConfigError::new("cache.max_entry_bytes", "too large"))?,
+            store: self.store,
+        })
+    }
 }
 
 /// Validated `compare` and `batch` settings.
@@ -1097,6 +1178,9 @@ pub struct ModelConfig {
     /// Rate limits of this model, over all keys.
     #[serde(default)]
     pub limits: LimitsConfig,
+    /// Answers served from the response cache: `{ttl: 1h}`. Absent: not cached.
+    #[serde(default)]
+    pub cache: Option<ModelCacheConfig>,
 }
 
 /// When a failed request goes to the next fallback model.
@@ -1312,6 +1396,8 @@ pub struct ModelSettings {
     pub fallback_on: Vec<FallbackCondition>,
     pub hedge: Option<HedgeConfig>,
     pub limits: LimitsConfig,
+    /// How long its answers are cached; `None`: not cached.
+    pub cache_ttl: Option<Duration>,
 }
 
 /// The validated configuration, ready to build the gateway from.
@@ -1330,6 +1416,7 @@ pub struct Settings {
     pub experiments: Vec<ExperimentSettings>,
     pub keys: Vec<KeySettings>,
     pub fanout: FanoutSettings,
+    pub cache: CacheSettings,
     pub limit_store: LimitStoreSettings,
     pub edge: EdgeSettings,
     /// Whether requests are counted for `/metrics`.
@@ -1479,6 +1566,7 @@ impl Settings {
             experiments: BTreeMap::new(),
             compare: CompareConfig::default(),
             batch: BatchConfig::default(),
+            cache: CacheConfig::default(),
             metrics: true,
             access_log: None,
         };
@@ -1561,6 +1649,7 @@ impl Settings {
                         fallback_on: None,
                         hedge: None,
                         limits: LimitsConfig::default(),
+                        cache: None,
                     },
                 );
             }
@@ -1580,6 +1669,7 @@ impl Settings {
                 experiments: vec![],
                 keys: vec![],
                 fanout: FanoutSettings::default(),
+                cache: CacheSettings::default(),
                 limit_store: LimitStoreSettings {
                     redis_url: None,
                     store_timeout: DEFAULT_STORE_TIMEOUT,
@@ -1700,6 +1790,7 @@ impl GatewayConfig {
                     .unwrap_or_else(|| ALL_FALLBACK_CONDITIONS.to_vec()),
                 hedge: m.hedge,
                 limits: m.limits.validate(&key)?,
+                cache_ttl: positive(m.cache.map(|c| c.ttl), "cache.ttl")?,
             });
         }
         let timeouts: BTreeMap<String, Duration> =
@@ -1710,6 +1801,7 @@ impl GatewayConfig {
                 default_total_timeout(m.timeout, fallbacks)
             });
         }
+        let limit_store = self.limits.validate()?;
         let experiments = validate_experiments(&self.experiments, &models)?;
         let keys = validate_keys(&self.keys, &models, &experiments)?;
         let (listen, tls) = validate_listeners(&self.listen.0)?;
@@ -1753,7 +1845,8 @@ impl GatewayConfig {
             experiments,
             keys,
             fanout: validate_fanout(&self.compare, &self.batch)?,
-            limit_store: self.limits.validate()?,
+            cache: self.cache.validate(&limit_store)?,
+            limit_store,
             edge: self.edge.validate(self.max_request_bytes)?,
             metrics: self.metrics,
             access_log: self.access_log.as_ref().map(|a| a.validate()).transpose()?,

@@ -9,6 +9,7 @@ pub mod access;
 pub mod admin;
 pub mod api;
 pub mod buffers;
+pub mod cache;
 pub mod config;
 pub mod drain;
 pub mod error;

@@ -65,6 +65,8 @@ pub struct PlannedCall {
     pub budget: Arc<RequestBudget>,
     /// The experiment arm the client's request was assigned to, when it named an experiment.
     pub variant: Option<Arc<Arm>>,
+    /// Whether and where its answer is cached (models that cache; set after the lookup).
+    pub cache: Option<crate::cache::CacheFill>,
 }
 
 /// The parts of a plan that depend on the endpoint and the provider.
@@ -154,6 +156,7 @@ impl PlannedCall {
             created: unix_now(),
             instances_in_use: Default::default(),
             variant: None,
+            cache: None,
         })
     }
 

@@ -86,6 +86,8 @@ pub struct Model {
     pub limits: Option<Arc<ScopeLimits>>,
     /// Its Prometheus series, resolved once; `None` with `metrics: false`.
     pub metrics: Option<Arc<crate::observe::metrics::ModelMetrics>>,
+    /// Its answers are cached (`cache: {ttl}`).
+    pub cache: Option<crate::cache::ModelCache>,
 }
 
 pub struct Registry {
@@ -111,6 +113,8 @@ pub struct Registry {
     pub fanout: FanoutSettings,
     /// Batched requests running now, over all batches (`batch.global_concurrency`).
     pub batch_slots: Arc<tokio::sync::Semaphore>,
+    /// The response cache (used by the models that opt in).
+    pub cache: Arc<crate::cache::ResponseCache>,
     /// Metrics on or off, and the series of requests for no configured model.
     pub observe: crate::observe::RegistryObserve,
 }
@@ -175,6 +179,10 @@ impl Registry {
                         m.limits,
                     ),
                     metrics: observe.model(&m.name, &provider.name),
+                    cache: m.cache_ttl.map(|ttl| crate::cache::ModelCache {
+                        ttl,
+                        counters: observe.cache_counters(&m.name),
+                    }),
                 }),
             );
         }
@@ -220,6 +228,14 @@ impl Registry {
             })
             .collect();
         let model_list = render(listed.iter().collect());
+        let limiter = match old {
+            Some(old) if old.limit_store == settings.limit_store => old.limiter.clone(),
+            _ => Arc::new(Limiter::new(&settings.limit_store).unwrap_or_else(|e| {
+                // Validation opened the same URL: this is not expected.
+                log::error!("limits.store: {e}; limiting in this process only");
+                Limiter::local()
+            })),
+        };
         Registry {
             models,
             experiments,
@@ -231,14 +247,7 @@ impl Registry {
             has_limits: settings.keys.iter().any(|k| !k.limits.is_empty())
                 || settings.models.iter().any(|m| !m.limits.is_empty())
                 || settings.providers.iter().any(|p| !p.limits.is_empty()),
-            limiter: match old {
-                Some(old) if old.limit_store == settings.limit_store => old.limiter.clone(),
-                _ => Arc::new(Limiter::new(&settings.limit_store).unwrap_or_else(|e| {
-                    // Validation opened the same URL: this is not expected.
-                    log::error!("limits.store: {e}; limiting in this process only");
-                    Limiter::local()
-                })),
-            },
+            limiter: limiter.clone(),
             limit_store: settings.limit_store.clone(),
             edge: settings.edge,
             fanout: settings.fanout,
@@ -252,6 +261,21 @@ impl Registry {
                 }
                 _ => Arc::new(tokio::sync::Semaphore::new(
                     settings.fanout.batch_global_concurrency,
+                )),
+            },
+            // Answers stay cached across a reload, unless the cache's bounds changed.
+            cache: match old {
+                Some(old)
+                    if old.cache.settings == settings.cache
+                        && Arc::ptr_eq(&old.limiter, &limiter) =>
+                {
+                    old.cache.clone()
+                }
+                _ => Arc::new(crate::cache::ResponseCache::new(
+                    settings.cache,
+                    observe.cache_bytes(),
+                    (settings.cache.store == crate::config::CacheStore::Redis)
+                        .then(|| limiter.clone()),
                 )),
             },
             observe,

@@ -134,6 +134,11 @@ impl Limiter {
     pub fn local() -> Limiter {
         Limiter { store: None }
     }
+
+    /// The shared store, when `limits.store` names one (the response cache shares it).
+    pub fn shared_store(&self) -> Option<&RedisStore> {
+        self.store.as_ref()
+    }
 }
 
 /// What the `x-ratelimit-*` headers of a request's answers say: the tightest bucket of each unit.

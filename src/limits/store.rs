@@ -212,4 +212,54 @@ impl RedisStore {
             }
         }
     }
+
+    /// A value and the milliseconds it has left (the response cache's shared entries); `None`
+    /// when absent, or when the store did not answer within its timeout.
+    pub async fn get_with_ttl(&self, key: &str) -> Option<(Vec<u8>, u64)> {
+        if !self.usable() {
+            return None;
+        }
+        let mut connection = self.connection()?;
+        let mut pipe = redis::pipe();
+        pipe.get(key).pttl(key);
+        let answer = tokio::time::timeout(
+            self.timeout.max(FIRST_CALL),
+            pipe.query_async::<(Option<Vec<u8>>, i64)>(&mut connection),
+        )
+        .await;
+        match answer {
+            Ok(Ok((Some(value), ttl))) if ttl > 0 => Some((value, ttl as u64)),
+            Ok(Ok(_)) => None,
+            Ok(Err(e)) => {
+                self.failed(&format!("{:?}", e.kind()));
+                None
+            }
+            Err(_) => {
+                self.failed("timed out");
+                None
+            }
+        }
+    }
+
+    /// Sets a value that expires after `ttl_ms` (`SET key value PX ttl`).
+    pub async fn set_with_ttl(&self, key: &str, value: &[u8], ttl_ms: u64) {
+        if !self.usable() || ttl_ms == 0 {
+            return;
+        }
+        let Some(mut connection) = self.connection() else {
+            return;
+        };
+        let mut cmd = redis::cmd("SET");
+        cmd.arg(key).arg(value).arg("PX").arg(ttl_ms);
+        let answer = tokio::time::timeout(
+            self.timeout.max(FIRST_CALL),
+            cmd.query_async::<()>(&mut connection),
+        )
+        .await;
+        match answer {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => self.failed(&format!("{:?}", e.kind())),
+            Err(_) => self.failed("timed out"),
+        }
+    }
 }

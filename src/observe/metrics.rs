@@ -53,6 +53,8 @@ pub struct Families {
     pub batch_waiting: IntGauge,
     pub batch_running: IntGauge,
     batch_done: IntCounterVec,
+    cache_requests: IntCounterVec,
+    pub cache_bytes: IntGauge,
 }
 
 const GEN_AI: [&str; 3] = [
@@ -172,12 +174,23 @@ impl Families {
                 "Requests of batches done, by their answer's status class",
                 &["status_class"],
             )?,
+            cache_requests: counter(
+                "dragoman_cache_requests_total",
+                "Requests to models that cache, by the model and what the cache did (hit, miss, bypass)",
+                &["model", "outcome"],
+            )?,
+            cache_bytes: IntGauge::new(
+                "dragoman_cache_bytes",
+                "Bytes the response cache holds (its entries' bodies and bookkeeping)",
+            )?,
         };
         let registry = prometheus::default_registry();
         registry.register(Box::new(families.experiment_requests.clone()))?;
         registry.register(Box::new(families.batch_waiting.clone()))?;
         registry.register(Box::new(families.batch_running.clone()))?;
         registry.register(Box::new(families.batch_done.clone()))?;
+        registry.register(Box::new(families.cache_requests.clone()))?;
+        registry.register(Box::new(families.cache_bytes.clone()))?;
         registry.register(Box::new(families.duration.clone()))?;
         registry.register(Box::new(families.ttft.clone()))?;
         registry.register(Box::new(families.tokens.clone()))?;
@@ -202,6 +215,16 @@ impl Families {
     pub fn experiment_arm(&self, experiment: &str, variant: &str) -> IntCounter {
         self.experiment_requests
             .with_label_values(&[experiment, variant])
+    }
+
+    /// The cache's outcome counters of one model, resolved once per registry.
+    pub fn cache_counters(&self, model: &str) -> crate::cache::CacheCounters {
+        let outcome = |o: &str| self.cache_requests.with_label_values(&[model, o]);
+        crate::cache::CacheCounters {
+            hit: outcome("hit"),
+            miss: outcome("miss"),
+            bypass: outcome("bypass"),
+        }
     }
 
     /// A batch's request is done, with this status.

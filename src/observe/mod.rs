@@ -58,6 +58,18 @@ impl RegistryObserve {
         Some(families.experiment_arm(experiment, variant))
     }
 
+    /// The cache's outcome counters of one model, when metrics are on.
+    pub fn cache_counters(&self, model: &str) -> Option<crate::cache::CacheCounters> {
+        let families = self.metrics.then(metrics::families).flatten()?;
+        Some(families.cache_counters(model))
+    }
+
+    /// The gauge of the bytes the cache holds, when metrics are on.
+    pub fn cache_bytes(&self) -> Option<prometheus::IntGauge> {
+        let families = self.metrics.then(metrics::families).flatten()?;
+        Some(families.cache_bytes.clone())
+    }
+
     /// The batch series, when metrics are on.
     pub fn batches(&self) -> Option<&'static metrics::Families> {
         self.metrics.then(metrics::families).flatten()

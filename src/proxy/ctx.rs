@@ -61,6 +61,8 @@ pub struct RequestCtx {
     pub observe: crate::observe::Observation,
     /// The current attempt's upstream socket, ended if a shutdown's grace period runs out.
     pub upstream_socket: Option<crate::drain::UpstreamSocket>,
+    /// The current attempt's answer, gathered for the response cache.
+    pub cache_collector: Option<crate::cache::Gather>,
 }
 
 /// What the response body filter does with the upstream's bytes.

@@ -6,6 +6,7 @@
 //! its own, so on every attempt Pingora hands `request_body_filter` an empty end of body, where the
 //! planned bytes (of any size) are put in. Retries to other instances re-send them the same way.
 
+use super::cache_hook;
 use super::ctx::RequestCtx;
 use super::dispatch;
 use super::fanout;
@@ -111,7 +112,7 @@ pub async fn handle(
         }
     };
     ctx.observe.named_model(&registry, &request.envelope.model);
-    let (admission, call) = match admit_and_plan(session, &registry, key, &request).await {
+    let (admission, mut call) = match admit_and_plan(session, &registry, key, &request).await {
         Ok(planned) => planned,
         Err(e) => {
             reject(session, &e, protocol).await;
@@ -123,6 +124,9 @@ pub async fn handle(
     if call.variant.is_some() {
         // An experiment's arm serves it: counted under that model.
         ctx.observe.named_model(&registry, &call.model.name);
+    }
+    if cache_hook::answer_from_cache(session, &registry, &request, &mut call).await {
+        return Handled::Answered;
     }
     let call = Arc::new(call);
     // The planned body is a buffer of its own (spliced or translated), held as long as the call.

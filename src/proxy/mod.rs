@@ -6,6 +6,7 @@
 //! by the [`dispatch`]er; both use the same upstream and response hooks ([`upstream`],
 //! [`response`]).
 
+mod cache_hook;
 pub mod client_watch;
 mod cork;
 pub mod ctx;

@@ -108,7 +108,7 @@ pub fn on_response_header(
         }
         ResponseHandling::PassThrough | ResponseHandling::WatchStream(_) => {}
     }
-    Ok(())
+    super::cache_hook::on_response_header(resp, call, ctx)
 }
 
 fn source(call: &PlannedCall) -> Box<dyn ChunkSource> {
@@ -144,6 +144,11 @@ pub fn on_response_body(
         if body.is_some() || end_of_stream {
             *body = Some(redactor.redact(body.take().unwrap_or_default(), end_of_stream));
         }
+    }
+    if result.is_ok() {
+        super::cache_hook::on_response_body(body, end_of_stream, call, ctx);
+    } else {
+        ctx.cache_collector = None;
     }
     result
 }
