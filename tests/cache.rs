@@ -403,75 +403,38 @@ async fn the_openai_sdk_consumes_answers_from_the_cache() {
     assert_eq!(mock.request_count(), 2);
 }
 
-/// A real redis-server on a free loopback port, killed when dropped.
-struct RedisServer {
-    child: std::process::Child,
-    port: u16,
-}
-
-impl RedisServer {
-    fn start() -> RedisServer {
-        let port = free_port();
-        let child = std::process::Command::new("redis-server")
-            .args(["--port", &port.to_string(), "--bind", "127.0.0.1"])
-            .args(["--save", "", "--appendonly", "no"])
-            .stdout(std::process::Stdio::null())
-            .stderr(std::process::Stdio::null())
-            .spawn()
-            .expect("redis-server (Debian's redis-server package; .ci/run installs it)");
-        let server = RedisServer { child, port };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-            assert!(Instant::now() < deadline, "redis-server did not start");
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        server
-    }
-
-    fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}", self.port)
-    }
-
-    /// Polls until the store holds `n` cache entries (the gateway writes them in the
-    /// background), each with a ttl.
-    async fn wait_for_entries(&self, n: usize) {
-        let client = redis::Client::open(self.url()).expect("redis url");
-        let mut conn = client
-            .get_multiplexed_async_connection()
+/// Polls until the store holds `n` cache entries (the gateway writes them in the background),
+/// each with a ttl.
+async fn wait_for_entries(server: &RedisServer, n: usize) {
+    let client = redis::Client::open(server.url()).expect("redis url");
+    let mut conn = client
+        .get_multiplexed_async_connection()
+        .await
+        .expect("redis connection");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let keys: Vec<String> = redis::cmd("KEYS")
+            .arg("dragoman:cache:*")
+            .query_async(&mut conn)
             .await
-            .expect("redis connection");
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let keys: Vec<String> = redis::cmd("KEYS")
-                .arg("dragoman:cache:*")
-                .query_async(&mut conn)
-                .await
-                .expect("KEYS");
-            if keys.len() == n {
-                for key in &keys {
-                    let ttl: i64 = redis::cmd("PTTL")
-                        .arg(key)
-                        .query_async(&mut conn)
-                        .await
-                        .expect("PTTL");
-                    assert!(ttl > 0 && ttl <= 3_600_000, "{key}: ttl {ttl}");
-                }
-                return;
+            .expect("KEYS");
+        if keys.len() == n {
+            for key in &keys {
+                let ttl: i64 = redis::cmd("PTTL")
+                    .arg(key)
+                    .query_async(&mut conn)
+                    .await
+                    .expect("PTTL");
+                assert!(ttl > 0 && ttl <= 3_600_000, "{key}: ttl {ttl}");
             }
-            assert!(
-                Instant::now() < deadline,
-                "{} entries in redis, not {n}",
-                keys.len()
-            );
-            tokio::time::sleep(Duration::from_millis(10)).await;
+            return;
         }
-    }
-}
-
-impl Drop for RedisServer {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        assert!(
+            Instant::now() < deadline,
+            "{} entries in redis, not {n}",
+            keys.len()
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
     }
 }
 
@@ -488,7 +451,7 @@ async fn two_gateways_serve_each_others_entries_through_redis() {
     let first = chat("cached", "shared from a");
     let (_, cache, from_a) = send(&a, &first, &[]).await;
     assert_eq!(cache, "miss");
-    redis.wait_for_entries(1).await;
+    wait_for_entries(&redis, 1).await;
     let (status, cache, from_b) = send(&b, &first, &[]).await;
     assert_eq!((status, cache.as_str()), (200, "hit"));
     assert_eq!(from_b, from_a);
@@ -496,7 +459,7 @@ async fn two_gateways_serve_each_others_entries_through_redis() {
     let second = chat("cached", "shared from b");
     let (_, cache, _) = send(&b, &second, &[]).await;
     assert_eq!(cache, "miss");
-    redis.wait_for_entries(2).await;
+    wait_for_entries(&redis, 2).await;
     let (_, cache, _) = send(&a, &second, &[]).await;
     assert_eq!(cache, "hit");
     assert_eq!(mock.request_count(), 2);
