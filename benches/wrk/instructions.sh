@@ -30,30 +30,9 @@ cleanup() {
 trap cleanup EXIT
 UP=18300; GW=18320; ADMIN=18321
 
-ANSWER='{"id":"chatcmpl-b","object":"chat.completion","created":1700000000,"model":"gpt-4o-mini","choices":[{"index":0,"message":{"role":"assistant","content":"Hello! How can I help you today?"},"finish_reason":"stop","logprobs":null}],"usage":{"prompt_tokens":12,"completion_tokens":9,"total_tokens":21}}'
-mkdir -p "$WORK/body" "$WORK/proxy"
-cat > "$WORK/nginx.conf" <<NGINX
-worker_processes 1;
-pid $WORK/nginx.pid;
-error_log $WORK/nginx-error.log warn;
-events { worker_connections 2000; }
-http {
-  access_log off; client_body_temp_path $WORK/body; proxy_temp_path $WORK/proxy;
-  fastcgi_temp_path $WORK/fcgi; uwsgi_temp_path $WORK/uwsgi; scgi_temp_path $WORK/scgi;
-  keepalive_requests 1000000;
-  server { listen 127.0.0.1:$UP;
-    location /v1/chat/completions { default_type application/json; return 200 '$ANSWER'; } }
-}
-NGINX
-nginx -c "$WORK/nginx.conf" -p "$WORK"
-python3 - "$WORK" <<'PY'
-import json, sys
-msgs = [{"role": "system", "content": "You are a helpful assistant."}]
-while len(json.dumps(msgs)) < 3800:
-    msgs += [{"role": "user", "content": "Tell me something interesting about the number %d." % len(msgs)},
-             {"role": "assistant", "content": "The number %d is remarkable in many ways." % len(msgs)}]
-json.dump({"model": "gpt-pass", "messages": msgs, "max_tokens": 100}, open(sys.argv[1] + "/body.json", "w"))
-PY
+. benches/wrk/fixed_upstream.sh
+start_fixed_upstream "$WORK" "$UP" 1
+write_bench_body "$WORK"
 
 measure() { # variant -> instructions per request
   {
