@@ -70,8 +70,8 @@ impl Experiment {
                         requests: counter(model),
                         model: model.clone(),
                         weight: f64::from(*weight),
-                        // Model names come from a YAML key: a name that is no valid header
-                        // value is reported as the experiment's own name, which is.
+                        // Model names come from a YAML key: one that is no valid header value
+                        // (a control character) is reported as `unnamed`.
                         variant: HeaderValue::from_str(model)
                             .unwrap_or_else(|_| HeaderValue::from_static("unnamed")),
                     })

@@ -137,11 +137,11 @@ async fn malformed_compare_and_batch_requests_are_refused_whole() {
     assert_eq!(mock.request_count(), 0);
 }
 
-#[tokio::test]
-async fn a_batch_of_500_keeps_its_order_and_its_concurrency_bound() {
+/// A gateway with `batch: {settings}` in front of a mock that takes 100 ms per answer: slow
+/// enough that, unbounded, every request of a batch would be waiting on it at once.
+async fn slow_upstream_with_batches(settings: &str) -> (MockProvider, GatewayProcess) {
     let mock = MockProvider::start().await.unwrap();
     mock.set_record(false);
-    // Slow enough that, unbounded, hundreds would be waiting on it at once.
     mock.set_default(Behaviour::Delay {
         delay: Duration::from_millis(100),
         then: Box::new(Behaviour::Reply),
@@ -149,9 +149,15 @@ async fn a_batch_of_500_keeps_its_order_and_its_concurrency_bound() {
     let gw = GatewayProcess::start(&format!(
         "providers:\n  p: {{ kind: openai, api_key: k, endpoints: [\"{}/v1\"] }}\n\
          models:\n  m: {{ provider: p }}\n\
-         batch: {{ max_requests: 500, concurrency: 16 }}\n",
+         batch: {{ {settings} }}\n",
         mock.url()
     ));
+    (mock, gw)
+}
+
+#[tokio::test]
+async fn a_batch_of_500_keeps_its_order_and_its_concurrency_bound() {
+    let (mock, gw) = slow_upstream_with_batches("max_requests: 500, concurrency: 16").await;
     // Every seventh request names a model that does not exist, and every eleventh wants a
     // stream: their results must be at exactly those places.
     let requests: Vec<Value> = (0..500)
@@ -209,18 +215,7 @@ async fn a_batch_of_500_keeps_its_order_and_its_concurrency_bound() {
 
 #[tokio::test]
 async fn batches_together_stay_under_the_global_bound() {
-    let mock = MockProvider::start().await.unwrap();
-    mock.set_record(false);
-    mock.set_default(Behaviour::Delay {
-        delay: Duration::from_millis(100),
-        then: Box::new(Behaviour::Reply),
-    });
-    let gw = GatewayProcess::start(&format!(
-        "providers:\n  p: {{ kind: openai, api_key: k, endpoints: [\"{}/v1\"] }}\n\
-         models:\n  m: {{ provider: p }}\n\
-         batch: {{ concurrency: 8, global_concurrency: 5 }}\n",
-        mock.url()
-    ));
+    let (mock, gw) = slow_upstream_with_batches("concurrency: 8, global_concurrency: 5").await;
     let batch = json!({"requests": (0..20).map(|i| json!({"model": "m", "messages": [{"role": "user", "content": format!("{i}")}]})).collect::<Vec<_>>()});
     let (a, b, c) = tokio::join!(
         post(&gw, "/v1/batch", &batch, "unused"),
