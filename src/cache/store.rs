@@ -12,8 +12,10 @@ use std::collections::HashMap;
 use std::sync::{Mutex, PoisonError};
 use std::time::Instant;
 
-/// LRU shards; the map's lock is taken for every change anyway.
-const SHARDS: usize = 8;
+/// One LRU shard: a sharded `Lru` evicts from a randomly chosen shard, so with a few large
+/// answers it can drop the newest one while older ones stay. The map's lock serialises every
+/// change anyway, so shards would buy no concurrency.
+const SHARDS: usize = 1;
 
 /// What an entry costs besides its body: the key, the map's and the LRU's bookkeeping.
 pub const ENTRY_OVERHEAD: usize = 128;
@@ -102,6 +104,17 @@ mod tests {
         assert!(store.get(&key(99), Instant::now()).is_some());
         let held = store.entries.lock().map(|e| e.len()).unwrap_or(0);
         assert_eq!(held, 10);
+    }
+
+    #[test]
+    fn the_newest_answer_is_never_the_one_evicted() {
+        let entry = 10_000;
+        let store = MemoryStore::new(3 * (entry + ENTRY_OVERHEAD));
+        let later = Instant::now() + Duration::from_secs(60);
+        for n in 0..500 {
+            store.insert(key(n), Bytes::from(vec![b'x'; entry]), later);
+            assert!(store.get(&key(n), Instant::now()).is_some(), "{n} evicted");
+        }
     }
 
     #[test]
