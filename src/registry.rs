@@ -32,6 +32,8 @@ pub const DNS_REFRESH: Duration = Duration::from_secs(60);
 
 pub struct Provider {
     pub name: String,
+    /// `name` as the `x-dragoman-provider` value, made once (`None`: not a valid header value).
+    pub name_header: Option<http::HeaderValue>,
     pub kind: ProviderKind,
     /// What the provider speaks: paths, translators, version headers.
     pub dialect: &'static dyn Dialect,
@@ -63,6 +65,8 @@ pub struct Provider {
 
 pub struct Model {
     pub name: String,
+    /// `name` as the `x-dragoman-model` value, made once (`None`: not a valid header value).
+    pub name_header: Option<http::HeaderValue>,
     pub upstream_model: String,
     /// `upstream_model` encoded as a JSON string, ready to splice into a body.
     pub upstream_model_json: Bytes,
@@ -158,6 +162,7 @@ impl Registry {
                 m.name.clone(),
                 Arc::new(Model {
                     name: m.name.clone(),
+                    name_header: http::HeaderValue::from_str(&m.name).ok(),
                     upstream_model: m.upstream_model.clone(),
                     upstream_model_json,
                     provider: provider.clone(),
@@ -383,6 +388,7 @@ fn build_provider(p: &ProviderSettings, old: Option<&Arc<Provider>>) -> Provider
     };
     Provider {
         name: p.name.clone(),
+        name_header: http::HeaderValue::from_str(&p.name).ok(),
         kind: p.kind,
         dialect,
         credentials,

@@ -15,7 +15,7 @@ pub mod usage;
 use crate::config::{LimitStoreSettings, LimitsConfig};
 use crate::error::{ErrorCode, GatewayError};
 use bucket::{Concurrency, ConcurrencySlot, Reading, TokenBucket};
-use pingora_http::ResponseHeader;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use store::{RedisStore, StoreAnswer, StoreBucket};
@@ -155,53 +155,68 @@ impl RateLimitHeaders {
         }
     }
 
-    /// Adds OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
-    pub fn apply(&self, resp: &mut ResponseHeader) {
-        const NAMES: [[&str; 3]; 2] = [
+    /// Sets OpenAI's `x-ratelimit-{limit,remaining,reset}-{requests,tokens}`.
+    pub fn apply(&self, headers: &mut HeaderMap) {
+        const NAMES: [[HeaderName; 3]; 2] = [
             [
-                "x-ratelimit-limit-requests",
-                "x-ratelimit-remaining-requests",
-                "x-ratelimit-reset-requests",
+                HeaderName::from_static("x-ratelimit-limit-requests"),
+                HeaderName::from_static("x-ratelimit-remaining-requests"),
+                HeaderName::from_static("x-ratelimit-reset-requests"),
             ],
             [
-                "x-ratelimit-limit-tokens",
-                "x-ratelimit-remaining-tokens",
-                "x-ratelimit-reset-tokens",
+                HeaderName::from_static("x-ratelimit-limit-tokens"),
+                HeaderName::from_static("x-ratelimit-remaining-tokens"),
+                HeaderName::from_static("x-ratelimit-reset-tokens"),
             ],
         ];
         for ([limit, remaining, reset], reading) in
             NAMES.into_iter().zip([self.requests, self.tokens])
         {
             let Some(r) = reading else { continue };
-            // Numbers and durations are always valid header values.
-            let _ = resp.insert_header(limit, r.limit);
-            let _ = resp.insert_header(remaining, r.remaining);
-            let _ = resp.insert_header(reset, reset_text(r.reset));
+            // Past `http`'s maximum number of headers (far above any head) they are left out.
+            let _ = headers.try_insert(limit, HeaderValue::from(r.limit));
+            let _ = headers.try_insert(remaining, HeaderValue::from(r.remaining));
+            if let Some(value) = reset_value(r.reset) {
+                let _ = headers.try_insert(reset, value);
+            }
         }
     }
 }
 
 /// OpenAI's duration format: `20ms`, `1.5s`, `6m0s`. Integer formatting only: this runs for
 /// every answer.
-fn reset_text(d: Duration) -> String {
-    let ms = d.as_millis();
+fn reset_value(d: Duration) -> Option<HeaderValue> {
+    let ms = u64::try_from(d.as_millis()).unwrap_or(u64::MAX);
+    let mut text = Vec::with_capacity(24);
+    let mut digits = itoa::Buffer::new();
     if ms < 1000 {
-        format!("{ms}ms")
+        text.extend_from_slice(digits.format(ms).as_bytes());
+        text.extend_from_slice(b"ms");
     } else if ms < 60_000 {
-        let (secs, frac) = (ms / 1000, ms % 1000);
-        match (frac % 10 == 0, frac % 100 == 0) {
-            _ if frac == 0 => format!("{secs}s"),
-            (_, true) => format!("{secs}.{}s", frac / 100),
-            (true, false) => format!("{secs}.{:02}s", frac / 10),
-            _ => format!("{secs}.{frac:03}s"),
+        text.extend_from_slice(digits.format(ms / 1000).as_bytes());
+        // Milliseconds as a decimal fraction without trailing zeros: 1.5s, 1.05s, 1.005s.
+        let mut frac = ms % 1000;
+        if frac != 0 {
+            let mut places = 3;
+            while frac % 10 == 0 {
+                frac /= 10;
+                places -= 1;
+            }
+            text.push(b'.');
+            let shown = digits.format(frac).as_bytes();
+            text.resize(text.len() + places - shown.len(), b'0');
+            text.extend_from_slice(shown);
         }
+        text.push(b's');
     } else {
-        format!("{}m{}s", ms / 60_000, (ms % 60_000) / 1000)
+        text.extend_from_slice(digits.format(ms / 60_000).as_bytes());
+        text.push(b'm');
+        text.extend_from_slice(digits.format(ms % 60_000 / 1000).as_bytes());
+        text.push(b's');
     }
+    HeaderValue::from_maybe_shared(bytes::Bytes::from(text)).ok()
 }
 
-/// Per client request, shared by every upstream call made for it: what its answers' headers
-/// say, and the token buckets its estimate was taken from until its usage settles them.
 #[derive(Debug, Default)]
 pub struct Accounting {
     pub headers: RateLimitHeaders,
@@ -520,6 +535,11 @@ mod tests {
 
     #[test]
     fn reset_texts_follow_openai() {
+        let reset_text = |d| {
+            reset_value(d)
+                .and_then(|v| v.to_str().map(str::to_owned).ok())
+                .unwrap_or_default()
+        };
         assert_eq!(reset_text(Duration::from_millis(20)), "20ms");
         assert_eq!(reset_text(Duration::from_millis(1500)), "1.5s");
         assert_eq!(reset_text(Duration::from_millis(1050)), "1.05s");

@@ -19,7 +19,6 @@ use crate::proxy::ctx::RequestCtx;
 use crate::registry::{Model, Registry};
 use metrics::{AttemptOutcome, InFlight, ModelMetrics, OperationKind};
 use pingora_error::{Error, ErrorType};
-use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 use prometheus::IntCounter;
 use std::net::SocketAddr;
@@ -308,21 +307,10 @@ pub fn attempt_failed(call: &PlannedCall, e: &Error) {
 /// The upstream's answer header is on its way to the client: it carries the request's id (an
 /// upstream's own id is passed on as `x-upstream-request-id`); its instance is noted, and a
 /// stream is counted in flight until its session ends.
-pub fn response_header(
-    session: &Session,
-    resp: &mut ResponseHeader,
-    call: &PlannedCall,
-    ctx: &mut RequestCtx,
-) {
-    if let Some(id) = session.req_header().headers.get(request_id::HEADER) {
-        if let Some(theirs) = resp.remove_header(request_id::HEADER) {
-            let _ = resp.insert_header(request_id::UPSTREAM_HEADER, theirs);
-        }
-        let _ = resp.insert_header(request_id::HEADER, id.clone());
-    }
+pub fn response_header(status: u16, call: &PlannedCall, ctx: &mut RequestCtx) {
     let obs = &mut ctx.observe;
     obs.served.header_at = Some(Instant::now());
-    if call.stream && resp.status.as_u16() < 400 && call.model.metrics.is_some() {
+    if call.stream && status < 400 && call.model.metrics.is_some() {
         obs.stream = metrics::families().map(|f| InFlight::start(&f.streams_in_flight));
     }
     obs.publish();

@@ -15,6 +15,17 @@ pub const HEADER: &str = "x-request-id";
 pub const UPSTREAM_HEADER: &str = "x-upstream-request-id";
 pub const MAX_LEN: usize = 128;
 
+/// On an answer's head: the request's id, and the upstream's own id (if it sent one) moved to
+/// `x-upstream-request-id`.
+pub fn set_on_answer(headers: &mut http::HeaderMap, id: &HeaderValue) {
+    let ours = const { http::HeaderName::from_static(HEADER) };
+    if let Some(theirs) = headers.remove(&ours) {
+        let upstream = const { http::HeaderName::from_static(UPSTREAM_HEADER) };
+        let _ = headers.try_insert(upstream, theirs);
+    }
+    let _ = headers.try_insert(ours, id.clone());
+}
+
 /// Whether a client's id is kept as it is.
 pub fn is_acceptable(id: &[u8]) -> bool {
     (1..=MAX_LEN).contains(&id.len())

@@ -2,7 +2,8 @@
 //! answer as it leaves (`crate::cache` decides; this only reads and writes the session).
 
 use super::ctx::RequestCtx;
-use super::local_response::VARIANT_HEADER;
+use super::headers::edit_answer_head;
+use super::local_response::ServedBy;
 use crate::api::ClientRequest;
 use crate::cache::{self, CacheFill, CacheStatus, Gather, Lookup, CACHE_HEADER};
 use crate::plan::PlannedCall;
@@ -93,15 +94,16 @@ async fn write_hit(
     {
         resp.insert_header(crate::observe::request_id::HEADER, id.clone())?;
     }
-    resp.insert_header("x-dragoman-model", call.model.name.as_str())?;
-    resp.insert_header("x-dragoman-provider", call.model.provider.name.as_str())?;
     resp.insert_header(CACHE_HEADER, CacheStatus::Hit.as_str())?;
-    if let Some(arm) = &call.variant {
-        resp.insert_header(VARIANT_HEADER, arm.variant.clone())?;
-    }
-    if let Some(accounting) = &call.accounting {
-        accounting.headers.apply(&mut resp);
-    }
+    let served_by = ServedBy {
+        model: &call.model,
+        attempts: 0,
+        limits: call.accounting.as_deref().map(|a| &a.headers),
+        variant: call.variant.as_ref().map(|a| &a.variant),
+    };
+    edit_answer_head(&mut resp, ServedBy::HEADERS, |head| {
+        served_by.write(&mut head.headers)
+    });
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await
 }
@@ -111,11 +113,12 @@ pub(super) fn on_response_header(
     resp: &mut ResponseHeader,
     call: &PlannedCall,
     ctx: &mut RequestCtx,
-) -> pingora_error::Result<()> {
+) {
     let Some(fill) = &call.cache else {
-        return Ok(());
+        return;
     };
-    resp.insert_header(CACHE_HEADER, fill.status.as_str())?;
+    // The answer's head has no map of name spellings by now (`headers::edit_answer_head`).
+    let _ = resp.insert_header(CACHE_HEADER, fill.status.as_str());
     ctx.cache_collector = match &fill.target {
         Some(target) if resp.status.is_success() => Some(Gather::new(
             call.stream,
@@ -123,7 +126,6 @@ pub(super) fn on_response_header(
         )),
         _ => None,
     };
-    Ok(())
 }
 
 /// The answer's bytes as the client gets them; stores the answer when it is whole.

@@ -604,8 +604,7 @@ impl LegFailure {
     /// rate-limit readings (`call`: the client's own call).
     async fn write(self, session: &mut Session, protocol: ClientProtocol, call: &PlannedCall) {
         let served_by = ServedBy {
-            model: &self.model.name,
-            provider: &self.model.provider.name,
+            model: &self.model,
             attempts: call.budget.calls_made(),
             limits: call.accounting.as_deref().map(|a| &a.headers),
             variant: call.variant.as_ref().map(|a| &a.variant),

@@ -4,7 +4,8 @@
 //! in the map parses and hashes all twenty on every request; scanning the few headers present
 //! against a `match` on their (already lowercase) names does a handful of compares instead.
 
-use http::{HeaderMap, HeaderName};
+use http::response::Parts;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora_http::{RequestHeader, ResponseHeader};
 
 /// A Pingora head whose headers can be read and removed (removal keeps Pingora's map of the
@@ -30,6 +31,42 @@ impl HeadersOf for ResponseHeader {
     fn remove(&mut self, name: &HeaderName) {
         self.remove_header(name);
     }
+}
+
+impl HeadersOf for HeaderMap {
+    fn headers(&self) -> &HeaderMap {
+        self
+    }
+    fn remove(&mut self, name: &HeaderName) {
+        HeaderMap::remove(self, name);
+    }
+}
+
+/// Edits an answer's head through its `http` parts, with room reserved for `additions` more
+/// headers. Pingora's `insert_header` parses each name, copies it into a second map that keeps
+/// the upstream's spelling of names, and hashes it into both (about 1,900 instructions a header);
+/// a constant name ([`set`]) is one hash into one map. The upstream's spelling goes with that
+/// map: names are case-insensitive, HTTP/2 sends them lowercase anyway, and HTTP/1 clients get
+/// the standard names in title case and the others lowercase.
+pub fn edit_answer_head<R>(
+    resp: &mut ResponseHeader,
+    additions: usize,
+    edit: impl FnOnce(&mut Parts) -> R,
+) -> R {
+    let placeholder = ResponseHeader::from(http::Response::new(()).into_parts().0);
+    let mut parts = Parts::from(std::mem::replace(resp, placeholder));
+    // Past `http`'s maximum of 32,768 headers the inserts below fail alone.
+    let _ = parts.headers.try_reserve(additions);
+    let result = edit(&mut parts);
+    *resp = ResponseHeader::from(parts);
+    result
+}
+
+/// Sets `name` to `value` (replacing what was there). Fails only past `http`'s maximum number of
+/// headers, which Pingora's own header limits keep any head far below: the header is then left
+/// out.
+pub fn set(headers: &mut HeaderMap, name: HeaderName, value: HeaderValue) {
+    let _ = headers.try_insert(name, value);
 }
 
 /// Removes every header whose lowercase name `doomed` picks, with all its values.

@@ -1,28 +1,64 @@
 //! Answers written by the gateway itself: errors in the client's protocol, and local endpoints.
 
+use super::headers::{edit_answer_head, set};
 use crate::api::ClientProtocol;
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
 use crate::limits::RateLimitHeaders;
+use crate::registry::Model;
 use bytes::Bytes;
+use http::{HeaderMap, HeaderName, HeaderValue};
 use pingora_error::{Error, ErrorSource, ErrorType};
 use pingora_http::ResponseHeader;
 use pingora_proxy::Session;
 
 /// Who answered, for the `x-dragoman-*` headers.
 pub struct ServedBy<'a> {
-    pub model: &'a str,
-    pub provider: &'a str,
+    pub model: &'a Model,
     /// Upstream attempts made (0: not said).
     pub attempts: u32,
     /// The request's rate-limit readings, when limits apply to it.
     pub limits: Option<&'a RateLimitHeaders>,
     /// The experiment arm the request was assigned to.
-    pub variant: Option<&'a http::HeaderValue>,
+    pub variant: Option<&'a HeaderValue>,
 }
 
 /// The experiment arm a request was assigned to.
 pub const VARIANT_HEADER: &str = "x-dragoman-variant";
+
+impl ServedBy<'_> {
+    /// The most headers [`ServedBy::write`] sets.
+    pub const HEADERS: usize = 10;
+
+    /// Sets `x-dragoman-model`, `-provider`, `-attempts`, `-variant` and the rate-limit headers.
+    pub fn write(&self, headers: &mut HeaderMap) {
+        if let Some(name) = &self.model.name_header {
+            set(
+                headers,
+                const { HeaderName::from_static("x-dragoman-model") },
+                name.clone(),
+            );
+        }
+        if let Some(name) = &self.model.provider.name_header {
+            let provider = const { HeaderName::from_static("x-dragoman-provider") };
+            set(headers, provider, name.clone());
+        }
+        if self.attempts > 0 {
+            let attempts = const { HeaderName::from_static(super::dispatch::ATTEMPTS_HEADER) };
+            set(headers, attempts, HeaderValue::from(self.attempts));
+        }
+        if let Some(variant) = self.variant {
+            set(
+                headers,
+                const { HeaderName::from_static(VARIANT_HEADER) },
+                variant.clone(),
+            );
+        }
+        if let Some(limits) = self.limits {
+            limits.apply(headers);
+        }
+    }
+}
 
 pub async fn write_json(
     session: &mut Session,
@@ -40,7 +76,8 @@ async fn write_json_with(
     served_by: Option<ServedBy<'_>>,
     retry_after: Option<u64>,
 ) -> pingora_error::Result<()> {
-    let mut resp = ResponseHeader::build(status, Some(5))?;
+    // No map of name spellings: every name here is the gateway's own.
+    let mut resp = ResponseHeader::build_no_case(status, Some(5 + ServedBy::HEADERS))?;
     resp.insert_header(http::header::CONTENT_TYPE, "application/json")?;
     resp.insert_header(http::header::CONTENT_LENGTH, body.len())?;
     if let Some(seconds) = retry_after {
@@ -53,18 +90,10 @@ async fn write_json_with(
     {
         resp.insert_header(crate::observe::request_id::HEADER, id.clone())?;
     }
-    if let Some(a) = served_by {
-        resp.insert_header("x-dragoman-model", a.model)?;
-        resp.insert_header("x-dragoman-provider", a.provider)?;
-        if a.attempts > 0 {
-            resp.insert_header(super::dispatch::ATTEMPTS_HEADER, a.attempts)?;
-        }
-        if let Some(variant) = a.variant {
-            resp.insert_header(VARIANT_HEADER, variant.clone())?;
-        }
-        if let Some(limits) = a.limits {
-            limits.apply(&mut resp);
-        }
+    if let Some(served_by) = served_by {
+        edit_answer_head(&mut resp, ServedBy::HEADERS, |head| {
+            served_by.write(&mut head.headers)
+        });
     }
     session.write_response_header(Box::new(resp), false).await?;
     session.write_response_body(Some(body), true).await

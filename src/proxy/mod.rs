@@ -194,8 +194,12 @@ impl ProxyHttp for Gateway {
         let call = ctx.call.clone().ok_or_else(no_call)?;
         crate::observe::attempt_answered(&call, resp.status.as_u16());
         upstream::on_response_status(&call, ctx, resp)?;
-        upstream_response::on_response_header(resp, &call, ctx)?;
-        crate::observe::response_header(session, resp, &call, ctx);
+        let request_id = session
+            .req_header()
+            .headers
+            .get(crate::observe::request_id::HEADER);
+        upstream_response::on_response_header(resp, &call, ctx, request_id);
+        crate::observe::response_header(resp.status.as_u16(), &call, ctx);
         cork::coalesce_unsized_response(session, resp, ctx);
         Ok(())
     }
@@ -248,8 +252,7 @@ impl ProxyHttp for Gateway {
             }
             Some(error) => {
                 let served_by = ServedBy {
-                    model: &call.model.name,
-                    provider,
+                    model: &call.model,
                     attempts: ctx.attempts,
                     limits: call.accounting.as_deref().map(|a| &a.headers),
                     variant: call.variant.as_ref().map(|a| &a.variant),

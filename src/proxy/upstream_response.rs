@@ -2,13 +2,15 @@
 //! already in the client's protocol (translated answers and streams, and every error).
 
 use super::ctx::{RequestCtx, ResponseHandling};
-use super::local_response::VARIANT_HEADER;
+use super::headers::{edit_answer_head, set, strip};
+use super::local_response::ServedBy;
 use crate::api::anthropic::{self, AnthropicEventSink};
 use crate::api::openai::stream::OpenAiEventSink;
 use crate::api::{ClientEndpoint, ClientProtocol};
 use crate::error::ErrorCode;
 use crate::error::{self, GatewayError};
 use crate::limits::usage::UsageScan;
+use crate::observe::request_id;
 use crate::plan::{Operation, PlannedCall, ResponseMode};
 use crate::providers::openai::usage_chunk::UsageChunkFilter;
 use crate::providers::ResponseContext;
@@ -16,7 +18,7 @@ use crate::stream::chunk::{ChunkSource, StreamContext};
 use crate::stream::redact::StreamRedactor;
 use crate::stream::{self, ClientSink, StreamTranslation, TerminalWatch};
 use bytes::Bytes;
-use http::header;
+use http::{header, HeaderValue};
 use pingora_error::{Error, ErrorType, Result};
 use pingora_http::ResponseHeader;
 
@@ -36,23 +38,16 @@ fn is_stripped(name: &str) -> bool {
         || name.starts_with("anthropic-ratelimit-")
 }
 
+/// The upstream's answer head: who answered and the request's limits and id are added, what
+/// the client must not see is removed, and how its body is handled is chosen.
 pub fn on_response_header(
     resp: &mut ResponseHeader,
     call: &PlannedCall,
     ctx: &mut RequestCtx,
-) -> Result<()> {
+    request_id: Option<&HeaderValue>,
+) {
     let status = resp.status.as_u16();
     ctx.upstream_status = status;
-    super::headers::strip(resp, is_stripped);
-    resp.insert_header("x-dragoman-model", call.model.name.as_str())?;
-    resp.insert_header("x-dragoman-provider", call.model.provider.name.as_str())?;
-    resp.insert_header(super::dispatch::ATTEMPTS_HEADER, ctx.attempts.max(1))?;
-    if let Some(arm) = &call.variant {
-        resp.insert_header(VARIANT_HEADER, arm.variant.clone())?;
-    }
-    if let Some(accounting) = &call.accounting {
-        accounting.headers.apply(resp);
-    }
     let protocol = call.endpoint.protocol();
     ctx.response = if status >= 400 {
         ResponseHandling::BufferWhole
@@ -89,27 +84,46 @@ pub fn on_response_header(
         }
         _ => None,
     };
-    match &ctx.response {
-        ResponseHandling::BufferWhole => {
-            // The translated body has another length; Pingora switches to chunked framing.
-            resp.remove_header(&header::CONTENT_LENGTH);
-            resp.remove_header(&header::CONTENT_ENCODING);
-            resp.insert_header(header::CONTENT_TYPE, "application/json")?;
+    let served_by = ServedBy {
+        model: &call.model,
+        attempts: ctx.attempts.max(1),
+        limits: call.accounting.as_deref().map(|a| &a.headers),
+        variant: call.variant.as_ref().map(|a| &a.variant),
+    };
+    // Request id, content type and cache control, and the cache's verdict: four more.
+    edit_answer_head(resp, ServedBy::HEADERS + 4, |head| {
+        let headers = &mut head.headers;
+        strip(headers, is_stripped);
+        served_by.write(headers);
+        if let Some(id) = request_id {
+            request_id::set_on_answer(headers, id);
         }
-        ResponseHandling::TranslateStream(_) => {
-            resp.remove_header(&header::CONTENT_LENGTH);
-            resp.remove_header(&header::CONTENT_ENCODING);
-            resp.insert_header(header::CONTENT_TYPE, "text/event-stream")?;
-            resp.insert_header(header::CACHE_CONTROL, "no-cache")?;
+        match &ctx.response {
+            ResponseHandling::BufferWhole => {
+                // The translated body has another length; Pingora switches to chunked framing.
+                headers.remove(header::CONTENT_LENGTH);
+                headers.remove(header::CONTENT_ENCODING);
+                set(headers, header::CONTENT_TYPE, JSON);
+            }
+            ResponseHandling::TranslateStream(_) => {
+                headers.remove(header::CONTENT_LENGTH);
+                headers.remove(header::CONTENT_ENCODING);
+                set(headers, header::CONTENT_TYPE, EVENT_STREAM);
+                set(headers, header::CACHE_CONTROL, NO_CACHE);
+            }
+            ResponseHandling::FilterStream(_) => {
+                // Dropped events change the length.
+                headers.remove(header::CONTENT_LENGTH);
+            }
+            ResponseHandling::PassThrough | ResponseHandling::WatchStream(_) => {}
         }
-        ResponseHandling::FilterStream(_) => {
-            // Dropped events change the length.
-            resp.remove_header(&header::CONTENT_LENGTH);
-        }
-        ResponseHandling::PassThrough | ResponseHandling::WatchStream(_) => {}
-    }
-    super::cache_hook::on_response_header(resp, call, ctx)
+    });
+    super::cache_hook::on_response_header(resp, call, ctx);
 }
+
+const JSON: HeaderValue = HeaderValue::from_static("application/json");
+const EVENT_STREAM: HeaderValue = HeaderValue::from_static("text/event-stream");
+const NO_CACHE: HeaderValue = HeaderValue::from_static("no-cache");
 
 fn source(call: &PlannedCall) -> Box<dyn ChunkSource> {
     call.model.provider.dialect.chunk_source(StreamContext {
