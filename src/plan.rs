@@ -84,15 +84,10 @@ impl PlannedCall {
     pub fn plan_for(
         registry: &Arc<Registry>,
         request: &ClientRequest,
-        model: Option<&str>,
+        model: &Arc<Model>,
         accounting: Option<&Arc<Accounting>>,
     ) -> Result<PlannedCall, GatewayError> {
-        let name = model.unwrap_or(&request.envelope.model);
-        let model = registry
-            .models
-            .get(name)
-            .cloned()
-            .ok_or_else(|| GatewayError::model_not_found(name))?;
+        let model = model.clone();
         let planned = match request.endpoint {
             ClientEndpoint::ChatCompletions
             | ClientEndpoint::Complete

@@ -125,7 +125,7 @@ fn string(out: &mut Vec<u8>, field: &str, value: Option<&str>) {
     name(out, field);
     match value {
         // Names, ids and words almost never need escaping: copied as they are when they don't.
-        Some(v) if !v.bytes().any(|b| b < 0x20 || b == b'"' || b == b'\\') => {
+        Some(v) if !needs_escaping(v) => {
             out.push(b'"');
             out.extend_from_slice(v.as_bytes());
             out.push(b'"');
@@ -136,6 +136,14 @@ fn string(out: &mut Vec<u8>, field: &str, value: Option<&str>) {
         }
         None => out.extend_from_slice(b"null"),
     }
+}
+
+/// Whether JSON needs `v` escaped. A fold over every byte, not `any` (which stops at the first
+/// hit): the compiler checks many bytes at once without the early exit.
+fn needs_escaping(v: &str) -> bool {
+    v.bytes().fold(false, |seen, b| {
+        seen | (b < 0x20) | (b == b'"') | (b == b'\\')
+    })
 }
 
 fn number(out: &mut Vec<u8>, field: &str, value: Option<u64>) {

@@ -210,7 +210,14 @@ impl Observation {
         self.body_read = Some(Instant::now());
     }
 
-    /// The client's request names `model`.
+    /// The client's request was planned for `model`.
+    pub fn planned(&mut self, model: &Arc<Model>) {
+        if self.registry.is_some() {
+            self.model = Some(model.clone());
+        }
+    }
+
+    /// The client's request names `model`, and could not be planned.
     pub fn named_model(&mut self, registry: &Registry, model: &str) {
         if self.registry.is_none() {
             return;
@@ -412,11 +419,18 @@ pub fn finish(session: &Session, ctx: &mut RequestCtx) {
     }
 
     if let Some(log) = access_log::get() {
-        let served_model = written
-            .and_then(|r| r.headers.get("x-dragoman-model"))
-            .and_then(|v| v.to_str().ok())
-            .and_then(|name| registry.models.get(name))
-            .cloned();
+        let served_model = match call {
+            // A successful answer from the call itself or its first leg: the call's own model
+            // (a fallback or a hedge may be another model's).
+            Some(call) if status < 400 && matches!(winner, None | Some(LegKind::First)) => {
+                Some(call.model.clone())
+            }
+            _ => written
+                .and_then(|r| r.headers.get("x-dragoman-model"))
+                .and_then(|v| v.to_str().ok())
+                .and_then(|name| registry.models.get(name))
+                .cloned(),
+        };
         let protocol = match obs.endpoint.map(|e| e.protocol()) {
             Some(ClientProtocol::Anthropic) => "anthropic",
             _ => "openai",

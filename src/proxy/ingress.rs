@@ -111,20 +111,18 @@ pub async fn handle(
             return Handled::Answered;
         }
     };
-    ctx.observe.named_model(&registry, &request.envelope.model);
     let (admission, mut call) = match admit_and_plan(session, &registry, key, &request).await {
         Ok(planned) => planned,
         Err(e) => {
+            ctx.observe.named_model(&registry, &request.envelope.model);
             reject(session, &e, protocol).await;
             return Handled::Answered;
         }
     };
+    // Counted under the model that serves it (an experiment's arm, when it named one).
+    ctx.observe.planned(&call.model);
     // Held until the request ends: its concurrency slots, and the settling of its tokens.
     ctx.admission = admission;
-    if call.variant.is_some() {
-        // An experiment's arm serves it: counted under that model.
-        ctx.observe.named_model(&registry, &call.model.name);
-    }
     if cache_hook::answer_from_cache(session, &registry, &request, &mut call).await {
         return Handled::Answered;
     }
@@ -144,7 +142,11 @@ pub async fn handle(
     }
     let (accounting, variant) = (call.accounting.clone(), call.variant.clone());
     let replan = |model: &str| {
-        PlannedCall::plan_for(&registry, &request, Some(model), accounting.as_ref())
+        let model = registry
+            .models
+            .get(model)
+            .ok_or_else(|| GatewayError::model_not_found(model))?;
+        PlannedCall::plan_for(&registry, &request, model, accounting.as_ref())
             .map(|c| c.in_variant(variant.clone()))
     };
     dispatch::run(session, call, &replan, &mut ctx.observe.legs).await;
@@ -175,32 +177,36 @@ pub(super) async fn admit_and_plan(
     if let Some(requests) = variant.as_ref().and_then(|arm| arm.requests.as_ref()) {
         requests.inc();
     }
-    let served = variant.as_ref().map(|arm| arm.model.as_str());
-    let admission = admit(registry, key, request, served, request.body.len()).await?;
+    // The model serving it: the arm's, else the one it named.
+    let name = variant
+        .as_ref()
+        .map_or(&*request.envelope.model, |arm| &arm.model);
+    let model = registry
+        .models
+        .get(name)
+        .ok_or_else(|| GatewayError::model_not_found(name))?;
+    let admission = admit(registry, key, request, model, request.body.len()).await?;
     let accounting = admission.as_ref().map(|a| a.accounting.clone());
-    let call = PlannedCall::plan_for(registry, request, served, accounting.as_ref())?;
+    let call = PlannedCall::plan_for(registry, request, model, accounting.as_ref())?;
     Ok((admission, call.in_variant(variant)))
 }
 
-/// Admits the request under the limits of its key, the model serving it (`served`, else the one
-/// it named) and the model's provider.
+/// Admits the request under the limits of its key, the model serving it, and the model's
+/// provider.
 async fn admit(
     registry: &Registry,
     key: Option<&access::GatewayKey>,
     request: &ClientRequest<'_>,
-    served: Option<&str>,
+    model: &crate::registry::Model,
     body_len: usize,
 ) -> Result<Option<limits::Admission>, GatewayError> {
     if !registry.has_limits {
         return Ok(None);
     }
-    let model = registry
-        .models
-        .get(served.unwrap_or(&request.envelope.model));
     let scopes = [
         key.and_then(|k| k.limits.as_ref()),
-        model.and_then(|m| m.limits.as_ref()),
-        model.and_then(|m| m.provider.limits.as_ref()),
+        model.limits.as_ref(),
+        model.provider.limits.as_ref(),
     ];
     if scopes.iter().all(Option::is_none) {
         return Ok(None);
