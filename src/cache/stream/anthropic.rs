@@ -617,7 +617,9 @@ mod tests {
     #[test]
     fn an_answer_larger_than_the_limit_is_not_kept() {
         let mut message = whole();
-        message["content"] = json!([{"type": "text", "text": "x".repeat(5000)}]);
+        // Small events (each within the limit), a large whole.
+        let block = json!({"type": "text", "text": "x".repeat(300)});
+        message["content"] = Value::Array(vec![block; 20]);
         let sse =
             message_to_sse(&serde_json::to_vec(&message).unwrap_or_default()).unwrap_or_default();
         let mut small = EventGather::new(4000);
