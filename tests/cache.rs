@@ -464,3 +464,251 @@ async fn two_gateways_serve_each_others_entries_through_redis() {
     assert_eq!(cache, "hit");
     assert_eq!(mock.request_count(), 2);
 }
+
+/// An Anthropic-kind and an OpenAI-kind provider on `mock`, each with a model that caches.
+fn messages_config(mock: &MockProvider) -> String {
+    format!(
+        "providers:\n  ant: {{ kind: anthropic, api_key: key-a, endpoints: [\"{url}\"] }}\n  \
+         oai: {{ kind: openai, api_key: key-b, endpoints: [\"{url}/v1\"] }}\n\
+         models:\n  claude: {{ provider: ant, cache: {{ttl: 1h}} }}\n  \
+         gpt: {{ provider: oai, cache: {{ttl: 1h}} }}\n",
+        url = mock.url()
+    )
+}
+
+fn messages(model: &str, prompt: &str, stream: bool) -> Value {
+    json!({"model": model, "max_tokens": 64, "stream": stream,
+           "messages": [{"role": "user", "content": prompt}]})
+}
+
+/// Sends an Anthropic Messages request; returns (status, x-dragoman-cache, body).
+async fn send_messages(gw: &GatewayProcess, body: &Value) -> (u16, String, String) {
+    let resp = client()
+        .post(gw.url("/v1/messages"))
+        .header("anthropic-version", "2023-06-01")
+        .json(body)
+        .send()
+        .await
+        .expect("request");
+    let status = resp.status().as_u16();
+    let cache = header(resp.headers(), "x-dragoman-cache").to_string();
+    (status, cache, resp.text().await.expect("body"))
+}
+
+/// The events of an Anthropic Messages stream, checked to be well formed: each `event: NAME`
+/// with `data.type` NAME; `message_start` first, then blocks started, streamed and stopped in
+/// index order, then `message_delta` and `message_stop`.
+fn anthropic_stream(text: &str) -> Vec<Value> {
+    assert!(text.ends_with("\n\n"), "{text}");
+    let events: Vec<Value> = text
+        .trim_end_matches("\n\n")
+        .split("\n\n")
+        .map(|raw| {
+            let (name, data) = raw.split_once('\n').expect("event and data lines");
+            let name = name.strip_prefix("event: ").expect("an event name");
+            let data: Value = serde_json::from_str(data.strip_prefix("data: ").expect("data"))
+                .expect("JSON data");
+            assert_eq!(data["type"], name, "{raw}");
+            data
+        })
+        .filter(|e| e["type"] != "ping")
+        .collect();
+    let kinds: Vec<&str> = events.iter().filter_map(|e| e["type"].as_str()).collect();
+    assert_eq!(kinds.first(), Some(&"message_start"), "{text}");
+    assert_eq!(
+        kinds[kinds.len() - 2..],
+        ["message_delta", "message_stop"],
+        "{text}"
+    );
+    let start = &events[0]["message"];
+    assert_eq!(
+        (&start["content"], &start["stop_reason"]),
+        (&json!([]), &Value::Null)
+    );
+    let (mut open, mut next) = (None, 0);
+    for event in &events[1..events.len() - 2] {
+        match event["type"].as_str() {
+            Some("content_block_start") => {
+                assert_eq!(
+                    (open, event["index"].as_u64()),
+                    (None, Some(next)),
+                    "{text}"
+                );
+                open = Some(next);
+                next += 1;
+            }
+            Some("content_block_delta") => assert_eq!(event["index"].as_u64(), open, "{text}"),
+            Some("content_block_stop") => {
+                assert_eq!(event["index"].as_u64(), open, "{text}");
+                open = None;
+            }
+            other => panic!("unexpected {other:?} in {text}"),
+        }
+    }
+    assert_eq!(open, None, "{text}");
+    events
+}
+
+/// The text a stream's `text_delta`s carry.
+fn streamed_text(events: &[Value]) -> String {
+    events
+        .iter()
+        .filter(|e| e["delta"]["type"] == "text_delta")
+        .filter_map(|e| e["delta"]["text"].as_str())
+        .collect()
+}
+
+/// Streamed `/v1/messages` requests to `model` (on `messages_config`'s mock): a whole answer
+/// serves a later stream, and a stream a later whole answer and stream.
+async fn anthropic_streams_use_the_cache(model: &str) {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&messages_config(&mock));
+    let (status, cache, whole) = send_messages(&gw, &messages(model, "whole first", false)).await;
+    assert_eq!((status, cache.as_str()), (200, "miss"), "{whole}");
+    let whole: Value = serde_json::from_str(&whole).expect("a message");
+    let (status, cache, events) = send_messages(&gw, &messages(model, "whole first", true)).await;
+    assert_eq!((status, cache.as_str()), (200, "hit"), "{events}");
+    let events = anthropic_stream(&events);
+    assert_eq!(json!(streamed_text(&events)), whole["content"][0]["text"]);
+    assert_eq!(events[0]["message"]["id"], whole["id"]);
+    assert_eq!(
+        events[0]["message"]["usage"]["input_tokens"],
+        whole["usage"]["input_tokens"]
+    );
+    let delta = &events[events.len() - 2];
+    assert_eq!(delta["delta"]["stop_reason"], whole["stop_reason"]);
+    assert_eq!(
+        delta["usage"]["output_tokens"],
+        whole["usage"]["output_tokens"]
+    );
+    assert_eq!(mock.request_count(), 1, "a hit must not reach the upstream");
+
+    // Streamed first: a later whole request and a later stream hit.
+    let (status, cache, events) = send_messages(&gw, &messages(model, "stream first", true)).await;
+    assert_eq!((status, cache.as_str()), (200, "miss"), "{events}");
+    let streamed = streamed_text(&anthropic_stream(&events));
+    assert_eq!(streamed, "mock reply to: stream first");
+    assert_eq!(mock.request_count(), 2);
+    let (status, cache, whole) = send_messages(&gw, &messages(model, "stream first", false)).await;
+    assert_eq!((status, cache.as_str()), (200, "hit"), "{whole}");
+    let whole: Value = serde_json::from_str(&whole).expect("a message");
+    assert_eq!(whole["type"], "message");
+    assert_eq!(whole["role"], "assistant");
+    assert_eq!(
+        whole["content"],
+        json!([{"type": "text", "text": streamed}])
+    );
+    assert_eq!(whole["stop_reason"], "end_turn");
+    assert!(whole["usage"]["output_tokens"].is_u64(), "{whole}");
+    let (status, cache, again) = send_messages(&gw, &messages(model, "stream first", true)).await;
+    assert_eq!((status, cache.as_str()), (200, "hit"));
+    assert_eq!(streamed_text(&anthropic_stream(&again)), streamed);
+    assert_eq!(mock.request_count(), 2);
+}
+
+#[tokio::test]
+async fn anthropic_streams_use_the_cache_over_an_anthropic_upstream() {
+    anthropic_streams_use_the_cache("claude").await;
+}
+
+#[tokio::test]
+async fn anthropic_streams_use_the_cache_over_an_openai_upstream() {
+    anthropic_streams_use_the_cache("gpt").await;
+}
+
+#[tokio::test]
+async fn the_anthropic_sdk_consumes_streams_from_the_cache() {
+    let mock = MockProvider::start().await.unwrap();
+    let gw = GatewayProcess::start(&messages_config(&mock));
+    let python = std::env::var("DRAGOMAN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = format!(
+        "{}/tests/sdk/test_sdk_cache_anthropic.py",
+        env!("CARGO_MANIFEST_DIR")
+    );
+    let out = tokio::process::Command::new(&python)
+        .args([script.as_str(), "-v"])
+        .env("DRAGOMAN_URL", gw.url(""))
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let report = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "SDK tests failed:\n{report}\n{}",
+        gw.stderr()
+    );
+    assert!(
+        report.contains("Ran 2 tests") && report.contains("OK"),
+        "{report}"
+    );
+    assert_eq!(mock.request_count(), 2);
+}
+
+/// A model that caches, with a fallback, each on a mock of its own.
+fn fallback_config(primary: &MockProvider, fallback: &MockProvider) -> String {
+    format!(
+        "providers:\n  pa: {{ kind: openai, auth: none, health_check: {{ enabled: false }}, endpoints: [\"{}/v1\"] }}\n  \
+         pb: {{ kind: openai, auth: none, health_check: {{ enabled: false }}, endpoints: [\"{}/v1\"] }}\n\
+         models:\n  cached: {{ provider: pa, cache: {{ttl: 1h}}, fallbacks: [b], fallback_on: [server_error] }}\n  \
+         b: {{ provider: pb }}\n",
+        primary.url(),
+        fallback.url()
+    )
+}
+
+#[tokio::test]
+async fn a_fallbacks_answer_says_what_the_cache_did_and_is_not_stored() {
+    let (primary, fallback) = (
+        MockProvider::start().await.unwrap(),
+        MockProvider::start().await.unwrap(),
+    );
+    primary.set_default(Behaviour::json(
+        503,
+        json!({"error": {"message": "overloaded", "type": "server_error"}}),
+    ));
+    let gw = GatewayProcess::start(&fallback_config(&primary, &fallback));
+    let body = chat("cached", "primary down");
+    for n in 1..=2 {
+        let resp = client()
+            .post(gw.url("/v1/chat/completions"))
+            .header("content-type", "application/json")
+            .body(body.clone())
+            .send()
+            .await
+            .expect("request");
+        assert_eq!(resp.status().as_u16(), 200);
+        assert_eq!(header(resp.headers(), "x-dragoman-model"), "b");
+        // Another model's answer: not stored under `cached`'s key, so the same request misses.
+        assert_eq!(
+            header(resp.headers(), "x-dragoman-cache"),
+            "miss",
+            "request {n}"
+        );
+        assert_eq!((primary.request_count(), fallback.request_count()), (n, n));
+    }
+    let (status, cache, _) = send(&gw, &body, &[("cache-control", "no-cache")]).await;
+    assert_eq!((status, cache.as_str()), (200, "bypass"));
+    assert_eq!(fallback.request_count(), 3);
+}
+
+#[tokio::test]
+async fn a_model_with_fallbacks_caches_what_it_answers_itself() {
+    let (primary, fallback) = (
+        MockProvider::start().await.unwrap(),
+        MockProvider::start().await.unwrap(),
+    );
+    let gw = GatewayProcess::start(&fallback_config(&primary, &fallback));
+    let (status, cache, first) = send(&gw, &chat("cached", "primary up"), &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "miss"), "{first}");
+    let (status, cache, again) = send(&gw, &chat("cached", "primary up"), &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "hit"));
+    assert_eq!(again, first);
+    // A stream through the dispatcher is stored whole too.
+    let mut streamed: Value = serde_json::from_str(&chat("cached", "streamed")).unwrap_or_default();
+    streamed["stream"] = json!(true);
+    let (status, cache, _) = send(&gw, &streamed.to_string(), &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "miss"));
+    let (status, cache, whole) = send(&gw, &chat("cached", "streamed"), &[]).await;
+    assert_eq!((status, cache.as_str()), (200, "hit"), "{whole}");
+    assert_eq!((primary.request_count(), fallback.request_count()), (2, 0));
+}

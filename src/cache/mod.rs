@@ -2,7 +2,8 @@
 //! by a key of what changes the answer ([`key`]), in a store bounded in bytes ([`store`]).
 //!
 //! Only complete, successful (2xx) answers are stored, as the client received them (its
-//! protocol's bytes), each at most `cache.max_entry_bytes`. Clients opt out per request with
+//! protocol's bytes; a stream as the whole answer it carried, [`stream`]), each at most
+//! `cache.max_entry_bytes`. Clients opt out per request with
 //! `Cache-Control: no-cache` (not served from the cache; its answer may be stored) or `no-store`
 //! (neither). The proxy's hooks only call in here: the lookup after a request is planned, the
 //! collection as the answer's bytes leave.
@@ -247,6 +248,17 @@ pub struct CacheFill {
     pub target: Option<StoreTarget>,
 }
 
+impl CacheFill {
+    /// What a fallback model's answer to the request carries: the client's model's status, and
+    /// no target (it is another model's answer, not stored under the client's model's key).
+    pub fn for_fallback(status: CacheStatus) -> CacheFill {
+        CacheFill {
+            status,
+            target: None,
+        }
+    }
+}
+
 pub struct StoreTarget {
     pub key: CacheKey,
     pub ttl: Duration,
@@ -315,8 +327,8 @@ async fn decide(cache: &Arc<ResponseCache>, model: &ModelCache, request: &Reques
             | ClientEndpoint::Complete
             | ClientEndpoint::Embeddings
     );
-    // Streams are served and stored for OpenAI chat clients only (`stream.rs`).
-    let stream_unsupported = request.stream && request.endpoint != ClientEndpoint::ChatCompletions;
+    // Streams are served and stored for OpenAI chat and Anthropic Messages clients (`stream`).
+    let stream_unsupported = request.stream && !stream::supported(request.endpoint);
     if !cacheable || stream_unsupported || !request.directive.store {
         return bypass;
     }
@@ -354,18 +366,20 @@ async fn decide(cache: &Arc<ResponseCache>, model: &ModelCache, request: &Reques
 }
 
 /// Gathers one attempt's answer as it leaves for the client: a whole answer as it is, a stream
-/// into the whole answer it carries.
+/// into the whole answer it carries (in the protocol of the client's endpoint).
 pub enum Gather {
     Whole(Collector),
     Stream(Box<stream::StreamGather>),
 }
 
 impl Gather {
-    pub fn new(stream: bool, limit: usize) -> Gather {
+    /// `None`: a stream at an endpoint whose streams are not gathered.
+    pub fn new(endpoint: ClientEndpoint, stream: bool, limit: usize) -> Option<Gather> {
         if stream {
-            Gather::Stream(Box::new(stream::StreamGather::new(limit)))
+            let gather = stream::StreamGather::new(endpoint, limit)?;
+            Some(Gather::Stream(Box::new(gather)))
         } else {
-            Gather::Whole(Collector::new(limit))
+            Some(Gather::Whole(Collector::new(limit)))
         }
     }
 

@@ -46,12 +46,10 @@ pub(super) async fn answer_from_cache(
     match lookup {
         Lookup::Hit(whole) => {
             let (body, content_type) = if call.stream {
-                match cache::stream::completion_to_sse(
-                    &whole,
-                    cache::stream::asks_for_usage(request.body),
-                ) {
+                // The stream writer of the client's protocol.
+                match cache::stream::whole_to_sse(request.endpoint, &whole, request.body) {
                     Some(events) => (events, "text/event-stream"),
-                    // Not a chat completion after all: ask the upstream.
+                    // Not an answer of that endpoint after all: ask the upstream.
                     None => {
                         call.cache = Some(CacheFill {
                             status: CacheStatus::Bypass,
@@ -120,10 +118,11 @@ pub(super) fn on_response_header(
     // The answer's head has no map of name spellings by now (`headers::edit_answer_head`).
     let _ = resp.insert_header(CACHE_HEADER, fill.status.as_str());
     ctx.cache_collector = match &fill.target {
-        Some(target) if resp.status.is_success() => Some(Gather::new(
+        Some(target) if resp.status.is_success() => Gather::new(
+            call.endpoint,
             call.stream,
             target.cache.settings.max_entry_bytes,
-        )),
+        ),
         _ => None,
     };
 }

@@ -14,6 +14,7 @@ use super::local_response;
 use crate::access;
 use crate::api::{self, ClientEndpoint, ClientProtocol, ClientRequest};
 use crate::buffers::{Exhausted, Held};
+use crate::cache::CacheFill;
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
 use crate::experiments::UserIdentity;
@@ -141,13 +142,18 @@ pub async fn handle(
         return Handled::ProxyHere;
     }
     let (accounting, variant) = (call.accounting.clone(), call.variant.clone());
+    // A fallback's answer says what the cache did for the client's model; it is not stored.
+    let cache_status = call.cache.as_ref().map(|fill| fill.status);
     let replan = |model: &str| {
         let model = registry
             .models
             .get(model)
             .ok_or_else(|| GatewayError::model_not_found(model))?;
-        PlannedCall::plan_for(&registry, &request, model, accounting.as_ref())
-            .map(|c| c.in_variant(variant.clone()))
+        PlannedCall::plan_for(&registry, &request, model, accounting.as_ref()).map(|c| {
+            let mut c = c.in_variant(variant.clone());
+            c.cache = cache_status.map(CacheFill::for_fallback);
+            c
+        })
     };
     dispatch::run(session, call, &replan, &mut ctx.observe.legs).await;
     Handled::Answered

@@ -1,8 +1,6 @@
 //! Cached answers and OpenAI chat streams, both ways: a whole `chat.completion` written as the
 //! `chat.completion.chunk` events of a stream (for a streamed request answered from the cache),
 //! and the chunks of a streamed answer gathered into a whole `chat.completion` (to store it).
-//!
-//! Only OpenAI chat clients: a streamed `/v1/messages` request bypasses the cache.
 
 use crate::stream::sse::{SseEvent, SseParser};
 use bytes::Bytes;
@@ -118,7 +116,7 @@ struct ChoiceParts {
 
 /// Gathers an OpenAI chat stream, as the client received it, into the whole answer it carried;
 /// bounded by `limit` bytes of gathered text.
-pub struct StreamGather {
+pub struct ChunkGather {
     parser: SseParser,
     events: Vec<SseEvent>,
     head: Map<String, Value>,
@@ -133,9 +131,9 @@ pub struct StreamGather {
 /// The most choices gathered (`n` is far smaller in practice); more fail the gathering.
 const MAX_CHOICES: usize = 128;
 
-impl StreamGather {
-    pub fn new(limit: usize) -> StreamGather {
-        StreamGather {
+impl ChunkGather {
+    pub fn new(limit: usize) -> ChunkGather {
+        ChunkGather {
             parser: SseParser::new(limit),
             events: Vec::new(),
             head: Map::new(),
@@ -339,7 +337,7 @@ mod tests {
         );
         assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
         // Fed back in pieces of any size, the stream is the same answer.
-        let mut gather = StreamGather::new(1 << 20);
+        let mut gather = ChunkGather::new(1 << 20);
         for piece in sse.chunks(7) {
             assert!(gather.push(piece));
         }
@@ -370,7 +368,7 @@ mod tests {
 
     #[test]
     fn arguments_in_pieces_are_joined() {
-        let mut gather = StreamGather::new(1 << 20);
+        let mut gather = ChunkGather::new(1 << 20);
         let events = [
             r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}"#,
             r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\""}}]},"finish_reason":null}]}"#,
@@ -394,10 +392,10 @@ mod tests {
     #[test]
     fn a_stream_that_did_not_end_properly_is_not_kept() {
         let chunk = r#"data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#;
-        let mut cut = StreamGather::new(1 << 20);
+        let mut cut = ChunkGather::new(1 << 20);
         cut.push(format!("{chunk}\n\n").as_bytes());
         assert!(cut.finish().is_none());
-        let mut failed = StreamGather::new(1 << 20);
+        let mut failed = ChunkGather::new(1 << 20);
         failed.push(format!("{chunk}\n\ndata: {{\"error\":{{\"message\":\"x\"}}}}\n\n").as_bytes());
         failed.push(b"data: [DONE]\n\n");
         assert!(failed.finish().is_none());
