@@ -8,7 +8,7 @@
 //! circuit breakers and load counts (by instance address, always), its credentials (when its key
 //! settings are unchanged), and every rate-limit scope whose limits are unchanged.
 
-use crate::access::GatewayKey;
+use crate::access::{GatewayKey, GatewayKeys};
 use crate::config::{
     EdgeSettings, FallbackCondition, FanoutSettings, HealthCheckConfig, HedgeConfig, InstanceUrl,
     LimitStoreSettings, ProviderSettings, Settings,
@@ -101,7 +101,7 @@ pub struct Registry {
     /// `GET /v1/models`, rendered once.
     pub model_list: Bytes,
     /// Gateway keys; empty when anyone who reaches the listener may call.
-    pub keys: Vec<GatewayKey>,
+    pub keys: GatewayKeys,
     pub providers: Vec<Arc<Provider>>,
     pub max_request_bytes: usize,
     pub max_response_bytes: usize,
@@ -232,6 +232,7 @@ impl Registry {
                 ))
             })
             .collect();
+        let keys = GatewayKeys::new(keys);
         let model_list = render(listed.iter().collect());
         let limiter = match old {
             Some(old) if old.limit_store == settings.limit_store => old.limiter.clone(),

@@ -61,7 +61,7 @@ pub async fn handle(
     let key = if registry.keys.is_empty() {
         None
     } else {
-        match access::authenticate(&registry.keys, session.req_header()) {
+        match registry.keys.authenticate(session.req_header()) {
             Ok(key) => Some(key),
             Err(e) => {
                 reject(session, &e, protocol).await;
