@@ -382,20 +382,7 @@ async fn streams_are_answered_from_whole_answers_and_stored_whole() {
 async fn the_openai_sdk_consumes_answers_from_the_cache() {
     let mock = MockProvider::start().await.unwrap();
     let gw = GatewayProcess::start(&config(&mock, "cache: {ttl: 1h}", ""));
-    let python = std::env::var("DRAGOMAN_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = format!("{}/tests/sdk/test_sdk_cache.py", env!("CARGO_MANIFEST_DIR"));
-    let out = tokio::process::Command::new(&python)
-        .args([script.as_str(), "-v"])
-        .env("DRAGOMAN_URL", gw.url(""))
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let report = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "SDK tests failed:\n{report}\n{}",
-        gw.stderr()
-    );
+    let report = run_sdk_tests("test_sdk_cache.py", &gw, &[]).await;
     assert!(
         report.contains("Ran 2 tests") && report.contains("OK"),
         "{report}"
@@ -620,23 +607,7 @@ async fn anthropic_streams_use_the_cache_over_an_openai_upstream() {
 async fn the_anthropic_sdk_consumes_streams_from_the_cache() {
     let mock = MockProvider::start().await.unwrap();
     let gw = GatewayProcess::start(&messages_config(&mock));
-    let python = std::env::var("DRAGOMAN_PYTHON").unwrap_or_else(|_| "python3".into());
-    let script = format!(
-        "{}/tests/sdk/test_sdk_cache_anthropic.py",
-        env!("CARGO_MANIFEST_DIR")
-    );
-    let out = tokio::process::Command::new(&python)
-        .args([script.as_str(), "-v"])
-        .env("DRAGOMAN_URL", gw.url(""))
-        .output()
-        .await
-        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
-    let report = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(
-        out.status.success(),
-        "SDK tests failed:\n{report}\n{}",
-        gw.stderr()
-    );
+    let report = run_sdk_tests("test_sdk_cache_anthropic.py", &gw, &[]).await;
     assert!(
         report.contains("Ran 2 tests") && report.contains("OK"),
         "{report}"

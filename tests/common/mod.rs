@@ -429,3 +429,23 @@ impl Drop for RedisServer {
         let _ = self.child.wait();
     }
 }
+
+/// Runs one of the SDK test scripts in tests/sdk/ against `gw`; its unittest report.
+pub async fn run_sdk_tests(script: &str, gw: &GatewayProcess, env: &[(&str, &str)]) -> String {
+    let python = std::env::var("DRAGOMAN_PYTHON").unwrap_or_else(|_| "python3".into());
+    let script = format!("{}/tests/sdk/{script}", env!("CARGO_MANIFEST_DIR"));
+    let out = tokio::process::Command::new(&python)
+        .args([script.as_str(), "-v"])
+        .env("DRAGOMAN_URL", gw.url(""))
+        .envs(env.iter().copied())
+        .output()
+        .await
+        .unwrap_or_else(|e| panic!("cannot run {python}: {e}"));
+    let report = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(
+        out.status.success(),
+        "SDK tests failed:\n{report}\n{}",
+        gw.stderr()
+    );
+    report
+}

@@ -14,7 +14,8 @@
 //! JSON text, parsed when the block stops). Other blocks (`redacted_thinking`, tool results)
 //! come whole in their `content_block_start`.
 
-use crate::stream::sse::{SseEvent, SseParser};
+use super::Gatherer;
+use crate::stream::sse::SseEvent;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
@@ -173,9 +174,8 @@ struct OpenBlock {
 /// carried; bounded by `limit` bytes of gathered answer. Anything out of the grammar above (an
 /// event or delta of a type it does not know, a block index out of order, an `error`) means
 /// nothing is stored: what it would store might not be the answer.
+#[derive(Default)]
 pub struct EventGather {
-    parser: SseParser,
-    events: Vec<SseEvent>,
     /// The message of `message_start`, without its content and usage.
     message: Option<Map<String, Value>>,
     usage: Map<String, Value>,
@@ -183,51 +183,20 @@ pub struct EventGather {
     open: Option<OpenBlock>,
     /// `message_stop` came.
     stopped: bool,
-    failed: bool,
-    size: usize,
-    limit: usize,
+}
+
+impl Gatherer for EventGather {
+    fn event(&mut self, event: &SseEvent) -> bool {
+        self.take(event)
+    }
+
+    fn finish(self, limit: usize) -> Option<Bytes> {
+        self.whole(limit)
+    }
 }
 
 impl EventGather {
-    pub fn new(limit: usize) -> EventGather {
-        EventGather {
-            parser: SseParser::new(limit),
-            events: Vec::new(),
-            message: None,
-            usage: Map::new(),
-            blocks: Vec::new(),
-            open: None,
-            stopped: false,
-            failed: false,
-            size: 0,
-            limit,
-        }
-    }
-
-    /// Feeds the stream's bytes; false once nothing will be stored (malformed, an error event,
-    /// too large).
-    pub fn push(&mut self, bytes: &[u8]) -> bool {
-        if self.failed {
-            return false;
-        }
-        self.size += bytes.len();
-        if self.size > self.limit.saturating_mul(4)
-            || self.parser.push(bytes, &mut self.events).is_err()
-        {
-            self.failed = true;
-        }
-        let events = std::mem::take(&mut self.events);
-        for event in &events {
-            if !self.failed {
-                self.failed = !self.event(event);
-            }
-        }
-        self.events = events;
-        self.events.clear();
-        !self.failed
-    }
-
-    fn event(&mut self, event: &SseEvent) -> bool {
+    fn take(&mut self, event: &SseEvent) -> bool {
         if self.stopped {
             return false;
         }
@@ -380,8 +349,8 @@ impl EventGather {
     }
 
     /// The whole message, when the stream ended properly (`message_stop`, no error) and it fits.
-    pub fn finish(mut self) -> Option<Bytes> {
-        if self.failed || !self.stopped || self.parser.finish() {
+    fn whole(self, limit: usize) -> Option<Bytes> {
+        if !self.stopped {
             return None;
         }
         let mut message = self.message?;
@@ -390,7 +359,7 @@ impl EventGather {
             message.insert("usage".into(), Value::Object(self.usage));
         }
         let bytes = serde_json::to_vec(&Value::Object(message)).ok()?;
-        (bytes.len() <= self.limit).then(|| Bytes::from(bytes))
+        (bytes.len() <= limit).then(|| Bytes::from(bytes))
     }
 }
 
@@ -415,6 +384,7 @@ fn append(block: &mut Map<String, Value>, name: &str, piece: Option<String>) -> 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::stream::Gathering;
 
     fn whole() -> Value {
         json!({
@@ -455,7 +425,7 @@ mod tests {
     }
 
     fn gather(sse: &[u8], piece: usize) -> Option<Value> {
-        let mut gather = EventGather::new(1 << 20);
+        let mut gather = Gathering::new(1 << 20, EventGather::default());
         for part in sse.chunks(piece) {
             assert!(gather.push(part));
         }
@@ -576,7 +546,7 @@ mod tests {
         );
         // Pieces that do not make JSON: nothing is stored.
         let broken = sse(&tool_stream(&["{\"a\"", ": [1, "]));
-        let mut gatherer = EventGather::new(1 << 20);
+        let mut gatherer = Gathering::new(1 << 20, EventGather::default());
         assert!(!gatherer.push(broken.as_bytes()));
         assert!(gatherer.finish().is_none());
     }
@@ -591,23 +561,23 @@ mod tests {
         let error = json!({"type": "error", "error": {"type": "overloaded_error", "message": "x"}});
         let mut failed = events.clone();
         failed.insert(3, error.clone());
-        let mut gatherer = EventGather::new(1 << 20);
+        let mut gatherer = Gathering::new(1 << 20, EventGather::default());
         gatherer.push(sse(&failed).as_bytes());
         assert!(gatherer.finish().is_none());
         let mut after = events.clone();
         after.push(error);
-        let mut gatherer = EventGather::new(1 << 20);
+        let mut gatherer = Gathering::new(1 << 20, EventGather::default());
         gatherer.push(sse(&after).as_bytes());
         assert!(gatherer.finish().is_none());
         // A block left open, and an event this does not know.
         let mut open = events.clone();
         open.remove(4);
-        let mut gatherer = EventGather::new(1 << 20);
+        let mut gatherer = Gathering::new(1 << 20, EventGather::default());
         gatherer.push(sse(&open).as_bytes());
         assert!(gatherer.finish().is_none());
         let mut unknown = events.clone();
         unknown.insert(2, json!({"type": "future_event"}));
-        let mut gatherer = EventGather::new(1 << 20);
+        let mut gatherer = Gathering::new(1 << 20, EventGather::default());
         gatherer.push(sse(&unknown).as_bytes());
         assert!(gatherer.finish().is_none());
         // The whole stream is kept.
@@ -622,12 +592,12 @@ mod tests {
         message["content"] = Value::Array(vec![block; 20]);
         let sse =
             message_to_sse(&serde_json::to_vec(&message).unwrap_or_default()).unwrap_or_default();
-        let mut small = EventGather::new(4000);
+        let mut small = Gathering::new(4000, EventGather::default());
         for part in sse.chunks(100) {
             small.push(part);
         }
         assert!(small.finish().is_none());
-        let mut room = EventGather::new(8000);
+        let mut room = Gathering::new(8000, EventGather::default());
         for part in sse.chunks(100) {
             assert!(room.push(part));
         }

@@ -2,7 +2,8 @@
 //! `chat.completion.chunk` events of a stream (for a streamed request answered from the cache),
 //! and the chunks of a streamed answer gathered into a whole `chat.completion` (to store it).
 
-use crate::stream::sse::{SseEvent, SseParser};
+use super::Gatherer;
+use crate::stream::sse::SseEvent;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
@@ -114,61 +115,19 @@ struct ChoiceParts {
     finish_reason: Value,
 }
 
-/// Gathers an OpenAI chat stream, as the client received it, into the whole answer it carried;
-/// bounded by `limit` bytes of gathered text.
+/// Gathers an OpenAI chat stream's chunks into the whole answer they carried.
+#[derive(Default)]
 pub struct ChunkGather {
-    parser: SseParser,
-    events: Vec<SseEvent>,
     head: Map<String, Value>,
     choices: Vec<ChoiceParts>,
     usage: Option<Value>,
     done: bool,
-    failed: bool,
-    size: usize,
-    limit: usize,
 }
 
 /// The most choices gathered (`n` is far smaller in practice); more fail the gathering.
 const MAX_CHOICES: usize = 128;
 
-impl ChunkGather {
-    pub fn new(limit: usize) -> ChunkGather {
-        ChunkGather {
-            parser: SseParser::new(limit),
-            events: Vec::new(),
-            head: Map::new(),
-            choices: Vec::new(),
-            usage: None,
-            done: false,
-            failed: false,
-            size: 0,
-            limit,
-        }
-    }
-
-    /// Feeds the stream's bytes; false once nothing will be stored (malformed, an error event,
-    /// too large).
-    pub fn push(&mut self, bytes: &[u8]) -> bool {
-        if self.failed {
-            return false;
-        }
-        self.size += bytes.len();
-        if self.size > self.limit.saturating_mul(4)
-            || self.parser.push(bytes, &mut self.events).is_err()
-        {
-            self.failed = true;
-        }
-        let events = std::mem::take(&mut self.events);
-        for event in &events {
-            if !self.failed {
-                self.failed = !self.event(event);
-            }
-        }
-        self.events = events;
-        self.events.clear();
-        !self.failed
-    }
-
+impl Gatherer for ChunkGather {
     fn event(&mut self, event: &SseEvent) -> bool {
         if self.done {
             return false;
@@ -234,8 +193,8 @@ impl ChunkGather {
     }
 
     /// The whole answer, when the stream ended properly (`data: [DONE]`, no error).
-    pub fn finish(mut self) -> Option<Bytes> {
-        if self.failed || !self.done || self.parser.finish() || self.choices.is_empty() {
+    fn finish(self, limit: usize) -> Option<Bytes> {
+        if !self.done || self.choices.is_empty() {
             return None;
         }
         let choices: Vec<Value> = self
@@ -270,7 +229,7 @@ impl ChunkGather {
             whole.insert("usage".into(), usage);
         }
         let bytes = serde_json::to_vec(&Value::Object(whole)).ok()?;
-        (bytes.len() <= self.limit).then(|| Bytes::from(bytes))
+        (bytes.len() <= limit).then(|| Bytes::from(bytes))
     }
 }
 
@@ -314,6 +273,7 @@ fn merge_tool_call(calls: &mut Vec<Value>, delta: &Value) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::cache::stream::Gathering;
 
     fn whole() -> Value {
         json!({
@@ -337,7 +297,7 @@ mod tests {
         );
         assert!(text.ends_with("data: [DONE]\n\n"), "{text}");
         // Fed back in pieces of any size, the stream is the same answer.
-        let mut gather = ChunkGather::new(1 << 20);
+        let mut gather = Gathering::new(1 << 20, ChunkGather::default());
         for piece in sse.chunks(7) {
             assert!(gather.push(piece));
         }
@@ -368,7 +328,7 @@ mod tests {
 
     #[test]
     fn arguments_in_pieces_are_joined() {
-        let mut gather = ChunkGather::new(1 << 20);
+        let mut gather = Gathering::new(1 << 20, ChunkGather::default());
         let events = [
             r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"role":"assistant","tool_calls":[{"index":0,"id":"call_1","type":"function","function":{"name":"f","arguments":""}}]},"finish_reason":null}]}"#,
             r#"{"id":"c","object":"chat.completion.chunk","created":1,"model":"m","choices":[{"index":0,"delta":{"tool_calls":[{"index":0,"function":{"arguments":"{\"a\""}}]},"finish_reason":null}]}"#,
@@ -392,10 +352,10 @@ mod tests {
     #[test]
     fn a_stream_that_did_not_end_properly_is_not_kept() {
         let chunk = r#"data: {"id":"c","choices":[{"index":0,"delta":{"content":"hi"},"finish_reason":null}]}"#;
-        let mut cut = ChunkGather::new(1 << 20);
+        let mut cut = Gathering::new(1 << 20, ChunkGather::default());
         cut.push(format!("{chunk}\n\n").as_bytes());
         assert!(cut.finish().is_none());
-        let mut failed = ChunkGather::new(1 << 20);
+        let mut failed = Gathering::new(1 << 20, ChunkGather::default());
         failed.push(format!("{chunk}\n\ndata: {{\"error\":{{\"message\":\"x\"}}}}\n\n").as_bytes());
         failed.push(b"data: [DONE]\n\n");
         assert!(failed.finish().is_none());
