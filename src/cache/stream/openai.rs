@@ -7,6 +7,15 @@ use crate::stream::sse::SseEvent;
 use bytes::Bytes;
 use serde_json::{json, Map, Value};
 
+/// The members a completion and each of its stream's chunks share.
+const HEAD_FIELDS: [&str; 5] = [
+    "id",
+    "created",
+    "model",
+    "system_fingerprint",
+    "service_tier",
+];
+
 /// The events of a stream carrying `whole` (a `chat.completion`), ending with `data: [DONE]`;
 /// with `include_usage`, a usage chunk (`choices: []`) before it, as OpenAI sends it. `None` when
 /// `whole` is not a chat completion.
@@ -14,13 +23,7 @@ pub fn completion_to_sse(whole: &[u8], include_usage: bool) -> Option<Bytes> {
     let completion: Value = serde_json::from_slice(whole).ok()?;
     let choices = completion.get("choices")?.as_array()?;
     let mut head = Map::new();
-    for name in [
-        "id",
-        "created",
-        "model",
-        "system_fingerprint",
-        "service_tier",
-    ] {
+    for name in HEAD_FIELDS {
         if let Some(v) = completion.get(name) {
             head.insert(name.into(), v.clone());
         }
@@ -142,13 +145,7 @@ impl Gatherer for ChunkGather {
         if chunk.contains_key("error") {
             return false;
         }
-        for name in [
-            "id",
-            "created",
-            "model",
-            "system_fingerprint",
-            "service_tier",
-        ] {
+        for name in HEAD_FIELDS {
             if let (false, Some(v)) = (self.head.contains_key(name), chunk.get(name)) {
                 self.head.insert(name.into(), v.clone());
             }
