@@ -96,6 +96,55 @@ async fn upstream_response_reaches_the_client_unchanged() {
     assert_eq!(answer, upstream);
 }
 
+/// The answer's head as an HTTP/1 client reads it off the wire: the gateway's headers once each,
+/// standard names in title case and the others lowercase (the upstream's spelling is not kept).
+#[tokio::test]
+async fn the_answer_head_on_the_wire_names_each_header_once() {
+    use std::io::{Read, Write};
+    let (_mock, gw) = setup().await;
+    let body = r#"{"model":"llama","messages":[{"role":"user","content":"hi"}]}"#;
+    let port = gw.port;
+    // Blocking reads off the test's runtime, where the mock provider runs.
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        conn.set_read_timeout(Some(std::time::Duration::from_secs(10)))
+            .unwrap();
+        write!(
+            conn,
+            "POST /v1/chat/completions HTTP/1.1\r\nHost: gw\r\nContent-Type: application/json\r\n\
+             X-Request-Id: wire-1\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        )
+        .unwrap();
+        let mut answer = Vec::new();
+        conn.read_to_end(&mut answer).unwrap();
+        answer
+    })
+    .await
+    .unwrap();
+    let answer = String::from_utf8_lossy(&answer);
+    let head = answer.split("\r\n\r\n").next().unwrap_or_default();
+    let lines: Vec<&str> = head.split("\r\n").collect();
+    assert!(lines[0].starts_with("HTTP/1.1 200"), "{answer}");
+    for expected in [
+        "Content-Type: application/json",
+        "x-dragoman-model: llama",
+        "x-dragoman-provider: local",
+        "x-dragoman-attempts: 1",
+        "x-request-id: wire-1",
+    ] {
+        let name = expected.split(':').next().unwrap_or_default();
+        let named: Vec<&&str> = lines
+            .iter()
+            .filter(|l| {
+                l.to_ascii_lowercase()
+                    .starts_with(&format!("{}:", name.to_ascii_lowercase()))
+            })
+            .collect();
+        assert_eq!(named, [&expected], "{head}");
+    }
+}
+
 #[tokio::test]
 async fn azure_gets_deployment_path_version_and_api_key_header() {
     let (mock, gw) = setup().await;
