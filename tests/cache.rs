@@ -683,3 +683,27 @@ async fn a_model_with_fallbacks_caches_what_it_answers_itself() {
     assert_eq!((status, cache.as_str()), (200, "hit"), "{whole}");
     assert_eq!((primary.request_count(), fallback.request_count()), (2, 0));
 }
+
+#[tokio::test]
+async fn errors_the_gateway_writes_say_what_the_cache_did() {
+    // Nothing listens on either port: the gateway answers 502 itself, in the client's own
+    // session (no fallbacks) and through the dispatcher (a fallback that fails too).
+    let (down, also_down) = (free_port(), free_port());
+    let gw = GatewayProcess::start(&format!(
+        "providers:\n  pa: {{ kind: openai, auth: none, health_check: {{ enabled: false }}, endpoints: [\"http://127.0.0.1:{down}/v1\"] }}\n  \
+         pb: {{ kind: openai, auth: none, health_check: {{ enabled: false }}, endpoints: [\"http://127.0.0.1:{also_down}/v1\"] }}\n\
+         models:\n  cached: {{ provider: pa, cache: {{ttl: 1h}} }}\n  \
+         chained: {{ provider: pa, cache: {{ttl: 1h}}, fallbacks: [b] }}\n  b: {{ provider: pb }}\n"
+    ));
+    for model in ["cached", "chained"] {
+        let (status, cache, body) = send(&gw, &chat(model, "nobody home"), &[]).await;
+        assert_eq!((status, cache.as_str()), (502, "miss"), "{model}: {body}");
+        let (status, cache, body) = send(
+            &gw,
+            &chat(model, "nobody home"),
+            &[("cache-control", "no-store")],
+        )
+        .await;
+        assert_eq!((status, cache.as_str()), (502, "bypass"), "{model}: {body}");
+    }
+}

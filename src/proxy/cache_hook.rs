@@ -5,7 +5,7 @@ use super::ctx::RequestCtx;
 use super::headers::edit_answer_head;
 use super::local_response::ServedBy;
 use crate::api::ClientRequest;
-use crate::cache::{self, CacheFill, CacheStatus, Gather, Lookup, CACHE_HEADER};
+use crate::cache::{self, CacheFill, CacheStatus, Gather, Lookup};
 use crate::plan::PlannedCall;
 use crate::registry::Registry;
 use bytes::Bytes;
@@ -92,12 +92,9 @@ async fn write_hit(
     {
         resp.insert_header(crate::observe::request_id::HEADER, id.clone())?;
     }
-    resp.insert_header(CACHE_HEADER, CacheStatus::Hit.as_str())?;
     let served_by = ServedBy {
-        model: &call.model,
-        attempts: 0,
-        limits: call.accounting.as_deref().map(|a| &a.headers),
-        variant: call.variant.as_ref().map(|a| &a.variant),
+        cache: Some(CacheStatus::Hit),
+        ..ServedBy::of(call, 0)
     };
     edit_answer_head(&mut resp, ServedBy::HEADERS, |head| {
         served_by.write(&mut head.headers)
@@ -106,7 +103,8 @@ async fn write_hit(
     session.write_response_body(Some(body), true).await
 }
 
-/// The answer's header: says what the cache did, and starts collecting a storable answer.
+/// The answer's header: starts collecting a storable answer (`ServedBy` says what the cache
+/// did).
 pub(super) fn on_response_header(
     resp: &mut ResponseHeader,
     call: &PlannedCall,
@@ -115,8 +113,6 @@ pub(super) fn on_response_header(
     let Some(fill) = &call.cache else {
         return;
     };
-    // The answer's head has no map of name spellings by now (`headers::edit_answer_head`).
-    let _ = resp.insert_header(CACHE_HEADER, fill.status.as_str());
     ctx.cache_collector = match &fill.target {
         Some(target) if resp.status.is_success() => Gather::new(
             call.endpoint,

@@ -603,11 +603,10 @@ impl LegFailure {
     /// The failure as the client's answer, with the request's attempts (over all its legs) and
     /// rate-limit readings (`call`: the client's own call).
     async fn write(self, session: &mut Session, protocol: ClientProtocol, call: &PlannedCall) {
+        // The leg's model answered: the client's call has the rest.
         let served_by = ServedBy {
             model: &self.model,
-            attempts: call.budget.calls_made(),
-            limits: call.accounting.as_deref().map(|a| &a.headers),
-            variant: call.variant.as_ref().map(|a| &a.variant),
+            ..ServedBy::of(call, call.budget.calls_made())
         };
         local_response::write_error(session, &self.error, protocol, Some(served_by)).await;
     }

@@ -2,9 +2,11 @@
 
 use super::headers::{edit_answer_head, set};
 use crate::api::ClientProtocol;
+use crate::cache::{CacheStatus, CACHE_HEADER};
 use crate::error::ErrorCode;
 use crate::error::GatewayError;
 use crate::limits::RateLimitHeaders;
+use crate::plan::PlannedCall;
 use crate::registry::Model;
 use bytes::Bytes;
 use http::{HeaderMap, HeaderName, HeaderValue};
@@ -21,14 +23,27 @@ pub struct ServedBy<'a> {
     pub limits: Option<&'a RateLimitHeaders>,
     /// The experiment arm the request was assigned to.
     pub variant: Option<&'a HeaderValue>,
+    /// What the response cache did, for a model that caches.
+    pub cache: Option<CacheStatus>,
 }
 
 /// The experiment arm a request was assigned to.
 pub const VARIANT_HEADER: &str = "x-dragoman-variant";
 
-impl ServedBy<'_> {
+impl<'a> ServedBy<'a> {
     /// The most headers [`ServedBy::write`] sets.
-    pub const HEADERS: usize = 10;
+    pub const HEADERS: usize = 11;
+
+    /// Who answered `call`, after `attempts` upstream attempts (0: not said).
+    pub fn of(call: &'a PlannedCall, attempts: u32) -> ServedBy<'a> {
+        ServedBy {
+            model: &call.model,
+            attempts,
+            limits: call.accounting.as_deref().map(|a| &a.headers),
+            variant: call.variant.as_ref().map(|a| &a.variant),
+            cache: call.cache.as_ref().map(|fill| fill.status),
+        }
+    }
 
     /// Sets `x-dragoman-model`, `-provider`, `-attempts`, `-variant` and the rate-limit headers.
     pub fn write(&self, headers: &mut HeaderMap) {
@@ -56,6 +71,10 @@ impl ServedBy<'_> {
         }
         if let Some(limits) = self.limits {
             limits.apply(headers);
+        }
+        if let Some(status) = self.cache {
+            let cache = const { HeaderName::from_static(CACHE_HEADER) };
+            set(headers, cache, HeaderValue::from_static(status.as_str()));
         }
     }
 }

@@ -251,12 +251,7 @@ impl ProxyHttp for Gateway {
                 }
             }
             Some(error) => {
-                let served_by = ServedBy {
-                    model: &call.model,
-                    attempts: ctx.attempts,
-                    limits: call.accounting.as_deref().map(|a| &a.headers),
-                    variant: call.variant.as_ref().map(|a| &a.variant),
-                };
+                let served_by = ServedBy::of(&call, ctx.attempts);
                 local_response::write_error(
                     session,
                     &error,

@@ -84,14 +84,9 @@ pub fn on_response_header(
         }
         _ => None,
     };
-    let served_by = ServedBy {
-        model: &call.model,
-        attempts: ctx.attempts.max(1),
-        limits: call.accounting.as_deref().map(|a| &a.headers),
-        variant: call.variant.as_ref().map(|a| &a.variant),
-    };
-    // Request id, content type and cache control, and the cache's verdict: four more.
-    edit_answer_head(resp, ServedBy::HEADERS + 4, |head| {
+    let served_by = ServedBy::of(call, ctx.attempts.max(1));
+    // Request id, content type and cache control: three more.
+    edit_answer_head(resp, ServedBy::HEADERS + 3, |head| {
         let headers = &mut head.headers;
         strip(headers, is_stripped);
         served_by.write(headers);
