@@ -77,6 +77,20 @@ async fn compare_answers_every_model_also_when_one_fails() {
     assert_eq!(sent.path_only(), "/v1/messages");
     assert_eq!(sent.json()["max_tokens"], 20);
     assert_eq!(broken.request_count(), 1);
+    // Each model's request is counted under that model, as a client's would be.
+    let requests = |model: &'static str, key: &'static str, class: &'static str| {
+        let gw = &gw;
+        async move {
+            let labels = [("model", model), ("key", key), ("status_class", class)];
+            metric(gw, "dragoman_requests_total", &labels).await
+        }
+    };
+    assert_eq!(requests("gpt", "all", "2xx").await, Some(1.0));
+    assert_eq!(requests("claude", "all", "2xx").await, Some(1.0));
+    assert_eq!(requests("broken", "all", "4xx").await, Some(1.0));
+    let seconds = "gen_ai_client_operation_duration_seconds_count";
+    let gpt_timed = metric(&gw, seconds, &[("gen_ai_request_model", "gpt")]).await;
+    assert_eq!(gpt_timed, Some(1.0));
 
     // A key answers for each model on its own: the model it may not use gets its 403, the other
     // its answer.
@@ -88,6 +102,11 @@ async fn compare_answers_every_model_also_when_one_fails() {
     assert_eq!(body["results"][1]["status"], 403);
     assert_eq!(body["results"][1]["error"]["code"], "model_not_allowed");
     assert_eq!(anthropic.request_count(), 1, "a forbidden model was called");
+    assert_eq!(requests("gpt", "gpt-only", "2xx").await, Some(1.0));
+    assert_eq!(requests("claude", "gpt-only", "4xx").await, Some(1.0));
+    // The compare requests themselves are not counted under a model.
+    let unknown = metric(&gw, "dragoman_requests_total", &[("model", "unknown")]).await;
+    assert_eq!(unknown, None);
 }
 
 #[tokio::test]
@@ -193,6 +212,19 @@ async fn a_batch_of_500_keeps_its_order_and_its_concurrency_bound() {
         }
     }
     assert_eq!(mock.request_count(), answered);
+    // Each request counted under its model: a refused stream under the model it named, an
+    // unknown model under `unknown`.
+    let streams_refused = (0..500).filter(|i| i % 11 == 5 && i % 7 != 3).count();
+    let ghosts = (0..500).filter(|i| i % 7 == 3).count();
+    for (model, class, count) in [
+        ("m", "2xx", answered),
+        ("m", "4xx", streams_refused),
+        ("unknown", "4xx", ghosts),
+    ] {
+        let labels = [("model", model), ("status_class", class)];
+        let counted = metric(&gw, "dragoman_requests_total", &labels).await;
+        assert_eq!(counted, Some(count as f64), "{model} {class}");
+    }
     // Its progress, in the metrics: all done, by status class; nothing waiting or running.
     let done = "dragoman_batch_requests_total";
     let ok = metric(&gw, done, &[("status_class", "2xx")]).await;
@@ -313,4 +345,14 @@ async fn a_streamed_compare_tags_every_models_chunks_and_failures() {
     assert_eq!(ghost[0]["error"]["code"], "model_not_found");
     assert_eq!(openai.last_request().unwrap().json()["stream"], true);
     assert_eq!(anthropic.last_request().unwrap().json()["stream"], true);
+    for (model, class) in [
+        ("gpt", "2xx"),
+        ("claude", "2xx"),
+        ("broken", "4xx"),
+        ("unknown", "4xx"),
+    ] {
+        let labels = [("model", model), ("status_class", class)];
+        let counted = metric(&gw, "dragoman_requests_total", &labels).await;
+        assert_eq!(counted, Some(1.0), "{model} {class}");
+    }
 }

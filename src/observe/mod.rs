@@ -233,6 +233,33 @@ impl Observation {
     }
 }
 
+/// One request of a compare or batch ended with `status`, `duration` after it was read: counted
+/// like a client's request to its model (`call`, when it was planned; else the model it named).
+pub fn fanout_request(
+    registry: &Registry,
+    key: Option<&crate::access::GatewayKey>,
+    call: Option<&PlannedCall>,
+    named: Option<&str>,
+    status: u16,
+    duration: Duration,
+) {
+    if !registry.observe.metrics {
+        return;
+    }
+    let model = call
+        .map(|c| &c.model)
+        .or_else(|| named.and_then(|n| registry.models.get(n)));
+    let metrics = model
+        .and_then(|m| m.metrics.as_deref())
+        .or(registry.observe.unknown.as_deref());
+    let Some(m) = metrics else { return };
+    let key = key.and_then(|k| registry.keys.iter().position(|r| std::ptr::eq(r, k)));
+    m.request(key, status);
+    if let Some(call) = call {
+        m.duration(OperationKind::of(call.operation), duration);
+    }
+}
+
 /// A client request begins (its session, not a leg's): its id, taken or made, goes on its header
 /// (and so upstream); and it is counted in flight.
 pub fn begin(session: &mut Session, registry: &Arc<Registry>, ctx: &mut RequestCtx) {
@@ -397,7 +424,13 @@ pub fn finish(session: &Session, ctx: &mut RequestCtx) {
         .saturating_sub(upstream);
     let winner = obs.legs.served.as_ref().map(|r| r.kind);
 
-    if registry.observe.metrics {
+    // A compare or batch is counted by its requests, each under its own model
+    // ([`fanout_request`]); the access log has the compare or batch itself.
+    let fanout = matches!(
+        obs.endpoint,
+        Some(ClientEndpoint::Compare | ClientEndpoint::Batch)
+    );
+    if registry.observe.metrics && !fanout {
         let metrics = model
             .and_then(|m| m.metrics.as_deref())
             .or(registry.observe.unknown.as_deref());

@@ -69,6 +69,7 @@ async fn compare_streams(
 ) {
     let mut events = Vec::new();
     let mut streams = Vec::new();
+    let started = Instant::now();
     for (model, body) in requests {
         let planned = match ClientRequest::read(ClientEndpoint::ChatCompletions, body) {
             Ok(request) => ingress::admit_and_plan(session, registry, key, &request).await,
@@ -88,7 +89,18 @@ async fn compare_streams(
         });
         match leg {
             Ok((admission, leg)) => streams.push(ModelStream::new(model, leg, admission)),
-            Err(e) => events.push(StreamEvent::failed(model, &e)),
+            Err(e) => {
+                let named = Some(model.as_str());
+                crate::observe::fanout_request(
+                    registry,
+                    key,
+                    None,
+                    named,
+                    e.status,
+                    started.elapsed(),
+                );
+                events.push(StreamEvent::failed(model, &e));
+            }
         }
     }
     let mut header = match ResponseHeader::build(200, Some(3)) {
@@ -151,16 +163,18 @@ async fn compare_streams(
         match woke {
             Woke::Task(index, task) => {
                 if streams[index].take(task, &mut events) {
-                    streams.swap_remove(index);
+                    streams.swap_remove(index).count(registry, key, started);
                 }
             }
             Woke::Deadline => {
                 let now = Instant::now();
-                streams.retain(|s| match s.deadline() {
+                streams.retain_mut(|s| match s.deadline() {
                     Some(at) if at <= now => {
                         let chain = s.leg.call.model.clone();
                         let error = dispatch::LegFailure::timed_out(&s.leg, &chain).error;
                         events.push(StreamEvent::failed(s.model, &error));
+                        s.ended_with = Some(error.status);
+                        s.count(registry, key, started);
                         false
                     }
                     _ => true,
@@ -186,6 +200,8 @@ struct ModelStream<'m> {
     events: SseParser,
     /// An error answer's body, collected whole (up to `max_response_bytes`).
     error_body: Vec<u8>,
+    /// The status it ended with: its answer's, or its failure's.
+    ended_with: Option<u16>,
 }
 
 impl<'m> ModelStream<'m> {
@@ -202,7 +218,15 @@ impl<'m> ModelStream<'m> {
             status: None,
             events: SseParser::new(max_event),
             error_body: Vec::new(),
+            ended_with: None,
         }
+    }
+
+    /// Counts its request, ended, like a client's request to its model.
+    fn count(&self, registry: &Registry, key: Option<&GatewayKey>, started: Instant) {
+        let status = self.ended_with.unwrap_or(502);
+        let call = Some(&*self.leg.call);
+        crate::observe::fanout_request(registry, key, call, None, status, started.elapsed());
     }
 
     fn deadline(&self) -> Option<Instant> {
@@ -214,6 +238,7 @@ impl<'m> ModelStream<'m> {
         let task = match task {
             Some(HttpTask::Failed(e)) => {
                 let error = dispatch::LegFailure::broke_off(&self.leg, Some(e)).error;
+                self.ended_with = Some(error.status);
                 out.push(StreamEvent::failed(self.model, &error));
                 return true;
             }
@@ -223,6 +248,7 @@ impl<'m> ModelStream<'m> {
                 match self.leg.error.try_recv() {
                     Ok(e) => {
                         let error = dispatch::LegFailure::broke_off(&self.leg, Some(e)).error;
+                        self.ended_with = Some(error.status);
                         out.push(StreamEvent::failed(self.model, &error));
                     }
                     Err(_) => self.finish(out),
@@ -238,6 +264,7 @@ impl<'m> ModelStream<'m> {
                     let mut parsed = Vec::new();
                     if let Err(e) = self.events.push(&bytes, &mut parsed) {
                         let error = GatewayError::bad_upstream(e.to_string());
+                        self.ended_with = Some(error.status);
                         out.push(StreamEvent::failed(self.model, &error));
                         return true;
                     }
@@ -265,6 +292,7 @@ impl<'m> ModelStream<'m> {
 
     /// The leg's answer ended: its stream is done, or its error answer is whole.
     fn finish(&mut self, out: &mut Vec<StreamEvent<'m>>) {
+        self.ended_with = Some(self.status.unwrap_or(502));
         match self.status {
             Some(200) => out.push(StreamEvent::Done(self.model)),
             status => out.push(StreamEvent::UpstreamError(
@@ -391,10 +419,13 @@ async fn run_one<'a>(
             let named = request.envelope.model.clone();
             (
                 Some(named),
-                answer_of(session, registry, key, &request).await,
+                answer_of(session, registry, key, &request, started).await,
             )
         }
-        Err(e) => (model.map(str::to_owned), Err(e)),
+        Err(e) => {
+            crate::observe::fanout_request(registry, key, None, model, e.status, started.elapsed());
+            (model.map(str::to_owned), Err(e))
+        }
     };
     let (outcome, held) = match outcome {
         Ok(collected) => (Ok((collected.status, collected.body)), collected.held),
@@ -414,15 +445,28 @@ async fn answer_of<'a>(
     registry: &'a Arc<Registry>,
     key: Option<&'a GatewayKey>,
     request: &'a ClientRequest<'a>,
+    started: Instant,
 ) -> Result<dispatch::Collected, GatewayError> {
-    if request.envelope.stream {
-        return Err(GatewayError::bad_request(
+    let planned = if request.envelope.stream {
+        Err(GatewayError::bad_request(
             "A request in a batch cannot stream: leave `stream` out",
-        ));
-    }
-    let (admission, call) = ingress::admit_and_plan(session, registry, key, request).await?;
-    let collected = dispatch::collect(session, Arc::new(call)).await;
+        ))
+    } else {
+        ingress::admit_and_plan(session, registry, key, request).await
+    };
+    let (admission, call) = match planned {
+        Ok(planned) => planned,
+        Err(e) => {
+            let named = Some(&*request.envelope.model);
+            crate::observe::fanout_request(registry, key, None, named, e.status, started.elapsed());
+            return Err(e);
+        }
+    };
+    let call = Arc::new(call);
+    let collected = dispatch::collect(session, call.clone()).await;
     // The request's concurrency slots and token settling last until its answer is whole.
     drop(admission);
+    let status = collected.as_ref().map_or_else(|e| e.status, |c| c.status);
+    crate::observe::fanout_request(registry, key, Some(&call), None, status, started.elapsed());
     collected
 }
