@@ -254,8 +254,9 @@ async fn a_failing_key_command_keeps_the_last_good_token_and_its_output_stays_ou
         &mock,
         &format!("api_key_command: {{ run: {run}, refresh_every: 100ms }}"),
     ));
+    // A fourth run starts only once the third's failure was handled (and, before, logged).
     until(Duration::from_secs(15), "failed runs", || async {
-        runs(&count) >= 3
+        runs(&count) >= 4
     })
     .await;
     for _ in 0..3 {
@@ -265,6 +266,12 @@ async fn a_failing_key_command_keeps_the_last_good_token_and_its_output_stays_ou
     assert!(
         stderr.contains("providers.p.api_key_command")
             && stderr.contains("keeping the last good token"),
+        "{stderr}"
+    );
+    // Said when it started failing, not again at each of the retries since.
+    assert_eq!(
+        stderr.matches("keeping the last good token").count(),
+        1,
         "{stderr}"
     );
     assert_never_logged(

@@ -415,7 +415,8 @@ impl Credentials {
 
     /// Runs the key command again before its token expires: at 80% of the lifetime its output
     /// states, else every `refresh_every`. A failed run keeps the last good token (until it
-    /// expires) and is tried again after a short wait.
+    /// expires) and is tried again after a short wait; a failure is logged when it starts (or
+    /// changes, or the token expires meanwhile) and when it ends, not at every retry.
     async fn renew_command(&self, index: usize) {
         let slot = &self.slots[index];
         let KeySource::Command(command) = &slot.source else {
@@ -426,6 +427,8 @@ impl Credentials {
             slot.active.load().as_ref().map(|k| k.expires),
             Instant::now(),
         );
+        // The failure logged last, and whether the token had expired by then.
+        let mut failing: Option<(String, bool)> = None;
         loop {
             tokio::time::sleep(wait).await;
             let started = Instant::now();
@@ -439,7 +442,15 @@ impl Credentials {
             let now = Instant::now();
             match outcome {
                 Ok(lifetime) => {
-                    log::debug!("provider {}: {} renewed", self.provider, slot.config_key);
+                    if failing.take().is_some() {
+                        log::info!(
+                            "provider {}: {} works again; its token is renewed",
+                            self.provider,
+                            slot.config_key
+                        );
+                    } else {
+                        log::debug!("provider {}: {} renewed", self.provider, slot.config_key);
+                    }
                     wait = next_renewal(command, Some(lifetime.map(|l| started + l)), now);
                 }
                 Err(why) => {
@@ -449,6 +460,18 @@ impl Credentials {
                         .as_ref()
                         .and_then(|k| k.expires)
                         .map(|e| e.saturating_duration_since(now));
+                    wait = COMMAND_RETRY.min(command.refresh_every);
+                    let state = (why, left.is_some_and(|l| l.is_zero()));
+                    if failing.as_ref() == Some(&state) {
+                        log::debug!(
+                            "provider {}: {}: {}; still failing",
+                            self.provider,
+                            slot.config_key,
+                            state.0
+                        );
+                        continue;
+                    }
+                    let why = &state.0;
                     match left {
                         Some(left) if left.is_zero() => log::error!(
                             "provider {}: {}: {why}; its last token has expired",
@@ -467,7 +490,7 @@ impl Credentials {
                             slot.config_key
                         ),
                     }
-                    wait = COMMAND_RETRY.min(command.refresh_every);
+                    failing = Some(state);
                 }
             }
         }
