@@ -853,6 +853,10 @@ pub struct ProviderConfig {
     /// reach this provider; the others are dropped (see `header_policy`).
     #[serde(default)]
     pub forward_headers: Vec<String>,
+    /// `false`: no `x-forwarded-for` to this provider, so end users' addresses stay with the
+    /// gateway (a public API has no use for them).
+    #[serde(default = "yes")]
+    pub forward_client_address: bool,
     /// `true`: a `${VAR}` in this provider's entry that is unset or empty leaves the provider
     /// out, with its models, instead of failing the start (see `leave_out_optional_providers`).
     #[serde(default)]
@@ -1299,6 +1303,8 @@ pub struct ProviderSettings {
     pub limits: LimitsConfig,
     /// Provider-family client headers let through to this provider, lower case.
     pub forward_headers: Vec<http::HeaderName>,
+    /// Whether the client's address goes upstream in `x-forwarded-for`.
+    pub forward_client_address: bool,
 }
 
 /// An endpoint's base URL, split into the parts a connection needs.
@@ -1630,6 +1636,7 @@ impl Settings {
                     balance: BalanceMode::default(),
                     limits: LimitsConfig::default(),
                     forward_headers: vec![],
+                    forward_client_address: true,
                     optional: false,
                 },
             );
@@ -2423,6 +2430,7 @@ fn validate_provider(name: &str, p: &ProviderConfig) -> Result<ProviderSettings,
         balance: p.balance,
         limits: p.limits.validate(&key)?,
         forward_headers,
+        forward_client_address: p.forward_client_address,
     })
 }
 

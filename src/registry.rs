@@ -61,6 +61,8 @@ pub struct Provider {
     pub limits: Option<Arc<ScopeLimits>>,
     /// Provider-family client headers let through (`header_policy`).
     pub forward_headers: Vec<http::HeaderName>,
+    /// Whether the client's address goes upstream in `x-forwarded-for`.
+    pub forward_client_address: bool,
 }
 
 pub struct Model {
@@ -415,6 +417,7 @@ fn build_provider(p: &ProviderSettings, old: Option<&Arc<Provider>>) -> Provider
             p.limits,
         ),
         forward_headers: p.forward_headers.clone(),
+        forward_client_address: p.forward_client_address,
     }
 }
 

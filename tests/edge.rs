@@ -527,11 +527,12 @@ async fn feature_headers_reach_only_providers_that_allow_them_and_forwarded_for_
     let gw = GatewayProcess::start(&format!(
         "providers:\n  allows: {{ kind: openai, auth: none, endpoints: [\"{url}/v1\"], forward_headers: [anthropic-beta, OpenAI-Beta] }}\n\
          \x20 plain: {{ kind: openai, auth: none, endpoints: [\"{url}/v1\"] }}\n\
+         \x20 public: {{ kind: openai, auth: none, endpoints: [\"{url}/v1\"], forward_client_address: false }}\n\
          models:\n  a: {{ provider: allows, model: m }}\n  af: {{ provider: allows, model: m, fallbacks: [a] }}\n\
-         \x20 p: {{ provider: plain, model: m }}\n",
+         \x20 p: {{ provider: plain, model: m }}\n  q: {{ provider: public, model: m }}\n",
         url = mock.url()
     ));
-    for model in ["a", "af", "p"] {
+    for model in ["a", "af", "p", "q"] {
         mock.clear_requests();
         let resp = client()
             .post(gw.url("/v1/chat/completions"))
@@ -557,7 +558,7 @@ async fn feature_headers_reach_only_providers_that_allow_them_and_forwarded_for_
                 .map(|(_, v)| v.clone())
                 .collect()
         };
-        let allowed = model != "p";
+        let allowed = model == "a" || model == "af";
         assert_eq!(
             got.header("anthropic-beta").is_some(),
             allowed,
@@ -566,7 +567,9 @@ async fn feature_headers_reach_only_providers_that_allow_them_and_forwarded_for_
         );
         assert_eq!(got.header("openai-beta").is_some(), allowed, "{model}");
         assert_eq!(got.header("x-goog-user-project"), None, "{model}");
-        assert_eq!(values("x-forwarded-for"), ["127.0.0.1"], "{model}");
+        // The client's address, unless its provider keeps it.
+        let address: &[&str] = if model == "q" { &[] } else { &["127.0.0.1"] };
+        assert_eq!(values("x-forwarded-for"), address, "{model}");
         assert_eq!(values("x-forwarded-proto"), ["http"], "{model}");
         assert_eq!(got.header("x-forwarded-host"), None, "{model}");
         assert_eq!(got.header("forwarded"), None, "{model}");

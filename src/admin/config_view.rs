@@ -129,6 +129,7 @@ pub fn render(s: &Settings) -> Value {
                 },
                 "limits": limits(&p.limits),
                 "forward_headers": p.forward_headers.iter().map(|h| h.as_str()).collect::<Vec<_>>(),
+                "forward_client_address": p.forward_client_address,
             }),
         );
     }

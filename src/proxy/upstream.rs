@@ -217,8 +217,8 @@ pub struct ClientOrigin {
 }
 
 /// Rewrites the client's request header into the provider's. Which client headers stay is
-/// `header_policy`'s rule; `x-forwarded-for` and `-proto` are the gateway's own, from the
-/// connection.
+/// `header_policy`'s rule; `x-forwarded-for` (unless the provider has
+/// `forward_client_address: false`) and `-proto` are the gateway's own, from the connection.
 pub fn write_request_header(
     req: &mut RequestHeader,
     call: &PlannedCall,
@@ -230,7 +230,7 @@ pub fn write_request_header(
     headers::strip(req, |name| {
         !header_policy::forwards(name, &provider.forward_headers)
     });
-    if let Some(ip) = origin.ip {
+    if let Some(ip) = origin.ip.filter(|_| provider.forward_client_address) {
         req.insert_header("x-forwarded-for", ip.to_string())?;
     }
     req.insert_header(
