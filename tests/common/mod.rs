@@ -57,11 +57,38 @@ pub fn secrets_in(config: &str) -> Vec<String> {
 
 /// A free loopback port. The OS may hand it out again before the gateway binds it; ports are
 /// drawn from the ephemeral range so a clash is unlikely, and it would fail the test loudly.
+/// A port for a server a test starts, free now. Taken below the kernel's ephemeral range, from
+/// which every bind to port 0 (the mock providers) and every outgoing connection draw theirs, so
+/// none of them can take it before the server binds it; and never the same one twice in a
+/// process, so two servers started at once cannot both be handed it.
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .and_then(|l| l.local_addr())
-        .map(|a| a.port())
-        .expect("no free port")
+    use std::sync::atomic::{AtomicU32, Ordering};
+    static HANDED_OUT: AtomicU32 = AtomicU32::new(0);
+    // Above the fixed ports of the CLI tests (18080) and the benches (18200-18321).
+    const LOWEST: u32 = 20_000;
+    let ephemeral_from = std::fs::read_to_string("/proc/sys/net/ipv4/ip_local_port_range")
+        .ok()
+        .and_then(|r| r.split_whitespace().next()?.parse::<u32>().ok())
+        .unwrap_or(32_768);
+    let span = ephemeral_from.saturating_sub(LOWEST);
+    if span < 1_000 {
+        // No room below the range: let the kernel choose.
+        return TcpListener::bind("127.0.0.1:0")
+            .and_then(|l| l.local_addr())
+            .map(|a| a.port())
+            .expect("no free port");
+    }
+    // Test binaries running at the same time start at different places.
+    let start = std::process::id() % span;
+    for _ in 0..span {
+        let n = HANDED_OUT.fetch_add(1, Ordering::Relaxed);
+        let port = LOWEST + (start + n) % span;
+        let port = u16::try_from(port).expect("a port");
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port below the ephemeral range");
 }
 
 impl GatewayProcess {
