@@ -175,32 +175,39 @@ impl RedisStore {
                 .arg(b.capacity as f64 / 60_000.0)
                 .arg(b.amount);
         }
+        let levels = self
+            .exchange(invocation.invoke_async::<Vec<i64>>(&mut connection))
+            .await?;
+        if levels.len() != buckets.len() + 2 {
+            self.failed("unexpected answer");
+            return None;
+        }
+        let wait = levels[0];
+        Some(if wait > 0 {
+            StoreAnswer::Wait {
+                wait: Duration::from_millis(wait as u64),
+                bucket: (levels[1] as usize).saturating_sub(1),
+            }
+        } else {
+            StoreAnswer::Taken(levels[2..].to_vec())
+        })
+    }
+
+    /// One exchange with the store, within its timeout (`FIRST_CALL` until it first answered);
+    /// `None`, with the store set aside for a while, when it failed or did not answer.
+    async fn exchange<T>(
+        &self,
+        work: impl std::future::Future<Output = redis::RedisResult<T>>,
+    ) -> Option<T> {
         let timeout = if self.answered_once.load(Ordering::Acquire) {
             self.timeout
         } else {
             self.timeout.max(FIRST_CALL)
         };
-        let answer = tokio::time::timeout(
-            timeout,
-            invocation.invoke_async::<Vec<i64>>(&mut connection),
-        )
-        .await;
-        match answer {
-            Ok(Ok(levels)) if levels.len() == buckets.len() + 2 => {
+        match tokio::time::timeout(timeout, work).await {
+            Ok(Ok(answer)) => {
                 self.answered();
-                let wait = levels[0];
-                Some(if wait > 0 {
-                    StoreAnswer::Wait {
-                        wait: Duration::from_millis(wait as u64),
-                        bucket: (levels[1] as usize).saturating_sub(1),
-                    }
-                } else {
-                    StoreAnswer::Taken(levels[2..].to_vec())
-                })
-            }
-            Ok(Ok(_)) => {
-                self.failed("unexpected answer");
-                None
+                Some(answer)
             }
             Ok(Err(e)) => {
                 self.failed(&format!("{:?}", e.kind()));
@@ -222,23 +229,10 @@ impl RedisStore {
         let mut connection = self.connection()?;
         let mut pipe = redis::pipe();
         pipe.get(key).pttl(key);
-        let answer = tokio::time::timeout(
-            self.timeout.max(FIRST_CALL),
-            pipe.query_async::<(Option<Vec<u8>>, i64)>(&mut connection),
-        )
-        .await;
-        match answer {
-            Ok(Ok((Some(value), ttl))) if ttl > 0 => Some((value, ttl as u64)),
-            Ok(Ok(_)) => None,
-            Ok(Err(e)) => {
-                self.failed(&format!("{:?}", e.kind()));
-                None
-            }
-            Err(_) => {
-                self.failed("timed out");
-                None
-            }
-        }
+        let (value, ttl) = self
+            .exchange(pipe.query_async::<(Option<Vec<u8>>, i64)>(&mut connection))
+            .await?;
+        value.filter(|_| ttl > 0).map(|value| (value, ttl as u64))
     }
 
     /// Sets a value that expires after `ttl_ms` (`SET key value PX ttl`).
@@ -251,15 +245,6 @@ impl RedisStore {
         };
         let mut cmd = redis::cmd("SET");
         cmd.arg(key).arg(value).arg("PX").arg(ttl_ms);
-        let answer = tokio::time::timeout(
-            self.timeout.max(FIRST_CALL),
-            cmd.query_async::<()>(&mut connection),
-        )
-        .await;
-        match answer {
-            Ok(Ok(())) => {}
-            Ok(Err(e)) => self.failed(&format!("{:?}", e.kind())),
-            Err(_) => self.failed("timed out"),
-        }
+        self.exchange(cmd.query_async::<()>(&mut connection)).await;
     }
 }
