@@ -234,6 +234,8 @@ fn write_reset(d: Duration, text: &mut Vec<u8>) {
     }
 }
 
+/// Per client request, shared by every upstream call made for it: what its answers' headers
+/// say, and the token buckets its estimate was taken from until its usage settles them.
 #[derive(Debug, Default)]
 pub struct Accounting {
     pub headers: RateLimitHeaders,
@@ -548,6 +550,54 @@ mod tests {
             .build()
             .unwrap()
             .block_on(f)
+    }
+
+    #[test]
+    fn each_rate_limit_header_gets_its_own_value() {
+        let reading = |limit, remaining, ms| Reading {
+            limit,
+            remaining,
+            reset: Duration::from_millis(ms),
+        };
+        let values = |headers: &RateLimitHeaders| {
+            let mut map = HeaderMap::new();
+            headers.apply(&mut map);
+            let mut pairs: Vec<(String, String)> = map
+                .iter()
+                .map(|(n, v)| (n.to_string(), v.to_str().unwrap_or("?").to_string()))
+                .collect();
+            pairs.sort();
+            pairs
+        };
+        let pair = |n: &str, v: &str| (format!("x-ratelimit-{n}"), v.to_string());
+        let tokens_only = RateLimitHeaders {
+            requests: None,
+            tokens: Some(reading(1000, 250, 45_000)),
+        };
+        assert_eq!(
+            values(&tokens_only),
+            [
+                pair("limit-tokens", "1000"),
+                pair("remaining-tokens", "250"),
+                pair("reset-tokens", "45s"),
+            ]
+        );
+        let both = RateLimitHeaders {
+            requests: Some(reading(60, 59, 1000)),
+            tokens: Some(reading(1000, 250, 1500)),
+        };
+        assert_eq!(
+            values(&both),
+            [
+                pair("limit-requests", "60"),
+                pair("limit-tokens", "1000"),
+                pair("remaining-requests", "59"),
+                pair("remaining-tokens", "250"),
+                pair("reset-requests", "1s"),
+                pair("reset-tokens", "1.5s"),
+            ]
+        );
+        assert!(values(&RateLimitHeaders::default()).is_empty());
     }
 
     #[test]
