@@ -169,6 +169,12 @@ impl GatewayKeys {
         }
     }
 
+    /// Where `key`, one of these, stands among them (the metrics' and the access log's handle
+    /// on it).
+    pub fn index_of(&self, key: &GatewayKey) -> Option<usize> {
+        self.entries.iter().position(|k| std::ptr::eq(k, key))
+    }
+
     /// The key entry matching the client's request: one presented before, by its tag, else the
     /// one whose SHA-256 it has. Every entry is compared, each in constant time.
     pub fn authenticate(&self, req: &RequestHeader) -> Result<&GatewayKey, GatewayError> {

@@ -201,7 +201,7 @@ impl Observation {
     /// The gateway key the client presented.
     pub fn authenticated(&mut self, registry: &Registry, key: Option<&GatewayKey>) {
         if self.registry.is_some() {
-            self.key = key.and_then(|k| registry.keys.iter().position(|r| std::ptr::eq(r, k)));
+            self.key = key.and_then(|k| registry.keys.index_of(k));
         }
     }
 
@@ -253,7 +253,7 @@ pub fn fanout_request(
         .and_then(|m| m.metrics.as_deref())
         .or(registry.observe.unknown.as_deref());
     let Some(m) = metrics else { return };
-    let key = key.and_then(|k| registry.keys.iter().position(|r| std::ptr::eq(r, k)));
+    let key = key.and_then(|k| registry.keys.index_of(k));
     m.request(key, status);
     if let Some(call) = call {
         m.duration(OperationKind::of(call.operation), duration);
