@@ -172,8 +172,7 @@ async fn compare_streams(
                     Some(at) if at <= now => {
                         let chain = s.leg.call.model.clone();
                         let error = dispatch::LegFailure::timed_out(&s.leg, &chain).error;
-                        events.push(StreamEvent::failed(s.model, &error));
-                        s.ended_with = Some(error.status);
+                        s.fail(&error, &mut events);
                         s.count(registry, key, started);
                         false
                     }
@@ -222,6 +221,12 @@ impl<'m> ModelStream<'m> {
         }
     }
 
+    /// Its leg failed with `error`: said in the stream, and the status it ended with.
+    fn fail(&mut self, error: &GatewayError, out: &mut Vec<StreamEvent<'m>>) {
+        self.ended_with = Some(error.status);
+        out.push(StreamEvent::failed(self.model, error));
+    }
+
     /// Counts its request, ended, like a client's request to its model.
     fn count(&self, registry: &Registry, key: Option<&GatewayKey>, started: Instant) {
         let status = self.ended_with.unwrap_or(502);
@@ -238,8 +243,7 @@ impl<'m> ModelStream<'m> {
         let task = match task {
             Some(HttpTask::Failed(e)) => {
                 let error = dispatch::LegFailure::broke_off(&self.leg, Some(e)).error;
-                self.ended_with = Some(error.status);
-                out.push(StreamEvent::failed(self.model, &error));
+                self.fail(&error, out);
                 return true;
             }
             Some(task) => task,
@@ -248,8 +252,7 @@ impl<'m> ModelStream<'m> {
                 match self.leg.error.try_recv() {
                     Ok(e) => {
                         let error = dispatch::LegFailure::broke_off(&self.leg, Some(e)).error;
-                        self.ended_with = Some(error.status);
-                        out.push(StreamEvent::failed(self.model, &error));
+                        self.fail(&error, out);
                     }
                     Err(_) => self.finish(out),
                 }
@@ -264,8 +267,7 @@ impl<'m> ModelStream<'m> {
                     let mut parsed = Vec::new();
                     if let Err(e) = self.events.push(&bytes, &mut parsed) {
                         let error = GatewayError::bad_upstream(e.to_string());
-                        self.ended_with = Some(error.status);
-                        out.push(StreamEvent::failed(self.model, &error));
+                        self.fail(&error, out);
                         return true;
                     }
                     out.extend(
