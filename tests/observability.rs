@@ -284,6 +284,16 @@ fn get(m: &BTreeMap<String, f64>, name: &str, labels: &[(&str, &str)]) -> f64 {
     })
 }
 
+/// `dragoman_upstream_attempts_total` of one model, provider and outcome.
+fn attempts(m: &BTreeMap<String, f64>, model: &str, provider: &str, outcome: &str) -> f64 {
+    let labels = [
+        ("model", model),
+        ("provider", provider),
+        ("outcome", outcome),
+    ];
+    get(m, "dragoman_upstream_attempts_total", &labels)
+}
+
 #[tokio::test]
 async fn metrics_match_the_known_traffic_exactly() {
     let s = setup("").await;
@@ -315,17 +325,7 @@ async fn metrics_match_the_known_traffic_exactly() {
         .sum();
     assert_eq!(total, 7.0, "{text}");
 
-    let attempts = |model, provider, outcome| {
-        get(
-            &m,
-            "dragoman_upstream_attempts_total",
-            &[
-                ("model", model),
-                ("provider", provider),
-                ("outcome", outcome),
-            ],
-        )
-    };
+    let attempts = |model, provider, outcome| attempts(&m, model, provider, outcome);
     assert_eq!(attempts("alpha", "pa", "ok"), 2.0);
     assert_eq!(attempts("alpha", "pa", "server_error"), 2.0);
     assert_eq!(attempts("beta", "pc", "ok"), 2.0);
@@ -783,17 +783,7 @@ async fn refused_connections_and_timeouts_are_attempt_outcomes() {
     let (status, _, _) = send(&gw, CLIENT_KEY, &chat("stalled", false), None).await;
     assert_eq!(status, 504);
     let (_, m) = settled_metrics(&gw).await;
-    let attempts = |model, provider, outcome| {
-        get(
-            &m,
-            "dragoman_upstream_attempts_total",
-            &[
-                ("model", model),
-                ("provider", provider),
-                ("outcome", outcome),
-            ],
-        )
-    };
+    let attempts = |model, provider, outcome| attempts(&m, model, provider, outcome);
     assert_eq!(attempts("refused", "dead", "connect_error"), 1.0);
     assert_eq!(attempts("stalled", "slow", "timeout"), 1.0);
     let requests = |model, provider| {
