@@ -393,7 +393,9 @@ fn endpoint_name(endpoint: Option<ClientEndpoint>) -> &'static str {
 /// A client request ended (its session's `logging` hook): it is counted, and logged.
 pub fn finish(session: &Session, ctx: &mut RequestCtx) {
     let obs = &mut ctx.observe;
-    obs.in_flight = None;
+    // In flight until its series are recorded: a scrape that finds nothing in flight finds this
+    // request counted.
+    let in_flight = obs.in_flight.take();
     let Some(registry) = obs.registry.take() else {
         return;
     };
@@ -450,6 +452,8 @@ pub fn finish(session: &Session, ctx: &mut RequestCtx) {
             }
         }
     }
+
+    drop(in_flight);
 
     if let Some(log) = access_log::get() {
         let served_model = match call {
